@@ -1,0 +1,130 @@
+"""`knowlm` command: one thin subcommand per library entry point.
+
+    knowlm init-tiny --out artifacts/tiny
+    knowlm prepare-corpus --config jobs/configs/tiny_corpus.yaml [key=value ...]
+    knowlm pretrain --config jobs/configs/tiny.yaml [key=value ...]
+    knowlm finetune-lora --config jobs/configs/tiny_lora.yaml [key=value ...]
+    knowlm weights merge-lora --base B --lora L --out M
+    knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P]
+    knowlm demo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from knowlm_ray.runtime import set_default_env
+
+
+def _init_tiny(a: argparse.Namespace) -> None:
+    from knowlm_ray.models.tiny import DEFAULT_CORPUS, TinySpec, build_tiny
+
+    spec = TinySpec(vocab_size=a.vocab_size, hidden=a.hidden, layers=a.layers, heads=a.heads,
+                    intermediate=a.intermediate or int(a.hidden * 8 / 3 + 0.5), seed=a.seed)
+    out = build_tiny(a.out, a.corpus or DEFAULT_CORPUS, spec)
+    print(f"tiny model written to {out}")
+
+
+def _job(module: str, cfg_cls: str):
+    def run(a: argparse.Namespace) -> None:
+        import importlib
+
+        from knowlm_ray import config
+
+        cfg = config.load_config(getattr(config, cfg_cls), a.config, a.overrides)
+        result = importlib.import_module(module).run(cfg)
+        if result is not None:
+            print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+    return run
+
+
+def _merge_lora(a: argparse.Namespace) -> None:
+    from knowlm_ray.models.lora import merge_lora
+
+    out = merge_lora(a.base, a.lora, a.out, dtype=a.dtype)
+    print(f"merged model written to {out}")
+
+
+def _serve(a: argparse.Namespace) -> None:
+    from knowlm_ray.serve.launch import serve_blocking
+
+    loras = dict(_name_eq_dir(x) for x in a.lora)
+    serve_blocking(model=a.model, loras=loras, host=a.host, port=a.port)
+
+
+def _name_eq_dir(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise SystemExit(f"error: --lora expects NAME=DIR, got {text!r}")
+    name, path = text.split("=", 1)
+    return name, path
+
+
+def _demo(a: argparse.Namespace) -> None:
+    from knowlm_ray.demo import run_demo
+
+    run_demo(workdir=a.workdir, steps=a.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="knowlm", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("init-tiny", help="build the embedded default tiny LLaMA + tokenizer")
+    p.add_argument("--out", required=True)
+    p.add_argument("--corpus", nargs="*", help="files/dirs to train the tokenizer on (default data/sample)")
+    p.add_argument("--vocab-size", type=int, default=4000)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_init_tiny)
+
+    for name, module, cls, hlp in (
+        ("prepare-corpus", "knowlm_ray.corpus.pipeline", "CorpusConfig", "Ray Data corpus -> Arrow shards"),
+        ("pretrain", "knowlm_ray.train.pretrain", "PretrainConfig", "DeepSpeed pretraining on Ray Train"),
+        ("finetune-lora", "knowlm_ray.train.lora", "FinetuneConfig", "LoRA instruction tuning on Ray Train"),
+    ):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("--config", required=True)
+        p.add_argument("overrides", nargs="*", help="key.path=value")
+        p.set_defaults(fn=_job(module, cls))
+
+    w = sub.add_parser("weights", help="weight tools").add_subparsers(dest="wcmd", required=True)
+    p = w.add_parser("merge-lora", help="fold a LoRA adapter into its base model")
+    p.add_argument("--base", required=True)
+    p.add_argument("--lora", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.set_defaults(fn=_merge_lora)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP with Ray Serve (blocks)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(fn=_serve)
+
+    p = sub.add_parser("demo", help="the whole chain on the embedded default")
+    p.add_argument("--workdir", default="artifacts/demo")
+    p.add_argument("--steps", type=int, default=200, help="pretraining steps")
+    p.set_defaults(fn=_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    set_default_env()
+    args = build_parser().parse_args(argv)
+    from knowlm_ray.config import ConfigError
+
+    try:
+        args.fn(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

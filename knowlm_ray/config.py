@@ -1,0 +1,206 @@
+"""Typed job configs, YAML loading and ``key.path=value`` overrides.
+
+Every job is ``python jobs/X.py --config FILE [key.path=value ...]``. A config is a pydantic model
+with ``extra="forbid"``, so a misspelt key or a wrong type is an error that names the key.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-caused config problem; the message names the file and key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- corpus
+class SourceConfig(Strict):
+    path: str
+    source: str
+    lang: Literal["zh", "en", "code"]
+    format: Literal["jsonl", "text", "files"] = "jsonl"
+    text_field: str | list[str] = "text"  # a list joins several fields (e.g. [title, content])
+    glob: str = "**/*"
+    weight: float = 1.0
+
+
+class FilterConfig(Strict):
+    min_chars: int = Field(20, ge=0)
+    max_chars: int = Field(1_000_000, ge=1)
+    max_symbol_ratio: float = Field(0.3, ge=0, le=1)
+
+
+class DedupConfig(Strict):
+    exact: bool = True
+    near: bool = False
+    threshold: float = Field(0.8, gt=0, le=1)
+    num_perm: int = Field(128, ge=16)
+    ngram: int = Field(5, ge=1)
+
+
+class PackConfig(Strict):
+    mode: Literal["none", "greedy"] = "none"
+
+
+class CorpusConfig(Strict):
+    inputs: list[SourceConfig]
+    tokenizer: str
+    max_tokens: int = Field(1024, ge=8)
+    min_tokens: int = Field(1, ge=1)  # samples shorter than this are dropped (KnowLM: 20)
+    filters: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()
+    pack: PackConfig = PackConfig()
+    out_dir: str = "artifacts/corpus"
+    rows_per_shard: int = Field(1000, ge=1)
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- training
+class LoraSettings(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj"]
+    modules_to_save: list[str] = []
+
+
+class TrainConfig(Strict):
+    """Shared by pretraining and LoRA. Defaults are the tiny CPU profile."""
+
+    model: str  # HF model directory (base weights + tokenizer)
+    data: str  # corpus shard dir (pretrain) / alpaca file or instruction shard dir (LoRA)
+    num_workers: int = Field(2, ge=0)  # 0 = Ray Train local mode (in the driver, no Ray cluster)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0)  # < 1 on small boxes, or Ray Data and Train deadlock
+    deepspeed: str | dict[str, Any] = "zero3"  # preset name or a full DeepSpeed dict
+    micro_batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(0, ge=0)
+    max_steps: int = Field(100, ge=1)
+    seq_len: int = Field(256, ge=8)  # rows are cut to this many tokens
+    save_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    storage_path: str = "artifacts/ray_results"
+    run_name: str = "pretrain"
+    output_dir: str = "artifacts/pretrained"
+    seed: int = 0
+    max_failures: int = Field(3, ge=0)
+    log_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _paths_absolute(self) -> "TrainConfig":
+        # Ray workers run in other directories (and `ray job submit` ships a copy): make paths
+        # absolute on the driver so every worker sees the same files.
+        for key in ("model", "data", "storage_path", "output_dir"):
+            value = getattr(self, key)
+            if "://" not in value:
+                object.__setattr__(self, key, str(Path(value).expanduser().resolve()))
+        return self
+
+
+class PretrainConfig(TrainConfig):
+    gradient_checkpointing: bool = False
+
+
+class FinetuneConfig(TrainConfig):
+    run_name: str = "finetune_lora"
+    output_dir: str = "artifacts/lora"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    deepspeed: str | dict[str, Any] = "ddp"
+    lora: LoraSettings = LoraSettings()
+    cutoff_len: int = Field(512, ge=8)
+    train_on_inputs: bool = False
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+# --------------------------------------------------------------------------- loading
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict (value parsed as YAML: numbers, lists, bools)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key.path=value")
+    path, raw = override.split("=", 1)
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {override!r} has an empty key")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(keys[: i + 1])} is not a mapping")
+        node = nxt
+    node[keys[-1]] = _parse_value(raw)
+
+
+def _format_error(err: ValidationError, where: str) -> str:
+    lines = [f"invalid config {where}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[ConfigT], path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None) -> ConfigT:
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data.update(load_yaml(path))
+    for ov in overrides:
+        apply_override(data, ov)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, f"from {path}" if path else f"for {cls.__name__}")) from None
+
+
+def parse_job_args(cls: type[ConfigT], argv: list[str] | None = None, description: str = "") -> ConfigT:
+    """``--config FILE [key.path=value ...]`` -> a validated config (exits 2 on a bad config)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", required=True, help="YAML config file")
+    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, value parsed as YAML")
+    args = ap.parse_args(argv)
+    try:
+        return load_config(cls, args.config, args.overrides)
+    except ConfigError as exc:
+        ap.exit(2, f"error: {exc}\n")

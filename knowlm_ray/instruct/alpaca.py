@@ -1,0 +1,99 @@
+"""Alpaca records, KnowLM's prompt template, and tokenisation with the prompt masked out."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+IGNORE_INDEX = -100  # label value torch's cross-entropy skips
+
+# KnowLM's templates/alpaca.json (the same wording tloen/alpaca-lora uses).
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+RESPONSE_SPLIT = "### Response:"
+
+
+class RecordError(ValueError):
+    pass
+
+
+def build_prompt(instruction: str, input: str | None = None, output: str | None = None) -> str:
+    """The prompt the model sees; with ``output`` it is the full training text (without EOS)."""
+    text = (PROMPT_WITH_INPUT.format(instruction=instruction, input=input) if input
+            else PROMPT_NO_INPUT.format(instruction=instruction))
+    return text + (output or "")
+
+
+def extract_response(generated: str) -> str:
+    """The answer part of a decoded generation: what follows the last response marker."""
+    return generated.split(RESPONSE_SPLIT)[-1].strip()
+
+
+def validate_record(rec: Any, where: str) -> dict[str, str]:
+    if not isinstance(rec, dict):
+        raise RecordError(f"{where}: expected an object with instruction/input/output, got {type(rec).__name__}")
+    for key in ("instruction", "output"):
+        if not isinstance(rec.get(key), str):
+            raise RecordError(f"{where}: field {key!r} is missing or not a string")
+    if not isinstance(rec.get("input", ""), str):
+        raise RecordError(f"{where}: field 'input' is not a string")
+    return {"instruction": rec["instruction"], "input": rec.get("input", ""), "output": rec["output"]}
+
+
+def load_alpaca(path: str | Path) -> list[dict[str, str]]:
+    """Read a JSON list or JSON-lines file of alpaca records (or every such file in a directory)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted([*p.glob("*.json"), *p.glob("*.jsonl")])
+        if not files:
+            raise RecordError(f"no .json/.jsonl files in {p}")
+        return [r for f in files for r in load_alpaca(f)]
+    if not p.is_file():
+        raise RecordError(f"instruction data not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        return [validate_record(r, f"{p}[{i}]") for i, r in enumerate(items)]
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{p}:{n}: invalid JSON: {exc.msg}") from None
+        out.append(validate_record(obj, f"{p}:{n}"))
+    return out
+
+
+def tokenize_record(tokenizer, rec: dict[str, str], cutoff_len: int,
+                    train_on_inputs: bool = False) -> dict[str, list[int]]:
+    """BOS + prompt + response (+ EOS when it fits), cut to ``cutoff_len``.
+
+    With ``train_on_inputs=False`` the prompt's labels are IGNORE_INDEX so only the response is
+    learned (KnowLM: the prompt length is that of BOS + prompt, without EOS).
+    """
+    prompt = build_prompt(rec["instruction"], rec.get("input", ""))
+    full_ids = tokenizer(prompt + rec["output"], add_special_tokens=True)["input_ids"][:cutoff_len]
+    if len(full_ids) < cutoff_len and full_ids[-1] != tokenizer.eos_token_id:
+        full_ids = full_ids + [tokenizer.eos_token_id]
+    labels = list(full_ids)
+    if not train_on_inputs:
+        n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        labels[:n_prompt] = [IGNORE_INDEX] * min(n_prompt, len(labels))
+    return {"input_ids": full_ids, "labels": labels}
+
+
+def tokenize_records(tokenizer, records: Iterable[dict[str, str]], cutoff_len: int,
+                     train_on_inputs: bool = False) -> list[dict[str, list[int]]]:
+    rows = [tokenize_record(tokenizer, r, cutoff_len, train_on_inputs) for r in records]
+    # A record whose response was cut away entirely teaches nothing: drop it.
+    return [r for r in rows if any(x != IGNORE_INDEX for x in r["labels"][1:])]

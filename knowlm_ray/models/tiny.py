@@ -1,0 +1,108 @@
+"""The embedded default: a sentencepiece tokenizer trained on data/sample and a tiny LLaMA.
+
+It stands in for LLaMA-13B on a 2-core CPU: same architecture class, same tokenizer family
+(BPE, byte fallback, <unk>=0 <s>=1 </s>=2), saved as an ordinary Hugging Face directory.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+DEFAULT_CORPUS = ("data/sample/zh.jsonl", "data/sample/en.jsonl", "data/sample/en_books.txt", "data/sample/code")
+TEXT_KEYS = ("text", "content", "title", "input", "output", "instruction")
+
+
+@dataclass
+class TinySpec:
+    vocab_size: int = 4000
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 344
+    max_positions: int = 1024
+    seed: int = 0
+
+
+def iter_corpus_lines(paths: Iterable[str | Path]) -> Iterator[str]:
+    """Text lines for tokenizer training from jsonl (string fields), text and code files/dirs."""
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"corpus path not found: {p}")
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    line = line.rstrip("\n")
+                    if not line.strip():
+                        continue
+                    if f.suffix in (".jsonl", ".json") and line.lstrip().startswith("{"):
+                        try:
+                            obj = json.loads(line)
+                        except json.JSONDecodeError:
+                            continue  # malformed lines are the corpus pipeline's business
+                        for key in TEXT_KEYS:
+                            if isinstance(obj.get(key), str) and obj[key].strip():
+                                yield obj[key]
+                    else:
+                        yield line
+
+
+def train_sentencepiece(lines: Iterable[str], vocab_size: int) -> bytes:
+    """Train a LLaMA-style BPE sentencepiece model in memory; returns the serialized model."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        character_coverage=0.9995, byte_fallback=True, split_digits=True, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, hard_vocab_limit=False, normalization_rule_name="identity",
+        max_sentence_length=1 << 16, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        num_threads=1, minloglevel=2)
+    return buf.getvalue()
+
+
+def build_tiny(out_dir: str | Path, corpus: Iterable[str | Path] = DEFAULT_CORPUS,
+               spec: TinySpec = TinySpec()) -> Path:
+    """Train the tokenizer and build a randomly initialised tiny LlamaForCausalLM into ``out_dir``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    out = Path(out_dir)
+    lines = list(iter_corpus_lines(corpus))
+    if not lines:
+        raise ValueError(f"no text found in corpus paths {list(map(str, corpus))}")
+    model_bytes = train_sentencepiece(lines, spec.vocab_size)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "tokenizer.model").write_bytes(model_bytes)
+        tok = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_bos_token=True, add_eos_token=False)
+        if len(tok) < 300:  # the silent 3-token failure mode of a tokenizer built from nothing
+            raise RuntimeError(f"tokenizer conversion failed: vocabulary of {len(tok)}")
+        tok.pad_token = tok.unk_token
+        tok.padding_side = "left"
+        cfg = LlamaConfig(
+            vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+            num_key_value_heads=spec.heads, max_position_embeddings=spec.max_positions,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, tie_word_embeddings=False, rms_norm_eps=1e-5)
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(cfg)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)  # writes tokenizer.json; keep tokenizer.model beside it for GGUF
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
