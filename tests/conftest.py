@@ -27,6 +27,12 @@ def tiny_model(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     corpus = [REPO / p for p in DEFAULT_CORPUS if (REPO / p).exists()]
+    if not corpus:  # only while data/sample is being written: a small stand-in corpus
+        stand_in = out.parent / "corpus.txt"
+        stand_in.write_text("\n".join(
+            f"浙江大学位于杭州市，第{i}届学生在西湖边读书。The river Thames flows through London, "
+            f"and report {i} was published in 2023 by Dr. Smith." for i in range(300)), encoding="utf-8")
+        corpus = [stand_in]
     return build_tiny(out, corpus, TinySpec(vocab_size=2000, hidden=64, layers=2, intermediate=172))
 
 
