@@ -1,0 +1,451 @@
+"""KG → IE instructions: alpaca records for NER / RE / EE, Chinese and English.
+
+Input is IE records (DESIGN.md format plus ``"lang"``) and a closed label schema
+(``{"zh": {"ner": [...], "re": [...], "ee": {type: [roles]}}, "en": {...}}``). A record yields one
+instruction per task it has labels for; a task without labels yields an instruction whose answer
+is the fixed none-answer (``无`` / ``None``) when the record is a full negative, and otherwise at
+``neg_ratio`` — so the model also learns to answer "nothing here" instead of inventing spans.
+
+Answers come in two formats, as in KnowLM and IEPile: ``tuple`` — one ``(实体,实体类型)`` /
+``(head,relation,tail)`` / ``(trigger,event type,[(argument,role)])`` per line — and ``json`` —
+``{"type": [mentions]}``-style objects. ``parse_output`` reads either back into record lists.
+
+    python -m knowlm_ray.instruct.kg2instruct --records R --schema S --out O [--seed N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from knowlm_ray.instruct.alpaca import RecordError
+
+TASKS = ("ner", "re", "ee")
+FORMATS = ("tuple", "json")
+LANGS = ("zh", "en")
+FIELD = {"ner": "entities", "re": "relations", "ee": "events"}  # task -> IE record list
+NONE_ANSWER = {"zh": "无", "en": "None"}
+# parse_output accepts any of these as "nothing found", in either language.
+_NONE_TEXTS = {"无", "none", "nan", "null", "[]", "{}", ""}
+# Characters the tuple format uses as syntax: a span holding one cannot be written as a tuple.
+_TUPLE_SYNTAX = set("(),[]\n")
+
+# Instruction templates: {schema} = candidate labels, {fmt} = the answer format sentence.
+TEMPLATES = {
+    "ner": {
+        "zh": ["请从输入文本中抽取实体，候选的实体类型为{schema}。{fmt}",
+               "已知实体类型列表：{schema}。请找出下面文本中所有属于这些类型的实体。{fmt}",
+               "你是一名命名实体识别专家。请根据给定的实体类型{schema}，识别句子中出现的实体。{fmt}"],
+        "en": ["Extract the named entities in the input whose type is one of {schema}. {fmt}",
+               "Given the entity types {schema}, find every entity of those types mentioned in the text. {fmt}",
+               "You are an expert in named entity recognition. Using the candidate types {schema}, "
+               "label the entities that appear in the following passage. {fmt}"],
+    },
+    "re": {
+        "zh": ["已知候选关系列表：{schema}，请从输入中找出具有这些关系的头实体和尾实体。{fmt}",
+               "请根据关系列表{schema}，抽取文本中表达的关系三元组。{fmt}",
+               "你是一名关系抽取专家。给定候选关系{schema}，请判断下面文本中哪些实体之间存在这些关系。{fmt}"],
+        "en": ["Identify the subjects and objects in the input that are linked by one of the relations "
+               "{schema}. {fmt}",
+               "Given the candidate relations {schema}, extract all relation triples expressed in the text. {fmt}",
+               "You are an expert in relation extraction. Find which pairs of entities in the following "
+               "passage stand in a relation from {schema}. {fmt}"],
+    },
+    "ee": {
+        "zh": ["已知事件类型及其论元角色：{schema}。请从输入中抽取事件的触发词、事件类型和论元。{fmt}",
+               "请根据给定的事件结构{schema}，找出文本中发生的事件以及每个事件的论元。{fmt}",
+               "你是一名事件抽取专家。候选事件类型与对应的论元角色为{schema}，请分析下面的句子。{fmt}"],
+        "en": ["The candidate event types and their argument roles are {schema}. Extract the events in the "
+               "input together with their triggers and arguments. {fmt}",
+               "Given the event schema {schema}, find each event described in the text and the arguments "
+               "that fill its roles. {fmt}",
+               "You are an expert in event extraction. Using the event types and roles {schema}, analyse "
+               "the following sentence. {fmt}"],
+    },
+}
+
+# The answer-format sentence: names the format and the none-answer, so the output is checkable.
+FORMAT_TEXT = {
+    ("ner", "tuple"): {"zh": "请以(实体,实体类型)的格式回答，每行一个；如果没有符合的实体，请回答“无”。",
+                       "en": "Answer in the form (entity,entity type), one per line; if there is no "
+                             "such entity, answer None."},
+    ("ner", "json"): {"zh": "请以JSON字符串回答，格式为{\"实体类型\": [\"实体\"]}；如果没有符合的实体，请回答“无”。",
+                      "en": "Answer with a JSON string shaped like {\"entity type\": [\"entity\"]}; if "
+                            "there is no such entity, answer None."},
+    ("re", "tuple"): {"zh": "请按照(头实体,关系,尾实体)的格式回答，每行一个三元组；如果不存在这些关系，请回答“无”。",
+                      "en": "Answer in the form (subject,relation,object), one triple per line; if none "
+                            "of these relations holds, answer None."},
+    ("re", "json"): {"zh": "请以JSON字符串回答，格式为{\"关系\": [{\"subject\": \"头实体\", \"object\": \"尾实体\"}]}；"
+                           "如果不存在这些关系，请回答“无”。",
+                     "en": "Answer with a JSON string shaped like {\"relation\": [{\"subject\": \"...\", "
+                           "\"object\": \"...\"}]}; if none of these relations holds, answer None."},
+    ("ee", "tuple"): {"zh": "请以(事件触发词,事件类型,[(事件论元,论元角色)])的形式回答，每行一个事件；"
+                            "如果没有这些事件，请回答“无”。",
+                      "en": "Answer in the form (trigger,event type,[(argument,role)]), one event per line; "
+                            "if no such event occurs, answer None."},
+    ("ee", "json"): {"zh": "请以JSON字符串回答，格式为{\"事件类型\": [{\"trigger\": \"触发词\", \"arguments\": "
+                           "{\"论元角色\": \"论元\"}}]}；如果没有这些事件，请回答“无”。",
+                     "en": "Answer with a JSON string shaped like {\"event type\": [{\"trigger\": \"...\", "
+                           "\"arguments\": {\"role\": \"...\"}}]}; if no such event occurs, answer None."},
+}
+
+
+# ---------------------------------------------------------------------------------- loading
+
+def _check_span(rec: dict, value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} is missing or not a non-empty string")
+    if value not in rec["text"]:
+        raise ValueError(f"{what} {value!r} does not occur in the text")
+    return value
+
+
+def _check_label(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} is missing or not a non-empty string")
+    return value
+
+
+def _list(obj: dict, key: str) -> list:
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"field {key!r} is not a list")
+    return value
+
+
+def validate_ie_record(obj: Any) -> dict:
+    """Check one IE record (every span verbatim in the text); returns it with all lists present."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("id", "text"):
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            raise ValueError(f"field {key!r} is missing or not a non-empty string")
+    lang = obj.get("lang", guess_lang(obj["text"]))
+    if lang not in LANGS:
+        raise ValueError(f"field 'lang' must be one of {LANGS}, got {lang!r}")
+    rec = {"id": obj["id"], "lang": lang, "text": obj["text"], "entities": [], "relations": [], "events": []}
+    for i, e in enumerate(_list(obj, "entities")):
+        if not isinstance(e, dict):
+            raise ValueError(f"entities[{i}] is not an object")
+        rec["entities"].append({"text": _check_span(rec, e.get("text"), f"entities[{i}].text"),
+                                "type": _check_label(e.get("type"), f"entities[{i}].type")})
+    for i, r in enumerate(_list(obj, "relations")):
+        if not isinstance(r, dict):
+            raise ValueError(f"relations[{i}] is not an object")
+        rec["relations"].append({"head": _check_span(rec, r.get("head"), f"relations[{i}].head"),
+                                 "relation": _check_label(r.get("relation"), f"relations[{i}].relation"),
+                                 "tail": _check_span(rec, r.get("tail"), f"relations[{i}].tail")})
+    for i, ev in enumerate(_list(obj, "events")):
+        if not isinstance(ev, dict):
+            raise ValueError(f"events[{i}] is not an object")
+        args = []
+        for j, a in enumerate(_list(ev, "arguments")):
+            if not isinstance(a, dict):
+                raise ValueError(f"events[{i}].arguments[{j}] is not an object")
+            args.append({"role": _check_label(a.get("role"), f"events[{i}].arguments[{j}].role"),
+                         "text": _check_span(rec, a.get("text"), f"events[{i}].arguments[{j}].text")})
+        rec["events"].append({"type": _check_label(ev.get("type"), f"events[{i}].type"),
+                              "trigger": _check_span(rec, ev.get("trigger"), f"events[{i}].trigger"),
+                              "arguments": args})
+    return rec
+
+
+def load_ie_records(path: str | Path) -> list[dict]:
+    """Read IE records (JSON lines); any bad line raises RecordError naming ``file:line``."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecordError(f"IE records not found: {p}")
+    records, seen = [], {}
+    with open(p, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = validate_ie_record(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{p}:{n}: invalid JSON: {exc.msg}") from None
+            except ValueError as exc:
+                raise RecordError(f"{p}:{n}: {exc}") from None
+            if rec["id"] in seen:
+                raise RecordError(f"{p}:{n}: duplicate id {rec['id']!r} (first at line {seen[rec['id']]})")
+            seen[rec["id"]] = n
+            records.append(rec)
+    return records
+
+
+def load_schema(path: str | Path) -> dict:
+    """Read the label schema; a wrong shape raises RecordError naming the file and the key."""
+    p = Path(path)
+    try:
+        schema = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"schema not found: {p}") from None
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(schema, dict) or not schema or not set(schema) <= set(LANGS):
+        raise RecordError(f"{p}: expected an object keyed by language ({', '.join(LANGS)})")
+
+    def is_labels(x: Any) -> bool:
+        return isinstance(x, list) and all(isinstance(s, str) and s for s in x)
+
+    for lang, s in schema.items():
+        if not isinstance(s, dict):
+            raise RecordError(f"{p}: {lang} is not an object")
+        for key in ("ner", "re"):
+            if not is_labels(s.get(key)):
+                raise RecordError(f"{p}: {lang}.{key} must be a list of label strings")
+        ee = s.get("ee")
+        if not isinstance(ee, dict) or not all(is_labels(roles) for roles in ee.values()):
+            raise RecordError(f"{p}: {lang}.ee must map each event type to a list of roles")
+    return schema
+
+
+def guess_lang(text: str) -> str:
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+def _check_in_schema(rec: dict, s: dict) -> None:
+    bad = ([f"entity type {e['type']!r}" for e in rec["entities"] if e["type"] not in s["ner"]]
+           + [f"relation {r['relation']!r}" for r in rec["relations"] if r["relation"] not in s["re"]]
+           + [f"event type {ev['type']!r}" for ev in rec["events"] if ev["type"] not in s["ee"]]
+           + [f"role {a['role']!r} of {ev['type']!r}" for ev in rec["events"] if ev["type"] in s["ee"]
+              for a in ev["arguments"] if a["role"] not in s["ee"][ev["type"]]])
+    if bad:
+        raise ValueError(f"record {rec['id']!r}: {', '.join(bad)} not in the {rec['lang']} schema")
+
+
+# -------------------------------------------------------------------------------- rendering
+
+def tuple_safe(items: Iterable[dict]) -> bool:
+    """True when no span or label contains tuple syntax, so the tuple format round-trips."""
+    def strings(x: Any) -> Iterable[str]:
+        if isinstance(x, str):
+            yield x
+        elif isinstance(x, dict):
+            for v in x.values():
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+    return all(s == s.strip() and not (_TUPLE_SYNTAX & set(s)) for s in strings(list(items)))
+
+
+def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for key, value in pairs:
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def render_output(task: str, lang: str, fmt: str, items: Sequence[dict]) -> str:
+    """The answer text for one task's gold list (``NONE_ANSWER`` when the list is empty)."""
+    if not items:
+        return NONE_ANSWER[lang]
+    if fmt == "tuple":
+        if task == "ner":
+            lines = [f"({e['text']},{e['type']})" for e in items]
+        elif task == "re":
+            lines = [f"({r['head']},{r['relation']},{r['tail']})" for r in items]
+        else:
+            lines = ["({},{},[{}])".format(ev["trigger"], ev["type"], ",".join(
+                f"({a['text']},{a['role']})" for a in ev["arguments"])) for ev in items]
+        return "\n".join(lines)
+    if fmt != "json":
+        raise ValueError(f"unknown output format {fmt!r} (expected one of {FORMATS})")
+    if task == "ner":
+        obj: dict = _group((e["type"], e["text"]) for e in items)
+    elif task == "re":
+        obj = _group((r["relation"], {"subject": r["head"], "object": r["tail"]}) for r in items)
+    else:
+        obj = {}
+        for ev in items:
+            by_role = _group((a["role"], a["text"]) for a in ev["arguments"])
+            # IEPile style: one value per role, a list only when a role has several fillers.
+            args = {role: vals[0] if len(vals) == 1 else vals for role, vals in by_role.items()}
+            obj.setdefault(ev["type"], []).append({"trigger": ev["trigger"], "arguments": args})
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _schema_text(task: str, s: dict, rng: random.Random) -> str:
+    """Candidate labels in a seeded random order, so the model cannot learn a fixed position."""
+    if task == "ee":
+        types = list(s["ee"])
+        rng.shuffle(types)
+        return json.dumps({t: s["ee"][t] for t in types}, ensure_ascii=False)
+    labels = list(s[task])
+    rng.shuffle(labels)
+    return json.dumps(labels, ensure_ascii=False)
+
+
+def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
+                       tasks: Sequence[str] = TASKS, neg_ratio: float = 0.15) -> list[dict]:
+    """Alpaca dicts (+ ``task``, ``lang``, ``format``, ``id``) for ``records``; same seed, same list."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} (expected {TASKS})")
+    rng = random.Random(seed)  # one private stream: never the global random state
+    out = []
+    for rec in records:
+        lang = rec.get("lang") or guess_lang(rec["text"])
+        if lang not in schema:
+            raise ValueError(f"record {rec['id']!r}: no {lang!r} section in the schema")
+        s = schema[lang]
+        _check_in_schema({**rec, "lang": lang}, s)
+        fmt = rng.choice(FORMATS)  # one format per record
+        negative = not any(rec.get(FIELD[t]) for t in TASKS)
+        for task in tasks:
+            items = rec.get(FIELD[task]) or []
+            keep_empty = rng.random() < neg_ratio  # drawn for every task: keeps the stream stable
+            if not items and not (negative or keep_empty):
+                continue
+            task_fmt = "json" if fmt == "tuple" and not tuple_safe(items) else fmt
+            template = rng.choice(TEMPLATES[task][lang])
+            instruction = template.format(schema=_schema_text(task, s, rng),
+                                          fmt=FORMAT_TEXT[(task, task_fmt)][lang])
+            out.append({"instruction": instruction, "input": rec["text"],
+                        "output": render_output(task, lang, task_fmt, items),
+                        "task": task, "lang": lang, "format": task_fmt, "id": rec["id"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------- parsing
+
+def _split_top(inner: str, n: int) -> list[str] | None:
+    """Split ``a,b,c`` into exactly ``n`` stripped parts (tuple syntax never occurs in spans)."""
+    parts = [p.strip() for p in inner.split(",")]
+    return parts if len(parts) == n and all(parts) else None
+
+
+def _parse_tuples(task: str, text: str) -> list[dict]:
+    items = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not (line.startswith("(") and line.endswith(")")):
+            continue  # model chatter or a malformed line: skip it, keep the rest
+        inner = line[1:-1]
+        if task == "ner":
+            parts = _split_top(inner, 2)
+            if parts:
+                items.append({"text": parts[0], "type": parts[1]})
+        elif task == "re":
+            parts = _split_top(inner, 3)
+            if parts:
+                items.append({"head": parts[0], "relation": parts[1], "tail": parts[2]})
+        else:
+            head, sep, rest = inner.partition(",[")
+            parts = _split_top(head, 2)
+            if not (parts and sep and rest.endswith("]")):
+                continue
+            args = []
+            for chunk in rest[:-1].split(")"):
+                chunk = chunk.strip().lstrip(",").strip()
+                pair = _split_top(chunk[1:], 2) if chunk.startswith("(") else None
+                if pair:
+                    args.append({"role": pair[1], "text": pair[0]})
+            items.append({"type": parts[1], "trigger": parts[0], "arguments": args})
+    return items
+
+
+def _parse_json(task: str, text: str) -> list[dict]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(obj, dict):
+        return []
+    items: list[dict] = []
+    for label, values in obj.items():
+        if not isinstance(values, list):
+            continue
+        for v in values:
+            if task == "ner" and isinstance(v, str) and v:
+                items.append({"text": v, "type": label})
+            elif task == "re" and isinstance(v, dict) and isinstance(v.get("subject"), str) \
+                    and isinstance(v.get("object"), str):
+                items.append({"head": v["subject"], "relation": label, "tail": v["object"]})
+            elif task == "ee" and isinstance(v, dict) and isinstance(v.get("trigger"), str):
+                args = []
+                raw = v.get("arguments") if isinstance(v.get("arguments"), dict) else {}
+                for role, fill in raw.items():
+                    for f in fill if isinstance(fill, list) else [fill]:
+                        if isinstance(f, str) and f and f != "NAN":  # IEPile marks absent roles NAN
+                            args.append({"role": role, "text": f})
+                items.append({"type": label, "trigger": v["trigger"], "arguments": args})
+    return items
+
+
+def parse_output(task: str, lang: str, fmt: str, text: str) -> dict[str, list]:
+    """Read an answer back into ``{"entities", "relations", "events"}`` (only ``task``'s list filled).
+
+    Tolerant: surrounding whitespace, the none-answer of either language, and malformed lines or
+    values (skipped). ``fmt`` may be ``"auto"``: JSON when the answer starts with ``{``.
+    ``lang`` is accepted for symmetry with ``render_output``; both none-answers are understood.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (expected {TASKS})")
+    result: dict[str, list] = {"entities": [], "relations": [], "events": []}
+    text = (text or "").strip()
+    if text.lower() in _NONE_TEXTS:
+        return result
+    if fmt == "auto":
+        fmt = "json" if text.startswith("{") else "tuple"
+    if fmt == "tuple":
+        result[FIELD[task]] = _parse_tuples(task, text)
+    elif fmt == "json":
+        result[FIELD[task]] = _parse_json(task, text)
+    else:
+        raise ValueError(f"unknown output format {fmt!r} (expected one of {FORMATS} or 'auto')")
+    return result
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+def write_json_atomic(obj: Any, out: str | Path) -> None:
+    """Write JSON to a temp file beside ``out`` then rename: never a half-written file."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, ensure_ascii=False, indent=1)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the data file is meant to be shared
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kg2instruct", description=__doc__.split("\n")[0])
+    ap.add_argument("--records", required=True, help="IE records, one JSON object per line")
+    ap.add_argument("--schema", required=True, help="label schema JSON ({lang: {ner, re, ee}})")
+    ap.add_argument("--out", required=True, help="output alpaca JSON list")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--neg-ratio", type=float, default=0.15,
+                    help="chance that a task with no labels still gets a none-answer instruction")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of ner,re,ee")
+    args = ap.parse_args(argv)
+    try:
+        records = load_ie_records(args.records)
+        schema = load_schema(args.schema)
+        rows = build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio,
+                                  tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
+    except ValueError as exc:  # RecordError is a ValueError: user-caused, one clear line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_json_atomic(rows, args.out)
+    counts = {t: sum(r["task"] == t for r in rows) for t in TASKS}
+    empty = sum(r["output"] == NONE_ANSWER[r["lang"]] for r in rows)
+    print(f"wrote {len(rows)} instructions from {len(records)} records to {args.out} "
+          f"(ner {counts['ner']}, re {counts['re']}, ee {counts['ee']}; none-answers {empty})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
