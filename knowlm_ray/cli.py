@@ -4,6 +4,7 @@
     knowlm prepare-corpus --config jobs/configs/tiny_corpus.yaml [key=value ...]
     knowlm pretrain --config jobs/configs/tiny.yaml [key=value ...]
     knowlm finetune-lora --config jobs/configs/tiny_lora.yaml [key=value ...]
+    knowlm kg2instruct --records R --schema S --out O [--seed N]
     knowlm weights merge-lora --base B --lora L --out M
     knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P]
     knowlm demo
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key.path=value")
         p.set_defaults(fn=_job(module, cls))
 
+    # Listed for --help; main() hands its arguments to the module's own parser.
+    sub.add_parser("kg2instruct", add_help=False,
+                   help="IE records + schema -> alpaca instructions (--help for options)")
+
     w = sub.add_parser("weights", help="weight tools").add_subparsers(dest="wcmd", required=True)
     p = w.add_parser("merge-lora", help="fold a LoRA adapter into its base model")
     p.add_argument("--base", required=True)
@@ -116,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     set_default_env()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["kg2instruct"]:
+        from knowlm_ray.instruct.kg2instruct import main as kg2instruct
+
+        raise SystemExit(kg2instruct(argv[1:]))
     args = build_parser().parse_args(argv)
     from knowlm_ray.config import ConfigError
 
