@@ -33,7 +33,7 @@ def tiny_model(tmp_path_factory) -> Path:
             f"浙江大学位于杭州市，第{i}届学生在西湖边读书。The river Thames flows through London, "
             f"and report {i} was published in 2023 by Dr. Smith." for i in range(300)), encoding="utf-8")
         corpus = [stand_in]
-    return build_tiny(out, corpus, TinySpec(vocab_size=2000, hidden=64, layers=2, intermediate=172))
+    return build_tiny(out, corpus, TinySpec(vocab_size=3000, hidden=64, layers=2, intermediate=172))
 
 
 @pytest.fixture(scope="session")
