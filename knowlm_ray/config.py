@@ -60,6 +60,7 @@ class CorpusConfig(Strict):
     pack: PackConfig = PackConfig()
     out_dir: str = "artifacts/corpus"
     rows_per_shard: int = Field(1000, ge=1)
+    num_partitions: int = Field(0, ge=0)  # hash-shuffle partitions for dedup; 0: one per cluster CPU
     seed: int = 0
 
 
@@ -87,6 +88,8 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor as a fraction of lr (HF cosine: 0)
+    max_grad_norm: float = Field(1.0, ge=0)  # 0 = no clipping (KnowLM's DeepSpeed JSON had none)
     max_steps: int = Field(100, ge=1)
     seq_len: int = Field(256, ge=8)  # rows are cut to this many tokens
     save_every: int = Field(50, ge=1)

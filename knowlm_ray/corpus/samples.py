@@ -1,0 +1,54 @@
+"""Documents -> split samples (the tokenising stage; see ``split.py`` for the rules).
+
+``SampleBuilder`` is a callable class so Ray Data runs it on an actor pool and each actor loads
+the HF tokenizer once. Every ``ok`` document yields its samples in order (sample 0, 1, ...);
+samples under ``min_tokens`` stay as ``short`` rows without tokens so they can be counted; any
+other document passes through as one row with sample -1.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from knowlm_ray.corpus.schema import OK, SAMPLE_SCHEMA, SHORT
+from knowlm_ray.corpus.split import build_samples, encode_sentences, split_sentences
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def doc_to_sample_rows(doc: dict[str, Any], tokenizer: Any, max_tokens: int,
+                       min_tokens: int) -> Iterator[dict[str, Any]]:
+    """Plain-Python core: one DOC_SCHEMA row -> SAMPLE_SCHEMA rows."""
+    base = {"doc_id": doc["doc_id"], "source": doc["source"], "file": doc["file"], "line": doc["line"]}
+    if doc["status"] != OK:
+        yield {**base, "sample": -1, "input_ids": [], "n_tokens": 0, "status": doc["status"],
+               "reason": doc["reason"], "raw": doc["raw"], "sentences_cut": 0}
+        return
+    sentences = split_sentences(doc["text"], doc["lang"])
+    built = build_samples(encode_sentences(tokenizer, sentences), max_tokens,
+                          tokenizer.bos_token_id, tokenizer.eos_token_id)
+    samples = built.samples or [[]]  # text that encodes to nothing: one empty (short) sample
+    for index, ids in enumerate(samples):
+        short = len(ids) < min_tokens or not ids
+        yield {**base, "sample": index, "input_ids": [] if short else ids, "n_tokens": len(ids),
+               "status": SHORT if short else OK,
+               "reason": f"{len(ids)} < min_tokens {min_tokens} tokens" if short else None,
+               "raw": None, "sentences_cut": built.sentences_cut if index == 0 else 0}
+
+
+class SampleBuilder:
+    """map_batches callable (actor pool): DOC_SCHEMA batch -> SAMPLE_SCHEMA batch."""
+
+    def __init__(self, tokenizer: str, max_tokens: int, min_tokens: int):
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.max_tokens, self.min_tokens = max_tokens, min_tokens
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [r for doc in batch.to_pylist()
+                for r in doc_to_sample_rows(doc, self.tokenizer, self.max_tokens, self.min_tokens)]
+        return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)

@@ -1,0 +1,140 @@
+"""Plain-Python cores of the corpus stages: readers, filters, dedup, shard planning and I/O, counts."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from knowlm_ray.config import FilterConfig, SourceConfig
+from knowlm_ray.corpus.dedup import keep_first
+from knowlm_ray.corpus.filters import annotate_batch, dedup_key, filter_reason, symbol_ratio
+from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, FILTERED, MALFORMED, OK, SAMPLE_SCHEMA, SHARD_SCHEMA
+from knowlm_ray.corpus.shards import iter_samples, plan_files, read_shards, write_arrow_file
+from knowlm_ray.corpus.sources import list_input_files, read_file_rows
+from knowlm_ray.corpus.stats import partial_counts, summarise
+
+
+def _rows(tmp_path, name, content, **src):
+    p = tmp_path / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    cfg = SourceConfig(path=str(p), **src)
+    (entry,) = list_input_files([cfg])
+    return list(read_file_rows(entry, cfg))
+
+
+def test_jsonl_fields_joined_and_malformed_lines_kept_with_reasons(tmp_path):
+    lines = [
+        json.dumps({"title": "标题", "content": "正文。"}, ensure_ascii=False),
+        "",  # blank: not a document
+        '{"title": "x", "content": ',
+        json.dumps({"title": "x"}),
+        json.dumps({"title": "x", "content": 5}),
+        "[1, 2]",
+    ]
+    content = ("\n".join(lines) + "\n").encode() + b'{"title": "\xff", "content": "y"}\n'
+    rows = _rows(tmp_path, "zh.jsonl", content, source="baike", lang="zh", text_field=["title", "content"])
+    assert [(r["doc_id"], r["status"]) for r in rows] == [
+        ("baike/zh.jsonl:000000001", OK), ("baike/zh.jsonl:000000003", MALFORMED),
+        ("baike/zh.jsonl:000000004", MALFORMED), ("baike/zh.jsonl:000000005", MALFORMED),
+        ("baike/zh.jsonl:000000006", MALFORMED), ("baike/zh.jsonl:000000007", MALFORMED)]
+    assert rows[0]["text"] == "标题\n正文。"
+    reasons = [r["reason"] for r in rows[1:]]
+    assert reasons[0].startswith("invalid JSON")
+    assert reasons[1:] == ["missing field 'content'", "field 'content' is int, not a string",
+                           "not a JSON object (got list)", "not valid UTF-8 (byte 11)"]
+    assert rows[1]["raw"] == lines[2] and rows[1]["file"].endswith("zh.jsonl")
+
+
+def test_text_and_files_formats(tmp_path):
+    rows = _rows(tmp_path, "b.txt", "first line\r\n\n  second  \n", source="books", lang="en", format="text")
+    assert [(r["doc_id"], r["text"]) for r in rows] == [("books/b.txt:000000001", "first line"),
+                                                        ("books/b.txt:000000003", "second")]
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg" / "b.py").write_text("print(2)\n")
+    (code / "a.py").write_text("print(1)\n")
+    (code / "notes.md").write_text("skip me")
+    src = SourceConfig(path=str(code), source="code", lang="code", format="files", glob="**/*.py")
+    entries = list_input_files([src])
+    assert [e["rel"] for e in entries] == ["a.py", "pkg/b.py"]
+    assert [r["doc_id"] for e in entries for r in read_file_rows(e, src)] == ["code/a.py", "code/pkg/b.py"]
+
+
+def test_bad_paths_fail_early_with_the_input_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"input 0 \(source 'x'\): path not found"):
+        list_input_files([SourceConfig(path=str(tmp_path / "nope.jsonl"), source="x", lang="en")])
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        list_input_files([SourceConfig(path=str(tmp_path), source="x", lang="code", format="files", glob="*.py")])
+
+
+def test_filters():
+    cfg = FilterConfig(min_chars=10, max_chars=100, max_symbol_ratio=0.3)
+    assert filter_reason("", cfg) == "empty"
+    assert filter_reason("short", cfg).startswith("too short")
+    assert filter_reason("x" * 101, cfg).startswith("too long")
+    assert filter_reason("@@@@ #### $$$$ %%%% &&&&", cfg).startswith("symbol ratio")
+    assert filter_reason("知识图谱是一种结构化的语义知识库，用于描述概念。", cfg) is None
+    code = "def f(x):\n    return {'a': [x, x + 1], 'b': x * 2}  # note\n"
+    assert symbol_ratio(code) < 0.3 and filter_reason(code, FilterConfig(min_chars=10)) is None
+
+
+def test_dedup_key_normalises_width_and_whitespace():
+    assert dedup_key("ＡＢＣ  知识\n图谱") == dedup_key("ABC 知识 图谱")
+    assert dedup_key("abc") != dedup_key("abd")
+
+
+def _doc(doc_id, text, status=OK):
+    return {"doc_id": doc_id, "source": "s", "lang": "en", "file": "f", "line": 1, "text": text,
+            "status": status, "reason": None, "raw": None, "key": None}
+
+
+def test_annotate_and_keep_first():
+    batch = pa.Table.from_pylist([_doc("s/f:3", "the same text, long enough"), _doc("s/f:1", "the  same text, long enough"),
+                                  _doc("s/f:2", "tiny"), _doc("s/f:4", "", MALFORMED)], schema=DOC_SCHEMA)
+    rows = annotate_batch(batch, FilterConfig(min_chars=10).model_dump()).to_pylist()
+    assert [r["status"] for r in rows] == [OK, OK, FILTERED, MALFORMED]
+    assert rows[0]["key"] == rows[1]["key"] and rows[2]["key"] == "~s/f:2" and rows[2]["text"] == ""
+    group = pa.Table.from_pylist(rows[:2], schema=DOC_SCHEMA)
+    marked = keep_first(group).to_pylist()
+    assert [(r["doc_id"], r["status"]) for r in marked] == [("s/f:1", OK), ("s/f:3", EXACT_DUP)]
+    assert marked[1]["reason"] == "duplicate of s/f:1"
+
+
+def test_plan_files_cuts_fixed_size_files():
+    assert plan_files([3, 0, 4, 2], 4) == [[(0, 0, 3), (2, 0, 1)], [(2, 1, 4), (3, 0, 1)], [(3, 1, 2)]]
+    assert plan_files([3, 4, 2], 4, start=2, stop=8) == [[(0, 2, 3), (1, 0, 3)], [(1, 3, 4), (2, 0, 1)]]
+    assert plan_files([5], 10, start=5, stop=5) == []
+
+
+def test_arrow_shards_roundtrip_and_bytes_do_not_depend_on_chunking(tmp_path):
+    rows = [{"input_ids": list(range(i, i + 3)), "doc_id": f"d{i}", "source": "s"} for i in range(5)]
+    whole = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+    chunked = pa.concat_tables([whole.slice(0, 2), whole.slice(2)])
+    (tmp_path / "shards").mkdir()
+    a = write_arrow_file(whole, tmp_path / "shards" / "part-00000.arrow")
+    b = write_arrow_file(chunked, tmp_path / "part-x.arrow")
+    assert a["sha256"] == b["sha256"] and a["rows"] == 5 and a["tokens"] == 15
+    table = read_shards(tmp_path)
+    assert table.schema == SHARD_SCHEMA and table.to_pylist() == rows
+    got = [(list(s["input_ids"]), s["doc_id"]) for s in iter_samples(tmp_path)]
+    assert got == [(r["input_ids"], r["doc_id"]) for r in rows]
+
+
+def test_summarise_counts_documents_once():
+    rows = [
+        dict(doc_id="a:1", source="a", file="f", line=1, sample=-1, input_ids=[], n_tokens=0, status=MALFORMED,
+             reason="bad", raw="{", sentences_cut=0),
+        dict(doc_id="a:2", source="a", file="f", line=2, sample=0, input_ids=[1, 5], n_tokens=2, status=OK,
+             reason=None, raw=None, sentences_cut=1),
+        dict(doc_id="a:2", source="a", file="f", line=2, sample=1, input_ids=[], n_tokens=1, status="short",
+             reason="x", raw=None, sentences_cut=0),
+        dict(doc_id="a:3", source="a", file="f", line=3, sample=-1, input_ids=[], n_tokens=0, status=EXACT_DUP,
+             reason="dup", raw=None, sentences_cut=0),
+    ]
+    table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    stages, by_source, stats = summarise(partial_counts(table).to_pylist())
+    assert stages == {"read": 3, "malformed": 1, "filtered": 0, "exact_dups": 1, "near_dups": 0,
+                      "documents": 1, "samples": 1, "tokens": 2}
+    assert by_source == {"a": stages}
+    assert stats == {"sentences_cut": 1, "short_dropped": 1, "short_dropped_tokens": 1}

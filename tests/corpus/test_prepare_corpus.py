@@ -1,0 +1,181 @@
+"""The whole pipeline on a local Ray: counts, quarantine, round trip, determinism, replacement.
+
+Ray Data costs seconds per pipeline on 2 cores, so the pipeline runs three times in this module.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from knowlm_ray.config import ConfigError, CorpusConfig
+from knowlm_ray.corpus.samples import load_tokenizer
+from knowlm_ray.corpus.shards import read_shards
+
+ZH_A = {"title": "知识图谱", "content": "知识图谱是一种结构化的语义知识库。它以符号形式描述物理世界中的概念及其相互关系！"
+        "“你好。”他说。大语言模型通过预训练学习语言知识；指令微调让它更好地遵循人类指令。"}
+ZH_B = {"title": "浙江大学", "content": "浙江大学位于杭州市。今天天气很好！明天会下雨吗？"}
+EN_A = {"title": "Foxes", "text": "The quick brown fox jumps over the lazy dog. Mr. Smith paid $3.50 for it! "
+        "Dr. Watson lives in the U.S. and works at Baker Street."}
+BOOK_1 = "Knowledge graphs describe entities and the relations between them, e.g. people and places."
+BOOK_2 = "It is 3.14 miles away. The quick brown fox jumps over the lazy dog again and again."
+CODE_A = "import os\n\n\nclass Reader:\n    def __init__(self, path):\n        self.path = os.path.abspath(path)\n"
+CODE_B = "def tokenize(text):\n    return [t for t in text.split() if t]\n"
+
+
+def _j(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def write_corpus(root: Path) -> dict:
+    """A small corpus with malformed lines, junk and duplicates; returns what should come out."""
+    zh = [_j(ZH_A), _j(ZH_B), "", '{"title": "坏", "content": ',            # 1 2 (3 blank) 4: bad JSON
+          _j({"title": "缺"}),                                               # 5: missing content
+          _j({"title": "ＡＢＣ", "content": "@@@@ #### $$$$ %%%% &&&& **** ^^^^ ~~~~ ||||"}),  # 6: junk
+          _j({"title": " 知识图谱\t", "content": ZH_A["content"].replace("！", "!") + " "})]  # 7: NFKC dup of 1
+    en = [_j(EN_A), _j({"title": "Num", "text": 42}), _j({"title": "Hi", "text": "Hi"}),  # 2 bad, 3 short
+          _j({"title": ZH_B["title"], "text": ZH_B["content"]})]                            # 4: dup of baike 2
+    root.mkdir(parents=True)
+    (root / "zh.jsonl").write_text("\n".join(zh) + "\n", encoding="utf-8")
+    (root / "en.jsonl").write_text("\n".join(en) + "\n", encoding="utf-8")
+    (root / "books.txt").write_text(f"{BOOK_1}\n{BOOK_2}\n{BOOK_1}\n", encoding="utf-8")  # 3: dup of 1
+    (root / "code" / "pkg").mkdir(parents=True)
+    (root / "code" / "a.py").write_text(CODE_A)
+    (root / "code" / "pkg" / "b.py").write_text(CODE_B)
+    (root / "code" / "c.py").write_text(CODE_A)  # dup of a.py
+    (root / "code" / "README.md").write_text("not code")
+    return {
+        "docs": {
+            "baike/zh.jsonl:000000001": f"{ZH_A['title']}\n{ZH_A['content']}",
+            "baike/zh.jsonl:000000002": f"{ZH_B['title']}\n{ZH_B['content']}",
+            "wiki/en.jsonl:000000001": f"{EN_A['title']}\n{EN_A['text']}",
+            "books/books.txt:000000001": BOOK_1,
+            "books/books.txt:000000002": BOOK_2,
+            "code/a.py": CODE_A.strip(),
+            "code/pkg/b.py": CODE_B.strip(),
+        },
+        "quarantine": {("zh.jsonl", 4, "invalid JSON"), ("zh.jsonl", 5, "missing field 'content'"),
+                       ("en.jsonl", 2, "field 'text' is int, not a string")},
+        "by_source": {
+            "baike": {"read": 6, "malformed": 2, "filtered": 1, "exact_dups": 1, "documents": 2},
+            "wiki": {"read": 4, "malformed": 1, "filtered": 1, "exact_dups": 1, "documents": 1},
+            "books": {"read": 3, "malformed": 0, "filtered": 0, "exact_dups": 1, "documents": 2},
+            "code": {"read": 3, "malformed": 0, "filtered": 0, "exact_dups": 1, "documents": 2},
+        },
+    }
+
+
+def make_cfg(root: Path, tokenizer: Path, out: Path, **extra) -> CorpusConfig:
+    return CorpusConfig.model_validate({
+        "inputs": [
+            {"path": str(root / "zh.jsonl"), "source": "baike", "lang": "zh", "text_field": ["title", "content"]},
+            {"path": str(root / "en.jsonl"), "source": "wiki", "lang": "en", "text_field": ["title", "text"]},
+            {"path": str(root / "books.txt"), "source": "books", "lang": "en", "format": "text"},
+            {"path": str(root / "code"), "source": "code", "lang": "code", "format": "files", "glob": "**/*.py"},
+        ],
+        "tokenizer": str(tokenizer), "max_tokens": 24, "out_dir": str(out), "rows_per_shard": 4,
+        "filters": {"min_chars": 10}, **extra})
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_local, corpus_tokenizer, tmp_path_factory):
+    from knowlm_ray.corpus.pipeline import run
+
+    base = tmp_path_factory.mktemp("prep")
+    expected = write_corpus(base / "raw")
+    cfg = make_cfg(base / "raw", corpus_tokenizer, base / "out")
+    manifest = run(cfg)
+    files = {p.name: p.read_bytes() for p in sorted((base / "out" / "shards").iterdir())}
+    return base, cfg, manifest, expected, files
+
+
+def test_manifest_counts(first_run, corpus_tokenizer):
+    base, cfg, manifest, expected, _ = first_run
+    assert manifest == json.loads((base / "out" / "manifest.json").read_text())
+    tok = load_tokenizer(str(corpus_tokenizer))
+    n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 2 for t in expected["docs"].values())
+    stages = manifest["stages"]
+    assert stages == {"read": 16, "malformed": 3, "filtered": 2, "exact_dups": 4, "near_dups": 0,
+                      "documents": 7, "samples": stages["samples"], "tokens": n_tokens}
+    assert stages["samples"] == sum(s["rows"] for s in manifest["shards"]) > 7
+    for source, want in expected["by_source"].items():
+        got = manifest["by_source"][source]
+        assert {k: got[k] for k in want} == want, source
+    assert manifest["stats"]["short_dropped"] == 0 and manifest["config"]["max_tokens"] == 24
+
+
+def test_quarantine_has_malformed_lines_with_reasons(first_run):
+    base, _, manifest, expected, _ = first_run
+    files = sorted((base / "out" / "quarantine").glob("*.jsonl"))
+    assert [f"quarantine/{f.name}" for f in files] == [q["file"] for q in manifest["quarantine"]]
+    recs = [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines()]
+    assert {(Path(r["file"]).name, r["line"], r["reason"].split(":")[0]) for r in recs} == expected["quarantine"]
+    raw_lines = {(Path(r["file"]).name, r["line"]): r["raw"] for r in recs}
+    zh_lines = (base / "raw" / "zh.jsonl").read_text(encoding="utf-8").splitlines()
+    assert raw_lines[("zh.jsonl", 4)] == zh_lines[3]
+
+
+def test_shards_decode_to_the_documents(first_run, corpus_tokenizer):
+    base, cfg, manifest, expected, files = first_run
+    tok = load_tokenizer(str(corpus_tokenizer))
+    assert list(files) == [f"part-{i:05d}.arrow" for i in range(len(manifest["shards"]))]
+    for entry in manifest["shards"]:
+        assert hashlib.sha256(files[Path(entry["file"]).name]).hexdigest() == entry["sha256"]
+    table = read_shards(base / "out")
+    assert [s["rows"] for s in manifest["shards"]][:-1] == [4] * (len(manifest["shards"]) - 1)
+    by_doc: dict[str, list[list[int]]] = {}
+    for row in table.to_pylist():
+        assert 0 < len(row["input_ids"]) <= cfg.max_tokens
+        assert row["source"] == row["doc_id"].split("/")[0]
+        by_doc.setdefault(row["doc_id"], []).append(row["input_ids"])
+    assert list(by_doc) == sorted(expected["docs"])  # sorted by doc_id, duplicates gone
+    for doc_id, samples in by_doc.items():
+        flat = [t for s in samples for t in s]
+        assert [s[0] == tok.bos_token_id for s in samples] == [True] + [False] * (len(samples) - 1)
+        assert [s[-1] == tok.eos_token_id for s in samples] == [False] * (len(samples) - 1) + [True]
+        assert tok.decode(flat, skip_special_tokens=True) == expected["docs"][doc_id], doc_id
+
+
+def test_second_run_is_byte_identical(first_run):
+    from knowlm_ray.corpus.pipeline import run
+
+    base, cfg, manifest, _, files = first_run
+    quarantine = (base / "out" / "quarantine" / "part-00000.jsonl").read_bytes()
+    again = run(cfg.model_copy(update={"num_partitions": 3}))  # another shuffle layout, same bytes
+    assert {k: v for k, v in again.items() if k != "config"} == {k: v for k, v in manifest.items() if k != "config"}
+    assert {p.name: p.read_bytes() for p in sorted((base / "out" / "shards").iterdir())} == files
+    assert (base / "out" / "quarantine" / "part-00000.jsonl").read_bytes() == quarantine
+    assert [p.name for p in base.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_rerun_replaces_output_greedy_pack_and_near_flag(first_run, corpus_tokenizer, caplog):
+    from knowlm_ray.corpus.pipeline import run
+
+    base, cfg, first, expected, _ = first_run
+    cfg2 = cfg.model_copy(update={"pack": cfg.pack.model_copy(update={"mode": "greedy"}), "rows_per_shard": 1000,
+                                  "dedup": cfg.dedup.model_copy(update={"near": True})})
+    with caplog.at_level("WARNING"):
+        manifest = run(cfg2)
+    assert "not implemented yet" in caplog.text
+    assert manifest["stages"] == first["stages"]
+    assert [p.name for p in (base / "out" / "shards").iterdir()] == ["part-00000.arrow"]  # old parts gone
+    table = read_shards(base / "out")
+    assert manifest["stats"]["rows"] == table.num_rows < first["stages"]["samples"]
+    tok = load_tokenizer(str(corpus_tokenizer))
+    for row in table.to_pylist():
+        assert len(row["input_ids"]) <= cfg.max_tokens
+    flat = [t for ids in table["input_ids"].to_pylist() for t in ids]
+    assert flat.count(tok.bos_token_id) == flat.count(tok.eos_token_id) == len(expected["docs"])
+
+
+def test_refuses_to_replace_a_foreign_directory(ray_local, corpus_tokenizer, tmp_path):
+    from knowlm_ray.corpus.pipeline import run
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep")
+    write_corpus(tmp_path / "raw")
+    with pytest.raises(ConfigError, match="not a prepare_corpus output"):
+        run(make_cfg(tmp_path / "raw", corpus_tokenizer, tmp_path / "out"))
+    assert (tmp_path / "out" / "precious.txt").exists()

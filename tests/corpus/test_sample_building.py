@@ -1,0 +1,122 @@
+"""Greedy sample building, tokenisation by sentence, packing (plain Python, no Ray)."""
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pytest
+
+from knowlm_ray.corpus.pack import pack_greedy
+from knowlm_ray.corpus.samples import doc_to_sample_rows, load_tokenizer
+from knowlm_ray.corpus.schema import OK, SHARD_SCHEMA, SHORT
+from knowlm_ray.corpus.split import build_samples, encode_sentences, split_sentences
+
+BOS, EOS = 1, 2
+
+
+def _check(sentences, max_tokens):
+    built = build_samples(sentences, max_tokens, BOS, EOS)
+    flat = [t for s in built.samples for t in s]
+    assert flat == [BOS] + [t for s in sentences for t in s] + [EOS]  # nothing lost or added
+    assert all(0 < len(s) <= max_tokens for s in built.samples)
+    assert [s[0] == BOS for s in built.samples] == [True] + [False] * (len(built.samples) - 1)
+    assert [s[-1] == EOS for s in built.samples] == [False] * (len(built.samples) - 1) + [True]
+    return built
+
+
+def test_greedy_merge_keeps_sentences_whole():
+    sentences = [[10] * 3, [11] * 3, [12] * 4, [13] * 2]
+    built = _check(sentences, 8)
+    # [BOS 10 10 10 11 11 11] (7) | [12 12 12 12 13 13 EOS] (7): no sentence straddles a sample
+    assert built.samples == [[BOS, 10, 10, 10, 11, 11, 11], [12, 12, 12, 12, 13, 13, EOS]]
+    assert built.sentences_cut == 0
+
+
+def test_long_sentence_is_cut_into_max_token_pieces():
+    built = _check([[5] * 2, [7] * 20, [9]], 8)
+    assert built.sentences_cut == 1
+    # [BOS 5 5] [7*8] [7*8] [7*4 9 EOS]: the cut sentence's last piece merges on like a sentence
+    assert [len(s) for s in built.samples] == [3, 8, 8, 6]
+
+
+def test_greedy_split_property_random():
+    rng = random.Random(0)
+    for _ in range(300):
+        max_tokens = rng.randint(2, 40)
+        sentences = [[rng.randint(3, 99)] * rng.randint(1, 60) for _ in range(rng.randint(1, 12))]
+        built = _check(sentences, max_tokens)
+        # greedy: a sample plus the next sample's first whole sentence would not have fitted
+        assert len(built.samples) <= sum(len(s) for s in sentences) + 2
+
+
+def test_empty_document_builds_nothing():
+    assert build_samples([], 8, BOS, EOS).samples == []
+    assert build_samples([[], []], 8, BOS, EOS).samples == []
+
+
+DOCS = [
+    ("zh", "知识图谱是一种结构化的语义知识库。它描述概念及其相互关系！“你好。”他说。\n浙江大学位于杭州市。"),
+    ("en", "Mr. Smith paid $3.50 for it! Dr. Watson lives in the U.S. and works at Baker Street. "
+           "The quick brown fox jumps over the lazy dog.\nKnowledge graphs describe entities."),
+    ("code", "import os\nclass Reader:\n    def __init__(self, path):\n        self.path = os.path.abspath(path)\n"),
+]
+
+
+@pytest.mark.parametrize("lang,text", DOCS)
+def test_sentence_tokens_concatenate_to_the_document(corpus_tokenizer, lang, text):
+    tok = load_tokenizer(str(corpus_tokenizer))
+    sentences = split_sentences(text, lang)
+    assert len(sentences) > 2
+    per_sentence = encode_sentences(tok, sentences)
+    flat = [t for ids in per_sentence for t in ids]
+    assert flat == tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(flat) == text  # no "▁" glued onto sentence starts
+    for max_tokens in (8, 13, 64):
+        built = _check(per_sentence, max_tokens)
+        assert tok.decode([t for s in built.samples for t in s], skip_special_tokens=True) == text
+
+
+def test_slow_tokenizer_falls_back_to_per_sentence(corpus_tokenizer):
+    fast = load_tokenizer(str(corpus_tokenizer))
+
+    class Slow:
+        is_fast = False
+
+        def __call__(self, texts, add_special_tokens):
+            return fast(texts, add_special_tokens=add_special_tokens)
+
+    sentences = split_sentences(DOCS[1][1], "en")
+    assert encode_sentences(Slow(), sentences) == [fast(s, add_special_tokens=False)["input_ids"]
+                                                   for s in sentences]
+
+
+def test_doc_rows_mark_short_samples(corpus_tokenizer):
+    tok = load_tokenizer(str(corpus_tokenizer))
+    doc = {"doc_id": "d/x:000000001", "source": "d", "file": "x", "line": 1, "lang": "zh",
+           "text": DOCS[0][1], "status": OK, "reason": None, "raw": None}
+    rows = list(doc_to_sample_rows(doc, tok, max_tokens=16, min_tokens=6))
+    assert [r["sample"] for r in rows] == list(range(len(rows)))
+    assert all(r["n_tokens"] <= 16 for r in rows)
+    kept = [r for r in rows if r["status"] == OK]
+    short = [r for r in rows if r["status"] == SHORT]
+    assert all(len(r["input_ids"]) >= 6 for r in kept) and kept
+    assert all(r["input_ids"] == [] and r["n_tokens"] < 6 for r in short)
+    assert rows[0]["input_ids"][0] == tok.bos_token_id or rows[0]["status"] == SHORT
+    passthrough = list(doc_to_sample_rows({**doc, "status": "filtered", "reason": "x"}, tok, 16, 1))
+    assert [(r["sample"], r["status"], r["input_ids"]) for r in passthrough] == [(-1, "filtered", [])]
+
+
+def test_pack_greedy_concatenates_within_a_source():
+    t = pa.Table.from_pylist([
+        {"input_ids": [1, 5, 2], "doc_id": "a/1", "source": "a"},
+        {"input_ids": [1, 6, 6, 2], "doc_id": "a/2", "source": "a"},
+        {"input_ids": [1, 7, 7, 7], "doc_id": "a/3", "source": "a"},
+        {"input_ids": [8, 2], "doc_id": "a/3", "source": "a"},
+        {"input_ids": [1, 9, 2], "doc_id": "b/1", "source": "b"},
+    ], schema=SHARD_SCHEMA)
+    packed = pack_greedy(t, max_tokens=8).to_pylist()
+    assert packed == [
+        {"input_ids": [1, 5, 2, 1, 6, 6, 2], "doc_id": "a/1", "source": "a"},
+        {"input_ids": [1, 7, 7, 7, 8, 2], "doc_id": "a/3", "source": "a"},
+        {"input_ids": [1, 9, 2], "doc_id": "b/1", "source": "b"},
+    ]
