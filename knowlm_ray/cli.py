@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 from knowlm_ray.runtime import set_default_env
+
+COMMAND_MODULES = ("knowlm_ray.models.weights_cli", "knowlm_ray.ie.cli")
 
 
 def _init_tiny(a: argparse.Namespace) -> None:
@@ -29,8 +32,6 @@ def _init_tiny(a: argparse.Namespace) -> None:
 
 def _job(module: str, cfg_cls: str):
     def run(a: argparse.Namespace) -> None:
-        import importlib
-
         from knowlm_ray import config
 
         cfg = config.load_config(getattr(config, cfg_cls), a.config, a.overrides)
@@ -38,13 +39,6 @@ def _job(module: str, cfg_cls: str):
         if result is not None:
             print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
     return run
-
-
-def _merge_lora(a: argparse.Namespace) -> None:
-    from knowlm_ray.models.lora import merge_lora
-
-    out = merge_lora(a.base, a.lora, a.out, dtype=a.dtype)
-    print(f"merged model written to {out}")
 
 
 def _serve(a: argparse.Namespace) -> None:
@@ -97,13 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("kg2instruct", add_help=False,
                    help="IE records + schema -> alpaca instructions (--help for options)")
 
-    w = sub.add_parser("weights", help="weight tools").add_subparsers(dest="wcmd", required=True)
-    p = w.add_parser("merge-lora", help="fold a LoRA adapter into its base model")
-    p.add_argument("--base", required=True)
-    p.add_argument("--lora", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.set_defaults(fn=_merge_lora)
+    # Command groups that live beside their library code.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
 
     p = sub.add_parser("serve", help="serve a model over HTTP with Ray Serve (blocks)")
     p.add_argument("--model", required=True)
