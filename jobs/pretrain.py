@@ -1,0 +1,32 @@
+"""Pretrain a causal LM on Arrow corpus shards with DeepSpeed ZeRO-3 on Ray Train workers.
+
+    python jobs/pretrain.py --config jobs/configs/tiny.yaml [key.path=value ...]
+    ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/tiny.yaml
+
+Re-running the same command resumes from the newest checkpoint in storage_path/run_name.
+Per-step metrics go to output_dir/metrics.jsonl; the final HF model to output_dir.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from knowlm_ray.config import ConfigError, PretrainConfig, parse_job_args
+from knowlm_ray.runtime import init_ray
+from knowlm_ray.train.pretrain import run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_job_args(PretrainConfig, argv, description=__doc__)
+    init_ray()
+    try:
+        summary = run(cfg)
+    except ConfigError as exc:  # bad path, bad data, bad DeepSpeed config: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

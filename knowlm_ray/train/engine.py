@@ -1,0 +1,165 @@
+"""Two interchangeable engines behind one small interface: DeepSpeed (ZeRO-1/2/3) and torch
+(DDP across Ray Train workers, or a single process).
+
+    engine.micro_step(batch, lr) -> loss      forward + backward (+ optimizer step at the
+                                               accumulation boundary, with clipping)
+    engine.save(dir, tag, client_state)       every rank; files for one training checkpoint
+    engine.load(dir, tag)                     every rank
+    engine.full_state_dict()                  every rank; the whole model on rank 0, else None
+    engine.gathered(params)                   context in which ZeRO-3 params are whole everywhere
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable params; no weight decay on vectors (norms, biases) as in HF Trainer.
+
+    Under ZeRO-3 a partitioned param is a 1-D shard, so its real rank comes from ``ds_shape``.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        ndim = len(getattr(p, "ds_shape", p.shape))
+        (decay if ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    # torch AdamW on purpose: DeepSpeed's own optimizers JIT-compile for ~40 s on first use.
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class DeepSpeedEngine:
+    def __init__(self, model: torch.nn.Module, cfg, ds_config: dict[str, Any]):
+        import deepspeed
+
+        self.module = model
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=make_optimizer(model, cfg), config=ds_config)
+        self.device = self.engine.device
+        self.stage = self.engine.zero_optimization_stage()
+
+    def micro_step(self, batch: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
+        _set_lr(self.optimizer, lr)
+        out = self.engine(**{k: v.to(self.device) for k, v in batch.items()})
+        self.engine.backward(out.loss)  # DeepSpeed divides by gradient_accumulation_steps itself
+        self.engine.step()  # steps (and clips) only at the accumulation boundary
+        return out.loss.detach().float().cpu()
+
+    def save(self, directory: str, tag: str, client_state: dict) -> None:
+        Path(directory, tag).mkdir(parents=True, exist_ok=True)  # each rank may have its own tmpdir
+        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
+
+    def load(self, directory: str, tag: str) -> dict:
+        path, client = self.engine.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
+        return client or {}
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        if self.stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks
+        return self.module.state_dict() if self.engine.global_rank == 0 else None
+
+    def gathered(self, params: Iterable[torch.nn.Parameter]):
+        if self.stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+
+class TorchEngine:
+    """Plain torch: DDP over the Ray Train process group, or one process (local mode)."""
+
+    def __init__(self, model: torch.nn.Module, cfg, distributed: bool):
+        self.module = model
+        self.distributed = distributed
+        if distributed:
+            import ray.train.torch
+
+            self.model = ray.train.torch.prepare_model(
+                model, parallel_strategy_kwargs={"find_unused_parameters": False})
+            self.device = ray.train.torch.get_device()
+        else:
+            self.device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+            self.model = model.to(self.device)
+        self.optimizer = make_optimizer(model, cfg)
+        self.accum = cfg.grad_accum
+        self.max_grad_norm = cfg.max_grad_norm
+        self.rank = torch.distributed.get_rank() if distributed else 0
+        self._micro = 0
+
+    def micro_step(self, batch: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
+        self._micro += 1
+        boundary = self._micro % self.accum == 0
+        sync = contextlib.nullcontext() if boundary or not self.distributed else self.model.no_sync()
+        with sync:  # all-reduce gradients only once per optimizer step
+            out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
+            (out.loss / self.accum).backward()
+        if boundary:
+            _set_lr(self.optimizer, lr)
+            if self.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.module.parameters() if p.requires_grad], self.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return out.loss.detach().float().cpu()
+
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def save(self, directory: str, tag: str, client_state: dict) -> None:
+        # Replicas are identical: rank 0 writes. Only trainable params (a LoRA checkpoint is the adapter).
+        if self.rank != 0:
+            return
+        from safetensors.torch import save_file
+
+        d = Path(directory, tag)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file(self._trainable(), str(d / "trainable.safetensors"), metadata={"format": "pt"})
+        torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
+
+    def load(self, directory: str, tag: str) -> dict:
+        from safetensors.torch import load_file
+
+        d = Path(directory, tag)
+        weights = load_file(str(d / "trainable.safetensors"))
+        expected = set(self._trainable())
+        if set(weights) != expected:
+            missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+            raise RuntimeError(f"checkpoint {d} does not match the model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+        params = dict(self.module.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value.to(params[name].device))
+        # weights_only: plain tensors and numbers, never arbitrary pickled objects
+        self.optimizer.load_state_dict(torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True))
+        return {}
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return {k: v.detach().cpu() for k, v in self.module.state_dict().items()} if self.rank == 0 else None
+
+    def gathered(self, params: Iterable[torch.nn.Parameter]):
+        return contextlib.nullcontext()
+
+
+def use_deepspeed(ds_config: dict | None, distributed: bool) -> bool:
+    """DeepSpeed needs a process group; local mode (no workers) falls back to plain torch."""
+    return ds_config is not None and distributed
