@@ -1,90 +1,379 @@
 """The Ray Serve application: one deployment, FastAPI ingress, @serve.batch over the engine.
 
+Routes: ``POST /generate`` (KnowLM), ``POST /v1/completions``, ``POST /v1/chat/completions``
+(``stream: true`` → server-sent events), ``GET /v1/models``, ``GET /healthz``. Every error is
+``{"error": {"message", "type"}}``: 400/422 bad request, 401 missing/wrong API key, 404 unknown
+model or route, 503 + ``Retry-After`` overload, 504 past ``request_timeout_s``, 500 a bug.
+
 ``serve run serve_configs/tiny.yaml`` imports ``build_app`` (an application builder: it gets the
-config's ``args``); ``knowlm serve`` and ``knowlm demo`` reach it through ``launch.py``.
+config's ``args``, validated by ``AppArgs``); ``knowlm serve`` and ``knowlm demo`` reach it
+through ``launch.py``. Handle methods for other code in the cluster: ``generate_texts`` (the seam
+``/extract`` builds on) and ``get_stats``.
 """
 # No `from __future__ import annotations`: FastAPI must see real types on the ingress methods.
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
+import re
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Sequence
 
-from fastapi import FastAPI
-from pydantic import Field
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import Field, field_validator, model_validator
 from ray import serve
 
-from knowlm_ray.config import Strict, load_config
-from knowlm_ray.serve.engine import GenerationEngine, GenerationResult, Prepared, RequestError
+from knowlm_ray.config import ConfigError, Strict, load_config
+from knowlm_ray.instruct.alpaca import build_prompt
+from knowlm_ray.serve import metrics as serve_metrics
+from knowlm_ray.serve import openai_api as oai
+from knowlm_ray.serve.engine import (GenerationEngine, GenerationResult, Prepared, RequestError,
+                                     UnknownModelError)
 from knowlm_ray.serve.errors import error_response, install_error_handlers
-from knowlm_ray.serve.schemas import ErrorResponse, GenerateRequest, GenerateResponse
+from knowlm_ray.serve.runner import Job, Overloaded, RequestTimeout, Runner
+from knowlm_ray.serve.schemas import (ChatCompletionRequest, CompletionRequest, ErrorResponse,
+                                      GenerateRequest, GenerateResponse, GenerationParams)
 
 log = logging.getLogger("knowlm_ray.serve")
 
 APP_NAME = "knowlm"
 DEPLOYMENT_NAME = "KnowLMServer"
+API_KEY_ENV = "KNOWLM_API_KEY"
+TIMEOUT_HEADER = "x-knowlm-timeout-s"  # a client may shorten (never lengthen) request_timeout_s
 # Measured on 2 cores (platform-notes §6): 0.5 CPU per replica leaves room for the proxy and a
 # second replica; scale on queue depth, back down after a quiet 30 s.
 DEFAULT_AUTOSCALING: dict[str, Any] = {
     "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
     "upscale_delay_s": 2, "downscale_delay_s": 30}
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)$")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 class AppArgs(Strict):
-    """``args`` of the Serve application (config file ``applications[].args`` or ``launch``)."""
+    """``args`` of the Serve application (config file ``applications[].args`` or ``launch``).
+
+    Engine: ``dtype`` float32 (default) | float16 (GPU only: an error on CPU, by choice) |
+    bfloat16; ``quantization`` none | int8 (bitsandbytes 8-bit on CUDA — the ``quant`` extra —
+    and torch dynamic int8 on CPU); ``device_map`` + ``max_memory`` spread one replica over
+    ``num_gpus`` GPUs (KnowLM's ``--multi_gpu --allocate``). Overload: a replica answers 503 when
+    ``max_waiting_requests`` already wait for a batch; Serve answers 503 itself when
+    ``max_queued_requests`` wait for a replica (both with ``Retry-After``).
+    """
 
     model: str  # HF dir; a relative path resolves against the current working directory
-    model_id: str | None = None  # name reported by /healthz; default: the directory's name
-    loras: dict[str, str] = Field(default_factory=dict)
+    model_id: str | None = None  # name reported by /healthz and /v1/models; default: the dir's name
+    loras: dict[str, str] = Field(default_factory=dict)  # adapter name -> peft adapter dir
+    max_loras_per_replica: int = Field(4, ge=1)  # LRU bound on adapters held in one replica
+    # engine
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the replica has a GPU
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    quantization: Literal["none", "int8"] = "none"
+    device_map: str | dict[str, int | str] | None = None
+    max_memory: dict[int | str, int | str] | None = None  # {0: "20GiB", 1: "20GiB", "cpu": "30GiB"}
+    # Runs Python shipped with the model directory: only for sources you trust. Strict bool.
+    trust_remote_code: bool = Field(False, strict=True)
+    num_threads: int | None = Field(None, ge=1)  # torch threads per replica; default: Ray's OMP setting
+    # batching and robustness
     max_batch_size: int = Field(8, ge=1, le=64)
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=1)
-    num_threads: int | None = Field(None, ge=1)  # torch threads per replica; default: Ray's OMP setting
+    max_waiting_requests: int = Field(16, ge=1)
+    request_timeout_s: float = Field(300.0, gt=0)
+    retry_after_s: float = Field(1.0, ge=0)
+    api_key: str | None = None  # default: $KNOWLM_API_KEY; unset: no auth
     # Deployment options; a config file's `deployments:` entry overrides them.
     num_cpus: float = Field(0.5, gt=0)
-    max_ongoing_requests: int = Field(16, ge=1)
+    num_gpus: float = Field(0, ge=0)
+    max_ongoing_requests: int = Field(32, ge=1)
+    max_queued_requests: int = Field(64, ge=-1)  # -1: unbounded (Serve's default; not advised)
     num_replicas: int | None = Field(None, ge=1)  # a fixed count turns autoscaling off
     autoscaling_config: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_AUTOSCALING))
 
+    @field_validator("loras")
+    @classmethod
+    def _lora_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _ADAPTER_NAME.match(name):
+                raise ValueError(f"adapter name {name!r}: use letters, digits, '_', '-', '.' (at most 64)")
+        return v
 
-api = FastAPI(title="knowlm-ray", description="KnowLM /generate on Ray Serve")
+    @field_validator("device_map")
+    @classmethod
+    def _device_map(cls, v):
+        if isinstance(v, str) and v not in DEVICE_MAPS:
+            raise ValueError(f"device_map must be one of {', '.join(DEVICE_MAPS)} or a module->device dict")
+        return v
+
+    @field_validator("max_memory")
+    @classmethod
+    def _max_memory(cls, v):
+        if v is None:
+            return v
+        out: dict[int | str, int | str] = {}
+        for key, size in v.items():
+            if isinstance(key, str) and key.isdigit():
+                key = int(key)
+            if not (isinstance(key, int) and key >= 0) and key not in ("cpu", "disk"):
+                raise ValueError(f"max_memory key {key!r}: a GPU index (0, 1, ...), 'cpu' or 'disk'")
+            if isinstance(size, int):
+                if size <= 0:
+                    raise ValueError(f"max_memory[{key!r}]: bytes must be > 0")
+            elif not _MEMORY.match(size.strip()):
+                raise ValueError(f"max_memory[{key!r}] = {size!r}: write a size like '20GiB' or '512MiB'")
+            out[key] = size
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.model_id is not None and self.model_id in self.loras:
+            raise ValueError(f"loras: adapter name {self.model_id!r} is the base model's id")
+        gpus = [k for k in (self.max_memory or {}) if isinstance(k, int)]
+        if self.max_memory and self.device_map is None:
+            raise ValueError("max_memory needs device_map (e.g. device_map: auto)")
+        if gpus and max(gpus) + 1 > self.num_gpus:
+            raise ValueError(f"max_memory names GPU {max(gpus)} but num_gpus is {self.num_gpus:g} "
+                             "(a replica sees GPUs 0..num_gpus-1)")
+        on_cpu = self.device == "cpu" or (self.device == "auto" and self.num_gpus == 0)
+        if self.device == "cuda" and self.num_gpus == 0:
+            raise ValueError("device cuda needs num_gpus >= 1 (Ray gives a replica no GPU otherwise)")
+        if on_cpu and self.dtype == "float16":
+            raise ValueError("dtype float16 needs a GPU (num_gpus >= 1); on CPU use float32 or bfloat16")
+        if on_cpu and self.quantization == "int8":
+            if self.dtype != "float32":
+                raise ValueError("quantization int8 on CPU (torch dynamic int8) computes in float32: "
+                                 "set dtype float32")
+            if self.loras:
+                raise ValueError("LoRA adapters cannot sit on torch's dynamic int8 layers (CPU int8): "
+                                 "merge them or serve without quantization")
+        return self
+
+
+api = FastAPI(title="knowlm-ray", description="KnowLM /generate and an OpenAI-compatible API on Ray Serve")
 install_error_handlers(api)
+api.add_middleware(serve_metrics.ServeMiddleware)
 
-_ERRORS = {400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 500: {"model": ErrorResponse}}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 422, 500, 503, 504)}
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16,
+def error_for(exc: BaseException) -> JSONResponse:
+    """The HTTP answer for an exception raised while serving a request."""
+    if isinstance(exc, Overloaded):
+        resp = error_response(503, str(exc), "overloaded_error")
+        resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return resp
+    if isinstance(exc, RequestTimeout):
+        return error_response(504, str(exc), "timeout_error")
+    if isinstance(exc, UnknownModelError):
+        return error_response(404, str(exc))
+    if isinstance(exc, RequestError):
+        return error_response(400, str(exc))
+    log.error("generation failed", exc_info=exc)  # the client gets the shape, the log the traceback
+    return error_response(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+
+
+def _timeout_from(request: Request | None) -> float | None:
+    if request is None:
+        return None
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestError(f"header {TIMEOUT_HEADER}: {raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise RequestError(f"header {TIMEOUT_HEADER}: must be > 0")
+    return value
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32,
                   autoscaling_config=DEFAULT_AUTOSCALING)
 @serve.ingress(api)
 class KnowLMServer:
     def __init__(self, model_dir: str, model_id: str, max_batch_size: int = 8,
-                 batch_wait_timeout_s: float = 0.01, num_threads: int | None = None):
-        self.engine = GenerationEngine(model_dir, num_threads=num_threads)
+                 batch_wait_timeout_s: float = 0.01, num_threads: int | None = None, *,
+                 loras: dict[str, str] | None = None, max_loras_per_replica: int = 4,
+                 device: str = "auto", dtype: str = "float32", quantization: str = "none",
+                 device_map: Any = None, max_memory: dict | None = None, trust_remote_code: bool = False,
+                 max_waiting_requests: int = 16, request_timeout_s: float = 300.0,
+                 retry_after_s: float = 1.0, api_key: str | None = None):
+        self.engine = GenerationEngine(
+            model_dir, device=device, dtype=dtype, num_threads=num_threads, quantization=quantization,
+            device_map=device_map, max_memory=max_memory, trust_remote_code=trust_remote_code,
+            loras=loras, max_loras=max_loras_per_replica)
         self.model_id = model_id
+        self.started = int(time.time())
+        self.metrics = serve_metrics.ServeMetrics(export=True)
+        events = {"rejected": "overload", "timed_out": "timeout"}
+
+        def on_event(name: str) -> None:
+            if name in events:
+                self.metrics.rejected(events[name])
+            elif name == "cancelled":
+                self.metrics.cancelled()
+
+        self.runner = Runner(self.engine, self._generate_batch, max_waiting=max_waiting_requests,
+                             timeout_s=request_timeout_s, retry_after_s=retry_after_s,
+                             on_queue_change=self.metrics.queue_length, on_event=on_event)
+        api_key = api_key or os.environ.get(API_KEY_ENV) or None
+        serve_metrics.configure(api_key, self.metrics)
         self._generate_batch.set_max_batch_size(max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
+    # -- batching -----------------------------------------------------------------------------
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, jobs: list[Job]) -> list[list[GenerationResult]]:
+        self.runner.picked_up(jobs)
+        # Off the event loop, so /healthz answers, streams flow and the next batch fills meanwhile.
+        return await asyncio.to_thread(self.runner.execute, jobs)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _adapter(self, model: str | None, adapter: str | None = None) -> str | None:
+        if adapter is not None:
+            if adapter not in self.engine.loras:
+                raise UnknownModelError(f"adapter {adapter!r} not found; configured: "
+                                        f"{', '.join(sorted(self.engine.loras)) or 'none'}")
+            if model is not None and oai.resolve_model(model, self.model_id, self.engine.loras) != adapter:
+                raise RequestError(f"model {model!r} and adapter {adapter!r} disagree: give one of them")
+            return adapter
+        return oai.resolve_model(model, self.model_id, self.engine.loras)
+
+    def _model_name(self, adapter: str | None) -> str:
+        return adapter or self.model_id
+
+    async def _complete(self, rows: Sequence[Prepared], route: str, timeout_s: float | None = None
+                        ) -> list[GenerationResult]:
+        job = self.runner.admit(rows)
+        results = await self.runner.run(job, self.runner.deadline(timeout_s))
+        self.metrics.tokens(route, self._model_name(rows[0].adapter),
+                            sum(r.num_prompt_tokens for r in results),
+                            sum(r.num_output_tokens for r in results))
+        return results
+
+    # -- routes -------------------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.model_id}
 
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return oai.models_list(self.model_id, self.engine.loras, self.started)
+
     @api.post("/generate", response_model=GenerateResponse, responses=_ERRORS)
-    async def generate(self, request: GenerateRequest):
+    async def generate(self, request: GenerateRequest, http: Request):
         try:
-            prepared = self.engine.prepare(request)
-        except RequestError as exc:
-            return error_response(400, str(exc))
-        try:
-            result = await self._generate_batch(prepared)
-        except Exception as exc:  # the client gets the error shape, the log gets the traceback
-            log.exception("generation failed")
-            return error_response(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+            adapter = self._adapter(request.model, request.adapter)
+            prepared = self.engine.prepare(request, adapter=adapter)
+            (result,) = await self._complete([prepared], "/generate", _timeout_from(http))
+        except Exception as exc:
+            return error_for(exc)
         return GenerateResponse(generated_text=result.text, num_output_tokens_cf=result.num_output_tokens)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, items: list[Prepared]) -> list[GenerationResult]:
-        # Off the event loop, so /healthz answers and the next batch fills while this one runs.
-        return await asyncio.to_thread(self.engine.generate_prepared, items)
+    @api.post("/v1/completions", responses=_ERRORS)
+    async def completions(self, request: CompletionRequest, http: Request):
+        try:
+            if (msg := request.unsupported()) is not None:
+                raise RequestError(msg)
+            adapter = self._adapter(request.model)
+            params = request.generation_params(request.max_tokens)
+            rows = [self.engine.prepare_prompt(p, params, stop=request.stop_list, adapter=adapter)
+                    for p in request.prompts for _ in range(request.n)]
+            return await self._answer(rows, request, "/v1/completions", http)
+        except Exception as exc:
+            return error_for(exc)
+
+    @api.post("/v1/chat/completions", responses=_ERRORS)
+    async def chat_completions(self, request: ChatCompletionRequest, http: Request):
+        try:
+            if (msg := request.unsupported()) is not None:
+                raise RequestError(msg)
+            adapter = self._adapter(request.model)
+            params = request.generation_params(request.max_new_tokens)
+            prompt = oai.render_chat(request.messages)
+            row = self.engine.prepare_prompt(prompt, params, stop=request.stop_list, adapter=adapter)
+            return await self._answer([row] * request.n, request, "/v1/chat/completions", http)
+        except Exception as exc:
+            return error_for(exc)
+
+    async def _answer(self, rows: list[Prepared], request, route: str, http: Request):
+        chat = route == "/v1/chat/completions"
+        rid, created = oai.new_id("chatcmpl" if chat else "cmpl"), oai.now()
+        model = request.model or self.model_id
+        timeout_s = _timeout_from(http)
+        if not request.stream:
+            results = await self._complete(rows, route, timeout_s)
+            body = (oai.chat_body if chat else oai.completion_body)(rid, created, model, results, request.n)
+            return JSONResponse(body)
+        job = self.runner.admit(rows, stream=True)  # overload: a plain 503 before the stream starts
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        events = self._sse(job, self.runner.deadline(timeout_s), route, rid, created, model,
+                           request.n, include_usage, chat)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _sse(self, job: Job, deadline: float, route: str, rid: str, created: int, model: str,
+                   n: int, include_usage: bool, chat: bool):
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        if chat:
+            for i in range(len(job.rows)):
+                yield oai.sse(oai.chat_chunk(rid, created, model, i, {"role": "assistant", "content": ""}))
+        try:
+            async with contextlib.aclosing(self.runner.stream(job, deadline)) as events:
+                async for ev in events:
+                    if isinstance(ev, tuple):
+                        row, delta = ev
+                        yield oai.sse(oai.chat_chunk(rid, created, model, row, {"content": delta}) if chat
+                                      else oai.completion_chunk(rid, created, model, row, delta))
+                        continue
+                    results = ev
+                    for i, r in enumerate(results):
+                        reason = oai.finish_reason(r)
+                        yield oai.sse(oai.chat_chunk(rid, created, model, i, {}, reason) if chat
+                                      else oai.completion_chunk(rid, created, model, i, "", reason))
+                    if include_usage:
+                        yield oai.sse(oai.usage_chunk(rid, created, model, obj, results, n))
+                    self.metrics.tokens(route, self._model_name(job.rows[0].adapter),
+                                        sum(r.num_prompt_tokens for r in results),
+                                        sum(r.num_output_tokens for r in results))
+        except (RequestTimeout, Exception) as exc:  # the 200 is sent already: the error is an event
+            kind = "timeout_error" if isinstance(exc, RequestTimeout) else "server_error"
+            if kind == "server_error":
+                log.error("streaming generation failed", exc_info=exc)
+            yield oai.sse({"error": {"message": str(exc), "type": kind}})
+        yield oai.SSE_DONE
+
+    # -- for other code in the cluster (handles) and the /extract route --------------------------
+    async def generate_texts(self, pairs: Sequence[tuple[str, str]], params: GenerationParams | dict | None = None,
+                             adapter: str | None = None, timeout_s: float | None = None) -> list[str]:
+        """Answers to (instruction, input) pairs under KnowLM's alpaca prompt, in order.
+
+        One job through the same batcher as HTTP requests (its rows share forward passes with
+        them). Raises RequestError (400) / UnknownModelError (404) / Overloaded (503) /
+        RequestTimeout (504): ``error_for(exc)`` turns any of them into the HTTP answer.
+        """
+        return [r.text for r in await self.generate_results(pairs, params, adapter, timeout_s)]
+
+    async def generate_results(self, pairs: Sequence[tuple[str, str]], params: GenerationParams | dict | None = None,
+                               adapter: str | None = None, timeout_s: float | None = None,
+                               route: str = "/extract") -> list[GenerationResult]:
+        """``generate_texts`` with token counts and finish reasons."""
+        if not isinstance(params, GenerationParams):
+            params = GenerationParams.model_validate(params or {})
+        if adapter is not None and adapter not in self.engine.loras:
+            raise UnknownModelError(f"adapter {adapter!r} is not configured")
+        if not pairs:
+            return []
+        rows = [self.engine.prepare_prompt(build_prompt(i, x), params, adapter=adapter) for i, x in pairs]
+        return await self._complete(rows, route, timeout_s)
+
+    async def get_stats(self) -> dict[str, Any]:
+        return {"metrics": self.metrics.snapshot(), "runner": dict(self.runner.counts),
+                "waiting": self.runner.waiting, "engine": self.engine.describe(),
+                "adapter_loads": self.engine.adapter_loads}
 
 
 def resolve_model_dir(model: str | os.PathLike, cwd: str | os.PathLike | None = None) -> Path:
@@ -99,21 +388,50 @@ def resolve_model_dir(model: str | os.PathLike, cwd: str | os.PathLike | None = 
     return path
 
 
-def build_app(args: dict[str, Any]) -> serve.Application:
-    """Application builder for ``serve run`` configs and ``launch.start``."""
-    cfg = load_config(AppArgs, base=dict(args or {}))
-    model_dir = resolve_model_dir(cfg.model)
-    if cfg.loras:
-        # Multi-LoRA serving arrives with the OpenAI API; refusing beats silently ignoring.
-        raise NotImplementedError(
-            f"serving LoRA adapters ({', '.join(sorted(cfg.loras))}) is not supported yet: merge the "
-            "adapter into the base model and serve the merged directory")
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": cfg.num_cpus},
-                               "max_ongoing_requests": cfg.max_ongoing_requests}
+def resolve_lora_dirs(loras: dict[str, str], cwd: str | os.PathLike | None = None) -> dict[str, str]:
+    """Absolute adapter dirs, each checked to be a peft adapter directory."""
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    out = {}
+    for name, d in loras.items():
+        path = Path(d).expanduser()
+        path = (path if path.is_absolute() else base / path).resolve()
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"LoRA adapter {name!r}: {path} has no adapter_config.json "
+                                    f"(from {d!r}; expected a peft adapter directory)")
+        out[name] = str(path)
+    return out
+
+
+def deployment_options(cfg: AppArgs) -> dict[str, Any]:
+    from ray.serve.config import BackpressureConfig
+
+    actor: dict[str, Any] = {"num_cpus": cfg.num_cpus}
+    if cfg.num_gpus:
+        actor["num_gpus"] = cfg.num_gpus
+    options: dict[str, Any] = {
+        "ray_actor_options": actor, "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": cfg.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=cfg.retry_after_s)}
     if cfg.num_replicas is not None:
         options.update(num_replicas=cfg.num_replicas, autoscaling_config=None)
     else:
         options.update(autoscaling_config=cfg.autoscaling_config)
-    return KnowLMServer.options(**options).bind(
-        str(model_dir), cfg.model_id or model_dir.name, cfg.max_batch_size, cfg.batch_wait_timeout_s,
-        cfg.num_threads)
+    return options
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder for ``serve run`` configs and ``launch.start``."""
+    cfg = load_config(AppArgs, base=dict(args or {}))
+    model_dir = resolve_model_dir(cfg.model)
+    loras = resolve_lora_dirs(cfg.loras)
+    model_id = cfg.model_id or model_dir.name
+    if model_id in loras:
+        raise ConfigError(f"loras: adapter name {model_id!r} is the base model's id; rename the adapter")
+    settings = dict(
+        loras=loras, max_loras_per_replica=cfg.max_loras_per_replica, device=cfg.device, dtype=cfg.dtype,
+        quantization=cfg.quantization, device_map=cfg.device_map, max_memory=cfg.max_memory,
+        trust_remote_code=cfg.trust_remote_code, max_waiting_requests=cfg.max_waiting_requests,
+        request_timeout_s=cfg.request_timeout_s, retry_after_s=cfg.retry_after_s,
+        api_key=cfg.api_key or os.environ.get(API_KEY_ENV) or None)
+    return KnowLMServer.options(**deployment_options(cfg)).bind(
+        str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings)

@@ -1,24 +1,54 @@
 """A transformers generation engine with request batching; plain Python, no Ray.
 
 The Serve deployment, tests and the batch-extraction job all use it the same way:
-``engine.prepare(request)`` checks and tokenises one request (raising ``RequestError`` for
-something the caller got wrong), ``engine.generate_prepared(items)`` runs them in as few
-left-padded ``generate`` calls as their parameters allow; ``generate_batch`` does both.
+``engine.prepare(request)`` (or ``prepare_prompt``) checks and tokenises one request (raising
+``RequestError`` for something the caller got wrong), ``engine.generate_prepared(items)`` runs
+them in as few left-padded ``generate`` calls as their parameters and adapters allow;
+``generate_batch`` does both.
+
+Every row of a batch is watched after each new token (``_RowTracker``): a row stops on its own
+at EOS, at its own ``max_new_tokens``, at a stop string, or when its caller went away, and its
+new text can be handed out as it is made (``RowHooks.on_text``) — so streaming, stop strings and
+cancellation work inside shared forward passes.
+
+Loading (``load_model``): fp32 / fp16 / bf16; ``quantization="int8"`` is bitsandbytes 8-bit on
+CUDA and torch's dynamic int8 (``torch.ao.quantization.quantize_dynamic``) on CPU;
+``device_map``/``max_memory`` spread one model over several GPUs (KnowLM's ``--allocate``).
+LoRA adapters (peft) are loaded on first use, at most ``max_loras`` at a time (least recently
+used goes first), and only from the directories given at construction.
 """
 from __future__ import annotations
 
 import copy
+import logging
 import threading
+import warnings
+from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from knowlm_ray.instruct.alpaca import build_prompt
 from knowlm_ray.serve.schemas import GenerateRequest, GenerationParams
 
+log = logging.getLogger("knowlm_ray.serve")
+
+DTYPES = ("float32", "float16", "bfloat16")
+QUANTIZATIONS = ("none", "int8")
+DEVICES = ("auto", "cpu", "cuda")
+
 
 class RequestError(ValueError):
     """A request the model cannot serve (e.g. longer than its context): the client's fault (400)."""
+
+
+class UnknownModelError(RequestError):
+    """A request named a model/adapter that is not configured (404)."""
+
+
+class EngineConfigError(ValueError):
+    """Device / precision / adapter settings that cannot work together (raised before loading)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +56,8 @@ class Prepared:
     input_ids: tuple[int, ...]
     params: GenerationParams
     max_new_tokens: int  # max_tokens, cut to the room the context leaves after the prompt
+    stop: tuple[str, ...] = ()  # the text is cut before the first of these; finish_reason "stop"
+    adapter: str | None = None  # a configured LoRA adapter's name; None: the base model
 
 
 @dataclass(frozen=True)
@@ -33,49 +65,152 @@ class GenerationResult:
     text: str
     num_output_tokens: int  # generated tokens, EOS included when produced
     num_prompt_tokens: int
-    finish_reason: str  # "stop" (EOS) or "length"
+    finish_reason: str  # "stop" (EOS or a stop string), "length", or "cancelled"
+
+
+class RowHooks(Protocol):
+    """Per-row callbacks, by the row's index in the list given to ``generate_prepared``.
+
+    Called from the generating thread after every new token; keep them cheap and thread-safe.
+    """
+
+    def wants_text(self, i: int) -> bool: ...  # stream this row's text as it is made
+
+    def on_text(self, i: int, delta: str) -> None: ...  # concatenated deltas == result.text
+
+    def cancelled(self, i: int) -> bool: ...  # True: stop this row now (finish_reason "cancelled")
 
 
 def _group_key(p: Prepared) -> tuple:
     """Requests sharing this key go into one ``generate`` call.
 
-    Greedy and sampled rows are cut to their own max_new_tokens afterwards, which is what a
-    row of its own would have produced; beam search ranks whole hypotheses, so its length
-    budget must match exactly.
+    Greedy and sampled rows stop on their own (EOS, their own max_new_tokens, stop strings),
+    which is what a row of its own would have produced; beam search ranks whole hypotheses, so
+    its length budget must match exactly. Rows for different adapters never share a call.
     """
     q = p.params
     sampling = q.sampling
-    return (sampling, q.temperature if sampling else None, q.top_p if sampling else None,
+    return (p.adapter or "", sampling, q.temperature if sampling else None, q.top_p if sampling else None,
             q.top_k if sampling else None, q.num_beams, q.repetition_penalty,
             p.max_new_tokens if q.num_beams > 1 else None)
 
 
+# ------------------------------------------------------------------------------------ loading
+def resolve_device(device: str) -> str:
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise EngineConfigError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise EngineConfigError("device 'cuda' was asked for but CUDA is not available on this machine "
+                                "(use device: auto or cpu)")
+    return device
+
+
+def check_engine_options(device: str, dtype: str, quantization: str, device_map: Any = None,
+                         has_loras: bool = False) -> None:
+    """Fail before loading anything when the combination cannot work; ``device`` is resolved."""
+    device = device.partition(":")[0]
+    if dtype not in DTYPES:
+        raise EngineConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if quantization not in QUANTIZATIONS:
+        raise EngineConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    if device == "cpu" and dtype == "float16":
+        # A choice, not a limitation of torch: fp16 matmuls on CPU are slow and some ops are
+        # missing, so a config written for a GPU fails here with a clear reason instead.
+        raise EngineConfigError("dtype float16 needs a GPU; on CPU use float32 (default) or bfloat16")
+    if quantization == "int8" and device == "cpu":
+        if dtype != "float32":
+            raise EngineConfigError("quantization int8 on CPU (torch dynamic int8) computes in float32: "
+                                    "set dtype float32")
+        if has_loras:
+            raise EngineConfigError("LoRA adapters cannot sit on torch's dynamic int8 layers (CPU int8): "
+                                    "merge the adapter into the model, or serve without quantization")
+        if device_map is not None:
+            raise EngineConfigError("device_map is for GPUs; CPU int8 loads the whole model on the CPU")
+    if quantization == "int8" and device == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise EngineConfigError("quantization int8 on CUDA uses bitsandbytes, which is not installed: "
+                                    "pip install 'knowlm-ray[quant]'")
+
+
+def load_model(path: Path, device: str, dtype: str, quantization: str = "none",
+               device_map: str | dict | None = None, max_memory: Mapping | None = None,
+               trust_remote_code: bool = False):
+    """The model, on its device(s), in eval mode; ``device`` must be resolved (cpu/cuda)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
+    if quantization == "int8" and device.startswith("cuda"):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = device_map if device_map is not None else {"": int(device.partition(":")[2] or 0)}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    if max_memory and "device_map" in kwargs:
+        kwargs["max_memory"] = dict(max_memory)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    if quantization == "int8" and device == "cpu":
+        with warnings.catch_warnings():  # "torch.ao.quantization is deprecated": still the CPU path in 2.13
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------ engine
 class GenerationEngine:
-    """An HF causal LM (fp32 on CPU by default) answering KnowLM alpaca requests."""
+    """An HF causal LM (fp32 on CPU by default) answering KnowLM alpaca and raw prompts."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, *, quantization: str = "none",
+                 device_map: str | dict | None = None, max_memory: Mapping | None = None,
+                 trust_remote_code: bool = False, loras: Mapping[str, str | Path] | None = None,
+                 max_loras: int = 4):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model directory not found or has no config.json: {path}")
+        device = resolve_device(device)
+        loras = {str(k): Path(v) for k, v in (loras or {}).items()}
+        check_engine_options(device, dtype, quantization, device_map, has_loras=bool(loras))
+        for name, adir in loras.items():
+            if not (adir / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"LoRA adapter {name!r}: {adir} has no adapter_config.json "
+                                        "(not a peft adapter directory)")
+        if max_loras < 1:
+            raise EngineConfigError(f"max_loras must be >= 1, got {max_loras}")
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model_dir = path
-        self.device = torch.device(device)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        self.quantization = quantization
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         tok.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
         if tok.pad_token is None:  # LLaMA ships none; pad positions are masked out anyway
             tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
         if tok.eos_token_id is None:
             raise ValueError(f"tokenizer in {path} has no EOS token; generation could not stop")
         self.tokenizer = tok
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), trust_remote_code=False).to(self.device).eval()
+        self.model = load_model(path, device, dtype, quantization, device_map, max_memory, trust_remote_code)
+        # Where inputs go: the embedding's device (the first GPU of a device map).
+        self.device = self.model.get_input_embeddings().weight.device
         self.max_context = self._context_length()
         self._lock = threading.Lock()  # one generate at a time per engine: torch threads are shared
+        self.loras = loras
+        self.max_loras = max_loras
+        self._loaded: OrderedDict[str, None] = OrderedDict()  # adapters in the model, LRU first
+        self._peft = False
+        self.adapter_loads = 0  # adapters loaded so far (evictions make it grow past len(loras))
 
     def _context_length(self) -> int:
         cfg = self.model.config
@@ -85,16 +220,62 @@ class GenerationEngine:
                 return value
         return 2048  # LLaMA-1's context, for configs that do not say
 
+    # -- adapters ----------------------------------------------------------------------------
+    @property
+    def loaded_adapters(self) -> list[str]:
+        return list(self._loaded)
+
+    def _load_adapter(self, name: str) -> None:
+        """Load (or touch) ``name``; evict the least recently used beyond ``max_loras``. Holds the lock."""
+        if name in self._loaded:
+            self._loaded.move_to_end(name)
+            return
+        if name not in self.loras:  # only configured directories ever reach the disk
+            raise UnknownModelError(f"adapter {name!r} is not configured")
+        adir = self.loras[name]
+        if not self._peft:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adir), adapter_name=name,
+                                                   is_trainable=False)
+            self._peft = True
+        else:
+            self.model.load_adapter(str(adir), adapter_name=name, is_trainable=False)
+        self.model.eval()
+        self._loaded[name] = None
+        self.adapter_loads += 1
+        log.info("loaded LoRA adapter %r from %s", name, adir)
+        while len(self._loaded) > self.max_loras:  # load first, then evict: never zero adapters
+            old, _ = self._loaded.popitem(last=False)
+            with warnings.catch_warnings():  # "adapter X was active which is now deleted": expected
+                warnings.simplefilter("ignore")
+                self.model.delete_adapter(old)
+            log.info("evicted LoRA adapter %r (max_loras=%d)", old, self.max_loras)
+
+    def _use(self, adapter: str | None):
+        """A context in which ``self.model`` computes with ``adapter`` (None: the base weights)."""
+        if adapter is None:
+            return self.model.disable_adapter() if self._peft else nullcontext()
+        self._load_adapter(adapter)
+        self.model.set_adapter(adapter)
+        return nullcontext()
+
     # -- one request -------------------------------------------------------------------------
     def prompt_for(self, request: GenerateRequest) -> str:
         return build_prompt(request.instruction, request.input)
 
-    def prepare(self, request: GenerateRequest) -> Prepared:
+    def prepare(self, request: GenerateRequest, adapter: str | None = None) -> Prepared:
         """Tokenise and check one request; raises RequestError naming what is wrong."""
-        ids = self.tokenizer(self.prompt_for(request), add_special_tokens=True)["input_ids"]
-        return self.prepare_ids(ids, request.parameters)
+        return self.prepare_prompt(self.prompt_for(request), request.parameters, adapter=adapter)
 
-    def prepare_ids(self, ids: Sequence[int], params: GenerationParams) -> Prepared:
+    def prepare_prompt(self, prompt: str, params: GenerationParams, *, stop: Sequence[str] = (),
+                       adapter: str | None = None) -> Prepared:
+        """A raw prompt (BOS added, no template)."""
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return self.prepare_ids(ids, params, stop=stop, adapter=adapter)
+
+    def prepare_ids(self, ids: Sequence[int], params: GenerationParams, *, stop: Sequence[str] = (),
+                    adapter: str | None = None) -> Prepared:
         if params.max_tokens > self.max_context:
             raise RequestError(f"parameters.max_tokens: {params.max_tokens} exceeds the model's "
                                f"context of {self.max_context} tokens")
@@ -102,14 +283,17 @@ class GenerationEngine:
         if room < 1:
             raise RequestError(f"prompt is {len(ids)} tokens; the model's context is "
                                f"{self.max_context} tokens (instruction + input too long)")
-        return Prepared(tuple(ids), params, min(params.max_tokens, room))
+        if adapter is not None and adapter not in self.loras:
+            raise UnknownModelError(f"adapter {adapter!r} is not configured")
+        return Prepared(tuple(ids), params, min(params.max_tokens, room), tuple(stop), adapter)
 
     # -- batches -----------------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerationResult]:
         return self.generate_prepared([self.prepare(r) for r in requests])
 
-    def generate_prepared(self, items: Sequence[Prepared]) -> list[GenerationResult]:
-        """Results in input order; one ``generate`` call per group of equal parameters."""
+    def generate_prepared(self, items: Sequence[Prepared], hooks: RowHooks | None = None
+                          ) -> list[GenerationResult]:
+        """Results in input order; one ``generate`` call per group of equal parameters and adapter."""
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(_group_key(item), []).append(i)
@@ -117,7 +301,14 @@ class GenerationEngine:
         with self._lock:
             for group in groups.values():
                 for idx in self._fit_context(group, items):
-                    for i, res in zip(idx, self._generate_group([items[i] for i in idx])):
+                    live = [i for i in idx if hooks is None or not hooks.cancelled(i)]
+                    for i in set(idx) - set(live):  # went away while queued: no forward pass at all
+                        results[i] = GenerationResult("", 0, len(items[i].input_ids), "cancelled")
+                    if not live:
+                        continue
+                    with self._use(items[live[0]].adapter):
+                        out = self._generate_group([items[i] for i in live], live, hooks)
+                    for i, res in zip(live, out):
                         results[i] = res
         return results  # type: ignore[return-value]
 
@@ -135,16 +326,29 @@ class GenerationEngine:
                 longest, budget = n, m
         return chunks
 
-    def _generate_group(self, items: list[Prepared]) -> list[GenerationResult]:
+    def _generate_group(self, items: list[Prepared], indices: list[int] | None = None,
+                        hooks: RowHooks | None = None) -> list[GenerationResult]:
         import torch
+        from transformers import StoppingCriteriaList
 
         tok = self.tokenizer
+        indices = indices if indices is not None else list(range(len(items)))
         batch = tok.pad({"input_ids": [list(p.input_ids) for p in items]}, padding=True,
                         return_tensors="pt").to(self.device)
+        prompt_len = batch["input_ids"].shape[1]
+        beams = items[0].params.num_beams > 1
+        tracker = (_GroupCancel(indices, hooks) if beams else _RowTracker(self, items, indices, hooks, prompt_len))
         with torch.inference_mode():
-            out = self.model.generate(**batch, generation_config=self._generation_config(items))
-        new_tokens = out[:, batch["input_ids"].shape[1]:].tolist()
-        return [self._result(row, p) for row, p in zip(new_tokens, items)]
+            out = self.model.generate(**batch, generation_config=self._generation_config(items),
+                                      stopping_criteria=StoppingCriteriaList([tracker]))
+        new_tokens = out[:, prompt_len:].tolist()
+        if beams:
+            results = [self._result(row, p) for row, p in zip(new_tokens, items)]
+            for b, res in enumerate(results):  # beam search cannot stream: the text comes at the end
+                if hooks is not None and hooks.wants_text(indices[b]) and res.text:
+                    hooks.on_text(indices[b], res.text)
+            return results
+        return [tracker.result(b, row) for b, row in enumerate(new_tokens)]
 
     def _generation_config(self, items: list[Prepared]):
         q = items[0].params
@@ -172,9 +376,131 @@ class GenerationEngine:
         else:
             finish = "length"
         text = self.tokenizer.decode(row, skip_special_tokens=True)
+        cut = find_stop(text, p.stop)
+        if cut is not None:
+            text, finish = text[:cut], "stop"
         return GenerationResult(text=text, num_output_tokens=len(row),
                                 num_prompt_tokens=len(p.input_ids), finish_reason=finish)
 
     def describe(self) -> dict[str, Any]:
         return {"model_dir": str(self.model_dir), "max_context": self.max_context,
-                "dtype": str(self.model.dtype), "device": str(self.device)}
+                "dtype": str(getattr(self.model, "dtype", "")), "device": str(self.device),
+                "quantization": self.quantization, "adapters": sorted(self.loras),
+                "loaded_adapters": self.loaded_adapters}
+
+
+# ------------------------------------------------------------------------------- stop strings
+def find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the earliest stop string in ``text`` (None if none occurs)."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def safe_text_end(text: str, stops: Sequence[str]) -> int:
+    """How much of ``text`` may be sent now: not a trailing partial character (U+FFFD from a
+    byte-fallback token cut mid-character) nor a tail that could still become a stop string."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, end), hold, -1):
+            if text.endswith(s[:k], 0, end):
+                hold = k
+                break
+    return end - hold
+
+
+class _GroupCancel:
+    """Beam search: rows are hypotheses, so only a whole group stops (when every caller left)."""
+
+    def __init__(self, indices: list[int], hooks: RowHooks | None):
+        self.indices, self.hooks = indices, hooks
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        stop = self.hooks is not None and all(self.hooks.cancelled(i) for i in self.indices)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowTracker:
+    """A stopping criterion that follows each row: EOS, own max_new_tokens, stop strings,
+    cancellation; decodes and streams rows that need their text. transformers pads a row it is
+    told is finished, so the other rows' tokens are exactly what they would be on their own."""
+
+    def __init__(self, engine: GenerationEngine, items: list[Prepared], indices: list[int],
+                 hooks: RowHooks | None, prompt_len: int):
+        n = len(items)
+        self.tok, self.eos = engine.tokenizer, engine.tokenizer.eos_token_id
+        self.items, self.indices, self.hooks, self.prompt_len = items, indices, hooks, prompt_len
+        self.stream = [hooks is not None and hooks.wants_text(i) for i in indices]
+        self.watch = [self.stream[b] or bool(items[b].stop) for b in range(n)]
+        self.done = [False] * n
+        self.count = [0] * n  # tokens that belong to the row (EOS included)
+        self.finish: list[str | None] = [None] * n
+        self.text: list[str | None] = [None] * n
+        self.sent = [""] * n
+
+    def _decode(self, ids) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def _emit(self, b: int, text: str, final: bool) -> None:
+        if not self.stream[b]:
+            return
+        if not text.startswith(self.sent[b]):  # the tokenizer rewrote text already sent: rare
+            if final:
+                log.warning("streamed text diverged from the final decode; stream may differ")
+            return
+        if len(text) > len(self.sent[b]):
+            self.hooks.on_text(self.indices[b], text[len(self.sent[b]):])  # type: ignore[union-attr]
+            self.sent[b] = text
+
+    def _end(self, b: int, count: int, finish: str, text: str | None, row) -> None:
+        self.done[b], self.count[b], self.finish[b] = True, count, finish
+        if text is None:
+            text = self._decode(row[:count])
+            cut = find_stop(text, self.items[b].stop)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+                self.finish[b] = finish
+        self.text[b] = text
+        if finish != "cancelled":
+            self._emit(b, text, final=True)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids[:, self.prompt_len:]
+        length = new.shape[1]
+        last = new[:, -1].tolist()
+        for b, item in enumerate(self.items):
+            if self.done[b]:
+                continue
+            if last[b] == self.eos:
+                self._end(b, length, "stop", None, new[b].tolist())
+                continue
+            if self.hooks is not None and self.hooks.cancelled(self.indices[b]):
+                self._end(b, length, "cancelled", "", None)
+                continue
+            if self.watch[b]:
+                text = self._decode(new[b].tolist())
+                cut = find_stop(text, item.stop)
+                if cut is not None:
+                    self._end(b, length, "stop", text[:cut], None)
+                    continue
+                if length >= item.max_new_tokens:
+                    self._end(b, length, "length", text, None)
+                    continue
+                self._emit(b, text[:safe_text_end(text, item.stop)], final=False)
+            elif length >= item.max_new_tokens:
+                self._end(b, length, "length", None, new[b].tolist())
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+    def result(self, b: int, row: list[int]) -> GenerationResult:
+        item = self.items[b]
+        if self.finish[b] is None:  # generate ended before this row was seen to finish
+            count = min(len(row), item.max_new_tokens)
+            self._end(b, count, "length", None, row)
+        return GenerationResult(text=self.text[b] or "", num_output_tokens=self.count[b],
+                                num_prompt_tokens=len(item.input_ids), finish_reason=self.finish[b] or "length")

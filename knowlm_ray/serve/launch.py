@@ -116,8 +116,11 @@ def stop() -> None:
 
 
 def serve_blocking(model: str, loras: dict[str, str] | None = None, host: str = "127.0.0.1",
-                   port: int = 8000) -> None:
-    """``knowlm serve``: serve until SIGINT/SIGTERM, then shut Serve (and our Ray) down."""
+                   port: int = 8000, **app_args: Any) -> None:
+    """``knowlm serve``: serve until SIGINT/SIGTERM, then shut Serve (and our Ray) down.
+
+    ``app_args`` are further ``AppArgs``; an API key comes from ``$KNOWLM_API_KEY`` if set.
+    """
     import ray
 
     from knowlm_ray.runtime import init_ray
@@ -130,9 +133,11 @@ def serve_blocking(model: str, loras: dict[str, str] | None = None, host: str = 
     previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         t0 = time.perf_counter()
-        url = start(model, loras, host=host, port=port)
-        print(f"serving {model} at {url} (POST /generate, GET /healthz); ready in "
-              f"{time.perf_counter() - t0:.1f}s; Ctrl-C to stop", flush=True)
+        url = start(model, loras, host=host, port=port, **app_args)
+        adapters = f"; adapters: {', '.join(sorted(loras))}" if loras else ""
+        print(f"serving {model} at {url} (POST /generate, /v1/completions, /v1/chat/completions; "
+              f"GET /v1/models, /healthz){adapters}; ready in {time.perf_counter() - t0:.1f}s; "
+              "Ctrl-C to stop", flush=True)
         while not done.wait(1.0):  # wait with a timeout so signals are handled promptly
             pass
         print("shutting down ...", flush=True)

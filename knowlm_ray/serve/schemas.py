@@ -1,4 +1,7 @@
-"""Request and response bodies of the KnowLM `/generate` API (pydantic; strict, no extra keys)."""
+"""Request and response bodies: KnowLM's `/generate` and the OpenAI-compatible `/v1/*` routes.
+
+pydantic, strict types, no extra keys: a misspelt or unsupported field is a 4xx naming the field.
+"""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -49,6 +52,10 @@ class GenerateRequest(BaseModel):
     instruction: str = Field(min_length=1)
     input: str = ""
     parameters: GenerationParams = Field(default_factory=GenerationParams)
+    # Which weights answer: the base model's id or a configured adapter's name (as the OpenAI
+    # `model` field); `adapter` names an adapter only. Omitted: the base model.
+    model: str | None = None
+    adapter: str | None = None
 
     @field_validator("instruction")
     @classmethod
@@ -64,9 +71,14 @@ class GenerateResponse(BaseModel):
     error: None = None
 
 
+# 4xx (also 404 for an unknown model, as OpenAI) are invalid_request_error, except 401.
+ErrorType = Literal["invalid_request_error", "authentication_error", "overloaded_error",
+                    "timeout_error", "server_error"]
+
+
 class ErrorDetail(BaseModel):
     message: str
-    type: Literal["invalid_request_error", "server_error"] = "invalid_request_error"
+    type: ErrorType = "invalid_request_error"
 
 
 class ErrorResponse(BaseModel):
@@ -75,3 +87,149 @@ class ErrorResponse(BaseModel):
 
 def error_body(message: str, type: str = "invalid_request_error") -> dict[str, Any]:
     return {"error": {"message": message, "type": type}}
+
+
+# ------------------------------------------------------------------------------ OpenAI-compatible
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+
+    include_usage: bool = False
+
+
+class _OpenAISampling(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions.
+
+    OpenAI's defaults (temperature 1.0: sampling), so a stock client behaves as with OpenAI; send
+    ``temperature: 0`` for greedy, reproducible answers. ``top_k`` and ``repetition_penalty`` are
+    extensions (vLLM has them too). Fields OpenAI defines that this server cannot honour are
+    accepted only at their neutral value (e.g. ``logprobs: null``) and are a 400 otherwise.
+    """
+
+    model_config = _STRICT
+
+    model: str | None = None  # base model id, a configured adapter's name, or "base:adapter"
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0)
+    n: int = Field(1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # accepted for compatibility, only at their neutral values (checked in `unsupported`)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None  # ignored
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return stops
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        return tuple(self.stop or ())
+
+    def generation_params(self, max_tokens: int) -> GenerationParams:
+        return GenerationParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                max_tokens=max_tokens, repetition_penalty=self.repetition_penalty)
+
+    def unsupported(self) -> str | None:
+        """A message naming the first field set to something this server cannot do, or None."""
+        if self.presence_penalty or self.frequency_penalty:
+            return "presence_penalty/frequency_penalty are not supported: use repetition_penalty"
+        if self.logit_bias:
+            return "logit_bias is not supported"
+        if self.seed is not None and self.temperature > 0:
+            return "seed is not supported with sampling (temperature > 0); use temperature 0 for reproducible output"
+        if self.stream_options is not None and not self.stream:
+            return "stream_options is only allowed with stream: true"
+        return None
+
+
+class CompletionRequest(_OpenAISampling):
+    """``POST /v1/completions``: the raw prompt goes to the model as is (no template)."""
+
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1)  # OpenAI's default for completions
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, v):
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts or len(prompts) > 32:
+            raise ValueError("give 1 to 32 prompts")
+        if any(not p for p in prompts):
+            raise ValueError("prompts must not be empty")
+        return v
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def unsupported(self) -> str | None:
+        if self.echo:
+            return "echo is not supported"
+        if self.logprobs is not None:
+            return "logprobs is not supported"
+        if self.suffix is not None:
+            return "suffix is not supported"
+        if self.best_of is not None and self.best_of != self.n:
+            return "best_of is not supported"
+        return super().unsupported()
+
+
+class ContentPart(BaseModel):
+    model_config = _STRICT
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = _STRICT
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(_OpenAISampling):
+    """``POST /v1/chat/completions``: messages are rendered into KnowLM's alpaca prompt
+    (see ``knowlm_ray.serve.openai_api.render_chat``)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name; wins if both
+    logprobs: bool = False
+
+    def unsupported(self) -> str | None:
+        if self.logprobs:
+            return "logprobs is not supported"
+        return super().unsupported()
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or CHAT_DEFAULT_MAX_TOKENS
+
+
+# Chat has no OpenAI default (it runs to the context's end); on CPU that could be minutes, so
+# the same 128 as /generate. Ask for more with max_tokens.
+CHAT_DEFAULT_MAX_TOKENS = 128

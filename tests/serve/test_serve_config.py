@@ -5,6 +5,7 @@ import importlib
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from knowlm_ray.config import ConfigError
 from knowlm_ray.serve.app import DEPLOYMENT_NAME, AppArgs, build_app, resolve_model_dir
@@ -63,9 +64,60 @@ def test_unknown_or_wrong_typed_args_name_the_key(tiny_model):
         build_app({})
 
 
-def test_lora_adapters_are_refused_until_supported(tiny_model):
-    with pytest.raises(NotImplementedError, match="ie"):
-        build_app({"model": str(tiny_model), "loras": {"ie": str(tiny_model)}})
+def test_lora_dirs_resolve_and_must_be_peft_dirs(tiny_model, lora_dirs, tmp_path, monkeypatch):
+    monkeypatch.chdir(lora_dirs["ie"].parent)
+    assert build_app({"model": str(tiny_model), "loras": {"ie": "ie"}, "num_replicas": 1}) is not None
+    (tmp_path / "notpeft").mkdir()
+    with pytest.raises(FileNotFoundError, match="'bad'.*adapter_config.json"):
+        build_app({"model": str(tiny_model), "loras": {"bad": str(tmp_path / "notpeft")}})
+    with pytest.raises(ConfigError, match="adapter name"):
+        build_app({"model": str(tiny_model), "loras": {"../x": str(lora_dirs["ie"])}})
+    with pytest.raises(ConfigError, match="base model's id"):
+        build_app({"model": str(tiny_model), "loras": {tiny_model.name: str(lora_dirs["ie"])}})
+
+
+@pytest.mark.parametrize("args, match", [
+    ({"dtype": "float16"}, "float16 needs a GPU"),
+    ({"dtype": "float16", "device": "cpu", "num_gpus": 1}, "float16 needs a GPU"),
+    ({"device": "cuda"}, "device cuda needs num_gpus"),
+    ({"quantization": "int8", "dtype": "bfloat16"}, "set dtype float32"),
+    ({"quantization": "int8", "loras": {"ie": "x"}}, "LoRA adapters"),
+    ({"quantization": "int4"}, "quantization"),
+    ({"max_memory": {0: "10GiB"}, "num_gpus": 1}, "max_memory needs device_map"),
+    ({"device_map": "auto", "max_memory": {0: "10GiB", 2: "10GiB"}, "num_gpus": 2}, "names GPU 2"),
+    ({"device_map": "auto", "max_memory": {"gpu0": "10GiB"}, "num_gpus": 1}, "GPU index"),
+    ({"device_map": "auto", "max_memory": {0: "ten gigs"}, "num_gpus": 1}, "size like"),
+    ({"device_map": "everywhere"}, "device_map"),
+    ({"max_waiting_requests": 0}, "max_waiting_requests"),
+    ({"request_timeout_s": 0}, "request_timeout_s"),
+    ({"trust_remote_code": "yes"}, "trust_remote_code"),
+])
+def test_engine_and_device_args_are_checked_up_front(args, match):
+    with pytest.raises(ValidationError, match=match):
+        AppArgs.model_validate({"model": "m", **args})
+
+
+def test_multi_gpu_args_normalise():
+    cfg = AppArgs.model_validate({"model": "m", "num_gpus": 2, "device_map": "auto", "dtype": "float16",
+                                  "max_memory": {"0": "18GiB", 1: "18 GiB", "cpu": 2**34}})
+    assert cfg.max_memory == {0: "18GiB", 1: "18 GiB", "cpu": 2**34}
+    assert not AppArgs.model_validate({"model": "m"}).trust_remote_code  # only when asked for
+
+
+def test_deployment_options_carry_gpus_and_backpressure():
+    from knowlm_ray.serve.app import deployment_options
+
+    opts = deployment_options(AppArgs.model_validate(
+        {"model": "m", "num_gpus": 2, "max_queued_requests": 5, "retry_after_s": 3, "num_replicas": 1}))
+    assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 2}
+    assert opts["max_queued_requests"] == 5 and opts["backpressure_config"].retry_after_s == 3
+    assert opts["num_replicas"] == 1 and opts["autoscaling_config"] is None
+
+
+def test_api_key_comes_from_the_environment(tiny_model, monkeypatch):
+    monkeypatch.setenv("KNOWLM_API_KEY", "s3cret")
+    app = build_app({"model": str(tiny_model), "num_replicas": 1})
+    assert app._bound_deployment.init_kwargs["api_key"] == "s3cret"
 
 
 def test_busy_port_is_reported_before_serve_starts():
@@ -78,3 +130,38 @@ def test_busy_port_is_reported_before_serve_starts():
         s.listen()
         with pytest.raises(ServeStartError, match="cannot serve on 127.0.0.1"):
             _check_port_free("127.0.0.1", s.getsockname()[1])
+
+
+def _configs(repo_root):
+    return sorted((repo_root / "serve_configs").glob("*.yaml"))
+
+
+def test_every_serve_config_validates_with_serve_and_our_args(repo_root):
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import ServeDeploySchema
+
+    names = [p.name for p in _configs(repo_root)]
+    assert {"tiny.yaml", "zhixi.yaml", "zhixi-multigpu.yaml"} <= set(names)
+    for path in _configs(repo_root):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        cfg = ServeDeploySchema.model_validate(raw)
+        assert cfg.http_options.host == "127.0.0.1", path.name  # never every interface by default
+        for app_raw, app in zip(raw["applications"], cfg.applications):
+            module, attr = app.import_path.split(":")
+            assert callable(getattr(importlib.import_module(module), attr)), path.name
+            args = AppArgs.model_validate(app_raw["args"])
+            for dep in app.deployments:
+                assert dep.name == DEPLOYMENT_NAME, path.name
+                auto = AutoscalingConfig.model_validate(dep.autoscaling_config)
+                assert 1 <= auto.min_replicas <= auto.max_replicas, path.name
+                # the deployment override and the args must agree on GPUs per replica
+                assert (dep.ray_actor_options.num_gpus or 0) == args.num_gpus, path.name
+
+
+def test_zhixi_configs_say_what_the_recipe_needs(repo_root):
+    z = AppArgs.model_validate(yaml.safe_load((repo_root / "serve_configs/zhixi.yaml").read_text())
+                               ["applications"][0]["args"])
+    assert (z.quantization, z.num_gpus, z.device) == ("int8", 1, "cuda")
+    m = AppArgs.model_validate(yaml.safe_load((repo_root / "serve_configs/zhixi-multigpu.yaml").read_text())
+                               ["applications"][0]["args"])
+    assert (m.dtype, m.num_gpus, m.device_map, sorted(m.max_memory)) == ("float16", 2, "auto", [0, 1])

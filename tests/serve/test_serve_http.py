@@ -1,6 +1,8 @@
-"""The Serve app over real HTTP: started once for the module on a free port of the session's Ray."""
+"""The Serve app over real HTTP: started once for the module on a free port of the session's Ray,
+with two LoRA adapters (at most one held per replica), an API key and small overload limits."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +12,11 @@ import requests
 
 pytestmark = pytest.mark.slow
 
+API_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+LIMITS = dict(max_batch_size=8, max_waiting_requests=8, max_ongoing_requests=16, max_queued_requests=8,
+              retry_after_s=1, request_timeout_s=60)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -18,33 +25,51 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_local, tiny_model):
+def base_url(ray_local, tiny_model, lora_dirs):
     from ray import serve
 
     from knowlm_ray.serve import launch
 
     serve.shutdown()  # Serve keeps the port of its first start; another module may have left one
     t0 = time.perf_counter()
-    url = launch.start(str(tiny_model), port=_free_port(), num_replicas=1, timeout_s=120)
+    url = launch.start(str(tiny_model), loras={k: str(v) for k, v in lora_dirs.items()}, port=_free_port(),
+                       num_replicas=1, timeout_s=120, api_key=API_KEY, max_loras_per_replica=1, **LIMITS)
     print(f"\nServe ready at {url} in {time.perf_counter() - t0:.1f}s")
     yield url
     launch.stop()
 
 
-def _post(url, body, **kw):
-    return requests.post(f"{url}/generate", json=body, timeout=60, **kw)
+@pytest.fixture(scope="module")
+def client(base_url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
 
 
-def _assert_error(r, status_range=(400, 499), mentions=None):
+@pytest.fixture(scope="module")
+def handle(base_url):
+    from ray import serve
+
+    from knowlm_ray.serve.app import APP_NAME
+
+    return serve.get_app_handle(APP_NAME)
+
+
+def _post(url, body, route="/generate", headers=None, timeout=60, **kw):
+    return requests.post(f"{url}{route}", json=body, timeout=timeout, headers={**AUTH, **(headers or {})}, **kw)
+
+
+def _assert_error(r, status_range=(400, 499), mentions=None, type="invalid_request_error"):
     assert status_range[0] <= r.status_code <= status_range[1], r.text
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type"}
-    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["type"] == type
     if mentions:
         assert mentions in body["error"]["message"], body
 
 
-def test_healthz(base_url, tiny_model):
+# ------------------------------------------------------------------------------------ /generate
+def test_healthz_is_open(base_url, tiny_model):
     r = requests.get(f"{base_url}/healthz", timeout=10)
     assert r.status_code == 200 and r.json() == {"status": "ok", "model": tiny_model.name}
 
@@ -84,9 +109,9 @@ def test_concurrent_requests_all_succeed_and_match(base_url, reference):
 
 def test_bad_json_is_a_400_with_the_error_shape(base_url):
     r = requests.post(f"{base_url}/generate", data="{not json", timeout=10,
-                      headers={"content-type": "application/json"})
+                      headers={"content-type": "application/json", **AUTH})
     _assert_error(r, (400, 400), "JSON")
-    _assert_error(requests.post(f"{base_url}/generate", json=["a list"], timeout=10))
+    _assert_error(_post(base_url, ["a list"]))
 
 
 @pytest.mark.parametrize("body, field", [
@@ -98,6 +123,7 @@ def test_bad_json_is_a_400_with_the_error_shape(base_url):
     ({"instruction": "x", "parameters": {"num_beams": 20}}, "parameters.num_beams"),
     ({"instruction": "x", "stream": True}, "stream"),
     ({"instruction": "x", "parameters": {"best_of": 2}}, "parameters.best_of"),
+    ({"instruction": "x", "model": 3}, "model"),
 ])
 def test_invalid_requests_name_the_field(base_url, body, field):
     _assert_error(_post(base_url, body), mentions=field)
@@ -108,10 +134,224 @@ def test_prompt_beyond_context_is_a_400(base_url):
     _assert_error(r, (400, 400), "context")
     r = _post(base_url, {"instruction": "x", "parameters": {"max_tokens": 100_000}})
     _assert_error(r, (400, 400), "max_tokens")
+    r = _post(base_url, {"prompt": "知识 " * 2000, "max_tokens": 4}, "/v1/completions")
+    _assert_error(r, (400, 400), "context")
 
 
 def test_unknown_route_keeps_the_error_shape(base_url):
-    _assert_error(requests.get(f"{base_url}/nope", timeout=10), (404, 404))
+    _assert_error(requests.get(f"{base_url}/nope", timeout=10, headers=AUTH), (404, 404))
+
+
+# ------------------------------------------------------------------------------------ OpenAI API
+def test_models_lists_base_and_adapters(client, tiny_model):
+    assert [m.id for m in client.models.list().data] == [tiny_model.name, "ie", "other"]
+
+
+def reference_model(client) -> str:
+    return client.models.list().data[0].id
+
+
+def test_openai_completions_equal_plain_transformers(client, reference):
+    out = client.completions.create(model=reference_model(client), prompt="浙江大学位于", max_tokens=12,
+                                    temperature=0, n=2)
+    text, n = reference.raw("浙江大学位于", max_tokens=12)
+    assert [c.text for c in out.choices] == [text, text] and [c.index for c in out.choices] == [0, 1]
+    assert out.usage.completion_tokens == 2 * n
+    assert out.usage.prompt_tokens == len(reference.tok("浙江大学位于")["input_ids"])
+    assert out.object == "text_completion" and out.choices[0].finish_reason in ("stop", "length")
+
+
+def test_openai_chat_equals_generate(client, base_url):
+    chat = client.chat.completions.create(model=reference_model(client), max_tokens=16, temperature=0,
+                                          messages=[{"role": "user", "content": "介绍一下浙江大学"}])
+    gen = _post(base_url, {"instruction": "介绍一下浙江大学", "parameters": {"max_tokens": 16}}).json()
+    assert chat.choices[0].message.content == gen["generated_text"]
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == gen["num_output_tokens_cf"]
+
+
+def test_streamed_text_equals_non_streamed(client):
+    model = reference_model(client)
+    full = client.completions.create(model=model, prompt="The capital of France is", max_tokens=20, temperature=0)
+    chunks = list(client.completions.create(model=model, prompt="The capital of France is", max_tokens=20,
+                                            temperature=0, stream=True))
+    assert len(chunks) > 3 and "".join(c.choices[0].text for c in chunks) == full.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+
+    msgs = [{"role": "system", "content": "你是知识抽取助手。"}, {"role": "user", "content": "抽取实体：浙江大学位于杭州。"}]
+    full = client.chat.completions.create(model=model, messages=msgs, max_tokens=20, temperature=0)
+    stream = client.chat.completions.create(model=model, messages=msgs, max_tokens=20, temperature=0, n=2,
+                                            stream=True, stream_options={"include_usage": True})
+    texts, usage = {0: "", 1: ""}, None
+    for c in stream:
+        if c.usage is not None:
+            usage = c.usage
+        for ch in c.choices:
+            texts[ch.index] += ch.delta.content or ""
+    assert texts == {0: full.choices[0].message.content, 1: full.choices[0].message.content}
+    assert usage.completion_tokens == 2 * full.usage.completion_tokens
+
+
+def test_sse_wire_format(base_url):
+    r = _post(base_url, {"prompt": "浙江大学", "max_tokens": 4, "temperature": 0, "stream": True},
+              "/v1/completions", stream=True)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in r.text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    assert json.loads(events[0][6:])["object"] == "text_completion"
+
+
+def test_stop_strings_cut_the_text(client):
+    model = reference_model(client)
+    full = client.completions.create(model=model, prompt="浙江大学位于", max_tokens=24, temperature=0).choices[0]
+    stop = full.text[5:7]
+    cut = full.text[:full.text.find(stop)]
+    out = client.completions.create(model=model, prompt="浙江大学位于", max_tokens=24, temperature=0,
+                                    stop=[stop, "never-appears"]).choices[0]
+    assert (out.text, out.finish_reason) == (cut, "stop")
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=model, prompt="浙江大学位于", max_tokens=24, temperature=0, stop=stop, stream=True))
+    assert streamed == cut
+
+
+def test_sampling_parameters_are_accepted(client):
+    out = client.completions.create(model=reference_model(client), prompt="浙江", max_tokens=6,
+                                    temperature=0.9, top_p=0.8, n=3)
+    assert len(out.choices) == 3 and all(c.finish_reason in ("stop", "length") for c in out.choices)
+
+
+@pytest.mark.parametrize("route, body, status, mentions", [
+    ("/v1/chat/completions", {"messages": []}, 422, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+     400, "last message"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}], "logprobs": True}, 400, "logprobs"),
+    ("/v1/completions", {"prompt": "x", "temperature": 3}, 422, "temperature"),
+    ("/v1/completions", {"prompt": "x", "n": 0}, 422, "n"),
+    ("/v1/completions", {"prompt": "x", "echo": True}, 400, "echo"),
+    ("/v1/completions", {"prompt": "x", "tools": []}, 422, "tools"),
+    ("/v1/completions", {"max_tokens": 3}, 422, "prompt"),
+])
+def test_malformed_openai_requests(base_url, route, body, status, mentions):
+    _assert_error(_post(base_url, body, route), (status, status), mentions)
+
+
+# ------------------------------------------------------------------------------------ adapters
+def test_adapter_chosen_per_request_equals_peft(client, base_url, tiny_model, lora_dirs, reference, reference_cls):
+    from knowlm_ray.instruct.alpaca import build_prompt
+
+    body = {"instruction": "请抽取实体。", "input": "浙江大学位于杭州。", "parameters": {"max_tokens": 12}}
+    base = _post(base_url, body).json()
+    want = {name: reference_cls(tiny_model, lora_dirs[name]).raw(build_prompt(body["instruction"], body["input"]), 12)
+            for name in ("ie", "other")}
+    # interleaved and concurrent: grouped per adapter in a batch, one adapter held at a time (LRU 1)
+    asks = [("ie", "model"), (None, None), ("other", "adapter"), ("ie", "adapter"), ("other", "model")] * 2
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda a: _post(base_url, {**body, a[1]: a[0]} if a[0] else body), asks))
+    for (name, _), r in zip(asks, answers):
+        assert r.status_code == 200, r.text
+        got = (r.json()["generated_text"], r.json()["num_output_tokens_cf"])
+        assert got == (want[name] if name else (base["generated_text"], base["num_output_tokens_cf"]))
+    assert want["ie"] != want["other"] and want["ie"][0] != base["generated_text"]
+    assert (base["generated_text"], base["num_output_tokens_cf"]) == reference(body["instruction"], body["input"], 12)
+    chat = client.chat.completions.create(model=f"{tiny_model.name}:ie", max_tokens=12, temperature=0,
+                                          messages=[{"role": "user", "content": "请抽取实体。"}])
+    assert chat.model == f"{tiny_model.name}:ie"
+    assert chat.choices[0].message.content == reference_cls(tiny_model, lora_dirs["ie"]).raw(
+        build_prompt("请抽取实体。"), 12)[0]
+
+
+def test_unknown_models_are_404_and_never_paths(client, base_url):
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    for model in ("nope", "/etc", "../ie"):
+        _assert_error(_post(base_url, {"instruction": "x", "model": model}), (404, 404), "not found")
+    _assert_error(_post(base_url, {"instruction": "x", "adapter": "nope"}), (404, 404), "nope")
+    _assert_error(_post(base_url, {"instruction": "x", "adapter": "ie", "model": "other"}), (400, 400), "disagree")
+
+
+# ------------------------------------------------------------------------------------ safety
+def test_api_key_is_required_except_for_healthz(base_url):
+    r = requests.post(f"{base_url}/generate", json={"instruction": "x"}, timeout=10)
+    _assert_error(r, (401, 401), "missing API key", type="authentication_error")
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = requests.get(f"{base_url}/v1/models", timeout=10, headers={"Authorization": "Bearer wrong"})
+    _assert_error(r, (401, 401), "invalid API key", type="authentication_error")
+    assert requests.get(f"{base_url}/healthz", timeout=10).status_code == 200
+
+
+def test_request_timeout_is_a_504_and_stops_the_work(base_url):
+    t0 = time.perf_counter()
+    r = _post(base_url, {"instruction": "x", "parameters": {"max_tokens": 900}},
+              headers={"X-KnowLM-Timeout-S": "0.3"})
+    _assert_error(r, (504, 504), "timed out", type="timeout_error")
+    assert time.perf_counter() - t0 < 10
+    r = _post(base_url, {"prompt": "x", "max_tokens": 900, "stream": True}, "/v1/completions",
+              headers={"X-KnowLM-Timeout-S": "0.3"})
+    assert r.status_code == 200 and '"timeout_error"' in r.text and r.text.endswith("data: [DONE]\n\n")
+    _assert_error(_post(base_url, {"instruction": "x"}, headers={"X-KnowLM-Timeout-S": "soon"}), (400, 400))
+
+
+def test_client_disconnect_cancels_a_stream(base_url, handle):
+    before = handle.get_stats.remote().result()["runner"]["cancelled"]
+    r = _post(base_url, {"prompt": "浙江大学", "max_tokens": 900, "temperature": 0, "stream": True},
+              "/v1/completions", stream=True)
+    lines = r.iter_lines()
+    assert next(line for line in lines if line).startswith(b"data: ")
+    r.close()  # hang up mid-stream
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        stats = handle.get_stats.remote().result()
+        if stats["runner"]["cancelled"] > before:
+            break
+        time.sleep(0.2)
+    assert stats["runner"]["cancelled"] == before + 1 and stats["metrics"]["cancelled"] >= 1
+    assert stats["waiting"] == 0
+
+
+def test_overload_burst_gets_only_200s_and_503s(base_url):
+    body = {"instruction": "写一段关于知识图谱的介绍。", "parameters": {"max_tokens": 48}}
+
+    def call(_):
+        try:
+            return _post(base_url, body, timeout=30)
+        except requests.RequestException as exc:  # a hang would end here
+            return exc
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(call, range(48)))
+    wall = time.perf_counter() - t0
+    codes = [getattr(r, "status_code", r) for r in answers]
+    ours = sum(1 for r in answers if getattr(r, "status_code", 0) == 503
+               and r.headers.get("content-type", "").startswith("application/json"))
+    print(f"\noverload burst of 48: {codes.count(200)} x 200, {codes.count(503)} x 503 "
+          f"({ours} from the replica's queue bound, the rest Serve's), {wall:.1f}s")
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 8 and codes.count(503) >= 1
+    for r in answers:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1
+            if r.headers.get("content-type", "").startswith("application/json"):  # ours (Serve's is text)
+                _assert_error(r, (503, 503), "overloaded", type="overloaded_error")
+
+
+def test_generate_texts_seam_for_extract(handle, reference):
+    texts = handle.generate_texts.remote([("请抽取实体。", "浙江大学位于杭州。"), ("Name the capital of France.", "")],
+                                         {"max_tokens": 10}).result()
+    assert texts == [reference("请抽取实体。", "浙江大学位于杭州。", max_tokens=10)[0],
+                     reference("Name the capital of France.", max_tokens=10)[0]]
+
+
+def test_metrics_count_routes_statuses_tokens_and_queue(handle, tiny_model):
+    m = handle.get_stats.remote().result()["metrics"]
+    assert m["requests"]["/generate 200"] >= 10 and m["requests"]["/v1/completions 200"] >= 3
+    assert m["requests"]["/generate 401"] >= 1 and m["requests"]["/generate 422"] >= 5
+    assert m["requests"].get("/generate 503", 0) == m["rejected"].get("overload", 0)
+    assert m["rejected"]["timeout"] >= 2 and m["latency_ms"]["/generate"]["count"] >= 10
+    assert m["generated_tokens"]["/generate ie"] > 0 and m["generated_tokens"]["/v1/chat/completions ie"] > 0
+    assert m["prompt_tokens"][f"/extract {tiny_model.name}"] > 0  # generate_texts
+    assert m["queue_length"] == 0
 
 
 def test_start_refuses_another_address_while_serve_runs(base_url, tiny_model):

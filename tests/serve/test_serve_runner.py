@@ -1,0 +1,128 @@
+"""The request runner without Ray: bounded waiting line, deadlines, cancellation, streaming."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from knowlm_ray.serve.engine import GenerationEngine
+from knowlm_ray.serve.runner import Overloaded, RequestTimeout, Runner
+from knowlm_ray.serve.schemas import GenerationParams
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model) -> GenerationEngine:
+    return GenerationEngine(tiny_model)
+
+
+def _runner(engine, **kw) -> Runner:
+    """A runner whose batcher runs each job alone in a thread (the Serve app batches them)."""
+    holder = {}
+
+    async def submit(job):
+        holder["r"].picked_up([job])
+        (res,) = await asyncio.to_thread(holder["r"].execute, [job])
+        return res
+
+    holder["r"] = Runner(engine, submit, **kw)
+    return holder["r"]
+
+
+def _rows(engine, n=1, max_tokens=8, prompt="浙江大学位于"):
+    return [engine.prepare_prompt(prompt, GenerationParams(max_tokens=max_tokens))] * n
+
+
+def test_run_returns_the_engines_results(engine):
+    runner = _runner(engine)
+    rows = _rows(engine, n=2)
+    out = asyncio.run(runner.run(runner.admit(rows), runner.deadline()))
+    assert out == engine.generate_prepared(rows)
+    assert runner.waiting == 0 and runner.counts["completed"] == 1
+
+
+def test_a_full_waiting_line_is_refused_at_once_and_frees_up():
+    queue_sizes = []
+    runner = Runner(None, None, max_waiting=2, retry_after_s=3, on_queue_change=queue_sizes.append)
+    a, b = runner.admit([]), runner.admit([])
+    with pytest.raises(Overloaded, match="2 requests are already waiting") as err:
+        runner.admit([])
+    assert err.value.retry_after_s == 3 and runner.counts["rejected"] == 1
+    a.dequeued()
+    a.dequeued()  # idempotent
+    runner.admit([])
+    b.cancel()
+    assert runner.waiting == 1 and queue_sizes == [1, 2, 1, 2, 1]
+
+
+def test_deadline_stops_the_generation_and_raises(engine):
+    runner = _runner(engine, timeout_s=0.3)
+    job = runner.admit(_rows(engine, max_tokens=900))
+
+    async def go():
+        with pytest.raises(RequestTimeout, match="timed out"):
+            await runner.run(job, runner.deadline())
+        await asyncio.sleep(0.3)  # the worker thread sees the flag at its next token
+
+    asyncio.run(go())
+    assert job.cancelled and runner.counts["timed_out"] == 1 and runner.waiting == 0
+
+
+def test_stream_yields_deltas_then_results(engine):
+    runner = _runner(engine)
+    rows = _rows(engine, n=2, max_tokens=12)
+
+    async def go():
+        events = [ev async for ev in runner.stream(runner.admit(rows, stream=True), runner.deadline())]
+        return events
+
+    events = asyncio.run(go())
+    results = events[-1]
+    for row in (0, 1):
+        assert "".join(d for r, d in events[:-1] if r == row) == results[row].text
+    assert results == engine.generate_prepared(rows)
+
+
+def test_closing_a_stream_cancels_its_generation(engine):
+    runner = _runner(engine)
+    job = runner.admit(_rows(engine, max_tokens=900), stream=True)
+
+    async def go():
+        stream = runner.stream(job, runner.deadline())
+        first = await stream.__anext__()
+        await stream.aclose()  # what a client disconnect does to the response body
+        await asyncio.sleep(0.3)
+        return first
+
+    first = asyncio.run(go())
+    assert first[0] == 0 and job.cancelled and runner.counts["cancelled"] == 1
+    assert job.generated_tokens < 900  # the generation itself stopped
+
+
+def test_stream_deadline_raises_inside_the_stream(engine):
+    runner = _runner(engine, timeout_s=0.3)
+    job = runner.admit(_rows(engine, max_tokens=900), stream=True)
+
+    async def go():
+        with pytest.raises(RequestTimeout):
+            async for _ in runner.stream(job, runner.deadline()):
+                pass
+
+    asyncio.run(go())
+    assert job.cancelled and runner.counts["timed_out"] == 1 and runner.counts["cancelled"] == 0
+
+
+def test_a_stream_never_started_holds_no_place_in_line(engine):
+    runner = _runner(engine, max_waiting=1)
+    runner.admit(_rows(engine), stream=True)  # the response body is never iterated
+    assert runner.waiting == 0
+    runner.admit(_rows(engine), stream=True)  # so the line is still open
+
+
+def test_a_failing_batch_is_an_error_not_a_cancellation(engine):
+    async def boom(job):
+        raise RuntimeError("engine exploded")
+
+    runner = Runner(engine, boom)
+    with pytest.raises(RuntimeError, match="exploded"):
+        asyncio.run(runner.run(runner.admit(_rows(engine)), runner.deadline()))
+    assert runner.waiting == 0 and runner.counts["cancelled"] == 0
