@@ -207,3 +207,86 @@ def parse_job_args(cls: type[ConfigT], argv: list[str] | None = None, descriptio
         return load_config(cls, args.config, args.overrides)
     except ConfigError as exc:
         ap.exit(2, f"error: {exc}\n")
+
+
+# --------------------------------------------------------------------------- extraction
+def _absolute(value: str) -> str:
+    return value if "://" in value else str(Path(value).expanduser().resolve())
+
+
+IETask = Literal["ner", "re", "ee"]
+
+
+class BatchExtractConfig(Strict):
+    """``jobs/batch_extract.py``: schema-driven extraction over a corpus with a Ray Data actor pool.
+
+    ``schema``: a path to a label schema JSON or the schema itself, either per language
+    (kg2instruct's ``{"zh": {"ner": [...], "re": [...], "ee": {...}}, "en": {...}}``, a document
+    uses its language's section) or per task (``{"ner": [...], "re": [...]}``).
+    """
+
+    model: str  # HF model directory (merged LoRA or base); its tokenizer decodes corpus shards
+    input: str  # a jsonl file, a directory of *.jsonl, or a corpus out_dir / shard dir (Arrow)
+    input_format: Literal["auto", "jsonl", "shards"] = "auto"
+    text_field: str = "text"  # jsonl: the text field
+    id_field: str = "id"  # jsonl: the id field (absent: <file stem>:<line>)
+    lang: Literal["zh", "en"] | None = None  # None: each document's "lang" field, else guessed
+    tasks: list[IETask] = Field(default_factory=lambda: ["ner", "re"], min_length=1)
+    schema_: str | dict[str, Any] = Field(alias="schema")
+    out_dir: str = "artifacts/kg"
+    block_size: int = Field(32, ge=1)  # documents per block = per part file = the unit of resume
+    num_actors: int = Field(2, ge=1)  # model replicas in the Ray Data actor pool
+    cpus_per_actor: float = Field(0.5, gt=0)  # < 1 on small boxes (Ray Data needs a CPU too)
+    threads_per_actor: int = Field(1, ge=1)  # torch threads in each actor
+    docs_per_call: int = Field(8, ge=1)  # documents whose prompts go into one generate call
+    max_tokens: int = Field(128, ge=1)  # new tokens per prompt
+    format: Literal["json", "tuple"] = "json"  # the answer format the prompts ask for
+    max_chars: int = Field(400, ge=16)  # characters of text per prompt (longer texts are chunked)
+    limit: int = Field(0, ge=0)  # only the first N documents (0: all)
+    device: str = "cpu"
+    dtype: str = "float32"
+    use_gpu: bool = False  # one GPU per actor (device is then cuda)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _paths_absolute(self) -> "BatchExtractConfig":
+        for key in ("model", "input", "out_dir"):
+            object.__setattr__(self, key, _absolute(getattr(self, key)))
+        if isinstance(self.schema_, str):
+            object.__setattr__(self, "schema_", _absolute(self.schema_))
+        return self
+
+
+class EvaluateConfig(Strict):
+    """``jobs/evaluate.py``: extraction scores on a gold IE file and / or perplexity on corpus shards."""
+
+    model: str
+    gold: str | None = None  # IE records (jsonl, DESIGN format + lang)
+    schema_: str | dict[str, Any] | None = Field(None, alias="schema")  # per-lang schema; None: the gold's labels
+    tasks: list[IETask] = Field(default_factory=lambda: ["ner", "re", "ee"], min_length=1)
+    match: Literal["set", "count"] = "set"
+    limit: int = Field(0, ge=0)  # gold records (0: all)
+    docs_per_call: int = Field(8, ge=1)
+    max_tokens: int = Field(128, ge=1)
+    format: Literal["json", "tuple"] = "json"
+    max_chars: int = Field(400, ge=16)
+    shards: str | None = None  # corpus out_dir or shard dir for perplexity
+    ppl_max_rows: int = Field(0, ge=0)  # 0: every row
+    ppl_batch_size: int = Field(8, ge=1)
+    out_dir: str = "artifacts/eval"
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluateConfig":
+        if not self.gold and not self.shards:
+            raise ValueError("give gold (extraction scores) and/or shards (perplexity)")
+        for key in ("model", "gold", "shards", "out_dir"):
+            if getattr(self, key):
+                object.__setattr__(self, key, _absolute(getattr(self, key)))
+        if isinstance(self.schema_, str):
+            object.__setattr__(self, "schema_", _absolute(self.schema_))
+        return self

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from knowlm_ray.ie.parsers import parse_output  # noqa: F401  (the parsers live in knowlm_ray.ie)
 from knowlm_ray.instruct.alpaca import RecordError
 
 TASKS = ("ner", "re", "ee")
@@ -30,8 +31,6 @@ FORMATS = ("tuple", "json")
 LANGS = ("zh", "en")
 FIELD = {"ner": "entities", "re": "relations", "ee": "events"}  # task -> IE record list
 NONE_ANSWER = {"zh": "无", "en": "None"}
-# parse_output accepts any of these as "nothing found", in either language.
-_NONE_TEXTS = {"无", "none", "nan", "null", "[]", "{}", ""}
 # Characters the tuple format uses as syntax: a span holding one cannot be written as a tuple.
 _TUPLE_SYNTAX = set("(),[]\n")
 
@@ -311,96 +310,6 @@ def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
                         "output": render_output(task, lang, task_fmt, items),
                         "task": task, "lang": lang, "format": task_fmt, "id": rec["id"]})
     return out
-
-
-# ---------------------------------------------------------------------------------- parsing
-
-def _split_top(inner: str, n: int) -> list[str] | None:
-    """Split ``a,b,c`` into exactly ``n`` stripped parts (tuple syntax never occurs in spans)."""
-    parts = [p.strip() for p in inner.split(",")]
-    return parts if len(parts) == n and all(parts) else None
-
-
-def _parse_tuples(task: str, text: str) -> list[dict]:
-    items = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not (line.startswith("(") and line.endswith(")")):
-            continue  # model chatter or a malformed line: skip it, keep the rest
-        inner = line[1:-1]
-        if task == "ner":
-            parts = _split_top(inner, 2)
-            if parts:
-                items.append({"text": parts[0], "type": parts[1]})
-        elif task == "re":
-            parts = _split_top(inner, 3)
-            if parts:
-                items.append({"head": parts[0], "relation": parts[1], "tail": parts[2]})
-        else:
-            head, sep, rest = inner.partition(",[")
-            parts = _split_top(head, 2)
-            if not (parts and sep and rest.endswith("]")):
-                continue
-            args = []
-            for chunk in rest[:-1].split(")"):
-                chunk = chunk.strip().lstrip(",").strip()
-                pair = _split_top(chunk[1:], 2) if chunk.startswith("(") else None
-                if pair:
-                    args.append({"role": pair[1], "text": pair[0]})
-            items.append({"type": parts[1], "trigger": parts[0], "arguments": args})
-    return items
-
-
-def _parse_json(task: str, text: str) -> list[dict]:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        return []
-    if not isinstance(obj, dict):
-        return []
-    items: list[dict] = []
-    for label, values in obj.items():
-        if not isinstance(values, list):
-            continue
-        for v in values:
-            if task == "ner" and isinstance(v, str) and v:
-                items.append({"text": v, "type": label})
-            elif task == "re" and isinstance(v, dict) and isinstance(v.get("subject"), str) \
-                    and isinstance(v.get("object"), str):
-                items.append({"head": v["subject"], "relation": label, "tail": v["object"]})
-            elif task == "ee" and isinstance(v, dict) and isinstance(v.get("trigger"), str):
-                args = []
-                raw = v.get("arguments") if isinstance(v.get("arguments"), dict) else {}
-                for role, fill in raw.items():
-                    for f in fill if isinstance(fill, list) else [fill]:
-                        if isinstance(f, str) and f and f != "NAN":  # IEPile marks absent roles NAN
-                            args.append({"role": role, "text": f})
-                items.append({"type": label, "trigger": v["trigger"], "arguments": args})
-    return items
-
-
-def parse_output(task: str, lang: str, fmt: str, text: str) -> dict[str, list]:
-    """Read an answer back into ``{"entities", "relations", "events"}`` (only ``task``'s list filled).
-
-    Tolerant: surrounding whitespace, the none-answer of either language, and malformed lines or
-    values (skipped). ``fmt`` may be ``"auto"``: JSON when the answer starts with ``{``.
-    ``lang`` is accepted for symmetry with ``render_output``; both none-answers are understood.
-    """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} (expected {TASKS})")
-    result: dict[str, list] = {"entities": [], "relations": [], "events": []}
-    text = (text or "").strip()
-    if text.lower() in _NONE_TEXTS:
-        return result
-    if fmt == "auto":
-        fmt = "json" if text.startswith("{") else "tuple"
-    if fmt == "tuple":
-        result[FIELD[task]] = _parse_tuples(task, text)
-    elif fmt == "json":
-        result[FIELD[task]] = _parse_json(task, text)
-    else:
-        raise ValueError(f"unknown output format {fmt!r} (expected one of {FORMATS} or 'auto')")
-    return result
 
 
 # -------------------------------------------------------------------------------------- CLI

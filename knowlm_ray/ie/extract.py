@@ -1,0 +1,277 @@
+"""Schema-driven extraction: prompts → generation → parse → schema check → offsets → IE record.
+
+Generation is a plain callable, so the serving engine, a Ray actor or a test double drives it::
+
+    generate_fn(pairs: list[tuple[str, str]]) -> list[str]     # (instruction, input) -> answer
+
+    record = extract_record(generate_fn, "ner", text, ["人物", "地理位置"], "zh")
+
+``extract_record`` builds one prompt per (text chunk, schema batch) (``knowlm_ray.ie.prompts``),
+makes **one** ``generate_fn`` call for all of them, parses each answer (``parsers``), keeps the
+labels of the schema (``schema``), anchors every span to character offsets (``offsets``) and
+merges the batches into one DESIGN IE record, plus ``raw`` (the model's answers, in prompt order),
+``dropped`` (labels outside the schema, with counts) and ``unparsed`` (answers with no answer
+structure at all). Whatever the model writes, the record has this shape.
+
+For async callers (the HTTP route): ``plan = plan_extraction(...)``, generate ``plan.pairs``
+however you like, then ``assemble(plan, answers)``. ``extract_many`` does several records with
+one ``generate_fn`` call (batch extraction).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from knowlm_ray.ie.offsets import SpanLocator
+from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS, item_key, parse_answer
+from knowlm_ray.ie.prompts import DEFAULT_MAX_CHARS, SERVE_TEMPLATE, prompt_pairs
+from knowlm_ray.ie.schema import Schema, SchemaChecker, SchemaError, normalize_schema
+from knowlm_ray.instruct.kg2instruct import LANGS, guess_lang
+
+GenerateFn = Callable[[list[tuple[str, str]]], list[str]]
+
+
+class IERequestError(ValueError):
+    """An extraction request the caller got wrong (bad task, empty text, bad schema): a 400."""
+
+
+def record_id_for(text: str) -> str:
+    """A stable id for a text (IEPile keys test rows by a hash of the text)."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class ExtractionPlan:
+    task: str
+    text: str
+    lang: str
+    record_id: str
+    schema: Schema
+    prompts: list[dict[str, Any]]  # prompts.prompt_pairs rows: instruction, input, offset, chunk, labels
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(p["instruction"], p["input"]) for p in self.prompts]
+
+
+def plan_extraction(task: str, text: str, schema: Any, lang: str | None = None, *,
+                    record_id: str | None = None, fmt: str = "json", template: int = SERVE_TEMPLATE,
+                    split_num: int | None = None, max_chars: int | None = DEFAULT_MAX_CHARS) -> ExtractionPlan:
+    """Check a request and build its prompts; raises IERequestError naming what is wrong."""
+    if task not in TASKS:
+        raise IERequestError(f"task: must be one of {', '.join(TASKS)}, got {task!r}")
+    if not isinstance(text, str) or not text.strip():
+        raise IERequestError("text: must be a non-empty string")
+    lang = lang or guess_lang(text)
+    if lang not in LANGS:
+        raise IERequestError(f"lang: must be one of {', '.join(LANGS)}, got {lang!r}")
+    if fmt not in FORMATS:
+        raise IERequestError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    try:
+        labels = normalize_schema(task, schema)
+        prompts = prompt_pairs(task, text, labels, lang, fmt=fmt, template=template,
+                               split_num=split_num, max_chars=max_chars)
+    except SchemaError as exc:
+        raise IERequestError(f"schema: {exc}") from None
+    except ValueError as exc:
+        raise IERequestError(str(exc)) from None
+    return ExtractionPlan(task, text, lang, record_id or record_id_for(text), labels, prompts)
+
+
+def _locate(task: str, item: dict, loc: SpanLocator, window: tuple[int, int]) -> dict:
+    if task == "ner":
+        text, start, end = loc.anchor(item["text"], key=("entity", item["text"]), window=window)
+        return {"text": text, "type": item["type"], "start": start, "end": end}
+    if task == "re":
+        head, hs, he = loc.anchor(item["head"], window=window)
+        avoid = {hs} if hs is not None and item["tail"] == item["head"] else None
+        tail, ts, te = loc.anchor(item["tail"], window=window, avoid=avoid)
+        return {"head": head, "relation": item["relation"], "tail": tail,
+                "head_start": hs, "head_end": he, "tail_start": ts, "tail_end": te}
+    trigger, s, e = loc.anchor(item["trigger"], key=("trigger", item["trigger"]), window=window)
+    taken: dict[str, set[int]] = {}
+    args = []
+    for a in item["arguments"]:
+        t, s2, e2 = loc.anchor(a["text"], window=window, avoid=taken.get(a["text"]))
+        if s2 is not None:
+            taken.setdefault(a["text"], set()).add(s2)
+        args.append({"role": a["role"], "text": t, "start": s2, "end": e2})
+    return {"type": item["type"], "trigger": trigger, "trigger_start": s, "trigger_end": e,
+            "arguments": args}
+
+
+def _position(task: str, item: dict) -> tuple:
+    if task == "ner":
+        return (item["start"],)
+    if task == "re":
+        return (item["head_start"], item["tail_start"])
+    return (item["trigger_start"],)
+
+
+def empty_record(record_id: str, text: str, lang: str | None = None) -> dict[str, Any]:
+    return {"id": record_id, "text": text, "lang": lang or guess_lang(text),
+            "entities": [], "relations": [], "events": [], "raw": [], "dropped": [], "unparsed": 0}
+
+
+def assemble(plan: ExtractionPlan, answers: Sequence[str]) -> dict[str, Any]:
+    """The IE record for ``plan`` from the model's ``answers`` (one per prompt, in order)."""
+    if len(answers) != len(plan.prompts):
+        raise RuntimeError(f"generate_fn returned {len(answers)} answers for {len(plan.prompts)} prompts")
+    task = plan.task
+    record = empty_record(plan.record_id, plan.text, plan.lang)
+    record["raw"] = [a if isinstance(a, str) else "" for a in answers]
+    checker = SchemaChecker(task, plan.schema)
+    locator = SpanLocator(plan.text)
+    relation_labels = list(plan.schema) if task == "re" else None
+    out, seen = record[FIELD[task]], set()
+    chunk_seen: dict[int, set] = {}
+    for prompt, answer in zip(plan.prompts, record["raw"]):
+        parsed = parse_answer(task, answer, "auto", relation_labels)
+        record["unparsed"] += parsed.status == "unparsed"
+        window = (prompt["offset"], prompt["offset"] + len(prompt["input"]))
+        in_chunk = chunk_seen.setdefault(prompt["chunk"], set())
+        for item in checker.check(parsed.items):
+            key = item_key(task, item)
+            if key in in_chunk:  # the same answer from two schema batches of one chunk
+                continue
+            in_chunk.add(key)
+            located = _locate(task, item, locator, window)
+            full = (item_key(task, {**located, "arguments": [
+                {"role": a["role"], "text": a["text"]} for a in located.get("arguments", [])]}),
+                    _position(task, located))
+            if full not in seen:  # the same mention found from two chunks
+                seen.add(full)
+                out.append(located)
+    record["dropped"] = checker.report()
+    return record
+
+
+def extract_record(generate_fn: GenerateFn, task: str, text: str, schema: Any, lang: str | None = None,
+                   *, record_id: str | None = None, fmt: str = "json", template: int = SERVE_TEMPLATE,
+                   split_num: int | None = None, max_chars: int | None = DEFAULT_MAX_CHARS) -> dict[str, Any]:
+    """Extract ``task`` items of ``schema`` from ``text``: one IE record (+ raw, dropped, unparsed).
+
+    Raises IERequestError for a bad request; never for what the model writes.
+    """
+    plan = plan_extraction(task, text, schema, lang, record_id=record_id, fmt=fmt, template=template,
+                           split_num=split_num, max_chars=max_chars)
+    return assemble(plan, list(generate_fn(plan.pairs)))
+
+
+def extract_many(generate_fn: GenerateFn, requests: Iterable[dict[str, Any]], **options: Any) -> list[dict]:
+    """Several requests (``{"task", "text", "schema", "lang"?, "id"?}``), one ``generate_fn`` call."""
+    plans = [plan_extraction(r["task"], r["text"], r["schema"], r.get("lang"), record_id=r.get("id"),
+                             **options) for r in requests]
+    pairs = [p for plan in plans for p in plan.pairs]
+    answers = list(generate_fn(pairs)) if pairs else []
+    if len(answers) != len(pairs):
+        raise RuntimeError(f"generate_fn returned {len(answers)} answers for {len(pairs)} prompts")
+    out, i = [], 0
+    for plan in plans:
+        n = len(plan.prompts)
+        out.append(assemble(plan, answers[i:i + n]))
+        i += n
+    return out
+
+
+def merge_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One record from several tasks' records of the same text (lists concatenated)."""
+    if not records:
+        raise ValueError("merge_records needs at least one record")
+    first = records[0]
+    merged = empty_record(first["id"], first["text"], first.get("lang"))
+    for rec in records:
+        for key in ("entities", "relations", "events", "raw", "dropped"):
+            merged[key].extend(rec.get(key, []))
+        merged["unparsed"] += rec.get("unparsed", 0)
+    return merged
+
+
+# ------------------------------------------------------------------------- engine and HTTP
+def engine_generate_fn(engine: Any, parameters: Any = None) -> Callable[..., list[str]]:
+    """A generate_fn over a ``knowlm_ray.serve.engine.GenerationEngine`` (in-process, no Ray).
+
+    ``parameters``: a GenerationParams or its dict (default: greedy, 128 new tokens). A prompt the
+    model's context cannot hold is answered with "" (so it parses as nothing) instead of failing
+    the whole batch. The returned function also takes ``parameters=`` per call.
+    """
+    from knowlm_ray.serve.engine import RequestError
+    from knowlm_ray.serve.schemas import GenerateRequest, GenerationParams
+
+    def as_params(p: Any) -> GenerationParams:
+        if p is None:
+            return GenerationParams()
+        return p if isinstance(p, GenerationParams) else GenerationParams.model_validate(p)
+
+    default = as_params(parameters)
+
+    def generate(pairs: list[tuple[str, str]], parameters: Any = None) -> list[str]:
+        params = as_params(parameters) if parameters is not None else default
+        answers = [""] * len(pairs)
+        prepared, index = [], []
+        for k, (instruction, inp) in enumerate(pairs):
+            try:
+                prepared.append(engine.prepare(GenerateRequest(instruction=instruction, input=inp,
+                                                               parameters=params)))
+                index.append(k)
+            except RequestError:
+                pass
+        for k, result in zip(index, engine.generate_prepared(prepared) if prepared else []):
+            answers[k] = result.text
+        return answers
+
+    return generate
+
+
+class ExtractRequest(BaseModel):
+    """``POST /extract`` body: DESIGN's ``{"task", "text", "schema", "lang"}`` (+ optional extras)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    task: Literal["ner", "re", "ee"]
+    text: str = Field(min_length=1)
+    labels: list[Any] | dict[str, Any] = Field(alias="schema")
+    lang: Literal["zh", "en"] | None = None
+    id: str | None = None
+    format: Literal["json", "tuple"] = "json"
+    parameters: dict[str, Any] | None = None  # GenerationParams fields, checked by the engine
+
+
+def parse_extract_request(body: Any) -> ExtractRequest:
+    """Validate a request body; IERequestError with ``field: problem`` lines on failure."""
+    try:
+        req = ExtractRequest.model_validate(body)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "body"
+            lines.append(f"{key}: {'unknown field' if e['type'] == 'extra_forbidden' else e['msg']}")
+        raise IERequestError("; ".join(lines)) from None
+    if not req.text.strip():
+        raise IERequestError("text: must not be blank")
+    if req.parameters is not None:
+        from knowlm_ray.serve.schemas import GenerationParams
+
+        try:
+            GenerationParams.model_validate(req.parameters)
+        except ValidationError as err:
+            raise IERequestError("; ".join(
+                f"parameters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())) from None
+    return req
+
+
+def handle_extract(body: Any, generate_fn: Callable[..., list[str]], **options: Any) -> dict[str, Any]:
+    """The whole ``/extract`` request: validate ``body``, extract, return the response dict.
+
+    Raises IERequestError (→ 400) for a bad body. ``generate_fn(pairs)`` is called once; when the
+    body carries ``parameters`` it is called as ``generate_fn(pairs, parameters=dict)``.
+    """
+    req = parse_extract_request(body)
+    plan = plan_extraction(req.task, req.text, req.labels, req.lang, record_id=req.id, fmt=req.format,
+                           **options)
+    answers = generate_fn(plan.pairs) if req.parameters is None else \
+        generate_fn(plan.pairs, parameters=req.parameters)
+    return assemble(plan, list(answers))
