@@ -6,6 +6,8 @@
     knowlm finetune-lora --config jobs/configs/tiny_lora.yaml [key=value ...]
     knowlm kg2instruct --records R --schema S --out O [--seed N]
     knowlm weights merge-lora --base B --lora L --out M
+    knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
+    knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
     knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P]
     knowlm demo
 """

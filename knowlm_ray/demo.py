@@ -20,6 +20,8 @@ DEMO_REQUEST = {
     "input": "浙江大学位于浙江省杭州市。",
     "parameters": {"temperature": 0.0, "max_tokens": 32, "num_beams": 1, "repetition_penalty": 1.3},
 }
+DEMO_EXTRACT = {"task": "ner", "lang": "zh", "schema": ["人物", "地理位置", "组织机构"],
+                "text": "启航科技由李明创立，总部位于青岚市。", "parameters": {"max_tokens": 64}}
 
 
 @contextmanager
@@ -82,7 +84,7 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
 
         merge_lora(paths["pretrained"], paths["lora"], paths["merged"])
 
-    with _stage(6, total, f"Ray Serve on 127.0.0.1:{port}: POST /generate"):
+    with _stage(6, total, f"Ray Serve on 127.0.0.1:{port}: POST /generate and POST /extract"):
         from knowlm_ray.serve import launch
 
         base = launch.start(model=paths["merged"], host="127.0.0.1", port=port)
@@ -92,6 +94,10 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
             body = resp.json()
             print(json.dumps(body, ensure_ascii=False, indent=2))
             resp.raise_for_status()
+            ext = requests.post(f"{base}/extract", json=DEMO_EXTRACT, timeout=120)
+            print(f"POST {base}/extract -> {ext.status_code}")
+            print(json.dumps(ext.json(), ensure_ascii=False, indent=2))
+            ext.raise_for_status()
         finally:
             launch.stop()
 

@@ -238,6 +238,7 @@ class ExtractRequest(BaseModel):
     id: str | None = None
     format: Literal["json", "tuple"] = "json"
     parameters: dict[str, Any] | None = None  # GenerationParams fields, checked by the engine
+    model: str | None = None  # serving: the base model or a configured LoRA adapter's name
 
 
 def parse_extract_request(body: Any) -> ExtractRequest:

@@ -28,6 +28,7 @@ from pydantic import Field, field_validator, model_validator
 from ray import serve
 
 from knowlm_ray.config import ConfigError, Strict, load_config
+from knowlm_ray.ie.extract import IERequestError, assemble, parse_extract_request, plan_extraction
 from knowlm_ray.instruct.alpaca import build_prompt
 from knowlm_ray.serve import metrics as serve_metrics
 from knowlm_ray.serve import openai_api as oai
@@ -156,6 +157,9 @@ api = FastAPI(title="knowlm-ray", description="KnowLM /generate and an OpenAI-co
 install_error_handlers(api)
 api.add_middleware(serve_metrics.ServeMiddleware)
 
+# Extraction answers are structured: greedy, and long enough for a JSON list of several items.
+EXTRACT_DEFAULTS = {"temperature": 0.0, "max_tokens": 128}
+
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 422, 500, 503, 504)}
 
 
@@ -272,6 +276,25 @@ class KnowLMServer:
         except Exception as exc:
             return error_for(exc)
         return GenerateResponse(generated_text=result.text, num_output_tokens_cf=result.num_output_tokens)
+
+    @api.post("/extract", responses=_ERRORS)
+    async def extract(self, http: Request):
+        """Schema-driven IE: ``{"task", "text", "schema", "lang"}`` -> an IE record + ``raw``."""
+        try:
+            try:
+                body = await http.json()
+            except ValueError:
+                raise IERequestError("body: not valid JSON") from None
+            req = parse_extract_request(body)
+            plan = plan_extraction(req.task, req.text, req.labels, req.lang, record_id=req.id, fmt=req.format)
+            params = {**EXTRACT_DEFAULTS, **(req.parameters or {})}
+            answers = await self.generate_texts(plan.pairs, params, adapter=self._adapter(req.model),
+                                                timeout_s=_timeout_from(http))
+            return assemble(plan, answers)
+        except IERequestError as exc:
+            return error_response(400, str(exc))
+        except Exception as exc:
+            return error_for(exc)
 
     @api.post("/v1/completions", responses=_ERRORS)
     async def completions(self, request: CompletionRequest, http: Request):

@@ -360,3 +360,39 @@ def test_start_refuses_another_address_while_serve_runs(base_url, tiny_model):
     with pytest.raises(launch.ServeStartError, match="already runs"):
         launch.start(str(tiny_model), port=_free_port(), num_replicas=1)
     assert requests.get(f"{base_url}/healthz", timeout=10).status_code == 200
+
+
+def test_extract_equals_local_plan_generate_assemble(base_url, reference):
+    """/extract = the IE library's plan -> greedy generate per prompt -> parse/assemble, over HTTP."""
+    from knowlm_ray.ie.extract import assemble, plan_extraction
+
+    text = "启航科技总部位于青岚市，创始人是李明。"
+    body = {"task": "ner", "text": text, "schema": ["人物", "组织机构", "地理位置"], "lang": "zh",
+            "parameters": {"max_tokens": 12}}
+    r = _post(base_url, body, route="/extract", timeout=120)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    plan = plan_extraction("ner", text, body["schema"], "zh", fmt="json")
+    want = assemble(plan, [reference(i, x, max_tokens=12)[0] for i, x in plan.pairs])
+    assert got == json.loads(json.dumps(want, ensure_ascii=False))
+    assert {"id", "text", "entities", "relations", "events", "raw"} <= set(got)
+
+
+@pytest.mark.parametrize("body, status, mentions", [
+    ({"task": "xx", "text": "a", "schema": ["人物"]}, 400, "task"),
+    ({"task": "ner", "text": "   ", "schema": ["人物"]}, 400, "text"),
+    ({"task": "ner", "text": "李明在青岚市。"}, 400, "schema"),
+    ({"task": "ner", "text": "李明。", "schema": ["人物"], "colour": 1}, 400, "colour"),
+    ({"task": "ner", "text": "李明。", "schema": ["人物"], "parameters": {"temperature": 9}}, 400, "temperature"),
+    ({"task": "ner", "text": "李明。", "schema": ["人物"], "model": "nope"}, 404, "nope"),
+])
+def test_extract_rejects_bad_requests_naming_the_field(base_url, body, status, mentions):
+    r = _post(base_url, body, route="/extract")
+    assert r.status_code == status, r.text
+    assert mentions in r.json()["error"]["message"]
+
+
+def test_extract_bad_json_is_a_400(base_url):
+    r = requests.post(f"{base_url}/extract", data="{oops", timeout=30,
+                      headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
