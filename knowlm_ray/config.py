@@ -290,3 +290,39 @@ class EvaluateConfig(Strict):
         if isinstance(self.schema_, str):
             object.__setattr__(self, "schema_", _absolute(self.schema_))
         return self
+
+
+# --------------------------------------------------------------------------- instruction data
+class InstructionsConfig(Strict):
+    """``jobs/prepare_instructions.py``: alpaca files and / or IE records -> tokenised, masked shards.
+
+    Writes ``out_dir/train/part-NNNNN.arrow``, ``out_dir/validation/part-NNNNN.arrow``,
+    ``out_dir/quarantine/`` and ``out_dir/manifest.json`` (see ``knowlm_ray.instruct.prepare``).
+    """
+
+    inputs: list[str] = Field(default_factory=list)  # alpaca .json / .jsonl files or directories of them
+    ie_records: str | None = None  # IE records (jsonl): built into instructions with kg2instruct first
+    schema_: str | None = Field(None, alias="schema")  # label schema for ie_records
+    tokenizer: str  # HF tokenizer directory
+    cutoff_len: int = Field(512, ge=8)  # KnowLM: 512
+    train_on_inputs: bool = False  # false: the prompt's labels are -100
+    val_set_size: int = Field(2000, ge=0)  # validation rows (whole source records; KnowLM: 2000)
+    seed: int = 0  # the split hash and the instruction builder's stream
+    neg_ratio: float = Field(0.15, ge=0, le=1)  # kg2instruct negative sampling
+    out_dir: str = "artifacts/instructions"
+    rows_per_shard: int = Field(10000, ge=1)
+    num_tokenizers: int = Field(1, ge=1)  # tokenizer actors in the Ray Data pool
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> "InstructionsConfig":
+        if not self.inputs and not self.ie_records:
+            raise ValueError("give inputs (alpaca json/jsonl) and/or ie_records (+ schema)")
+        if self.ie_records and not self.schema_:
+            raise ValueError("ie_records needs schema (the label schema JSON)")
+        object.__setattr__(self, "inputs", [_absolute(p) for p in self.inputs])
+        for key in ("ie_records", "schema_", "tokenizer", "out_dir"):
+            if getattr(self, key):
+                object.__setattr__(self, key, _absolute(getattr(self, key)))
+        return self

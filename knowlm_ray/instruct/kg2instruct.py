@@ -1,10 +1,15 @@
 """KG → IE instructions: alpaca records for NER / RE / EE, Chinese and English.
 
 Input is IE records (DESIGN.md format plus ``"lang"``) and a closed label schema
-(``{"zh": {"ner": [...], "re": [...], "ee": {type: [roles]}}, "en": {...}}``). A record yields one
-instruction per task it has labels for; a task without labels yields an instruction whose answer
-is the fixed none-answer (``无`` / ``None``) when the record is a full negative, and otherwise at
-``neg_ratio`` — so the model also learns to answer "nothing here" instead of inventing spans.
+(``{"zh": {"ner": [...], "re": [...], "ee": {type: [roles]}, "hard_negatives"?: {label: [labels]}},
+"en": {...}}``). As in IEPile, the labels a prompt offers come in schema batches: a record's own
+labels, their hard negatives (confusable labels: the schema's ``hard_negatives`` map, else the
+labels that most often co-occur with them in other records) and randomly sampled other labels
+(``neg_ratio``), shuffled and cut into batches of ``split_num`` (NER 6, RE / EE 4). Each batch is
+one instruction; a batch holding none of the record's labels has the fixed none-answer (``无`` /
+``None``), so the model learns to answer "nothing here" instead of inventing spans. A task the
+record has no label for yields one all-negative batch when the record is a full negative, and
+otherwise at ``neg_ratio``.
 
 Answers come in two formats, as in KnowLM and IEPile: ``tuple`` — one ``(实体,实体类型)`` /
 ``(head,relation,tail)`` / ``(trigger,event type,[(argument,role)])`` per line — and ``json`` —
@@ -201,6 +206,9 @@ def load_schema(path: str | Path) -> dict:
         ee = s.get("ee")
         if not isinstance(ee, dict) or not all(is_labels(roles) for roles in ee.values()):
             raise RecordError(f"{p}: {lang}.ee must map each event type to a list of roles")
+        hard = s.get("hard_negatives", {})
+        if not isinstance(hard, dict) or not all(is_labels(v) for v in hard.values()):
+            raise RecordError(f"{p}: {lang}.hard_negatives must map a label to a list of labels")
     return schema
 
 
@@ -270,23 +278,83 @@ def render_output(task: str, lang: str, fmt: str, items: Sequence[dict]) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def _schema_text(task: str, s: dict, rng: random.Random) -> str:
-    """Candidate labels in a seeded random order, so the model cannot learn a fixed position."""
+def _batch_text(task: str, s: dict, batch: Sequence[str]) -> str:
+    """The batch's labels as the instruction shows them (EE: ``{type: [roles]}``), order kept."""
     if task == "ee":
-        types = list(s["ee"])
-        rng.shuffle(types)
-        return json.dumps({t: s["ee"][t] for t in types}, ensure_ascii=False)
-    labels = list(s[task])
-    rng.shuffle(labels)
-    return json.dumps(labels, ensure_ascii=False)
+        return json.dumps({t: s["ee"][t] for t in batch}, ensure_ascii=False)
+    return json.dumps(list(batch), ensure_ascii=False)
+
+
+def _label(task: str, item: dict) -> str:
+    return item["type"] if task in ("ner", "ee") else item["relation"]
+
+
+def _task_labels(task: str, s: dict) -> list[str]:
+    return list(s["ee"]) if task == "ee" else list(s[task])
+
+
+def cooccurrence_hard_negatives(records: Sequence[dict], schema: dict,
+                                top: int = 3) -> dict[str, dict[str, list[str]]]:
+    """``{lang: {label: [labels]}}``: for each label, the ``top`` labels of the same task that
+    appear most often in the *same records* as it (ties: schema order). A record that has X but
+    not its usual companion Y is where "Y" is a confusable negative: a hard negative."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for rec in records:
+        lang = rec.get("lang") or guess_lang(rec["text"])
+        for task in TASKS:
+            present = sorted({_label(task, x) for x in rec.get(FIELD[task]) or []})
+            for a in present:
+                row = counts.setdefault((lang, a), {})
+                for b in present:
+                    if b != a:
+                        row[b] = row.get(b, 0) + 1
+    out: dict[str, dict[str, list[str]]] = {}
+    for lang, s in schema.items():
+        for task in TASKS:
+            order = {lab: i for i, lab in enumerate(_task_labels(task, s))}
+            for a in order:
+                row = counts.get((lang, a), {})
+                ranked = sorted((b for b in row if b in order), key=lambda b: (-row[b], order[b]))
+                if ranked:
+                    out.setdefault(lang, {})[a] = ranked[:top]
+    return out
 
 
 def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
-                       tasks: Sequence[str] = TASKS, neg_ratio: float = 0.15) -> list[dict]:
-    """Alpaca dicts (+ ``task``, ``lang``, ``format``, ``id``) for ``records``; same seed, same list."""
+                       tasks: Sequence[str] = TASKS, neg_ratio: float = 0.15,
+                       split_num: dict[str, int] | int | None = None,
+                       hard_negatives: dict[str, dict[str, list[str]]] | None = None) -> list[dict]:
+    """Alpaca dicts (+ ``task``, ``lang``, ``format``, ``id``, ``labels``) for ``records``.
+
+    IEPile-style schema batches: for each (record, task) the candidate labels are the record's
+    own labels (positives), its hard negatives (``hard_negatives[lang][positive]``, default: the
+    schema section's ``"hard_negatives"`` if it has one, else :func:`cooccurrence_hard_negatives`
+    of ``records``) and each other schema label with probability ``neg_ratio``; they are shuffled
+    and cut into batches of ``split_num`` (NER 6, RE / EE 4; the remainder rule of
+    ``knowlm_ray.ie.prompts.split_sizes``). Each batch is one instruction whose answer holds the
+    record's items with a label of the batch — the none-answer when there are none. A task the
+    record has no label for yields one all-negative batch when the record is a full negative,
+    and otherwise at ``neg_ratio``. One private seeded stream: same seed, same list.
+    """
+    from knowlm_ray.ie.prompts import SPLIT_NUM, split_sizes  # lazy: prompts imports this module
+
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown} (expected {TASKS})")
+    if not 0 <= neg_ratio <= 1:
+        raise ValueError(f"neg_ratio must be in [0, 1], got {neg_ratio}")
+    sizes = dict(SPLIT_NUM) if split_num is None else (
+        {t: int(split_num) for t in TASKS} if isinstance(split_num, int) else {**SPLIT_NUM, **split_num})
+    if hard_negatives is None:
+        derived = None
+        hard_negatives = {}
+        for lang, s in schema.items():
+            if isinstance(s.get("hard_negatives"), dict):
+                hard_negatives[lang] = s["hard_negatives"]
+            else:
+                if derived is None:
+                    derived = cooccurrence_hard_negatives(records, schema)
+                hard_negatives[lang] = derived.get(lang, {})
     rng = random.Random(seed)  # one private stream: never the global random state
     out = []
     for rec in records:
@@ -295,20 +363,43 @@ def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
             raise ValueError(f"record {rec['id']!r}: no {lang!r} section in the schema")
         s = schema[lang]
         _check_in_schema({**rec, "lang": lang}, s)
+        hard_map = hard_negatives.get(lang, {})
         fmt = rng.choice(FORMATS)  # one format per record
         negative = not any(rec.get(FIELD[t]) for t in TASKS)
         for task in tasks:
             items = rec.get(FIELD[task]) or []
+            labels = _task_labels(task, s)
+            k = sizes[task]
             keep_empty = rng.random() < neg_ratio  # drawn for every task: keeps the stream stable
-            if not items and not (negative or keep_empty):
-                continue
-            task_fmt = "json" if fmt == "tuple" and not tuple_safe(items) else fmt
-            template = rng.choice(TEMPLATES[task][lang])
-            instruction = template.format(schema=_schema_text(task, s, rng),
-                                          fmt=FORMAT_TEXT[(task, task_fmt)][lang])
-            out.append({"instruction": instruction, "input": rec["text"],
-                        "output": render_output(task, lang, task_fmt, items),
-                        "task": task, "lang": lang, "format": task_fmt, "id": rec["id"]})
+            present = {_label(task, x) for x in items}
+            positives = [lab for lab in labels if lab in present]
+            if not positives:
+                if not (negative or keep_empty):
+                    continue
+                candidates = rng.sample(labels, min(k, len(labels)))
+            else:
+                hard: list[str] = []
+                for p in positives:
+                    for h in hard_map.get(p, []):
+                        if h in labels and h not in present and h not in hard:
+                            hard.append(h)
+                others = [lab for lab in labels if lab not in present and lab not in hard]
+                sampled = [lab for lab, u in zip(others, [rng.random() for _ in others]) if u < neg_ratio]
+                candidates = positives + hard + sampled
+                rng.shuffle(candidates)
+            start = 0
+            for size in split_sizes(len(candidates), k):
+                batch = candidates[start:start + size]
+                start += size
+                batch_items = [x for x in items if _label(task, x) in batch]
+                task_fmt = "json" if fmt == "tuple" and not tuple_safe(batch_items) else fmt
+                template = rng.choice(TEMPLATES[task][lang])
+                instruction = template.format(schema=_batch_text(task, s, batch),
+                                              fmt=FORMAT_TEXT[(task, task_fmt)][lang])
+                out.append({"instruction": instruction, "input": rec["text"],
+                            "output": render_output(task, lang, task_fmt, batch_items),
+                            "task": task, "lang": lang, "format": task_fmt, "id": rec["id"],
+                            "labels": list(batch)})
     return out
 
 
@@ -337,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output alpaca JSON list")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--neg-ratio", type=float, default=0.15,
-                    help="chance that a task with no labels still gets a none-answer instruction")
+                    help="chance that a task with no labels still gets a none-answer instruction, and that "
+                         "each non-hard negative label joins a record's schema batches")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of ner,re,ee")
     args = ap.parse_args(argv)
     try:

@@ -96,7 +96,12 @@ def test_render_parse_round_trip_every_task_lang_format(records):
     assert seen == {(t, l, f) for t in TASKS for l in LANGS for f in FORMATS}
 
 
+def _label(task: str, item: dict) -> str:
+    return item["relation"] if task == "re" else item["type"]
+
+
 def test_built_outputs_parse_back_to_the_record(records, schema):
+    """build -> gold text -> parse == the record's items restricted to the batch's labels."""
     by_id = {r["id"]: r for r in records}
     rows = build_instructions(records, schema, seed=0)
     assert {(r["task"], r["lang"], r["format"]) for r in rows} == \
@@ -104,21 +109,75 @@ def test_built_outputs_parse_back_to_the_record(records, schema):
     for row in rows:
         rec = by_id[row["id"]]
         got = parse_output(row["task"], row["lang"], row["format"], row["output"])
-        for task in TASKS:  # the task's list comes back; the others stay empty
-            want = rec[FIELD[task]] if task == row["task"] else []
+        for task in TASKS:  # the batch's part of the task's list comes back; the others stay empty
+            want = [x for x in rec[FIELD[task]] if _label(task, x) in row["labels"]] \
+                if task == row["task"] else []
             assert canon(task, got[FIELD[task]]) == canon(task, want), (row["id"], row["task"])
         assert row["input"] == rec["text"]
-        assert (row["output"] == NONE_ANSWER[row["lang"]]) == (not rec[FIELD[row["task"]]])
+        assert (row["output"] == NONE_ANSWER[row["lang"]]) == \
+            (not any(_label(row["task"], x) in row["labels"] for x in rec[FIELD[row["task"]]]))
 
 
 def test_instructions_name_labels_and_format(records, schema):
     for row in build_instructions(records, schema, seed=0):
         s = schema[row["lang"]]
-        labels = list(s["ee"]) + [r for roles in s["ee"].values() for r in roles] \
-            if row["task"] == "ee" else s[row["task"]]
+        labels = row["labels"] + [r for t in row["labels"] for r in s["ee"][t]] \
+            if row["task"] == "ee" else row["labels"]
         assert all(label in row["instruction"] for label in labels)
+        others = [lab for lab in (list(s["ee"]) if row["task"] == "ee" else s[row["task"]])
+                  if lab not in row["labels"]]
+        assert not any(f'"{lab}"' in row["instruction"] for lab in others)  # only the batch is offered
         assert NONE_ANSWER[row["lang"]] in row["instruction"]
         assert ("JSON" in row["instruction"]) == (row["format"] == "json")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_schema_batches_cover_positives_once_with_iepile_sizes(records, schema, seed):
+    from knowlm_ray.ie.prompts import SPLIT_NUM, split_sizes
+
+    rows = build_instructions(records, schema, seed=seed, neg_ratio=0.5)
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row["id"], row["task"]), []).append(row)
+    by_id = {r["id"]: r for r in records}
+    none_with_positives = 0
+    for (rid, task), batch_rows in groups.items():
+        rec = by_id[rid]
+        batches = [r["labels"] for r in batch_rows]
+        flat = [lab for b in batches for lab in b]
+        assert len(flat) == len(set(flat))  # a label is offered once per record and task
+        s = schema[rec["lang"]]
+        assert set(flat) <= set(s["ee"] if task == "ee" else s[task])
+        positives = {_label(task, x) for x in rec[FIELD[task]]}
+        assert positives <= set(flat)
+        if positives:
+            assert [len(b) for b in batches] == split_sizes(len(flat), SPLIT_NUM[task])
+            none_with_positives += sum(not (set(b) & positives) for b in batches)
+        else:
+            assert len(batch_rows) == 1
+    if seed == 0:
+        assert none_with_positives > 0  # all-negative batches of records that have labels
+
+
+def test_hard_negatives_are_preferred(schema):
+    rec = {"id": "h", "lang": "en", "text": "Ada was born in London.", "entities": [],
+           "relations": [{"head": "Ada", "relation": "place of birth", "tail": "London"}], "events": []}
+    hard = {"en": {"place of birth": ["date of birth", "country"]}}
+    for seed in range(5):
+        rows = build_instructions([rec], schema, seed=seed, tasks=("re",), neg_ratio=0.0, hard_negatives=hard)
+        assert sorted(lab for r in rows for lab in r["labels"]) == ["country", "date of birth", "place of birth"]
+    # from the schema file's own map
+    with_map = {**schema, "en": {**schema["en"], "hard_negatives": hard["en"]}}
+    (row,) = build_instructions([rec], with_map, seed=1, tasks=("re",), neg_ratio=0.0)
+    assert sorted(row["labels"]) == ["country", "date of birth", "place of birth"]
+    # no map: labels co-occurring with the record's labels in other records
+    other = dict(rec, id="o", relations=rec["relations"] + [{"head": "Ada", "relation": "employer", "tail": "London"}])
+    rows = build_instructions([rec, other], schema, seed=2, tasks=("re",), neg_ratio=0.0)
+    assert sorted(rows[0]["labels"]) == ["employer", "place of birth"]
+    # every other label at neg_ratio 1: the whole schema in IEPile batches (11 -> 4, 4, 3)
+    rows = build_instructions([rec], schema, seed=3, tasks=("re",), neg_ratio=1.0, hard_negatives={})
+    assert [len(r["labels"]) for r in rows] == [4, 4, 3]
+    assert sum(r["output"] != "None" for r in rows) == 1
 
 
 def test_every_record_yields_its_labelled_tasks_and_some_negatives(records, schema):
