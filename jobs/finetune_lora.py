@@ -3,7 +3,10 @@
     python jobs/finetune_lora.py --config jobs/configs/tiny_lora.yaml [key.path=value ...]
     ray job submit --working-dir . -- python jobs/finetune_lora.py --config jobs/configs/tiny_lora.yaml
 
-data: an alpaca json/jsonl file (or a dir of them, or of prepared Arrow shards). Re-running the
+data: an alpaca json/jsonl file (or a dir of them), or a dir of prepared instruction shards
+(DIR/train/part-*.arrow, DIR/validation/part-*.arrow, DIR/manifest.json). val_set_size rows are
+held out (seeded) unless a validation split exists; val_loss every eval_every steps goes to
+output_dir/metrics.jsonl. num_epochs sets max_steps unless max_steps is given. Re-running the
 same command resumes. The peft adapter (+ tokenizer) goes to output_dir; merge it with
 `knowlm weights merge-lora`.
 """

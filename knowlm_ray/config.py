@@ -66,10 +66,14 @@ class CorpusConfig(Strict):
 
 # --------------------------------------------------------------------------- training
 class LoraSettings(Strict):
+    """KnowLM's finetune/lora defaults: r 16, alpha 32, dropout 0.05 on all seven projections."""
+
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj"]
+    # Trained and saved whole next to the adapter (Chinese-LLaMA-Alpaca after a vocabulary
+    # expansion: [embed_tokens, lm_head]).
     modules_to_save: list[str] = []
 
 
@@ -81,18 +85,28 @@ class TrainConfig(Strict):
     num_workers: int = Field(2, ge=0)  # 0 = Ray Train local mode (in the driver, no Ray cluster)
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0)  # < 1 on small boxes, or Ray Data and Train deadlock
-    deepspeed: str | dict[str, Any] = "zero3"  # preset name or a full DeepSpeed dict
+    deepspeed: str | dict[str, Any] = "zero3"  # preset name (zero3, zero2, ddp) or a DeepSpeed dict
+    # Switches applied on top of the DeepSpeed preset (see train/deepspeed_presets.py):
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16: dynamic loss scaling (V100); bf16: A100+
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer states + step on the CPU (DeepSpeedCPUAdam)
+    offload_param: bool = False  # ZeRO-3 only: parameters live in CPU memory between uses
     micro_batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor as a fraction of lr (HF cosine: 0)
-    max_grad_norm: float = Field(1.0, ge=0)  # 0 = no clipping (KnowLM's DeepSpeed JSON had none)
-    max_steps: int = Field(100, ge=1)
+    # 1.0 (LLaMA's own recipe); KnowLM's DeepSpeed JSON had no gradient_clipping key, i.e. none.
+    # 0 = no clipping. Clipping costs one norm per step and keeps an fp16 loss spike from
+    # wrecking the weights before the loss scaler reacts.
+    max_grad_norm: float = Field(1.0, ge=0)
+    max_steps: int | None = Field(None, ge=1)  # wins over num_epochs; neither given: 100
+    num_epochs: float | None = Field(None, gt=0)  # passes over the training rows -> max_steps on the driver
     seq_len: int = Field(256, ge=8)  # rows are cut to this many tokens
     save_every: int = Field(50, ge=1)
+    save_every_minutes: float = Field(0.0, ge=0)  # also save when this long since the last save (0: off)
     keep_checkpoints: int = Field(2, ge=1)
     storage_path: str = "artifacts/ray_results"
     run_name: str = "pretrain"
@@ -100,6 +114,7 @@ class TrainConfig(Strict):
     seed: int = 0
     max_failures: int = Field(3, ge=0)
     log_every: int = Field(1, ge=1)
+    device_peak_tflops: float = Field(0.0, ge=0)  # per worker, for the MFU estimate (V100 fp16: 125)
 
     @model_validator(mode="after")
     def _paths_absolute(self) -> "TrainConfig":
@@ -109,11 +124,32 @@ class TrainConfig(Strict):
             value = getattr(self, key)
             if "://" not in value:
                 object.__setattr__(self, key, str(Path(value).expanduser().resolve()))
+        if self.max_steps is None and self.num_epochs is None:
+            object.__setattr__(self, "max_steps", 100)
         return self
+
+    @property
+    def world_size(self) -> int:
+        return max(self.num_workers, 1)
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step: micro batch x accumulation x workers."""
+        return self.micro_batch_size * self.grad_accum * self.world_size
 
 
 class PretrainConfig(TrainConfig):
     gradient_checkpointing: bool = False
+    # Train only these modules (by name, e.g. [embed_tokens, lm_head]: Chinese-LLaMA-Alpaca's
+    # stage 1 after a vocabulary expansion); the rest stays frozen. Empty: train everything.
+    trainable_modules: list[str] = []
+    # Share of the training samples drawn from each corpus source (normalised), e.g.
+    # {baike: 0.5, en: 0.3, code: 0.2}. None: the corpus manifest's per-source ``weight``
+    # (a sampling multiplier on each source's natural share), or natural order if all are 1.
+    data_mix: dict[str, float] | None = None
+    # Packed rows (several documents per row): positions restart at every document; "block"
+    # also keeps attention inside each document, "positions" restarts positions only.
+    packed_attention: Literal["block", "positions"] = "block"
 
 
 class FinetuneConfig(TrainConfig):
@@ -126,6 +162,34 @@ class FinetuneConfig(TrainConfig):
     lora: LoraSettings = LoraSettings()
     cutoff_len: int = Field(512, ge=8)
     train_on_inputs: bool = False
+    num_epochs: float | None = Field(3.0, gt=0)  # KnowLM: 3 epochs (max_steps, when given, wins)
+    # KnowLM's batch_size 128 / micro 4: grad_accum = batch_size / (micro_batch_size x workers),
+    # unless grad_accum is given (then batch_size is what it implies).
+    batch_size: int | None = Field(128, ge=1)
+    grad_accum: int | None = Field(None, ge=1)
+    val_set_size: int = Field(2000, ge=0)  # held-out records (seeded split); 0: no validation
+    eval_every: int = Field(10, ge=0)  # validation loss every N steps (0: never; KnowLM: 10)
+    load_in_8bit: bool = False  # int8 base weights via bitsandbytes (GPU only; KnowLM's default)
+
+    @model_validator(mode="after")
+    def _batch(self) -> "FinetuneConfig":
+        per_step = self.micro_batch_size * self.world_size
+        if self.grad_accum is None:
+            if self.batch_size is None:
+                object.__setattr__(self, "grad_accum", 1)
+            elif self.batch_size % per_step:
+                raise ValueError(
+                    f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size} "
+                    f"x {self.world_size} worker(s) = {per_step}; change one, or give grad_accum instead")
+            else:
+                object.__setattr__(self, "grad_accum", self.batch_size // per_step)
+        elif "batch_size" in self.model_fields_set and self.batch_size not in (None, per_step * self.grad_accum):
+            raise ValueError(
+                f"batch_size {self.batch_size} != micro_batch_size {self.micro_batch_size} x grad_accum "
+                f"{self.grad_accum} x {self.world_size} worker(s) = {per_step * self.grad_accum}; give one of "
+                "batch_size / grad_accum")
+        object.__setattr__(self, "batch_size", per_step * self.grad_accum)
+        return self
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -1,10 +1,15 @@
-"""Training batches: memory-mapped Arrow shards (or tokenized records), a resumable rank sampler,
-and right-padding collation.
+"""Training batches: memory-mapped Arrow shards (or tokenized records), resumable rank samplers,
+and right-padding collation (with per-document positions for packed rows).
 
-The sampler is KnowLM's ``MyDistributedSampler`` without ratio mixing: every epoch is a
+``RankSampler`` is KnowLM's ``MyDistributedSampler`` without ratio mixing: every epoch is a
 permutation seeded by (seed, epoch); each micro-step takes the next ``micro_batch * world_size``
 indices of that stream and rank r keeps slice r. Its whole state is (epoch, offset), saved in
 every checkpoint, so a resumed run continues at the exact sample it stopped before.
+
+``MixedSampler`` adds per-source mixing (KnowLM's ``--global_batch_distributed`` ratio sampling,
+as probabilities): the source of the g-th sample is a seeded draw, and each source walks its own
+seeded permutation epoch by epoch (small sources repeat, big ones are cut). Its state is the
+global sample count plus every source's (epoch, offset).
 """
 from __future__ import annotations
 
@@ -30,15 +35,36 @@ class Rows(Protocol):
 
 # --------------------------------------------------------------------------- shards
 def find_shards(path: str | Path) -> list[Path]:
-    """``part-*.arrow`` files of a corpus out_dir (``DIR/shards/``) or of the shards dir itself."""
+    """``part-*.arrow`` files of a corpus out_dir (``DIR/shards/``), of prepared instruction data
+    (``DIR/train/``) or of the shards dir itself."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"training data not found: {p}")
-    for d in (p / "shards", p):
+    for d in (p / "shards", p / "train", p):
         files = sorted(d.glob("part-*.arrow")) or sorted(d.glob("*.arrow"))
         if files:
             return files
-    raise DataError(f"no Arrow shards (part-*.arrow) in {p} or {p / 'shards'}")
+    raise DataError(f"no Arrow shards (part-*.arrow) in {p}, {p / 'shards'} or {p / 'train'}")
+
+
+def find_validation_shards(path: str | Path) -> list[Path]:
+    """``DIR/validation/part-*.arrow`` of prepared instruction data; [] when there are none."""
+    d = Path(path) / "validation"
+    return sorted(d.glob("part-*.arrow")) or sorted(d.glob("*.arrow")) if d.is_dir() else []
+
+
+def read_manifest(path: str | Path) -> dict:
+    """``DIR/manifest.json`` of a corpus / instruction out_dir ({} when there is none)."""
+    import json
+
+    p = Path(path)
+    for f in (p / "manifest.json", p.parent / "manifest.json"):
+        if f.is_file():
+            try:
+                return json.loads(f.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise DataError(f"{f}: not valid JSON ({exc})") from None
+    return {}
 
 
 class ShardRows:
@@ -53,8 +79,12 @@ class ShardRows:
         import pyarrow as pa
 
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+        self._doc_starts: list[tuple[np.ndarray, np.ndarray]] = []
         self._starts: list[int] = []
         self._keep: list[np.ndarray] = []
+        self._where: list[tuple[str, int]] = []  # (file, record batch) of each part
+        self.packed = False  # shards carry doc_starts (corpus pack.mode: greedy)
+        self._sources: tuple[list[str], np.ndarray] | None = None
         total = 0
         for f in files:
             try:
@@ -64,6 +94,9 @@ class ShardRows:
             if "input_ids" not in reader.schema.names:
                 raise DataError(f"{f}: no 'input_ids' column (columns: {reader.schema.names})")
             has_labels = "labels" in reader.schema.names
+            has_starts = "doc_starts" in reader.schema.names
+            if self._parts and has_starts != bool(self._doc_starts):
+                raise DataError(f"{f}: shards mix packed (doc_starts) and unpacked rows")
             for b in range(reader.num_record_batches):
                 batch = reader.get_batch(b)
                 ids = batch.column("input_ids")
@@ -76,9 +109,14 @@ class ShardRows:
                 if len(keep) == 0:
                     continue
                 self._parts.append((offs, vals, loffs, lvals))
+                if has_starts:
+                    ds = batch.column("doc_starts")
+                    self._doc_starts.append((ds.offsets.to_numpy(), ds.values.to_numpy()))
                 self._keep.append(keep)
                 self._starts.append(total)
+                self._where.append((str(f), b))
                 total += len(keep)
+            self.packed = self.packed or has_starts
         self._len = total
         if total == 0:
             names = [str(f) for f in files][:3]
@@ -87,13 +125,46 @@ class ShardRows:
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, i: int) -> Row:
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < self._len:
+            raise IndexError(f"row {i} outside 0..{self._len - 1}")
         k = bisect.bisect_right(self._starts, i) - 1
+        return k, int(self._keep[k][i - self._starts[k]])
+
+    def __getitem__(self, i: int) -> Row:
+        k, r = self._locate(i)
         offs, vals, loffs, lvals = self._parts[k]
-        r = int(self._keep[k][i - self._starts[k]])
         ids = vals[offs[r]:offs[r + 1]]
         labels = None if lvals is None else lvals[loffs[r]:loffs[r + 1]]
         return ids, labels
+
+    def doc_starts(self, i: int) -> np.ndarray | None:
+        """Offsets in row ``i`` where documents start (packed shards); None for unpacked shards."""
+        if not self.packed:
+            return None
+        k, r = self._locate(i)
+        offs, vals = self._doc_starts[k]
+        return vals[offs[r]:offs[r + 1]]
+
+    def sources(self) -> tuple[list[str], np.ndarray]:
+        """(source names, per-row index into them) from the ``source`` column (read once, on demand)."""
+        if self._sources is None:
+            import pyarrow as pa
+
+            names: dict[str, int] = {}
+            codes = np.empty(self._len, dtype=np.int32)
+            for k, (f, b) in enumerate(self._where):
+                batch = pa.ipc.open_file(pa.memory_map(f, "r")).get_batch(b)
+                if "source" not in batch.schema.names:
+                    raise DataError(f"{f}: no 'source' column to mix sources by")
+                col = batch.column("source").dictionary_encode()
+                remap = np.array([names.setdefault(str(v), len(names)) for v in col.dictionary.to_pylist()],
+                                 dtype=np.int32)
+                local = col.indices.to_numpy(zero_copy_only=False)[self._keep[k]]
+                end = self._starts[k + 1] if k + 1 < len(self._starts) else self._len
+                codes[self._starts[k]:end] = remap[local]
+            self._sources = (list(names), codes)
+        return self._sources
 
 
 class RecordRows:
@@ -166,9 +237,131 @@ class RankSampler:
         return asdict(self.state)
 
 
+class MixedSampler:
+    """Per-source mixing with exact resume; each rank takes a disjoint slice of a global batch.
+
+    ``groups[k]``: the row indices of source k; ``probs[k]``: the share of samples drawn from it.
+    Sample g of the global stream comes from source ``choice(g)`` (seeded draws, in chunks), and
+    takes that source's next row from its own permutation of (seed, epoch, k).
+    """
+
+    CHUNK = 4096
+
+    def __init__(self, groups: dict[str, np.ndarray], probs: dict[str, float], seed: int, rank: int,
+                 world_size: int, micro_batch: int, state: dict | None = None):
+        names = [n for n in groups if probs.get(n, 0) > 0]
+        if not names:
+            raise DataError("data mix: every source has weight 0")
+        for n in names:
+            if len(groups[n]) == 0:
+                raise DataError(f"data mix: source {n!r} has weight {probs[n]} but no rows")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        p = np.array([probs[n] for n in names], dtype=np.float64)
+        self.names, self.probs = names, p / p.sum()
+        self.groups = [np.asarray(groups[n], dtype=np.int64) for n in names]
+        self.seed, self.rank, self.world_size, self.micro_batch = seed, rank, world_size, micro_batch
+        state = state or {}
+        self.consumed = int(state.get("consumed", 0))
+        saved = state.get("sources", {})
+        self.pos = {n: dict(saved.get(n, {"epoch": 0, "offset": 0})) for n in names}
+        self._chunk_id, self._chunk = -1, np.empty(0, dtype=np.int64)
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def _source_of(self, g: int) -> int:
+        c = g // self.CHUNK
+        if c != self._chunk_id:
+            rng = np.random.default_rng([self.seed, 0x6D6978, c])
+            self._chunk = rng.choice(len(self.names), size=self.CHUNK, p=self.probs)
+            self._chunk_id = c
+        return int(self._chunk[g % self.CHUNK])
+
+    def _next_of(self, k: int) -> int:
+        pos, n = self.pos[self.names[k]], len(self.groups[k])
+        key = (k, pos["epoch"])
+        if key not in self._perms:
+            self._perms = {kk: v for kk, v in self._perms.items() if kk[0] != k}  # one epoch per source
+            self._perms[key] = np.random.default_rng([self.seed, pos["epoch"], k + 1]).permutation(n)
+        row = int(self.groups[k][self._perms[key][pos["offset"]]])
+        pos["offset"] += 1
+        if pos["offset"] >= n:
+            pos["epoch"], pos["offset"] = pos["epoch"] + 1, 0
+        return row
+
+    def next_global(self) -> np.ndarray:
+        out = np.empty(self.micro_batch * self.world_size, dtype=np.int64)
+        for j in range(len(out)):
+            out[j] = self._next_of(self._source_of(self.consumed))
+            self.consumed += 1
+        return out
+
+    def next_indices(self) -> list[int]:
+        g = self.next_global()
+        return g[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch].tolist()
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "sources": {n: dict(v) for n, v in self.pos.items()}}
+
+
+def manifest_source_weights(manifest: dict) -> dict[str, float]:
+    """Per-source ``weight`` of a corpus manifest: ``by_source[s].weight`` if the pipeline wrote
+    it, else the corpus config's ``inputs[].weight`` (SourceConfig.weight, default 1.0)."""
+    weights: dict[str, float] = {}
+    for name, info in (manifest.get("by_source") or {}).items():
+        if isinstance(info, dict) and isinstance(info.get("weight"), (int, float)):
+            weights[name] = float(info["weight"])
+    for inp in (manifest.get("config") or {}).get("inputs") or []:
+        if isinstance(inp, dict) and "source" in inp:
+            weights.setdefault(str(inp["source"]), float(inp.get("weight", 1.0)))
+    return weights
+
+
+def mixing_probs(counts: dict[str, int], data_mix: dict[str, float] | None,
+                 manifest_weights: dict[str, float]) -> dict[str, float] | None:
+    """Share of samples per source, or None for the natural (unmixed) order.
+
+    ``data_mix`` (training config) gives the shares directly. Otherwise the manifest's weights are
+    sampling multipliers on each source's natural share (weight 2 = seen twice as often); all
+    equal means natural order.
+    """
+    if data_mix is not None:
+        unknown = sorted(set(data_mix) - set(counts))
+        missing = sorted(set(counts) - set(data_mix))
+        if unknown:
+            raise DataError(f"data_mix names source(s) {unknown} that the data does not have "
+                            f"(sources: {sorted(counts)})")
+        if missing:
+            raise DataError(f"data_mix has no weight for source(s) {missing} (give 0 to leave them out)")
+        if any(w < 0 for w in data_mix.values()) or sum(data_mix.values()) <= 0:
+            raise DataError(f"data_mix weights must be >= 0 with a positive sum, got {data_mix}")
+        total = sum(data_mix.values())
+        return {s: data_mix[s] / total for s in counts}
+    w = {s: manifest_weights.get(s, 1.0) for s in counts}
+    if len(set(w.values())) <= 1:
+        return None
+    mass = {s: w[s] * counts[s] for s in counts}
+    total = sum(mass.values())
+    if total <= 0:
+        raise DataError(f"corpus source weights leave nothing to sample: {w}")
+    return {s: m / total for s, m in mass.items()}
+
+
 # --------------------------------------------------------------------------- collation
-def collate(rows: Sequence[Row], seq_len: int, pad_id: int, pad_to_multiple_of: int = 1):
-    """Cut rows to ``seq_len``, right-pad to the longest; labels are IGNORE_INDEX on padding."""
+def segment_starts(starts: np.ndarray | None, n_tokens: int) -> list[int]:
+    """Document starts inside the first ``n_tokens`` tokens of a row (always begins with 0)."""
+    if starts is None:
+        return [0]
+    return [0] + [int(s) for s in starts if 0 < s < n_tokens]
+
+
+def collate(rows: Sequence[Row], seq_len: int, pad_id: int, pad_to_multiple_of: int = 1,
+            starts: Sequence[np.ndarray | None] | None = None):
+    """Cut rows to ``seq_len``, right-pad to the longest; labels are IGNORE_INDEX on padding.
+
+    ``starts``: per row, where its documents start (packed rows). When any row holds more than
+    one document, ``position_ids`` restart at 0 at every document and the first token of each
+    later document is not a target (its prediction would come from the previous document).
+    """
     import torch
 
     cut = [(ids[:seq_len], None if lab is None else lab[:seq_len]) for ids, lab in rows]
@@ -183,17 +376,61 @@ def collate(rows: Sequence[Row], seq_len: int, pad_id: int, pad_to_multiple_of: 
         input_ids[i, :len(t)] = t
         labels[i, :len(t)] = t if lab is None else torch.as_tensor(np.asarray(lab, dtype=np.int64))
         attention_mask[i, :len(t)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if starts is not None:
+        segs = [segment_starts(s, len(ids)) for s, (ids, _) in zip(starts, cut)]
+        if any(len(s) > 1 for s in segs):
+            position_ids = torch.empty((n, width), dtype=torch.long)
+            for i, seg in enumerate(segs):
+                pos = np.arange(width, dtype=np.int64)
+                for s in seg[1:]:
+                    pos[s:] -= pos[s]  # restart at 0; padding continues the last document
+                position_ids[i] = torch.as_tensor(pos)
+                labels[i, seg[1:]] = IGNORE_INDEX
+            batch["position_ids"] = position_ids
+    return batch
+
+
+def batch_tokens(batch) -> int:
+    """Real (non-padding) tokens of a collated batch."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["num_tokens"])
 
 
 class BatchStream:
-    """Micro-batches for one rank: sampler + rows + collate, with the sampler state to checkpoint."""
+    """Micro-batches for one rank: sampler + rows + collate, with the sampler state to checkpoint.
 
-    def __init__(self, rows: Rows, sampler: RankSampler, seq_len: int, pad_id: int):
+    ``packed``: "block" (positions restart per document and attention stays inside it: the batch
+    goes without ``attention_mask`` so transformers derives a block-diagonal mask from the
+    positions), "positions" (positions only), or None (rows are single documents). Document
+    starts come from the shards' ``doc_starts`` column, or else from BOS tokens (``bos_id``).
+    """
+
+    def __init__(self, rows: Rows, sampler, seq_len: int, pad_id: int, packed: str | None = None,
+                 bos_id: int | None = None):
         self.rows, self.sampler, self.seq_len, self.pad_id = rows, sampler, seq_len, pad_id
+        self.packed, self.bos_id = packed, bos_id
+
+    def _starts(self, i: int, row: Row) -> np.ndarray | None:
+        starts = getattr(self.rows, "doc_starts", None)
+        got = starts(i) if starts is not None else None
+        if got is None and self.bos_id is not None:
+            got = np.flatnonzero(np.asarray(row[0][:self.seq_len]) == self.bos_id)
+        return got
+
+    def collate_indices(self, indices: Sequence[int]):
+        rows = [self.rows[i] for i in indices]
+        starts = [self._starts(i, row) for i, row in zip(indices, rows)] if self.packed else None
+        batch = collate(rows, self.seq_len, self.pad_id, starts=starts)
+        if self.packed == "block" and "position_ids" in batch:
+            import torch
+
+            batch["num_tokens"] = torch.tensor(int(batch.pop("attention_mask").sum()))
+        return batch
 
     def next_batch(self):
-        return collate([self.rows[i] for i in self.sampler.next_indices()], self.seq_len, self.pad_id)
+        return self.collate_indices(self.sampler.next_indices())
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()

@@ -3,6 +3,8 @@
 
     engine.micro_step(batch, lr) -> loss      forward + backward (+ optimizer step at the
                                                accumulation boundary, with clipping)
+    engine.step_stats() -> dict               after a boundary: grad_norm (pre-clip), loss_scale (fp16)
+    engine.evaluate(batch) -> (loss_sum, n)   no-grad forward, eval mode; summed token loss
     engine.save(dir, tag, client_state)       every rank; files for one training checkpoint
     engine.load(dir, tag)                     every rank
     engine.full_state_dict()                  every rank; the whole model on rank 0, else None
@@ -35,8 +37,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    # torch AdamW on purpose: DeepSpeed's own optimizers JIT-compile for ~40 s on first use.
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    # torch AdamW on CPU on purpose: DeepSpeed's own optimizers JIT-compile for ~40 s on first use.
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                             eps=getattr(cfg, "eps", 1e-8))
 
 
 def _set_lr(optimizer, lr: float) -> None:
@@ -44,22 +47,64 @@ def _set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def model_inputs(batch: dict[str, torch.Tensor], device) -> dict[str, Any]:
+    """What the model's forward gets. Packed rows carry ``position_ids`` restarting per document
+    and no ``attention_mask``: transformers then builds a block-diagonal causal mask from the
+    position resets (padding is on the right, so causal attention never reaches it). No KV cache
+    in training (it would also switch that packed-sequence detection off)."""
+    keys = ("input_ids", "labels", "position_ids", "attention_mask")  # block-packed batches have no mask
+    out: dict[str, Any] = {k: batch[k].to(device) for k in keys if k in batch}
+    out["use_cache"] = False
+    return out
+
+
+def label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry loss (HF shifts labels by one)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
 class DeepSpeedEngine:
     def __init__(self, model: torch.nn.Module, cfg, ds_config: dict[str, Any]):
         import deepspeed
 
         self.module = model
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=make_optimizer(model, cfg), config=ds_config)
+        if isinstance(ds_config.get("optimizer"), dict):
+            # GPU: DeepSpeed builds its AdamW (FusedAdam / DeepSpeedCPUAdam) over our param groups.
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, model_parameters=param_groups(model, cfg.weight_decay), config=ds_config)
+        else:
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=make_optimizer(model, cfg), config=ds_config)
         self.device = self.engine.device
         self.stage = self.engine.zero_optimization_stage()
 
     def micro_step(self, batch: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
         _set_lr(self.optimizer, lr)
-        out = self.engine(**{k: v.to(self.device) for k, v in batch.items()})
+        out = self.engine(**model_inputs(batch, self.device))
         self.engine.backward(out.loss)  # DeepSpeed divides by gradient_accumulation_steps itself
         self.engine.step()  # steps (and clips) only at the accumulation boundary
         return out.loss.detach().float().cpu()
+
+    def step_stats(self) -> dict[str, float]:
+        stats = {}
+        norm = self.engine.get_global_grad_norm()
+        if norm is not None:
+            stats["grad_norm"] = float(norm)
+        if self.engine.fp16_enabled():
+            scale = getattr(self.optimizer, "cur_scale", None) or getattr(self.optimizer, "loss_scale", None)
+            if scale is not None:
+                stats["loss_scale"] = float(scale)
+        return stats
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+        self.engine.eval()
+        try:
+            out = self.engine(**model_inputs(batch, self.device))
+        finally:
+            self.engine.train()
+        n = label_tokens(batch)
+        return float(out.loss.float()) * n, n
 
     def save(self, directory: str, tag: str, client_state: dict) -> None:
         Path(directory, tag).mkdir(parents=True, exist_ok=True)  # each rank may have its own tmpdir
@@ -93,8 +138,10 @@ class TorchEngine:
         if distributed:
             import ray.train.torch
 
+            # An 8-bit (bitsandbytes) base was placed on its GPU by from_pretrained and cannot move.
+            quantized = bool(getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_quantized", False))
             self.model = ray.train.torch.prepare_model(
-                model, parallel_strategy_kwargs={"find_unused_parameters": False})
+                model, move_to_device=not quantized, parallel_strategy_kwargs={"find_unused_parameters": False})
             self.device = ray.train.torch.get_device()
         else:
             self.device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
@@ -104,22 +151,59 @@ class TorchEngine:
         self.max_grad_norm = cfg.max_grad_norm
         self.rank = torch.distributed.get_rank() if distributed else 0
         self._micro = 0
+        self._stats: dict[str, float] = {}
+        precision = getattr(cfg, "precision", "fp32")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs a GPU (use_gpu: true); use fp32 or bf16 on CPU")
+        # fp16 autocast needs loss scaling; HF Trainer's default dynamic scaler.
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def micro_step(self, batch: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
         self._micro += 1
         boundary = self._micro % self.accum == 0
         sync = contextlib.nullcontext() if boundary or not self.distributed else self.model.no_sync()
         with sync:  # all-reduce gradients only once per optimizer step
-            out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
-            (out.loss / self.accum).backward()
+            with self._autocast():
+                out = self.model(**model_inputs(batch, self.device))
+            loss = out.loss / self.accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
         if boundary:
             _set_lr(self.optimizer, lr)
-            if self.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.module.parameters() if p.requires_grad], self.max_grad_norm)
-            self.optimizer.step()
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            trainable = [p for p in self.module.parameters() if p.requires_grad]
+            # max_norm inf: the norm without clipping
+            norm = torch.nn.utils.clip_grad_norm_(trainable, self.max_grad_norm if self.max_grad_norm > 0
+                                                  else float("inf"))
+            self._stats = {"grad_norm": float(norm)}
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self._stats["loss_scale"] = float(self.scaler.get_scale())
+            else:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return out.loss.detach().float().cpu()
+
+    def step_stats(self) -> dict[str, float]:
+        return dict(self._stats)
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+        self.module.eval()
+        try:
+            with self._autocast():
+                out = self.module(**model_inputs(batch, self.device))  # not the DDP wrapper: no sync
+        finally:
+            self.module.train()
+        n = label_tokens(batch)
+        return float(out.loss.float()) * n, n
 
     def _trainable(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().contiguous() for n, p in self.module.named_parameters() if p.requires_grad}
@@ -134,6 +218,8 @@ class TorchEngine:
         d.mkdir(parents=True, exist_ok=True)
         save_file(self._trainable(), str(d / "trainable.safetensors"), metadata={"format": "pt"})
         torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
+        if self.scaler is not None:
+            torch.save(self.scaler.state_dict(), d / "scaler.pt")
 
     def load(self, directory: str, tag: str) -> dict:
         from safetensors.torch import load_file
@@ -151,6 +237,8 @@ class TorchEngine:
                 params[name].copy_(value.to(params[name].device))
         # weights_only: plain tensors and numbers, never arbitrary pickled objects
         self.optimizer.load_state_dict(torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True))
+        if self.scaler is not None and (d / "scaler.pt").is_file():
+            self.scaler.load_state_dict(torch.load(d / "scaler.pt", map_location="cpu", weights_only=True))
         return {}
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-CARRY_OVER = ("metrics.jsonl",)
+CARRY_OVER = ("metrics.jsonl", "tensorboard")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
@@ -56,8 +56,12 @@ def publish_dir(staging: str | Path, output_dir: str | Path, carry: Iterable[str
     """Swap ``staging`` in as ``output_dir`` (keeping ``carry`` files of the old one)."""
     staging, out = Path(staging), Path(output_dir)
     for name in carry:
-        if (out / name).is_file() and not (staging / name).exists():
+        if (staging / name).exists():
+            continue
+        if (out / name).is_file():
             shutil.copy2(out / name, staging / name)
+        elif (out / name).is_dir():
+            shutil.copytree(out / name, staging / name)
     _readable(staging)
     old = None
     if out.exists():

@@ -7,6 +7,16 @@ model, where rows come from, and what the final export is.
 Resume: Ray Train V2 hands the newest checkpoint of ``storage_path/run_name`` back through
 ``ray.train.get_checkpoint()`` when the same command runs again (or after a worker failure);
 the loop loads it, cuts metrics.jsonl back to its step and continues at the next step.
+
+Exact resume: everything a step depends on is either in the checkpoint (weights, optimizer
+state incl. AdamW's step count, sampler position) or a pure function of the step (learning rate,
+the RNG seed for dropout, reseeded before every step). So a run killed at any point and resumed
+from step k computes the same losses for steps k+1.. as a run that never stopped (on CPU with
+gloo; tests/train/test_pretrain_fit.py proves it with a SIGKILLed worker).
+
+Checkpoints are written every ``save_every`` steps, and also when ``save_every_minutes`` have
+passed since the last one. Rank 0's clock decides; the decision rides on the per-step loss
+all-reduce, so every rank enters the (collective) save at the same step at no extra cost.
 """
 from __future__ import annotations
 
@@ -21,7 +31,7 @@ import torch
 
 from knowlm_ray.train.checkpoint import (TrainState, check_resumable, latest_local_checkpoint, read_train_state,
                                          step_tag, write_train_state)
-from knowlm_ray.train.data import BatchStream, RankSampler, Rows
+from knowlm_ray.train.data import BatchStream, RankSampler, Rows, batch_tokens
 from knowlm_ray.train.deepspeed_presets import build_ds_config, validate_ds_config, zero_stage
 from knowlm_ray.train.engine import DeepSpeedEngine, TorchEngine, use_deepspeed
 from knowlm_ray.train.metrics import MetricsLog, read_metrics
@@ -37,6 +47,11 @@ class Task:
     export: Callable[[Any, int], Any]  # (engine, rank) -> path; collective: every rank calls it
     seq_len: int
     pad_id: int = 0
+    # (rows, rank, world_size, saved state or None) -> a sampler; None: RankSampler (natural order)
+    make_sampler: Callable[[Rows, int, int, dict | None], Any] | None = None
+    load_val_rows: Callable[[], Rows | None] | None = None  # held-out rows for eval_every
+    packed: str | None = None  # "block" / "positions": rows may hold several documents
+    bos_id: int | None = None  # document starts of packed rows without a doc_starts column
 
 
 @dataclass
@@ -75,7 +90,8 @@ def _make_engine(model_builder, cfg, ds_config, ctx: WorkerContext):
     """Returns (engine, keepalive). ZeRO-3 needs HfDeepSpeedConfig alive *before* the model is
     built, so from_pretrained partitions weights as it loads them (zero.Init)."""
     if not use_deepspeed(ds_config, ctx.distributed):
-        return TorchEngine(model_builder(), cfg, ctx.distributed), None
+        # from_pretrained returns eval mode: dropout and gradient checkpointing need train mode
+        return TorchEngine(model_builder().train(), cfg, ctx.distributed), None
     import deepspeed
 
     # Ray already made the process group; DeepSpeed must adopt it or it sees world size 1.
@@ -85,7 +101,7 @@ def _make_engine(model_builder, cfg, ds_config, ctx: WorkerContext):
         from transformers.integrations import HfDeepSpeedConfig
 
         hook = HfDeepSpeedConfig(ds_config)  # a weakref inside transformers: keep it alive
-    return DeepSpeedEngine(model_builder(), cfg, ds_config), hook
+    return DeepSpeedEngine(model_builder().train(), cfg, ds_config), hook
 
 
 def _restore(engine, ctx: WorkerContext) -> TrainState:
@@ -106,8 +122,36 @@ def _save(engine, state: TrainState, metrics: dict, ctx: WorkerContext) -> None:
         ctx.report(metrics, d if wrote else None)  # synchronous upload: d may go afterwards
 
 
-def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext) -> dict:
+def model_flops_per_token(module: torch.nn.Module, seq_len: int) -> float:
+    """6 N (forward + backward of every weight) + 12 L H T (attention scores), as in PaLM's MFU."""
+    n = sum(int(getattr(p, "ds_numel", p.numel())) for p in module.parameters())
+    cfg = getattr(module, "config", None)
+    layers = getattr(cfg, "num_hidden_layers", 0) or 0
+    hidden = getattr(cfg, "hidden_size", 0) or 0
+    return 6.0 * n + 12.0 * layers * hidden * seq_len
+
+
+def evaluate(engine, stream: BatchStream, val_rows: Rows, micro_batch: int, ctx: WorkerContext) -> float:
+    """Token-weighted mean loss over ``val_rows``, each rank a disjoint slice. Every rank runs the
+    same number of forwards (ZeRO-3 gathers parameters collectively): a rank past the end repeats
+    row 0 with weight 0."""
+    n, per = len(val_rows), micro_batch * ctx.world_size
+    loss_sum, count = 0.0, 0
+    for start in range(0, n, per):
+        idx = list(range(min(start + ctx.rank * micro_batch, n), min(start + (ctx.rank + 1) * micro_batch, n)))
+        weight = 1 if idx else 0
+        batch = BatchStream(val_rows, None, stream.seq_len, stream.pad_id, stream.packed,
+                            stream.bos_id).collate_indices(idx or [0])
+        s, c = engine.evaluate(batch)
+        loss_sum, count = loss_sum + weight * s, count + weight * c
+    total, tokens = _all_reduce_sum([loss_sum, count], ctx, engine.device)
+    return total / max(tokens, 1)
+
+
+def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext, clock=time.monotonic) -> dict:
     """Train one rank to ``cfg.max_steps`` (resuming if a checkpoint is given), then export."""
+    if cfg.max_steps is None:
+        raise ValueError("max_steps is not resolved (num_epochs needs the dataset size: see resolve_max_steps)")
     _quiet_worker()
     t_init = time.perf_counter()
     torch.manual_seed(cfg.seed)  # identical initial weights (LoRA matrices) on every rank
@@ -115,12 +159,21 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext) -> d
     state = _restore(engine, ctx)
     start_step = state.step
     rows = task.load_rows()
-    sampler = RankSampler(len(rows), cfg.seed, ctx.rank, ctx.world_size, cfg.micro_batch_size, state.sampler)
-    stream = BatchStream(rows, sampler, task.seq_len, task.pad_id)
+    saved_sampler = state.sampler if state.step else None
+    if task.make_sampler is not None:
+        sampler = task.make_sampler(rows, ctx.rank, ctx.world_size, saved_sampler)
+    else:
+        sampler = RankSampler(len(rows), cfg.seed, ctx.rank, ctx.world_size, cfg.micro_batch_size, saved_sampler)
+    stream = BatchStream(rows, sampler, task.seq_len, task.pad_id, task.packed, task.bos_id)
+    eval_every = getattr(cfg, "eval_every", 0)
+    val_rows = task.load_val_rows() if task.load_val_rows is not None and eval_every else None
     log = MetricsLog(Path(cfg.output_dir) / "metrics.jsonl", start_step) if ctx.rank == 0 else None
     engine_name = "deepspeed" if isinstance(engine, DeepSpeedEngine) else ("ddp" if ctx.distributed else "torch")
-    loss = None
+    flops_per_token = model_flops_per_token(engine.module, task.seq_len)
+    peak = cfg.device_peak_tflops * 1e12 * ctx.world_size
+    loss = val_loss = None
     t_start = time.perf_counter()
+    last_save = clock()
     try:
         for step in range(start_step + 1, cfg.max_steps + 1):
             # Dropout noise depends only on (seed, step, rank): a resumed run draws what it would have.
@@ -131,27 +184,46 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext) -> d
             for _ in range(cfg.grad_accum):
                 batch = stream.next_batch()
                 loss_sum += float(engine.micro_step(batch, lr))
-                tokens += int(batch["attention_mask"].sum())
-            total_loss, total_tokens = _all_reduce_sum([loss_sum, tokens], ctx, engine.device)
+                tokens += batch_tokens(batch)
+            # Rank 0's clock decides a time-based save for everyone (summed flag, same all-reduce).
+            due = float(ctx.rank == 0 and cfg.save_every_minutes > 0
+                        and clock() - last_save >= cfg.save_every_minutes * 60)
+            total_loss, total_tokens, due = _all_reduce_sum([loss_sum, tokens, due], ctx, engine.device)
             loss = total_loss / (cfg.grad_accum * ctx.world_size)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step} (lr {lr:.3g}); stopping")
-            tps = total_tokens / max(time.perf_counter() - t0, 1e-9)
+            dt = max(time.perf_counter() - t0, 1e-9)
+            tps = total_tokens / dt
+            extra = {"samples_per_s": round(cfg.micro_batch_size * cfg.grad_accum * ctx.world_size / dt, 2),
+                     **{k: round(v, 6) for k, v in engine.step_stats().items()}}
+            if peak > 0:
+                extra["mfu"] = round(flops_per_token * tps / peak, 4)
             if log is not None:
-                log.log(step, loss, lr, tps)
+                log.log(step, loss, lr, tps, **extra)
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     print(f"[{cfg.run_name}] step {step}/{cfg.max_steps} loss {loss:.4f} lr {lr:.3g} "
                           f"{tps:,.0f} tok/s", flush=True)
-            if step % cfg.save_every == 0 or step == cfg.max_steps:
+            if val_rows is not None and (step % eval_every == 0 or step == cfg.max_steps):
+                val_loss = evaluate(engine, stream, val_rows, cfg.micro_batch_size, ctx)
+                if log is not None:
+                    log.log_eval(step, val_loss)
+                    print(f"[{cfg.run_name}] step {step} val_loss {val_loss:.4f}", flush=True)
+            metrics = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tps, "start_step": start_step, **extra}
+            if val_loss is not None:
+                metrics["val_loss"] = val_loss
+            if step % cfg.save_every == 0 or step == cfg.max_steps or due > 0:
                 state = TrainState(step=step, tag=step_tag(step), sampler=stream.state_dict(),
                                    engine=engine_name, world_size=ctx.world_size)
-                _save(engine, state, {"step": step, "loss": loss, "start_step": start_step}, ctx)
+                _save(engine, state, metrics, ctx)
+                last_save = clock()
+            elif step % cfg.log_every == 0:
+                ctx.report(metrics, None)  # Ray Train's own metrics (one controller poll each: not every step)
     finally:
         if log is not None:
             log.close()
     t_export = time.perf_counter()
     out = task.export(engine, ctx.rank)
-    summary = {"step": state.step, "start_step": start_step, "loss": loss,
+    summary = {"step": state.step, "start_step": start_step, "loss": loss, "val_loss": val_loss,
                "init_s": round(t_start - t_init, 2), "train_s": round(t_export - t_start, 2),
                "export_s": round(time.perf_counter() - t_export, 2),
                "output_dir": str(out or cfg.output_dir), "engine": engine_name}
@@ -180,6 +252,19 @@ def _train_fn(config: dict) -> dict:
 
     shared = {k: ray.get(ref) for k, ref in config["shared"].items()}
     return run_worker(cfg, config["make_task"](cfg, **shared), config["ds_config"], ctx)
+
+
+def resolve_max_steps(cfg, num_rows: int) -> int:
+    """``max_steps`` from ``num_epochs`` when it is not given: ceil(epochs x rows / global batch).
+    Sets it on ``cfg`` (on the driver, before the config goes to the workers)."""
+    if cfg.max_steps is None:
+        if num_rows <= 0:
+            raise ValueError("num_epochs: no training rows to count epochs over")
+        steps = max(1, math.ceil(cfg.num_epochs * num_rows / cfg.global_batch))
+        cfg.max_steps = steps
+        print(f"[{cfg.run_name}] {cfg.num_epochs:g} epoch(s) of {num_rows} rows at {cfg.global_batch} per step "
+              f"-> max_steps {steps}", flush=True)
+    return cfg.max_steps
 
 
 def prepare_ds_config(cfg) -> dict | None:
@@ -235,7 +320,8 @@ def fit(cfg, make_task: Callable[..., Task], shared: dict[str, Any] | None = Non
 
 def summarize(cfg, final: dict, checkpoint, seconds: float) -> dict:
     start = final.get("start_step", 0)
-    rows = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if r.get("step", 0) > start]
+    rows = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+            if r.get("step", 0) > start and "loss" in r]  # not the {"step", "val_loss"} lines
     tps = [r["tokens_per_s"] for r in rows[1:]] or [r["tokens_per_s"] for r in rows]
     return {
         "run_name": cfg.run_name,
@@ -245,6 +331,7 @@ def summarize(cfg, final: dict, checkpoint, seconds: float) -> dict:
         "steps_this_run": len(rows),
         "first_loss": rows[0]["loss"] if rows else None,
         "last_loss": rows[-1]["loss"] if rows else None,
+        **({"val_loss": final["val_loss"]} if final.get("val_loss") is not None else {}),
         "tokens_per_s": round(sum(tps) / len(tps), 1) if tps else None,
         **{k: final[k] for k in ("init_s", "train_s", "export_s") if k in final},
         # Local mode (num_workers 0) keeps no checkpoint on disk: nothing to resume from.

@@ -22,7 +22,8 @@ def settings(tiny_model, tmp_path_factory) -> dict:
                for a in PEOPLE for b in PEOPLE if a != b]
     (root / "instructions.json").write_text(json.dumps(records), encoding="utf-8")
     return dict(model=str(tiny_model), data=str(root / "instructions.json"), num_workers=2, deepspeed="ddp",
-                micro_batch_size=4, cutoff_len=128, lr=5e-3, warmup_steps=1, max_steps=12, save_every=6,
+                micro_batch_size=4, grad_accum=1, cutoff_len=128, lr=5e-3, warmup_steps=1, max_steps=12,
+                save_every=6, val_set_size=6, eval_every=6,
                 lora={"r": 8, "alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
                 output_dir=str(root / "adapter"), storage_path=str(root / "ray"), run_name="lora_test")
 
@@ -31,7 +32,8 @@ def test_prompt_is_masked_in_the_training_rows(settings, tiny_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    rows = lora.prepare_inputs(FinetuneConfig(**settings))
+    rows, val = lora.prepare_inputs(FinetuneConfig(**{**settings, "val_set_size": 0}))
+    assert val is None and len(rows) == len(PEOPLE) * (len(PEOPLE) - 1)
     ids, labels = rows[0]
     rec = json.loads(Path(settings["data"]).read_text())[0]
     n_prompt = len(tok(build_prompt(rec["instruction"], rec["input"]))["input_ids"])
@@ -49,8 +51,11 @@ def test_lora_fit_writes_a_loadable_trained_adapter(ray_local, settings, tiny_mo
     summary = lora.run(FinetuneConfig(**settings))
     out = Path(settings["output_dir"])
     assert summary["step"] == 12
-    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    lines = read_metrics(out / "metrics.jsonl")
+    losses = [r["loss"] for r in lines if "loss" in r]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    # 6 held-out records, evaluated by both workers (disjoint slices) every 6 steps
+    assert [r["step"] for r in lines if "val_loss" in r] == [6, 12] and summary["val_loss"] > 0
 
     acfg = json.loads((out / "adapter_config.json").read_text())
     assert acfg["base_model_name_or_path"] == str(tiny_model) and acfg["r"] == 8

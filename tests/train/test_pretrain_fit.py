@@ -1,6 +1,11 @@
-"""One real 2-worker ZeRO-3 pretraining fit on the session's local Ray, then a resumed re-run."""
+"""One real 2-worker ZeRO-3 pretraining fit on the session's local Ray; the same fit with a worker
+SIGKILLed mid-run (exact resume); then a resumed re-run with more steps (keep-last-K)."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -56,9 +61,92 @@ def test_zero3_fit_trains_checkpoints_and_exports(first_run, settings, tiny_mode
                            trained["model.layers.0.self_attn.q_proj.weight"])
 
 
+def _gated_make_task(marker_dir: str, gate_after_rows: int):
+    """pretrain.make_task, plus: each worker writes its PID; on the first attempt rank 1 stops
+    before reading row ``gate_after_rows`` of its stream (i.e. inside a step, while rank 0 waits
+    in a collective) until the driver has SIGKILLed it. Nested, so Ray pickles it by value."""
+
+    def make_task(cfg):
+        import ray.train
+
+        from knowlm_ray.train import pretrain as pt
+
+        task = pt.make_task(cfg)
+        rank = ray.train.get_context().get_world_rank()
+        d = Path(marker_dir)
+        (d / f"rank{rank}.pid").write_text(str(os.getpid()))
+        if rank == 1 and not (d / "killed").exists():
+            load = task.load_rows
+
+            class Gate:
+                def __init__(self, rows):
+                    self.rows, self.calls = rows, 0
+
+                def __len__(self):
+                    return len(self.rows)
+
+                def __getitem__(self, i):
+                    self.calls += 1
+                    if self.calls > gate_after_rows:
+                        (d / "blocked").touch()
+                        while True:  # until SIGKILL
+                            time.sleep(0.05)
+                    return self.rows[i]
+
+            task.load_rows = lambda: Gate(load())
+        return task
+
+    return make_task
+
+
+def test_sigkilled_worker_resumes_with_identical_losses(first_run, settings, tmp_path):
+    """Kill rank 1 (SIGKILL, from a driver thread) in step 6 of 8; the last checkpoint is step 4.
+    Ray Train restarts the worker group from it; every step's loss equals the uninterrupted run's."""
+    from knowlm_ray.train.loop import fit
+
+    cfg = PretrainConfig(**{**settings, "output_dir": str(tmp_path / "out"), "run_name": "pretrain_killed",
+                            "max_failures": 1})
+    pretrain.check_inputs(cfg)
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    killed = {}
+
+    def killer():
+        deadline = time.monotonic() + 240
+        while True:
+            steps = [r["step"] for r in read_metrics(metrics)]
+            blocked = (tmp_path / "blocked").exists()
+            # (after the deadline kill anyway, so a broken gate fails the asserts instead of hanging)
+            if blocked and (steps and max(steps) >= 5 or time.monotonic() > deadline):
+                (tmp_path / "killed").touch()  # the restarted worker must not block again
+                pid = int((tmp_path / "rank1.pid").read_text())
+                killed.update(pid=pid, steps_before=steps)
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    # rank 1 reads micro_batch_size rows per step: block when step 6 asks for its first row
+    summary = fit(cfg, _gated_make_task(str(tmp_path), gate_after_rows=5 * settings["micro_batch_size"]))
+    thread.join(timeout=5)
+
+    assert killed.get("steps_before") == [1, 2, 3, 4, 5], killed  # killed inside step 6
+    assert int((tmp_path / "rank1.pid").read_text()) != killed["pid"]  # a new worker process finished
+    assert summary["step"] == 8 and summary["resumed_from_step"] == 4
+    reference = {r["step"]: r["loss"] for r in read_metrics(Path(settings["output_dir"]) / "metrics.jsonl")}
+    resumed = read_metrics(metrics)
+    assert [r["step"] for r in resumed] == list(range(1, 9))  # steps 5-6 re-run, not duplicated
+    for r in resumed:
+        assert r["loss"] == reference[r["step"]], (r["step"], r["loss"], reference)  # bit-for-bit (6 decimals logged)
+
+
 def test_rerun_with_more_steps_resumes_after_the_checkpoint(first_run, settings):
     summary = pretrain.run(PretrainConfig(**{**settings, "max_steps": 10}))
     assert summary["resumed_from_step"] == 8 and summary["step"] == 10
     assert summary["steps_this_run"] == 2
     steps = [r["step"] for r in read_metrics(Path(settings["output_dir"]) / "metrics.jsonl")]
     assert steps == list(range(1, 11))  # continued at 9, nothing duplicated
+    # keep_checkpoints 2: of the checkpoints at steps 4, 8 and 10 only the last two remain
+    run_dir = Path(settings["storage_path"]) / "pretrain_test"
+    kept = sorted(read_train_state(p).step for p in run_dir.iterdir() if (p / "train_state.json").is_file())
+    assert kept == [8, 10]
