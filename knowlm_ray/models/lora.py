@@ -1,28 +1,50 @@
-"""Fold a peft LoRA adapter into its base model and save a plain Hugging Face directory."""
+"""Fold a peft LoRA adapter into its base model, one tensor at a time, and save a plain HF directory.
+
+KnowLM's ``export_hf_checkpoint.py`` (and peft's ``merge_and_unload``) load the whole base model;
+Chinese-LLaMA-Alpaca's ``merge_llama_with_chinese_lora_low_mem.py`` showed the streaming way. Here
+the base model is read one tensor at a time (``checkpoint.Checkpoint``), each LoRA target gets
+``W += (alpha / r) * B @ A`` (``alpha / sqrt(r)`` with rsLoRA; transposed for ``fan_in_fan_out``
+layers and for embeddings, as peft does), tensors the adapter saved whole (``modules_to_save``,
+resized embeddings) replace the base's, and every output tensor is streamed to disk. Peak memory:
+a few tensors, not the model.
+
+Refused with a message naming the tensor: an adapter without LoRA weights or with empty tensors
+(the 443-byte ``adapter_model.bin`` of alpaca-lora's state_dict patch, a ZeRO-3 save of shards),
+a target the base lacks or with the wrong shape (wrong base model), a tokenizer whose size differs
+from the merged model's vocabulary (Chinese-LLaMA-Alpaca's 32000 / 49953 / 49954 mix-ups), and
+adapter features the plain formula does not cover (DoRA, LoRA biases, trainable tokens...).
+"""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+from knowlm_ray.models.checkpoint import (ADAPTER_LAYOUTS, TOKENIZER_FILES, Checkpoint, ShardedWriter, WeightsError,
+                                          check_out, copy_side_files, parse_dtype, single_threaded, staged_dir,
+                                          write_config, write_manifest)
 
 
-class MergeError(ValueError):
+class MergeError(WeightsError):
     pass
 
 
 def copy_tokenizer(src: str | Path, dst: str | Path) -> list[str]:
     """Copy the tokenizer files that exist in ``src`` to ``dst``; returns the names copied."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copy2(Path(src) / name, Path(dst) / name)
-            copied.append(name)
-    return copied
+    return copy_side_files(src, dst, TOKENIZER_FILES)
+
+
+# adapter options whose effect is not W += scale * B @ A (config key -> what it is)
+UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases", "trainable_token_indices": "trainable tokens",
+               "layer_replication": "layer replication", "target_parameters": "parameter targets",
+               "use_qalora": "QA-LoRA", "use_bdlora": "BD-LoRA", "arrow_config": "Arrow routing",
+               "alora_invocation_tokens": "activated LoRA"}
+LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_embedding_A|"
+                      r"lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$")
+VOCAB_TENSORS = re.compile(r"(^|\.)(embed_tokens|lm_head|wte|word_embeddings|embed_in|embed_out)\.weight$")
 
 
 def _check_inputs(base: Path, lora: Path) -> dict:
@@ -31,41 +53,195 @@ def _check_inputs(base: Path, lora: Path) -> dict:
     cfg_path = lora / "adapter_config.json"
     if not cfg_path.is_file():
         raise MergeError(f"LoRA adapter not found: {lora} has no adapter_config.json")
-    if not any((lora / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+    if not any((lora / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin",
+                                              "adapter_model.safetensors.index.json")):
         raise MergeError(f"LoRA adapter {lora} has no adapter_model.safetensors")
-    return json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MergeError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise MergeError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not a LoRA adapter")
+    used = [what for key, what in UNSUPPORTED.items() if cfg.get(key)]
+    if used:
+        raise MergeError(f"adapter {lora} uses {', '.join(used)}, which the streaming merge does not support: "
+                         "merge it with peft's merge_and_unload instead")
+    return cfg
 
 
+@dataclass
+class _Target:
+    A: str | None = None
+    B: str | None = None
+    embedding: bool = False
+
+
+@dataclass
+class _Plan:
+    lora: dict[str, _Target] = field(default_factory=dict)  # base tensor name -> adapter A/B names
+    replace: dict[str, str] = field(default_factory=dict)  # base tensor name -> adapter tensor name
+
+
+def _plan(adapter: Checkpoint, acfg: dict) -> _Plan:
+    plan = _Plan()
+    infos = adapter.infos()
+    if not infos:
+        raise MergeError(f"adapter {adapter.dir} holds no tensors (an empty adapter_model file: the known "
+                         "alpaca-lora state_dict patch bug)")
+    ranks: dict[str, tuple[int, str]] = {}
+    empty = [n for n, ti in infos.items() if ti.numel == 0]
+    if empty:
+        raise MergeError(f"adapter {adapter.dir} holds empty tensors (e.g. {empty[0]}, shape {list(infos[empty[0]].shape)}"
+                         f"; {len(empty)} in all): a ZeRO-3 save of partitioned shards?")
+    for name in infos:
+        m = LORA_KEY.match(name)
+        if m:
+            t = plan.lora.setdefault(f"{m['module']}.weight", _Target())
+            kind = m["kind"]
+            t.embedding = kind.startswith("lora_embedding")
+            if kind.endswith("A"):
+                t.A = name
+            else:
+                t.B = name
+            continue
+        if "lora_" in name or "magnitude" in name:
+            raise MergeError(f"adapter tensor {name} is not a plain LoRA weight (DoRA or another variant?)")
+        # a whole tensor: modules_to_save (trained copy) beats the plain key beats a saved base layer
+        # (resized embeddings) beats original_module (the untouched base, used with the adapter off)
+        target = re.sub(r"^base_model\.model\.", "", name)
+        rank = 1
+        for rk, seg in ((0, r"\.modules_to_save(\.[^.]+)?\."), (2, r"\.base_layer\."), (3, r"\.original_module\.")):
+            if re.search(seg, target):
+                target, rank = re.sub(seg, ".", target), rk
+                break
+        prev = ranks.get(target)
+        if prev is not None and prev[0] == rank:
+            raise MergeError(f"adapter tensors {prev[1]} and {name} both replace {target}")
+        if prev is None or rank < prev[0]:
+            ranks[target] = (rank, name)
+    plan.replace = {target: name for target, (_rank, name) in ranks.items()}
+    half = [n for n, t in plan.lora.items() if t.A is None or t.B is None]
+    if half:
+        raise MergeError(f"adapter has only one of lora_A / lora_B for {half[0]}: incomplete adapter file")
+    if not plan.lora:
+        warnings.warn(f"adapter {adapter.dir} has no LoRA matrices, only whole tensors "
+                      f"({', '.join(list(plan.replace)[:3])})", stacklevel=3)
+    return plan
+
+
+def _alpha(acfg: dict, module: str) -> float:
+    for key, value in (acfg.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return float(value)
+    return float(acfg.get("lora_alpha", acfg.get("r", 8)))
+
+
+def _tokenizer_size(tok_dir: Path) -> int | None:
+    if not any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(tok_dir))
+
+
+@single_threaded()
 def merge_lora(base: str | Path, lora: str | Path, out: str | Path, dtype: str = "float32") -> Path:
-    """base + adapter -> merged HF dir (safetensors + tokenizer), written atomically."""
+    """base + adapter -> merged HF dir (safetensors shards + index + tokenizer), written atomically."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, lora, out = Path(base), Path(lora), Path(out)
-    _check_inputs(base, lora)
-    torch_dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, low_cpu_mem_usage=True)
-    # The adapter's tokenizer wins (a vocabulary-expanded adapter ships its own): sizes must agree.
-    tok_dir = lora if (lora / "tokenizer_config.json").is_file() else base
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    if len(tok) != model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tok))
-    peft_model = PeftModel.from_pretrained(model, lora, is_trainable=False)
-    missing = [k for k, v in peft_model.state_dict().items() if "lora_" in k and v.numel() == 0]
-    if missing:
-        raise MergeError(f"adapter {lora} holds empty LoRA tensors (e.g. {missing[0]}): a broken ZeRO-3 save?")
-    merged = peft_model.merge_and_unload()
+    check_out(out, base, lora)
+    acfg = _check_inputs(base, lora)
+    out_dtype = parse_dtype(dtype)
+    fan_in_fan_out = bool(acfg.get("fan_in_fan_out"))
+    rslora = bool(acfg.get("use_rslora"))
+    B, A = Checkpoint(base, what="base model"), Checkpoint(lora, ADAPTER_LAYOUTS, what="LoRA adapter")
+    with B, A:
+        plan = _plan(A, acfg)
+        binfo, ainfo = B.infos(), A.infos()
+        problems = []
+        shapes: dict[str, tuple[int, ...]] = {n: ti.shape for n, ti in binfo.items()}
+        for target, src in plan.replace.items():
+            if target not in binfo:
+                problems.append(f"adapter tensor {src} replaces {target}, which the base model does not have")
+                continue
+            have, new = binfo[target].shape, ainfo[src].shape
+            if have != new and not (VOCAB_TENSORS.search(target) and have[1:] == new[1:]):
+                problems.append(f"adapter tensor {src} has shape {list(new)} but {target} in the base is {list(have)}")
+            shapes[target] = new
+        for target, t in plan.lora.items():
+            if target not in binfo:
+                problems.append(f"adapter targets {target}, which the base model does not have")
+                continue
+            a, b = ainfo[t.A].shape, ainfo[t.B].shape
+            w = shapes[target]
+            if t.embedding:  # lora_embedding_A: (r, num_embeddings), lora_embedding_B: (dim, r)
+                want = (a[1], b[0]) if len(a) == 2 and len(b) == 2 and a[0] == b[1] else None
+            elif len(a) == 2 and len(b) == 2 and a[0] == b[1]:
+                want = (a[1], b[0]) if fan_in_fan_out else (b[0], a[1])
+            else:
+                want = None
+            if want != tuple(w):
+                problems.append(f"LoRA matrices for {target} have shapes A {list(a)} / B {list(b)}, which do not fit "
+                                f"the base tensor's {list(w)}")
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise MergeError(f"{'; '.join(problems[:3])}{more}. Is --base the model this adapter was trained on?")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        copy_tokenizer(tok_dir, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # vocabulary: every vocab-sized tensor, the config and the tokenizer must agree
+        cfg = json.loads((base / "config.json").read_text())
+        v_base = cfg.get("vocab_size")
+        vocab_rows = {n: shapes[n][0] for n in binfo if VOCAB_TENSORS.search(n)}
+        v_out = v_base
+        if vocab_rows:
+            sizes = set(vocab_rows.values())
+            if len(sizes) > 1:
+                detail = ", ".join(f"{n}: {v}" for n, v in vocab_rows.items())
+                raise MergeError(f"the merged model would have inconsistent vocabulary sizes ({detail}): the adapter "
+                                 "must save every vocabulary-sized module (embed_tokens and lm_head) when it resizes them")
+            v_out = sizes.pop()
+        tok_dir = lora if any((lora / f).is_file() for f in ("tokenizer.json", "tokenizer.model")) else base
+        v_tok = _tokenizer_size(tok_dir)
+        if v_tok is not None and v_out is not None and v_tok != v_out:
+            raise MergeError(f"the tokenizer in {tok_dir} has {v_tok} tokens but the merged model's embeddings have "
+                             f"{v_out} rows (base config vocab_size {v_base}): mixing tokenizers gives garbage output. "
+                             "Use the tokenizer the adapter was trained with")
+
+        shards = [[(n, out_dtype or binfo[n].dtype, shapes[n]) for n in names] for names in B.shards()]
+        zero_b = bool(plan.lora)
+        with staged_dir(out) as tmp:
+            writer = ShardedWriter(tmp, shards)
+            try:
+                for names in shards:
+                    for name, dt, _shape in names:
+                        w = A.read(plan.replace[name]) if name in plan.replace else B.read(name)
+                        t = plan.lora.get(name)
+                        if t is not None:
+                            a = A.read(t.A).to(torch.float32)
+                            b = A.read(t.B).to(torch.float32)
+                            r = a.shape[0]
+                            module = name[: -len(".weight")]
+                            scale = _alpha(acfg, module) / (math.sqrt(r) if rslora else r)
+                            zero_b = zero_b and not bool(b.any())
+                            w = w.to(torch.float32) if w.dtype != torch.float32 else w
+                            if t.embedding or fan_in_fan_out:
+                                w.addmm_(a.T, b.T, alpha=scale)  # (B @ A).T
+                            else:
+                                w.addmm_(b, a, alpha=scale)
+                            del a, b
+                        writer.write(name, w.to(dt))
+                        del w
+                sums = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            first = next((p[0][1] for p in shards if p), None)
+            updates = {"vocab_size": v_out} if v_out is not None and v_out != v_base else {}
+            write_config(base, tmp, dtype=first, **updates)
+            copy_side_files(base, tmp, ("generation_config.json",))
+            copy_tokenizer(tok_dir, tmp)
+            write_manifest(tmp, sums)
+    if zero_b:
+        warnings.warn(f"every lora_B matrix in {lora} is zero: the merge changed nothing (an untrained adapter?)",
+                      stacklevel=2)
     return out
