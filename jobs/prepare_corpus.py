@@ -3,8 +3,10 @@
     python jobs/prepare_corpus.py --config jobs/configs/tiny_corpus.yaml [key.path=value ...]
     ray job submit --working-dir . -- python jobs/prepare_corpus.py --config jobs/configs/tiny_corpus.yaml
 
-Writes out_dir/shards/part-NNNNN.arrow, out_dir/quarantine/*.jsonl and out_dir/manifest.json
-(see knowlm_ray/corpus/pipeline.py). Same input + config => byte-identical shards.
+Writes out_dir/shards/part-NNNNN.arrow, out_dir/quarantine/*.jsonl (malformed lines),
+out_dir/dropped/*.jsonl (why each filtered or duplicate document was dropped) and
+out_dir/manifest.json (see knowlm_ray/corpus/pipeline.py). Same input + config => byte-identical
+shards and manifest.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     s = manifest["stages"]
-    print(f"prepare_corpus: {s['read']} read, {s['malformed']} malformed, {s['filtered']} filtered, "
-          f"{s['exact_dups']} exact dups, {s['near_dups']} near dups -> {s['documents']} documents, "
-          f"{s['samples']} samples, {s['tokens']} tokens in {len(manifest['shards'])} shards at {cfg.out_dir}")
+    by_filter = ", ".join(f"{k} {v}" for k, v in manifest["filters"].items() if v)
+    print(f"prepare_corpus: {s['read']} read, {s['malformed']} malformed, {s['filtered']} filtered"
+          f"{f' ({by_filter})' if by_filter else ''}, {s['exact_dups']} exact dups, {s['near_dups']} near dups "
+          f"-> {s['documents']} documents, {s['samples']} samples, {s['tokens']} tokens in "
+          f"{len(manifest['shards'])} shards at {cfg.out_dir}")
     return manifest
 
 

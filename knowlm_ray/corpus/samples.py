@@ -27,7 +27,7 @@ def doc_to_sample_rows(doc: dict[str, Any], tokenizer: Any, max_tokens: int,
     base = {"doc_id": doc["doc_id"], "source": doc["source"], "file": doc["file"], "line": doc["line"]}
     if doc["status"] != OK:
         yield {**base, "sample": -1, "input_ids": [], "n_tokens": 0, "status": doc["status"],
-               "reason": doc["reason"], "raw": doc["raw"], "sentences_cut": 0}
+               "reason": doc["reason"], "raw": doc["raw"], "sentences_cut": 0, "tail": False}
         return
     sentences = split_sentences(doc["text"], doc["lang"])
     built = build_samples(encode_sentences(tokenizer, sentences), max_tokens,
@@ -38,7 +38,28 @@ def doc_to_sample_rows(doc: dict[str, Any], tokenizer: Any, max_tokens: int,
         yield {**base, "sample": index, "input_ids": [] if short else ids, "n_tokens": len(ids),
                "status": SHORT if short else OK,
                "reason": f"{len(ids)} < min_tokens {min_tokens} tokens" if short else None,
-               "raw": None, "sentences_cut": built.sentences_cut if index == 0 else 0}
+               "raw": None, "sentences_cut": built.sentences_cut if index == 0 else 0,
+               "tail": index > 0 and index == len(samples) - 1}
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def cached_tokenizer(path: str):
+    """One tokenizer per worker process (Ray reuses worker processes across tasks)."""
+    if path not in _TOKENIZERS:
+        _TOKENIZERS.clear()
+        _TOKENIZERS[path] = load_tokenizer(path)
+    return _TOKENIZERS[path]
+
+
+def build_samples_batch(batch: pa.Table, tokenizer: str, max_tokens: int, min_tokens: int) -> pa.Table:
+    """map_batches UDF (tasks): DOC_SCHEMA batch -> SAMPLE_SCHEMA batch, tokenizer cached per
+    worker. Tasks run in the worker processes the earlier stages already started; an actor pool
+    would start (and import transformers in) new processes first."""
+    tok = cached_tokenizer(tokenizer)
+    rows = [r for doc in batch.to_pylist() for r in doc_to_sample_rows(doc, tok, max_tokens, min_tokens)]
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
 
 
 class SampleBuilder:

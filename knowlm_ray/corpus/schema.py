@@ -9,9 +9,9 @@ import pyarrow as pa
 
 OK = "ok"
 MALFORMED = "malformed"  # unreadable line: bad JSON, missing / non-string text field, bad UTF-8
-FILTERED = "filtered"  # failed a heuristic filter (length, symbol ratio, empty)
+FILTERED = "filtered"  # failed a heuristic filter; reason "<filter>: <detail>"
 EXACT_DUP = "exact_dup"  # same normalised text as a document with a smaller doc_id
-NEAR_DUP = "near_dup"  # reserved for MinHash near-dedup
+NEAR_DUP = "near_dup"  # MinHash near-duplicate of a document with a smaller doc_id
 SHORT = "short"  # a split sample shorter than min_tokens (dropped)
 
 # One row per input document (or malformed line).
@@ -41,6 +41,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("reason", pa.string()),
     ("raw", pa.string()),
     ("sentences_cut", pa.int64()),  # on a document's first row only
+    ("tail", pa.bool_()),  # last sample of a document that needed more than one
 ])
 
 # What the shards hold (Arrow IPC file format).
@@ -50,5 +51,10 @@ SHARD_SCHEMA = pa.schema([
     ("source", pa.string()),
 ])
 
+# ``pack.mode: greedy`` shards: + the offsets where segments (documents) start in each row.
+PACKED_SCHEMA = pa.schema([*SHARD_SCHEMA, ("doc_starts", pa.list_(pa.int32()))])
+
 QUARANTINE_COLUMNS = ("file", "line", "source", "reason", "raw")
+# out_dir/dropped/*.jsonl: why each document (or short sample) did not reach the shards.
+DROPPED_COLUMNS = ("doc_id", "source", "file", "line", "sample", "status", "reason")
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from knowlm_ray.corpus.schema import SHARD_SCHEMA
+from knowlm_ray.corpus.schema import PACKED_SCHEMA, SHARD_SCHEMA
 
 SHARD_GLOB = "part-*.arrow"
 
@@ -67,10 +67,15 @@ def _sha256(path: str | Path) -> str:
 
 
 def write_arrow_file(table: pa.Table, path: str | Path) -> dict[str, Any]:
-    """Write SHARD_SCHEMA rows as one Arrow IPC file (temp name, then rename)."""
-    table = table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA).combine_chunks()
+    """Write SHARD_SCHEMA (or, packed, PACKED_SCHEMA) rows as one Arrow IPC file (temp name,
+    then rename)."""
+    schema = PACKED_SCHEMA if "doc_starts" in table.column_names else SHARD_SCHEMA
+    table = table.select(schema.names).cast(schema).combine_chunks()
+    # take() copies into fresh buffers (offsets from 0, no validity bitmap without nulls): the bytes
+    # must not depend on where in a sorted block this file's rows were sliced from
+    table = table.take(pa.array(range(table.num_rows), pa.int64())) if table.num_rows else table
     tmp = f"{path}.tmp"
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, SHARD_SCHEMA) as writer:
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         writer.write_table(table)
     os.replace(tmp, path)
     lengths = table["input_ids"].combine_chunks().value_lengths() if table.num_rows else None
@@ -98,7 +103,7 @@ def write_part(kind: str, path: str, slices: list[tuple[int, int, int]], options
         if options.get("pack_max_tokens"):
             from knowlm_ray.corpus.pack import pack_greedy
 
-            table = pack_greedy(table, options["pack_max_tokens"])
+            table = pack_greedy(table, options["pack_max_tokens"], options.get("pack_split", True))
         info = write_arrow_file(table, path)
     else:
         info = write_jsonl_file(table, path, options["columns"])
@@ -121,7 +126,8 @@ def _num_rows(table: pa.Table) -> int:
 
 def write_files(refs: list, counts: list[int], out_dir: str | Path, *, kind: str, rows_per_file: int,
                 order_by: list[str], start: int = 0, stop: int | None = None,
-                columns: list[str] | None = None, pack_max_tokens: int | None = None) -> list[dict]:
+                columns: list[str] | None = None, pack_max_tokens: int | None = None,
+                pack_split: bool = True) -> list[dict]:
     """Write sorted rows ``[start, stop)`` as ``out_dir/part-NNNNN.{arrow,jsonl}``, one Ray task
     per file. Returns per file ``{file, rows, tokens (arrow), sha256, first, last}`` in order.
     """
@@ -130,7 +136,8 @@ def write_files(refs: list, counts: list[int], out_dir: str | Path, *, kind: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     task = ray.remote(num_cpus=1)(write_part)
-    options = {"order_by": order_by, "columns": columns, "pack_max_tokens": pack_max_tokens}
+    options = {"order_by": order_by, "columns": columns, "pack_max_tokens": pack_max_tokens,
+               "pack_split": pack_split}
     ext = "arrow" if kind == "arrow" else "jsonl"
     pending = []
     for i, slices in enumerate(plan_files(counts, rows_per_file, start, stop)):
@@ -164,7 +171,8 @@ def read_shards(path: str | Path) -> pa.Table:
 
 
 def iter_samples(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Rows in shard order: ``{"input_ids": np.ndarray[int32] (a view), "doc_id", "source"}``."""
+    """Rows in shard order: ``{"input_ids": np.ndarray[int32] (a view), "doc_id", "source"}``
+    (+ ``"doc_starts"``, a list of ints, in packed shards)."""
     for f in shard_files(path):
         reader = pa.ipc.open_file(pa.memory_map(str(f), "r"))
         for i in range(reader.num_record_batches):
@@ -174,7 +182,10 @@ def iter_samples(path: str | Path) -> Iterator[dict[str, Any]]:
             values = ids.values.to_numpy(zero_copy_only=False)
             doc_ids = batch.column("doc_id").to_pylist()
             sources = batch.column("source").to_pylist()
+            starts = batch.column("doc_starts").to_pylist() if "doc_starts" in batch.schema.names else None
             for j in range(batch.num_rows):
-                yield {"input_ids": values[offsets[j]:offsets[j + 1]], "doc_id": doc_ids[j],
-                       "source": sources[j]}
+                row = {"input_ids": values[offsets[j]:offsets[j + 1]], "doc_id": doc_ids[j], "source": sources[j]}
+                if starts is not None:
+                    row["doc_starts"] = starts[j]
+                yield row
 

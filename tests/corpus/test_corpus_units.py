@@ -8,7 +8,7 @@ import pytest
 
 from knowlm_ray.config import FilterConfig, SourceConfig
 from knowlm_ray.corpus.dedup import keep_first
-from knowlm_ray.corpus.filters import annotate_batch, dedup_key, filter_reason, symbol_ratio
+from knowlm_ray.corpus.filters import FILTER_NAMES, annotate_batch, dedup_key, filter_reason, symbol_ratio
 from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, FILTERED, MALFORMED, OK, SAMPLE_SCHEMA, SHARD_SCHEMA
 from knowlm_ray.corpus.shards import iter_samples, plan_files, read_shards, write_arrow_file
 from knowlm_ray.corpus.sources import list_input_files, read_file_rows
@@ -68,15 +68,16 @@ def test_bad_paths_fail_early_with_the_input_named(tmp_path):
         list_input_files([SourceConfig(path=str(tmp_path), source="x", lang="code", format="files", glob="*.py")])
 
 
-def test_filters():
+def test_filters_flat_keys_still_accepted():
     cfg = FilterConfig(min_chars=10, max_chars=100, max_symbol_ratio=0.3)
-    assert filter_reason("", cfg) == "empty"
-    assert filter_reason("short", cfg).startswith("too short")
-    assert filter_reason("x" * 101, cfg).startswith("too long")
-    assert filter_reason("@@@@ #### $$$$ %%%% &&&&", cfg).startswith("symbol ratio")
-    assert filter_reason("知识图谱是一种结构化的语义知识库，用于描述概念。", cfg) is None
+    assert (cfg.length.min_chars, cfg.length.max_chars, cfg.char_ratio.max_symbol_ratio) == (10, 100, 0.3)
+    assert filter_reason("", cfg) == "length: empty"
+    assert filter_reason("short", cfg).startswith("length: too short")
+    assert filter_reason("x" * 101, cfg).startswith("length: too long")
+    assert filter_reason("@@@@ #### $$$$ %%%% &&&&", cfg).startswith("char_ratio: symbol ratio")
+    assert filter_reason("知识图谱是一种结构化的语义知识库，用于描述概念。", cfg, "zh") is None
     code = "def f(x):\n    return {'a': [x, x + 1], 'b': x * 2}  # note\n"
-    assert symbol_ratio(code) < 0.3 and filter_reason(code, FilterConfig(min_chars=10)) is None
+    assert symbol_ratio(code) < 0.3 and filter_reason(code, FilterConfig(min_chars=10), "code") is None
 
 
 def test_dedup_key_normalises_width_and_whitespace():
@@ -115,6 +116,9 @@ def test_arrow_shards_roundtrip_and_bytes_do_not_depend_on_chunking(tmp_path):
     a = write_arrow_file(whole, tmp_path / "shards" / "part-00000.arrow")
     b = write_arrow_file(chunked, tmp_path / "part-x.arrow")
     assert a["sha256"] == b["sha256"] and a["rows"] == 5 and a["tokens"] == 15
+    # nor on where the rows were sliced from (list offsets / buffers of a bigger block)
+    bigger = pa.Table.from_pylist(rows[:1] * 3 + rows, schema=SHARD_SCHEMA).slice(3)
+    assert write_arrow_file(bigger, tmp_path / "part-y.arrow")["sha256"] == a["sha256"]
     table = read_shards(tmp_path)
     assert table.schema == SHARD_SCHEMA and table.to_pylist() == rows
     got = [(list(s["input_ids"]), s["doc_id"]) for s in iter_samples(tmp_path)]
@@ -124,17 +128,37 @@ def test_arrow_shards_roundtrip_and_bytes_do_not_depend_on_chunking(tmp_path):
 def test_summarise_counts_documents_once():
     rows = [
         dict(doc_id="a:1", source="a", file="f", line=1, sample=-1, input_ids=[], n_tokens=0, status=MALFORMED,
-             reason="bad", raw="{", sentences_cut=0),
+             reason="bad", raw="{", sentences_cut=0, tail=False),
         dict(doc_id="a:2", source="a", file="f", line=2, sample=0, input_ids=[1, 5], n_tokens=2, status=OK,
-             reason=None, raw=None, sentences_cut=1),
+             reason=None, raw=None, sentences_cut=1, tail=False),
         dict(doc_id="a:2", source="a", file="f", line=2, sample=1, input_ids=[], n_tokens=1, status="short",
-             reason="x", raw=None, sentences_cut=0),
+             reason="x", raw=None, sentences_cut=0, tail=True),
         dict(doc_id="a:3", source="a", file="f", line=3, sample=-1, input_ids=[], n_tokens=0, status=EXACT_DUP,
-             reason="dup", raw=None, sentences_cut=0),
+             reason="dup", raw=None, sentences_cut=0, tail=False),
     ]
     table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     stages, by_source, stats = summarise(partial_counts(table).to_pylist())
     assert stages == {"read": 3, "malformed": 1, "filtered": 0, "exact_dups": 1, "near_dups": 0,
                       "documents": 1, "samples": 1, "tokens": 2}
-    assert by_source == {"a": stages}
-    assert stats == {"sentences_cut": 1, "short_dropped": 1, "short_dropped_tokens": 1}
+    assert by_source == {"a": {**stages, "filters": dict.fromkeys(FILTER_NAMES, 0)}}
+    assert stats == {"sentences_cut": 1, "short_dropped": 1, "short_dropped_tokens": 1, "tail_samples": 0,
+                     "tail_tokens": 0, "short_tail_samples": 0, "filters": dict.fromkeys(FILTER_NAMES, 0)}
+
+
+def test_summarise_counts_filters_and_tails():
+    base = dict(source="a", file="f", input_ids=[], raw=None, sentences_cut=0, tail=False)
+    rows = [
+        dict(base, doc_id="a:1", line=1, sample=-1, n_tokens=0, status=FILTERED, reason="length: empty"),
+        dict(base, doc_id="a:2", line=2, sample=-1, n_tokens=0, status=FILTERED, reason="repetition: dup_line_frac 0.9"),
+        dict(base, doc_id="a:3", line=3, sample=-1, n_tokens=0, status=FILTERED, reason="length: too short (3 < 20)"),
+        dict(base, doc_id="a:4", line=4, sample=0, n_tokens=16, status=OK, reason=None, input_ids=[1] * 16),
+        dict(base, doc_id="a:4", line=4, sample=1, n_tokens=3, status=OK, reason=None, input_ids=[1] * 3, tail=True),
+        dict(base, doc_id="a:5", line=5, sample=0, n_tokens=16, status=OK, reason=None, input_ids=[1] * 16),
+        dict(base, doc_id="a:5", line=5, sample=1, n_tokens=9, status=OK, reason=None, input_ids=[1] * 9, tail=True),
+    ]
+    table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    stages, by_source, stats = summarise(partial_counts(table, max_tokens=16).to_pylist())
+    assert stages["filtered"] == 3 and stages["documents"] == 2 and stages["samples"] == 4
+    assert stats["filters"] == {**dict.fromkeys(FILTER_NAMES, 0), "length": 2, "repetition": 1}
+    assert by_source["a"]["filters"] == stats["filters"]
+    assert (stats["tail_samples"], stats["tail_tokens"], stats["short_tail_samples"]) == (2, 12, 1)

@@ -1,4 +1,5 @@
-"""The whole pipeline on a local Ray: counts, quarantine, round trip, determinism, replacement.
+"""The whole pipeline on a local Ray: counts, quarantine, round trip, determinism, replacement,
+near dedup, greedy packing, and data/sample's documented counts.
 
 Ray Data costs seconds per pipeline on 2 cores, so the pipeline runs three times in this module.
 """
@@ -8,11 +9,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from knowlm_ray.config import ConfigError, CorpusConfig
 from knowlm_ray.corpus.samples import load_tokenizer
-from knowlm_ray.corpus.shards import read_shards
+from knowlm_ray.corpus.shards import read_shards, shard_files
+
+from .conftest import SAMPLE_NEAR_DUPS, tiny_corpus_config
 
 ZH_A = {"title": "知识图谱", "content": "知识图谱是一种结构化的语义知识库。它以符号形式描述物理世界中的概念及其相互关系！"
         "“你好。”他说。大语言模型通过预训练学习语言知识；指令微调让它更好地遵循人类指令。"}
@@ -21,6 +25,14 @@ EN_A = {"title": "Foxes", "text": "The quick brown fox jumps over the lazy dog. 
         "Dr. Watson lives in the U.S. and works at Baker Street."}
 BOOK_1 = "Knowledge graphs describe entities and the relations between them, e.g. people and places."
 BOOK_2 = "It is 3.14 miles away. The quick brown fox jumps over the lazy dog again and again."
+BOOK_3 = ("The lighthouse keeper climbed the hundred and twelve steps every evening at dusk, trimmed the wick, "
+          "polished the great lens until it shone, and wrote the state of the sea in a leather-bound log. "
+          "In winter the spray froze on the gallery rail, and he chipped it away with a small brass hammer "
+          "that had belonged to his father, who had kept the same light for forty years before him. On clear "
+          "nights he could see the lamps of the fishing fleet strung out across the bay like beads on a "
+          "thread, and he counted them as they came home one by one, and he did not sleep until the last "
+          "of them had rounded the point and was safe inside the harbour wall.")
+BOOK_3_NEAR = BOOK_3.replace("small brass", "small iron")
 CODE_A = "import os\n\n\nclass Reader:\n    def __init__(self, path):\n        self.path = os.path.abspath(path)\n"
 CODE_B = "def tokenize(text):\n    return [t for t in text.split() if t]\n"
 
@@ -36,11 +48,12 @@ def write_corpus(root: Path) -> dict:
           _j({"title": "ＡＢＣ", "content": "@@@@ #### $$$$ %%%% &&&& **** ^^^^ ~~~~ ||||"}),  # 6: junk
           _j({"title": " 知识图谱\t", "content": ZH_A["content"].replace("！", "!") + " "})]  # 7: NFKC dup of 1
     en = [_j(EN_A), _j({"title": "Num", "text": 42}), _j({"title": "Hi", "text": "Hi"}),  # 2 bad, 3 short
-          _j({"title": ZH_B["title"], "text": ZH_B["content"]})]                            # 4: dup of baike 2
+          _j({"title": "", "text": BOOK_1})]                                                # 4: dup of books 1
     root.mkdir(parents=True)
     (root / "zh.jsonl").write_text("\n".join(zh) + "\n", encoding="utf-8")
     (root / "en.jsonl").write_text("\n".join(en) + "\n", encoding="utf-8")
-    (root / "books.txt").write_text(f"{BOOK_1}\n{BOOK_2}\n{BOOK_1}\n", encoding="utf-8")  # 3: dup of 1
+    (root / "books.txt").write_text(f"{BOOK_1}\n{BOOK_2}\n{BOOK_1}\n{BOOK_3_NEAR}\n{BOOK_3}\n",  # 3: dup of 1
+                                    encoding="utf-8")                                   # 4: near-dup of 5
     (root / "code" / "pkg").mkdir(parents=True)
     (root / "code" / "a.py").write_text(CODE_A)
     (root / "code" / "pkg" / "b.py").write_text(CODE_B)
@@ -53,6 +66,7 @@ def write_corpus(root: Path) -> dict:
             "wiki/en.jsonl:000000001": f"{EN_A['title']}\n{EN_A['text']}",
             "books/books.txt:000000001": BOOK_1,
             "books/books.txt:000000002": BOOK_2,
+            "books/books.txt:000000004": BOOK_3_NEAR,  # the smaller doc_id represents the cluster
             "code/a.py": CODE_A.strip(),
             "code/pkg/b.py": CODE_B.strip(),
         },
@@ -61,7 +75,7 @@ def write_corpus(root: Path) -> dict:
         "by_source": {
             "baike": {"read": 6, "malformed": 2, "filtered": 1, "exact_dups": 1, "documents": 2},
             "wiki": {"read": 4, "malformed": 1, "filtered": 1, "exact_dups": 1, "documents": 1},
-            "books": {"read": 3, "malformed": 0, "filtered": 0, "exact_dups": 1, "documents": 2},
+            "books": {"read": 5, "malformed": 0, "filtered": 0, "exact_dups": 1, "near_dups": 1, "documents": 3},
             "code": {"read": 3, "malformed": 0, "filtered": 0, "exact_dups": 1, "documents": 2},
         },
     }
@@ -76,7 +90,7 @@ def make_cfg(root: Path, tokenizer: Path, out: Path, **extra) -> CorpusConfig:
             {"path": str(root / "code"), "source": "code", "lang": "code", "format": "files", "glob": "**/*.py"},
         ],
         "tokenizer": str(tokenizer), "max_tokens": 24, "out_dir": str(out), "rows_per_shard": 4,
-        "filters": {"min_chars": 10}, **extra})
+        "filters": {"min_chars": 10}, "dedup": {"near": True}, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +111,11 @@ def test_manifest_counts(first_run, corpus_tokenizer):
     tok = load_tokenizer(str(corpus_tokenizer))
     n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 2 for t in expected["docs"].values())
     stages = manifest["stages"]
-    assert stages == {"read": 16, "malformed": 3, "filtered": 2, "exact_dups": 4, "near_dups": 0,
-                      "documents": 7, "samples": stages["samples"], "tokens": n_tokens}
+    assert stages == {"read": 18, "malformed": 3, "filtered": 2, "exact_dups": 4, "near_dups": 1,
+                      "documents": 8, "samples": stages["samples"], "tokens": n_tokens}
+    assert manifest["filters"] == {"length": 1, "char_ratio": 1, "language": 0, "repetition": 0, "code": 0,
+                                   "blocklist": 0}
+    assert manifest["near_dedup"]["edges"] == 1 and manifest["near_dedup"]["near_dups"] == 1
     assert stages["samples"] == sum(s["rows"] for s in manifest["shards"]) > 7
     for source, want in expected["by_source"].items():
         got = manifest["by_source"][source]
@@ -150,24 +167,60 @@ def test_second_run_is_byte_identical(first_run):
     assert [p.name for p in base.iterdir() if p.name.startswith(".")] == []  # no staging left
 
 
-def test_rerun_replaces_output_greedy_pack_and_near_flag(first_run, corpus_tokenizer, caplog):
+def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokenizer):
+    """data/sample through tiny_corpus.yaml (near dedup on) with greedy packing, written over the
+    first run's out_dir: the counts of data/sample/README.md, exactly."""
     from knowlm_ray.corpus.pipeline import run
 
-    base, cfg, first, expected, _ = first_run
-    cfg2 = cfg.model_copy(update={"pack": cfg.pack.model_copy(update={"mode": "greedy"}), "rows_per_shard": 1000,
-                                  "dedup": cfg.dedup.model_copy(update={"near": True})})
-    with caplog.at_level("WARNING"):
-        manifest = run(cfg2)
-    assert "not implemented yet" in caplog.text
-    assert manifest["stages"] == first["stages"]
-    assert [p.name for p in (base / "out" / "shards").iterdir()] == ["part-00000.arrow"]  # old parts gone
-    table = read_shards(base / "out")
-    assert manifest["stats"]["rows"] == table.num_rows < first["stages"]["samples"]
+    base, cfg, first, _, _ = first_run
+    sample_cfg = tiny_corpus_config(tokenizer=str(corpus_tokenizer), out_dir=str(base / "out"),
+                                    max_tokens=128, **{"pack.mode": "greedy", "rows_per_shard": 400})
+    manifest = run(sample_cfg)
+    assert manifest["stages"] | {"samples": 0, "tokens": 0} == {
+        "read": 224, "malformed": 9, "filtered": 13, "exact_dups": 9, "near_dups": 8, "documents": 185,
+        "samples": 0, "tokens": 0}
+    bs = manifest["by_source"]
+    assert [bs["baike"][k] for k in ("malformed", "filtered", "exact_dups", "near_dups", "documents")] == [5, 6, 4, 4, 97]
+    assert [bs["wiki"][k] for k in ("malformed", "filtered", "exact_dups", "near_dups", "documents")] == [4, 6, 3, 4, 41]
+    assert [bs["books"][k] for k in ("exact_dups", "near_dups", "documents")] == [2, 0, 38]
+    assert [bs["code"][k] for k in ("filtered", "documents")] == [1, 9] and bs["code"]["filters"]["code"] == 1
+    assert manifest["filters"] == {"length": 6, "char_ratio": 4, "language": 0, "repetition": 2, "code": 1,
+                                   "blocklist": 0}
+    assert manifest["near_dedup"] | {"bucket_pairs": 0} == {"bands": 18, "rows": 7, "bucket_pairs": 0,
+                                                            "edges": 8, "clusters": 8, "near_dups": 8}
+    assert [b["file"] for b in manifest["blocklists"]] == ["builtin:zh", "builtin:en"]
+    quarantined = [ln for f in (base / "out" / "quarantine").glob("*.jsonl")
+                   for ln in f.read_text(encoding="utf-8").splitlines()]
+    assert len(quarantined) == 9
+    # dropped/: the audit trail, one line per filtered / duplicate document with the reason
+    dropped = [json.loads(ln) for f in sorted((base / "out" / "dropped").glob("*.jsonl"))
+               for ln in f.read_text(encoding="utf-8").splitlines()]
+    assert [f"dropped/{p.name}" for p in sorted((base / "out" / "dropped").glob("*.jsonl"))] == \
+        [d["file"] for d in manifest["dropped"]]
+    assert len(dropped) == 13 + 9 + 8 and [d["doc_id"] for d in dropped] == sorted(d["doc_id"] for d in dropped)
+    near = {d["doc_id"]: d["reason"] for d in dropped if d["status"] == "near_dup"}
+    assert near == {k: f"near duplicate of {v}" for k, v in SAMPLE_NEAR_DUPS.items()}
+    assert {d["reason"].split(":")[0] for d in dropped if d["status"] == "filtered"} == {
+        "length", "char_ratio", "repetition", "code"}
+    # greedy packing: rows of exactly max_tokens but for each source's last row in a shard, and
+    # every document start (BOS) recorded in doc_starts
+    assert manifest["format"]["columns"]["doc_starts"] == "list<int32>"
+    assert sorted(p.name for p in (base / "out" / "shards").iterdir()) == \
+        [Path(s["file"]).name for s in manifest["shards"]]  # the first run's parts are gone
     tok = load_tokenizer(str(corpus_tokenizer))
-    for row in table.to_pylist():
-        assert len(row["input_ids"]) <= cfg.max_tokens
-    flat = [t for ids in table["input_ids"].to_pylist() for t in ids]
-    assert flat.count(tok.bos_token_id) == flat.count(tok.eos_token_id) == len(expected["docs"])
+    table = read_shards(base / "out")
+    assert table.column_names == ["input_ids", "doc_id", "source", "doc_starts"]
+    assert manifest["stats"]["rows"] == table.num_rows < manifest["stages"]["samples"]
+    rows = table.to_pylist()
+    for shard in shard_files(base / "out"):  # packing runs per shard
+        mine = pa.ipc.open_file(str(shard)).read_all().to_pylist()
+        for i, row in enumerate(mine):
+            last_of_run = i + 1 == len(mine) or mine[i + 1]["source"] != row["source"]
+            assert len(row["input_ids"]) == 128 or last_of_run
+            bos = [j for j, t in enumerate(row["input_ids"]) if t == tok.bos_token_id]
+            assert row["doc_starts"][0] == 0 and set(row["doc_starts"][1:]) == set(bos) - {0}
+    assert sum(len(r["doc_starts"]) - (r["input_ids"][0] != tok.bos_token_id) for r in rows) == 185
+    assert not set(table["doc_id"].to_pylist()) & set(SAMPLE_NEAR_DUPS)
 
 
 def test_refuses_to_replace_a_foreign_directory(ray_local, corpus_tokenizer, tmp_path):

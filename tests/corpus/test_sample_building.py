@@ -6,7 +6,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from knowlm_ray.corpus.pack import pack_greedy
+from knowlm_ray.corpus.pack import pack_greedy, position_ids, segment_lengths
 from knowlm_ray.corpus.samples import doc_to_sample_rows, load_tokenizer
 from knowlm_ray.corpus.schema import OK, SHARD_SCHEMA, SHORT
 from knowlm_ray.corpus.split import build_samples, encode_sentences, split_sentences
@@ -82,8 +82,8 @@ def test_slow_tokenizer_falls_back_to_per_sentence(corpus_tokenizer):
     class Slow:
         is_fast = False
 
-        def __call__(self, texts, add_special_tokens):
-            return fast(texts, add_special_tokens=add_special_tokens)
+        def __call__(self, texts, add_special_tokens, **kw):
+            return fast(texts, add_special_tokens=add_special_tokens, **kw)
 
     sentences = split_sentences(DOCS[1][1], "en")
     assert encode_sentences(Slow(), sentences) == [fast(s, add_special_tokens=False)["input_ids"]
@@ -106,17 +106,112 @@ def test_doc_rows_mark_short_samples(corpus_tokenizer):
     assert [(r["sample"], r["status"], r["input_ids"]) for r in passthrough] == [(-1, "filtered", [])]
 
 
-def test_pack_greedy_concatenates_within_a_source():
-    t = pa.Table.from_pylist([
-        {"input_ids": [1, 5, 2], "doc_id": "a/1", "source": "a"},
-        {"input_ids": [1, 6, 6, 2], "doc_id": "a/2", "source": "a"},
-        {"input_ids": [1, 7, 7, 7], "doc_id": "a/3", "source": "a"},
-        {"input_ids": [8, 2], "doc_id": "a/3", "source": "a"},
-        {"input_ids": [1, 9, 2], "doc_id": "b/1", "source": "b"},
-    ], schema=SHARD_SCHEMA)
-    packed = pack_greedy(t, max_tokens=8).to_pylist()
+def _shard(rows):
+    return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+
+
+PACK_ROWS = [
+    {"input_ids": [1, 5, 2], "doc_id": "a/1", "source": "a"},
+    {"input_ids": [1, 6, 6, 2], "doc_id": "a/2", "source": "a"},
+    {"input_ids": [1, 7, 7, 7], "doc_id": "a/3", "source": "a"},
+    {"input_ids": [8, 2], "doc_id": "a/3", "source": "a"},
+    {"input_ids": [1, 9, 2], "doc_id": "b/1", "source": "b"},
+]
+
+
+def test_pack_whole_samples_records_document_starts():
+    packed = pack_greedy(_shard(PACK_ROWS), max_tokens=8, split_samples=False).to_pylist()
     assert packed == [
-        {"input_ids": [1, 5, 2, 1, 6, 6, 2], "doc_id": "a/1", "source": "a"},
-        {"input_ids": [1, 7, 7, 7, 8, 2], "doc_id": "a/3", "source": "a"},
-        {"input_ids": [1, 9, 2], "doc_id": "b/1", "source": "b"},
+        {"input_ids": [1, 5, 2, 1, 6, 6, 2], "doc_id": "a/1", "source": "a", "doc_starts": [0, 3]},
+        {"input_ids": [1, 7, 7, 7, 8, 2], "doc_id": "a/3", "source": "a", "doc_starts": [0]},  # one doc, 2 samples
+        {"input_ids": [1, 9, 2], "doc_id": "b/1", "source": "b", "doc_starts": [0]},  # never mixes sources
     ]
+
+
+def test_pack_stream_fills_rows_exactly_and_keeps_boundaries():
+    packed = pack_greedy(_shard(PACK_ROWS), max_tokens=5).to_pylist()
+    assert packed == [
+        {"input_ids": [1, 5, 2, 1, 6], "doc_id": "a/1", "source": "a", "doc_starts": [0, 3]},
+        {"input_ids": [6, 2, 1, 7, 7], "doc_id": "a/2", "source": "a", "doc_starts": [0, 2]},
+        {"input_ids": [7, 8, 2], "doc_id": "a/3", "source": "a", "doc_starts": [0]},
+        {"input_ids": [1, 9, 2], "doc_id": "b/1", "source": "b", "doc_starts": [0]},
+    ]
+    assert position_ids([0, 2], 5).tolist() == [0, 1, 0, 1, 2]
+    assert segment_lengths([0, 3], 5) == [3, 2]
+
+
+def test_pack_property_random():
+    """Random shards: nothing lost, rows <= max_tokens (== except a source's last), and every
+    document start (BOS) is recorded in doc_starts."""
+    rng = random.Random(1)
+    for _ in range(200):
+        rows, n_docs = [], rng.randint(1, 12)
+        for d in range(n_docs):
+            source = "ab"[d * 2 // n_docs]
+            parts = rng.randint(1, 3)
+            for k in range(parts):
+                body = [rng.randint(3, 99) for _ in range(rng.randint(1, 9))]
+                ids = ([BOS] if k == 0 else []) + body + ([EOS] if k == parts - 1 else [])
+                rows.append({"input_ids": ids, "doc_id": f"{source}/{d:03d}", "source": source})
+        max_tokens = rng.randint(11, 30)  # >= the longest sample, as the split guarantees
+        for split in (True, False):
+            packed = pack_greedy(_shard(rows), max_tokens, split_samples=split).to_pylist()
+            for source in "ab":
+                want = [t for r in rows if r["source"] == source for t in r["input_ids"]]
+                got = [r for r in packed if r["source"] == source]
+                assert [t for r in got for t in r["input_ids"]] == want
+                if split:
+                    assert all(len(r["input_ids"]) == max_tokens for r in got[:-1])
+            for r in packed:
+                assert 0 < len(r["input_ids"]) <= max_tokens
+                assert r["doc_starts"][0] == 0 and r["doc_starts"] == sorted(set(r["doc_starts"]))
+                bos_at = [i for i, t in enumerate(r["input_ids"]) if t == BOS]
+                assert set(bos_at) <= set(r["doc_starts"])
+                assert set(r["doc_starts"][1:]) == set(bos_at) - {0}
+
+
+_PIECES = ["<s>", "</s>", "<unk>", "知识图谱", "是", "一种", "结构化的", "。", "！", "？", "；", "“你好。”", "他说", "3.14", "ＡＴＰ",
+           "The", "quick", "fox", "Dr.", "U.S.", "e.g.", "...", "Mr. Smith", ".", "!", "?", "\"", "😀",
+           "\r\n", "\n", "\n\n", "  ", "，", "def f(x):", "    return x", "#", "$3.50", "——", "……"]
+
+
+def _random_doc(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.1:  # one enormous sentence without any punctuation
+        return " ".join(rng.choice(["alpha", "beta", "知识", "gamma"]) for _ in range(rng.randint(200, 600)))
+    return "".join(rng.choice(_PIECES) + rng.choice(["", " "]) for _ in range(rng.randint(0, 80)))
+
+
+def test_samples_never_exceed_max_tokens_random_docs(corpus_tokenizer):
+    """Property test (seeded random docs: mixed zh/en/code, emoji, CRLF, no punctuation at all,
+    over-long sentences): every sample <= max_tokens, the samples concatenate to BOS + the
+    document's encoding + EOS, BOS only on the first sample and EOS only on the last."""
+    tok = load_tokenizer(str(corpus_tokenizer))
+    rng = random.Random(7)
+    for i in range(120):
+        text, lang = _random_doc(rng), rng.choice(["zh", "en", "code"])
+        max_tokens = rng.choice([8, 13, 32, 100])
+        doc = {"doc_id": f"r/x:{i:09d}", "source": "r", "file": "x", "line": i, "lang": lang, "text": text,
+               "status": OK, "reason": None, "raw": None}
+        rows = list(doc_to_sample_rows(doc, tok, max_tokens=max_tokens, min_tokens=1))
+        assert all(r["n_tokens"] <= max_tokens for r in rows), (text, lang, max_tokens)
+        ids = [r["input_ids"] for r in rows if r["status"] == OK]
+        encoded = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if not encoded:
+            assert ids == [] and [r["status"] for r in rows] == [SHORT]
+            continue
+        assert [t for s in ids for t in s] == [tok.bos_token_id, *encoded, tok.eos_token_id]
+        assert [s[0] == tok.bos_token_id for s in ids] == [True] + [False] * (len(ids) - 1)
+        assert [s[-1] == tok.eos_token_id for s in ids] == [False] * (len(ids) - 1) + [True]
+        assert [r["tail"] for r in rows] == [False] * (len(rows) - 1) + [len(rows) > 1]
+
+
+def test_special_token_strings_in_text_stay_text(corpus_tokenizer):
+    tok = load_tokenizer(str(corpus_tokenizer))
+    text = 'SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")\nids.insert(0, vocab["<s>"])\n'
+    doc = {"doc_id": "c/x.py", "source": "c", "file": "x.py", "line": 0, "lang": "code", "text": text,
+           "status": OK, "reason": None, "raw": None}
+    flat = [t for r in doc_to_sample_rows(doc, tok, max_tokens=16, min_tokens=1) for t in r["input_ids"]]
+    assert flat.count(tok.bos_token_id) == flat.count(tok.eos_token_id) == 1
+    assert flat[0] == tok.bos_token_id and flat[-1] == tok.eos_token_id
+    assert tok.decode(flat[1:-1]) == text

@@ -1,0 +1,109 @@
+"""Readers (parquet, gzip, zstd) and per-source converters (plain Python, no Ray)."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from knowlm_ray.config import SourceConfig
+from knowlm_ray.corpus.schema import MALFORMED, OK
+from knowlm_ray.corpus.sources import list_input_files, read_file_rows
+from knowlm_ray.corpus.text import convert, fold_fullwidth, normalise_whitespace, strip_wiki_markup
+
+
+def _rows(path, **src):
+    cfg = SourceConfig(path=str(path), **src)
+    return [r for e in list_input_files([cfg]) for r in read_file_rows(e, cfg)]
+
+
+LINES = [json.dumps({"text": f"Document number {i} has some text."}) for i in range(1, 4)]
+
+
+@pytest.mark.parametrize("suffix,compress", [
+    (".jsonl.gz", gzip.compress),
+    (".jsonl.zst", lambda b: zstandard.ZstdCompressor().compress(b)),
+    (".jsonl.zstd", lambda b: zstandard.ZstdCompressor().compress(b[:40]) + zstandard.ZstdCompressor().compress(b[40:])),
+])
+def test_compressed_jsonl(tmp_path, suffix, compress):
+    p = tmp_path / f"d{suffix}"
+    p.write_bytes(compress(("\n".join(LINES) + "\n").encode()))
+    rows = _rows(p, source="s", lang="en")
+    assert [(r["doc_id"], r["status"], r["text"]) for r in rows] == [
+        (f"s/d{suffix}:{i:09d}", OK, f"Document number {i} has some text.") for i in range(1, 4)]
+
+
+@pytest.mark.parametrize("suffix,compress", [(".txt.gz", gzip.compress),
+                                             (".txt.zst", lambda b: zstandard.ZstdCompressor().compress(b))])
+def test_truncated_stream_keeps_what_was_read_and_quarantines_the_rest(tmp_path, suffix, compress):
+    body = "".join(f"line {i} " + "x" * (i % 50) + f" {i * 7919 % 1000}\n" for i in range(20000)).encode()
+    blob = compress(body)
+    p = tmp_path / f"t{suffix}"
+    p.write_bytes(blob[: len(blob) // 2])
+    rows = _rows(p, source="s", lang="en", format="text")
+    assert all(r["status"] == OK for r in rows[:-1]) and len(rows) > 100
+    assert rows[-1]["status"] == MALFORMED and rows[-1]["reason"].startswith(f"unreadable from line {len(rows)}")
+
+
+def test_compressed_code_files(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py.gz").write_bytes(gzip.compress(b"def f():  \r\n    return 1\r\n"))
+    (tmp_path / "b.py.zst").write_bytes(zstandard.ZstdCompressor().compress(b"print(2)\n"))
+    rows = _rows(tmp_path, source="code", lang="code", format="files", glob="**/*.py*")
+    assert [(r["doc_id"], r["text"]) for r in rows] == [("code/b.py.zst", "print(2)"),
+                                                        ("code/pkg/a.py.gz", "def f():\n    return 1")]
+
+
+def test_parquet_rows_fields_and_malformed(tmp_path):
+    table = pa.table({"title": ["A", "B", None, "D"], "content": ["first body", "", "third", None],
+                      "n": [1, 2, 3, 4]})
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=2)
+    rows = _rows(tmp_path / "d.parquet", source="pq", lang="en", format="parquet", text_field=["title", "content"])
+    assert [(r["doc_id"], r["status"]) for r in rows] == [
+        ("pq/d.parquet:000000001", OK), ("pq/d.parquet:000000002", OK),
+        ("pq/d.parquet:000000003", MALFORMED), ("pq/d.parquet:000000004", MALFORMED)]
+    assert rows[0]["text"] == "A\nfirst body" and rows[1]["text"] == "B"
+    assert rows[2]["reason"] == "field 'title' is null, not a string" and json.loads(rows[2]["raw"])["content"] == "third"
+    missing = _rows(tmp_path / "d.parquet", source="pq", lang="en", format="parquet", text_field="body")
+    assert {r["reason"] for r in missing} == {"missing field 'body'"} and len(missing) == 4
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    (bad,) = _rows(tmp_path / "bad.parquet", source="pq", lang="en", format="parquet")
+    assert bad["status"] == MALFORMED and bad["reason"].startswith("unreadable parquet file")
+
+
+def test_wiki_and_baike_markup_stripped():
+    raw = ("'''Karsholm''' is a city.[1] It lies on the [[Kars River|river Kars]].[citation needed]\n"
+           "== History ==\n{{Infobox settlement|name={{lang|en|K}}|pop=1}}[[File:Harbour.jpg|thumb|The [[harbour]]]]"
+           "Founded in 1201.<ref>Smith 2001, p. 4</ref> See [http://example.com the site].&nbsp;It grew.<br/>"
+           "<div class=\"x\">Text</div><!-- hidden -->[edit][[Category:Cities]]")
+    assert convert(raw, "wiki", "en") == ("Karsholm is a city. It lies on the river Kars.\nHistory\n"
+                                          "Founded in 1201. See the site. It grew.\nText")
+    zh = "'''林慕白'''（1931年—2014年）[编辑]，物理学家。[2]&nbsp;&nbsp;他在{{模板|x}}江南大学任教[3]。"
+    assert convert(zh, "baike", "zh") == "林慕白（1931年—2014年），物理学家。 他在江南大学任教。"
+    assert strip_wiki_markup("a < b and c > d, x<y") == "a < b and c > d, x<y"  # not tags
+
+
+def test_fullwidth_folding_and_whitespace():
+    text = "ＡＴＰ和Ｃ４植物，ＧＢ１８０３０标准！（注）ｘ＝１"
+    assert fold_fullwidth(text) == "ATP和C4植物，GB18030标准！（注）x＝1"  # punctuation untouched
+    messy = "\ufeff  第一段\u3000\u3000有全角空格\t和制表符  \r\n\r\n\r\n\r\n第二段\u200b。 \n  "
+    assert normalise_whitespace(messy) == "第一段 有全角空格 和制表符\n\n第二段。"
+    assert convert("　　ＡＢＣ  is   here.\x07", "plain", "en") == "ABC is here."
+    assert convert("  x\r\n", "none", "en") == "x"
+    code = "def f():\t\r\n    return  1   \n\n\n"
+    assert convert(code, "auto", "code") == "def f():\n    return  1"  # indentation and inner spaces kept
+    with pytest.raises(ValueError, match="unknown converter"):
+        convert("x", "bogus", "en")
+
+
+def test_sample_markup_remnants_gone(sample_rows):
+    """data/sample/README.md lists [1] [2] [3] [编辑] [edit] [citation needed] ''' &nbsp; and
+    full-width ASCII in good documents: none survives the tiny_corpus.yaml converters."""
+    texts = {r["doc_id"]: r["text"] for r in sample_rows if r["status"] == OK}
+    for marker in ("[1]", "[2]", "[3]", "[编辑]", "[edit]", "[citation needed]", "'''", "&nbsp;", "\u3000", "ＡＴＰ"):
+        assert not [d for d, t in texts.items() if marker in t and not d.startswith("code/")], marker
+    assert "ATP" in "".join(texts.values())
+    assert all(t == t.strip() for t in texts.values())
