@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         "# Corpus pipeline benchmark",
         "",
         f"Command: `.venv/bin/python benchmarks/corpus_pipeline.py --mb {args.mb:g} --seed {args.seed} "
-        f"--cpus {args.cpus} --subset {args.subset} --threshold {args.threshold}`",
+        f"--cpus {args.cpus} --repeat {args.repeat} --subset {args.subset} --threshold {args.threshold}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores ({platform.processor() or platform.platform()}), "
         f"load average at the end {os.getloadavg()[0]:.1f}; effective cores for two CPU-bound processes "
