@@ -11,24 +11,13 @@ The 13B recipe on 3 x 8 V100: jobs/configs/zhixi-13b-v100.yaml on cluster/v100.y
 """
 from __future__ import annotations
 
-import json
-import sys
-
-from knowlm_ray.config import ConfigError, PretrainConfig, parse_job_args
-from knowlm_ray.runtime import init_ray
+from knowlm_ray.config import PretrainConfig
+from knowlm_ray.runtime import run_job
 from knowlm_ray.train.pretrain import run
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_job_args(PretrainConfig, argv, description=__doc__)
-    init_ray()
-    try:
-        summary = run(cfg)
-    except ConfigError as exc:  # bad path, bad data, bad DeepSpeed config: one line, exit 2
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
-    return summary
+    return run_job(PretrainConfig, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,25 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512):
         ray.init(num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
                  object_store_memory=object_store_mb * 2**20, runtime_env=runtime_env)
     return ray
+
+
+def run_job(cfg_cls, run, argv: list[str] | None = None, description: str = "") -> dict:
+    """The body of every training recipe in jobs/: parse the config, start Ray, run, print.
+
+    A ConfigError raised by ``run`` (bad path, bad data, bad DeepSpeed config) is one line on
+    stderr and exit status 2, never a traceback.
+    """
+    import json
+    import sys
+
+    from knowlm_ray.config import ConfigError, parse_job_args
+
+    cfg = parse_job_args(cfg_cls, argv, description=description)
+    init_ray()
+    try:
+        summary = run(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
+    return summary
