@@ -20,7 +20,8 @@ import sys
 
 from knowlm_ray.runtime import set_default_env
 
-COMMAND_MODULES = ("knowlm_ray.models.weights_cli", "knowlm_ray.ie.cli")
+COMMAND_MODULES = ("knowlm_ray.models.weights_cli", "knowlm_ray.ie.cli", "knowlm_ray.corpus.cli",
+                   "knowlm_ray.train.cli", "knowlm_ray.clients.cli")
 
 
 def _init_tiny(a: argparse.Namespace) -> None:

@@ -1,0 +1,1 @@
+"""Clients of a running knowlm server: terminal chat and a web UI."""
