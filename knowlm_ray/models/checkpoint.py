@@ -29,7 +29,7 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -379,6 +379,36 @@ class ShardedWriter:
     def abort(self) -> None:
         if self._cur is not None:
             self._cur.abort()
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, unit="tensor", disable=None, leave=False)
+
+
+def write_shards(directory: Path, shards: list[list[tuple[str, torch.dtype, tuple[int, ...]]]],
+                 produce: Callable[[str, torch.dtype], torch.Tensor], desc: str | None = None) -> dict[str, str]:
+    """Stream every planned tensor, in plan order, as ``produce(name, dtype)`` returns it, into
+    ``directory`` (ShardedWriter); returns the files' sha256. Only one produced tensor is alive at a
+    time; on failure the partial file is removed (the staged directory around it goes too)."""
+    writer = ShardedWriter(directory, shards)
+    bar = _progress(sum(map(len, shards)), desc) if desc else None
+    try:
+        for plan in shards:
+            for name, dt, _shape in plan:
+                writer.write(name, produce(name, dt).to(dt))
+                if bar is not None:
+                    bar.update(1)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 class Checkpoint:

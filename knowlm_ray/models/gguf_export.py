@@ -53,6 +53,15 @@ def unpermute_qk(w, n_head: int):
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _permute_for_llama_cpp(t, hf_name: str, hp: dict):
+    """q_proj / k_proj rows (of a weight or a LoRA B) into llama.cpp's order; other tensors as they are."""
+    if hf_name.endswith("q_proj.weight"):
+        return permute_qk(t, hp["n_head"])
+    if hf_name.endswith("k_proj.weight"):
+        return permute_qk(t, hp["n_kv"])
+    return t
+
+
 def _hparams(cfg: dict) -> dict:
     arch = (cfg.get("architectures") or [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}.get(
         cfg.get("model_type"), f"model_type {cfg.get('model_type')!r}")])[0]
@@ -267,12 +276,7 @@ def export_gguf(model: str | Path, out: str | Path, outtype: str = "f16", name: 
 
         def produce(item):
             gname, _shape, qtype, hf_name = item
-            t = ckpt.read(hf_name)
-            if hf_name.endswith("q_proj.weight"):
-                t = permute_qk(t, hp["n_head"])
-            elif hf_name.endswith("k_proj.weight"):
-                t = permute_qk(t, hp["n_kv"])
-            return _convert(gguf, t, qtype)
+            return _convert(gguf, _permute_for_llama_cpp(ckpt.read(hf_name), hf_name, hp), qtype)
 
         size = _write_streaming(gguf, out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA], add_kv, plan, produce)
     return {"out": str(out), "outtype": outtype, "tensors": len(plan), "bytes": size, "vocab": len(tokens),
@@ -337,12 +341,8 @@ def export_lora_gguf(adapter: str | Path, base: str | Path, out: str | Path, out
         def produce(item):
             _gname, _shape, qtype, (hf_name, src, kind) = item
             t = ckpt.read(src).to(torch.float32)
-            if kind == "lora_B":
-                # B's rows are the layer's output rows: permuted like the base q/k weights
-                if hf_name.endswith("q_proj.weight"):
-                    t = permute_qk(t, hp["n_head"])
-                elif hf_name.endswith("k_proj.weight"):
-                    t = permute_qk(t, hp["n_kv"])
+            if kind == "lora_B":  # B's rows are the layer's output rows: permuted like the base q/k weights
+                t = _permute_for_llama_cpp(t, hf_name, hp)
             return _convert(gguf, t, qtype)
 
         size = _write_streaming(gguf, out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA], add_kv, plan, produce)

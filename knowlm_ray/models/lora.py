@@ -6,7 +6,9 @@ the base model is read one tensor at a time (``checkpoint.Checkpoint``), each Lo
 ``W += (alpha / r) * B @ A`` (``alpha / sqrt(r)`` with rsLoRA; transposed for ``fan_in_fan_out``
 layers and for embeddings, as peft does), tensors the adapter saved whole (``modules_to_save``,
 resized embeddings) replace the base's, and every output tensor is streamed to disk. Peak memory:
-a few tensors, not the model.
+a few tensors, not the model. Several adapters (``--lora L1 --lora L2``) are folded in that order in
+the same single pass, each onto the result of the ones before, as peft's merge_and_unload applied
+once per adapter would.
 
 Refused with a message naming the tensor: an adapter without LoRA weights or with empty tensors
 (the 443-byte ``adapter_model.bin`` of alpaca-lora's state_dict patch, a ZeRO-3 save of shards),
@@ -16,16 +18,18 @@ adapter features the plain formula does not cover (DoRA, LoRA biases, trainable 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from knowlm_ray.models.checkpoint import (ADAPTER_LAYOUTS, TOKENIZER_FILES, Checkpoint, ShardedWriter, WeightsError,
-                                          check_out, copy_side_files, parse_dtype, single_threaded, staged_dir,
-                                          write_config, write_manifest)
+from knowlm_ray.models.checkpoint import (ADAPTER_LAYOUTS, TOKENIZER_FILES, Checkpoint, WeightsError, check_out,
+                                          copy_side_files, parse_dtype, single_threaded, staged_dir, write_config,
+                                          write_manifest, write_shards)
 
 
 class MergeError(WeightsError):
@@ -144,36 +148,34 @@ def _tokenizer_size(tok_dir: Path) -> int | None:
     return len(AutoTokenizer.from_pretrained(tok_dir))
 
 
-@single_threaded()
-def merge_lora(base: str | Path, lora: str | Path, out: str | Path, dtype: str = "float32") -> Path:
-    """base + adapter -> merged HF dir (safetensors shards + index + tokenizer), written atomically."""
-    import torch
+@dataclass
+class _Adapter:
+    """One adapter of the chain: its files, config and which base tensors it replaces or updates."""
 
-    base, lora, out = Path(base), Path(lora), Path(out)
-    check_out(out, base, lora)
-    acfg = _check_inputs(base, lora)
-    out_dtype = parse_dtype(dtype)
-    fan_in_fan_out = bool(acfg.get("fan_in_fan_out"))
-    rslora = bool(acfg.get("use_rslora"))
-    B, A = Checkpoint(base, what="base model"), Checkpoint(lora, ADAPTER_LAYOUTS, what="LoRA adapter")
-    with B, A:
-        plan = _plan(A, acfg)
-        binfo, ainfo = B.infos(), A.infos()
+    dir: Path
+    cfg: dict
+    ckpt: Checkpoint
+    plan: _Plan = field(default_factory=_Plan)
+    changed: bool = False  # some lora_B is non-zero
+
+    def check_shapes(self, shapes: dict[str, tuple[int, ...]], base_names: set[str]) -> list[str]:
+        """Problems fitting this adapter onto tensors of ``shapes``; updates ``shapes`` to what it leaves."""
+        info = self.ckpt.infos()
+        fan_in_fan_out = bool(self.cfg.get("fan_in_fan_out"))
         problems = []
-        shapes: dict[str, tuple[int, ...]] = {n: ti.shape for n, ti in binfo.items()}
-        for target, src in plan.replace.items():
-            if target not in binfo:
+        for target, src in self.plan.replace.items():
+            if target not in base_names:
                 problems.append(f"adapter tensor {src} replaces {target}, which the base model does not have")
                 continue
-            have, new = binfo[target].shape, ainfo[src].shape
+            have, new = shapes[target], info[src].shape
             if have != new and not (VOCAB_TENSORS.search(target) and have[1:] == new[1:]):
                 problems.append(f"adapter tensor {src} has shape {list(new)} but {target} in the base is {list(have)}")
             shapes[target] = new
-        for target, t in plan.lora.items():
-            if target not in binfo:
+        for target, t in self.plan.lora.items():
+            if target not in base_names:
                 problems.append(f"adapter targets {target}, which the base model does not have")
                 continue
-            a, b = ainfo[t.A].shape, ainfo[t.B].shape
+            a, b = info[t.A].shape, info[t.B].shape
             w = shapes[target]
             if t.embedding:  # lora_embedding_A: (r, num_embeddings), lora_embedding_B: (dim, r)
                 want = (a[1], b[0]) if len(a) == 2 and len(b) == 2 and a[0] == b[1] else None
@@ -184,9 +186,64 @@ def merge_lora(base: str | Path, lora: str | Path, out: str | Path, dtype: str =
             if want != tuple(w):
                 problems.append(f"LoRA matrices for {target} have shapes A {list(a)} / B {list(b)}, which do not fit "
                                 f"the base tensor's {list(w)}")
-        if problems:
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise MergeError(f"{'; '.join(problems[:3])}{more}. Is --base the model this adapter was trained on?")
+        return problems
+
+    def add_lora(self, name: str, w):
+        """``w`` (the tensor ``name`` so far) plus this adapter's ``scale * B @ A``."""
+        import torch
+
+        t = self.plan.lora.get(name)
+        if t is None:
+            return w
+        a = self.ckpt.read(t.A).to(torch.float32)
+        b = self.ckpt.read(t.B).to(torch.float32)
+        r = a.shape[0]
+        scale = _alpha(self.cfg, name[: -len(".weight")]) / (math.sqrt(r) if self.cfg.get("use_rslora") else r)
+        self.changed = self.changed or bool(b.any())
+        w = w.to(torch.float32) if w.dtype != torch.float32 else w
+        if t.embedding or self.cfg.get("fan_in_fan_out"):
+            w.addmm_(a.T, b.T, alpha=scale)  # (B @ A).T
+        else:
+            w.addmm_(b, a, alpha=scale)
+        return w
+
+
+def _as_paths(lora: str | Path | Sequence[str | Path]) -> list[Path]:
+    paths = [Path(lora)] if isinstance(lora, (str, Path)) else [Path(x) for x in lora]
+    if not paths:
+        raise MergeError("no LoRA adapter given: pass at least one --lora")
+    return paths
+
+
+@single_threaded()
+def merge_lora(base: str | Path, lora: str | Path | Sequence[str | Path], out: str | Path,
+               dtype: str = "float32") -> Path:
+    """base + adapter(s) -> merged HF dir (safetensors shards + index + tokenizer), written atomically.
+
+    Several adapters are folded in the order given, each onto the result of the ones before (as
+    peft's ``merge_and_unload`` once per adapter): each base tensor is read once, every adapter's
+    update is added to it, and it is written out, so memory stays at a tensor plus its LoRA factors.
+    """
+    base, out = Path(base), Path(out)
+    loras = _as_paths(lora)
+    check_out(out, base, *loras)
+    cfgs = [_check_inputs(base, d) for d in loras]
+    out_dtype = parse_dtype(dtype)
+    with contextlib.ExitStack() as stack:
+        B = stack.enter_context(Checkpoint(base, what="base model"))
+        adapters = [_Adapter(d, c, stack.enter_context(Checkpoint(d, ADAPTER_LAYOUTS, what=f"LoRA adapter {d}")))
+                    for d, c in zip(loras, cfgs)]
+        binfo = B.infos()
+        shapes: dict[str, tuple[int, ...]] = {n: ti.shape for n, ti in binfo.items()}
+        for k, ad in enumerate(adapters):
+            ad.plan = _plan(ad.ckpt, ad.cfg)
+            problems = ad.check_shapes(shapes, set(binfo))
+            if problems:
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                hint = ("Is --base the model this adapter was trained on?" if k == 0 else
+                        f"Was it trained on --base merged with the adapters before it "
+                        f"({', '.join(str(a.dir) for a in adapters[:k])})?")
+                raise MergeError(f"adapter {ad.dir}: {'; '.join(problems[:3])}{more}. {hint}")
 
         # vocabulary: every vocab-sized tensor, the config and the tokenizer must agree
         cfg = json.loads((base / "config.json").read_text())
@@ -200,48 +257,35 @@ def merge_lora(base: str | Path, lora: str | Path, out: str | Path, dtype: str =
                 raise MergeError(f"the merged model would have inconsistent vocabulary sizes ({detail}): the adapter "
                                  "must save every vocabulary-sized module (embed_tokens and lm_head) when it resizes them")
             v_out = sizes.pop()
-        tok_dir = lora if any((lora / f).is_file() for f in ("tokenizer.json", "tokenizer.model")) else base
+        # the tokenizer of the last adapter that ships one (it resized the vocabulary last), else the base's
+        tok_dir = next((d for d in reversed(loras) if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))),
+                       base)
         v_tok = _tokenizer_size(tok_dir)
         if v_tok is not None and v_out is not None and v_tok != v_out:
             raise MergeError(f"the tokenizer in {tok_dir} has {v_tok} tokens but the merged model's embeddings have "
                              f"{v_out} rows (base config vocab_size {v_base}): mixing tokenizers gives garbage output. "
                              "Use the tokenizer the adapter was trained with")
 
+        def produce(name: str, _dt):
+            # start at the last adapter that saved this tensor whole (modules_to_save): what came before
+            # it is overwritten, so it is never read
+            last = max((k for k, ad in enumerate(adapters) if name in ad.plan.replace), default=None)
+            w = B.read(name) if last is None else adapters[last].ckpt.read(adapters[last].plan.replace[name])
+            for ad in adapters[last or 0:]:
+                w = ad.add_lora(name, w)
+            return w
+
         shards = [[(n, out_dtype or binfo[n].dtype, shapes[n]) for n in names] for names in B.shards()]
-        zero_b = bool(plan.lora)
         with staged_dir(out) as tmp:
-            writer = ShardedWriter(tmp, shards)
-            try:
-                for names in shards:
-                    for name, dt, _shape in names:
-                        w = A.read(plan.replace[name]) if name in plan.replace else B.read(name)
-                        t = plan.lora.get(name)
-                        if t is not None:
-                            a = A.read(t.A).to(torch.float32)
-                            b = A.read(t.B).to(torch.float32)
-                            r = a.shape[0]
-                            module = name[: -len(".weight")]
-                            scale = _alpha(acfg, module) / (math.sqrt(r) if rslora else r)
-                            zero_b = zero_b and not bool(b.any())
-                            w = w.to(torch.float32) if w.dtype != torch.float32 else w
-                            if t.embedding or fan_in_fan_out:
-                                w.addmm_(a.T, b.T, alpha=scale)  # (B @ A).T
-                            else:
-                                w.addmm_(b, a, alpha=scale)
-                            del a, b
-                        writer.write(name, w.to(dt))
-                        del w
-                sums = writer.close()
-            except BaseException:
-                writer.abort()
-                raise
+            sums = write_shards(tmp, shards, produce)
             first = next((p[0][1] for p in shards if p), None)
             updates = {"vocab_size": v_out} if v_out is not None and v_out != v_base else {}
             write_config(base, tmp, dtype=first, **updates)
             copy_side_files(base, tmp, ("generation_config.json",))
             copy_tokenizer(tok_dir, tmp)
             write_manifest(tmp, sums)
-    if zero_b:
-        warnings.warn(f"every lora_B matrix in {lora} is zero: the merge changed nothing (an untrained adapter?)",
-                      stacklevel=2)
+    for ad in adapters:
+        if ad.plan.lora and not ad.changed:
+            warnings.warn(f"every lora_B matrix in {ad.dir} is zero: the merge changed nothing (an untrained adapter?)",
+                          stacklevel=2)
     return out

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from knowlm_ray.models.checkpoint import (MANIFEST, Checkpoint, ShardedWriter, WeightsError, check_manifest, check_out,
+from knowlm_ray.models.checkpoint import (MANIFEST, Checkpoint, WeightsError, check_manifest, check_out,
                                           copy_side_files, dtype_name, parse_dtype, read_manifest, single_threaded, staged_dir,
-                                          write_config, write_manifest)
+                                          write_config, write_manifest, write_shards)
 
 DIFF_META = "knowlm_diff.json"
 DIFF_FORMAT = "knowlm-ray-diff/1"
@@ -152,14 +152,6 @@ def _refuse(problems: list[str], hint: str) -> None:
         raise WeightsError(f"{'; '.join(problems[:3])}{more}. {hint}")
 
 
-def _progress(total: int, desc: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, unit="tensor", disable=None, leave=False)
-
-
 @single_threaded()
 def make_diff(raw: str | Path, tuned: str | Path, out: str | Path, dtype: str | None = None) -> dict:
     """diff = tuned - raw, written as a model directory with fingerprints and a checksum manifest."""
@@ -177,37 +169,27 @@ def make_diff(raw: str | Path, tuned: str | Path, out: str | Path, dtype: str | 
         total = {"raw": 0.0, "tuned": 0.0}
         inexact = 0
         max_err = 0.0
-        bar = _progress(sum(map(len, shards)), "diff")
+
+        def produce(name: str, dt: torch.dtype) -> torch.Tensor:
+            nonlocal inexact, max_err
+            t = T.read(name)
+            st = tensor_stats(t)
+            raw_acc = _Acc()
+            # diff = tuned - raw, raw streamed in chunks; check=t counts what KnowLM's format
+            # cannot give back exactly (e.g. a tuned value ~0 next to a large raw value)
+            d, n_bad, err = _chunked_add(t, R.iter_chunks(name, CHUNK), dt, -1.0, check=t, b_acc=raw_acc)
+            sr = raw_acc.stats()
+            total["raw"] += sr.knowlm_sum
+            total["tuned"] += st.knowlm_sum
+            inexact += n_bad
+            max_err = max(max_err, err)
+            meta["tensors"][name] = {"shape": list(d.shape), "raw_dtype": dtype_name(rinfo[name].dtype),
+                                     "tuned_dtype": dtype_name(tinfo[name].dtype), "raw": sr.as_list(),
+                                     "tuned": st.as_list()}
+            return d
+
         with staged_dir(out) as tmp:
-            writer = ShardedWriter(tmp, shards)
-            try:
-                for plan in shards:
-                    for name, dt, _shape in plan:
-                        t = T.read(name)
-                        st = tensor_stats(t)
-                        raw_acc = _Acc()
-                        # diff = tuned - raw, raw streamed in chunks; check=t counts what KnowLM's format
-                        # cannot give back exactly (e.g. a tuned value ~0 next to a large raw value)
-                        d, n_bad, err = _chunked_add(t, R.iter_chunks(name, CHUNK), dt, -1.0, check=t, b_acc=raw_acc)
-                        sr = raw_acc.stats()
-                        total["raw"] += sr.knowlm_sum
-                        total["tuned"] += st.knowlm_sum
-                        inexact += n_bad
-                        max_err = max(max_err, err)
-                        meta["tensors"][name] = {"shape": list(d.shape), "raw_dtype": dtype_name(rinfo[name].dtype),
-                                                 "tuned_dtype": dtype_name(tinfo[name].dtype), "raw": sr.as_list(),
-                                                 "tuned": st.as_list()}
-                        writer.write(name, d)
-                        del t, d
-                        if bar is not None:
-                            bar.update(1)
-                sums = writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
+            sums = write_shards(tmp, shards, produce, "diff")
             meta.update(raw_sum=total["raw"], tuned_sum=total["tuned"],
                         tuned_dtype=dtype_name(next(iter(tinfo.values())).dtype) if tinfo else None,
                         inexact_elements=inexact, max_abs_error=max_err)
@@ -282,47 +264,37 @@ def recover(raw: str | Path, diff: str | Path, out: str | Path, expect_sum: floa
             if IGNORED.search(n) and n in rinfo:
                 ignored_sum += tensor_stats(R.read(n).float() + D.read(n).float()).knowlm_sum
         total = ignored_sum
-        bar = _progress(sum(map(len, shards)), "recover")
+
+        def produce(name: str, dt: torch.dtype) -> torch.Tensor:
+            nonlocal total
+            r = R.read(name)
+            rec = meta["tensors"].get(name) if meta else None
+            if rec is not None:
+                sr = tensor_stats(r)
+                raw_dt = parse_dtype(rec["raw_dtype"])
+                tol = 1e-6 * sr.l2 if raw_dt == r.dtype else 8 * _eps(raw_dt, r.dtype) * sr.l2
+                if not _same(sr, rec["raw"][1], rec["raw"][2], tol + 1e-30):
+                    raise WeightsError(
+                        f"raw tensor {name} is not the one this diff was made from (sum {sr.sum:.6g} vs "
+                        f"{rec['raw'][1]:.6g}, norm {sr.l2:.6g} vs {rec['raw'][2]:.6g}): wrong --raw model?")
+            t, _, _ = _chunked_add(r, D.iter_chunks(name, CHUNK), dt)
+            del r
+            st = tensor_stats(t)
+            if not (math.isfinite(st.sum) and math.isfinite(st.l2)):
+                raise WeightsError(f"recovered tensor {name} has NaN or Inf values: corrupted diff or raw model")
+            total += st.knowlm_sum
+            if rec is not None:
+                tdt = parse_dtype(rec["tuned_dtype"])
+                tol = 8 * _eps(tdt, dt, dinfo[name].dtype) * (st.l2 + abs(rec["raw"][2])) + 1e-6 * st.l2
+                if not _same(st, rec["tuned"][1], rec["tuned"][2], tol):
+                    raise WeightsError(
+                        f"recovered tensor {name} does not match the tuned model the diff was made from "
+                        f"(sum {st.sum:.6g} vs {rec['tuned'][1]:.6g}, norm {st.l2:.6g} vs "
+                        f"{rec['tuned'][2]:.6g}): corrupted diff?")
+            return t
+
         with staged_dir(out) as tmp:
-            writer = ShardedWriter(tmp, shards)
-            try:
-                for plan in shards:
-                    for name, dt, _shape in plan:
-                        r = R.read(name)
-                        rec = meta["tensors"].get(name) if meta else None
-                        if rec is not None:
-                            sr = tensor_stats(r)
-                            raw_dt = parse_dtype(rec["raw_dtype"])
-                            tol = 1e-6 * sr.l2 if raw_dt == r.dtype else 8 * _eps(raw_dt, r.dtype) * sr.l2
-                            if not _same(sr, rec["raw"][1], rec["raw"][2], tol + 1e-30):
-                                raise WeightsError(
-                                    f"raw tensor {name} is not the one this diff was made from (sum {sr.sum:.6g} vs "
-                                    f"{rec['raw'][1]:.6g}, norm {sr.l2:.6g} vs {rec['raw'][2]:.6g}): wrong --raw model?")
-                        t, _, _ = _chunked_add(r, D.iter_chunks(name, CHUNK), dt)
-                        del r
-                        st = tensor_stats(t)
-                        if not (math.isfinite(st.sum) and math.isfinite(st.l2)):
-                            raise WeightsError(f"recovered tensor {name} has NaN or Inf values: corrupted diff or raw model")
-                        total += st.knowlm_sum
-                        if rec is not None:
-                            tdt = parse_dtype(rec["tuned_dtype"])
-                            tol = 8 * _eps(tdt, dt, dinfo[name].dtype) * (st.l2 + abs(rec["raw"][2])) + 1e-6 * st.l2
-                            if not _same(st, rec["tuned"][1], rec["tuned"][2], tol):
-                                raise WeightsError(
-                                    f"recovered tensor {name} does not match the tuned model the diff was made from "
-                                    f"(sum {st.sum:.6g} vs {rec['tuned'][1]:.6g}, norm {st.l2:.6g} vs "
-                                    f"{rec['tuned'][2]:.6g}): corrupted diff?")
-                        writer.write(name, t)
-                        del t
-                        if bar is not None:
-                            bar.update(1)
-                sums = writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
+            sums = write_shards(tmp, shards, produce, "recover")
             expected = expect_sum if expect_sum is not None else (meta or {}).get("tuned_sum")
             if expected is not None:
                 tol = sum_tol if sum_tol is not None else default_sum_tol(expected)

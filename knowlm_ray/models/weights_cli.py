@@ -3,7 +3,7 @@
     knowlm weights download --repo ID --out DIR [--revision R] [--include PATTERN ...] [--token T]
     knowlm weights diff --raw R --tuned T --out D [--dtype float16]
     knowlm weights recover --raw R --diff D --out T [--expect-sum X] [--sum-tol E]
-    knowlm weights merge-lora --base B --lora L --out M [--dtype float16]
+    knowlm weights merge-lora --base B --lora L [--lora L2 ...] --out M [--dtype float16]
     knowlm weights verify DIR [--write-manifest] [--load]
     knowlm weights export-gguf --model M --out F.gguf [--outtype f16|q8_0|f32]
 """
@@ -38,7 +38,7 @@ def _merge_lora(a: argparse.Namespace) -> None:
     from knowlm_ray.models.lora import merge_lora
 
     out = merge_lora(a.base, a.lora, a.out, dtype=a.dtype)
-    print(f"merged model written to {out}")
+    print(f"merged model ({len(a.lora)} adapter{'s' if len(a.lora) > 1 else ''}) written to {out}")
 
 
 def _diff(a: argparse.Namespace) -> None:
@@ -112,9 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
                        ).add_subparsers(dest="wcmd", required=True)
 
-    p = w.add_parser("merge-lora", help="fold a LoRA adapter into its base model (streamed, shard by shard)")
+    p = w.add_parser("merge-lora", help="fold LoRA adapter(s) into their base model (streamed, shard by shard)")
     p.add_argument("--base", required=True)
-    p.add_argument("--lora", required=True)
+    p.add_argument("--lora", required=True, action="append", metavar="DIR",
+                   help="peft adapter; repeat to fold several in this order, each onto the result of the ones before")
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default="float32", choices=DTYPES + ["auto"],
                    help="output dtype (auto: keep the base model's)")

@@ -1,8 +1,37 @@
-"""Command group registered on the `knowlm` parser (filled in by its owner)."""
+"""`knowlm plot RUN_DIR [--out PNG] [--size WxH]`: training curves (registered by knowlm_ray.cli).
+
+Imports stay lazy so `knowlm --help` does not load matplotlib.
+"""
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+
+
+def _size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels (e.g. 1200x900), got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def _plot(a: argparse.Namespace) -> None:
+    from knowlm_ray.train.plot import PlotError, plot_run
+
+    try:
+        out, drawn = plot_run(a.run_dir, a.out, size=a.size)
+    except PlotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    steps = drawn["loss"][0]
+    print(f"{len(steps)} steps ({int(steps[0])}..{int(steps[-1])}) plotted to {out}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's subcommands to `knowlm`."""
+    p = sub.add_parser("plot", help="draw loss, learning-rate and throughput curves of a training run to PNG")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training output_dir (holds metrics.jsonl)")
+    p.add_argument("--out", help="PNG file to write (default RUN_DIR/metrics.png)")
+    p.add_argument("--size", type=_size, default=(1200, 900), metavar="WxH", help="image size in pixels")
+    p.set_defaults(fn=_plot)

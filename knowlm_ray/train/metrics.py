@@ -14,16 +14,28 @@ import time
 from pathlib import Path
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_metrics(path: str | Path, strict: bool = False) -> list[dict]:
+    """The records of a metrics file ([] if it is missing). Unreadable lines are skipped; with
+    ``strict`` only a torn *last* line is (a killed run), any other raises ValueError naming it."""
     p = Path(path)
     if not p.exists():
         return []
+    lines = p.read_text(encoding="utf-8").splitlines()
     out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if strict and i < len(lines):
+                raise ValueError(f"{p}:{i}: not a JSON record ({exc.msg})") from None
             continue  # a line torn by a killed process
+        if not isinstance(rec, dict):
+            if strict:
+                raise ValueError(f"{p}:{i}: expected a JSON object, got {type(rec).__name__}")
+            continue
+        out.append(rec)
     return out
 
 

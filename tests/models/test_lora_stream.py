@@ -168,3 +168,60 @@ def test_untrained_adapter_warns(base, tmp_path):
         merge_lora(base, tmp_path / "ad", tmp_path / "out", dtype="auto")
     want, got = read_all(base), read_all(tmp_path / "out")
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_two_adapters_equal_peft_merging_one_after_the_other(base, tmp_path, capsys):
+    """Adapter 2 was trained on base + adapter 1; both touch q_proj, and adapter 1 saves lm_head whole
+    (modules_to_save) which adapter 2 then puts a LoRA on."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from knowlm_ray.cli import main
+
+    m1 = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed_tokens"], modules_to_save=["lm_head"],
+        task_type="CAUSAL_LM"))
+    _randomize_lora(m1, 11)
+    m1.save_pretrained(tmp_path / "ad1")
+    stage1 = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "ad1").merge_and_unload()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    q_stage1 = stage1.state_dict()[q].clone()
+    m2 = get_peft_model(stage1, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "down_proj", "lm_head"],
+                                           task_type="CAUSAL_LM"))
+    _randomize_lora(m2, 12)
+    m2.save_pretrained(tmp_path / "ad2")
+
+    reference = AutoModelForCausalLM.from_pretrained(base)
+    for ad in ("ad1", "ad2"):
+        reference = PeftModel.from_pretrained(reference, tmp_path / ad).merge_and_unload()
+    main(["weights", "merge-lora", "--base", str(base), "--lora", str(tmp_path / "ad1"), "--lora",
+          str(tmp_path / "ad2"), "--out", str(tmp_path / "out"), "--dtype", "auto"])
+    assert "(2 adapters)" in capsys.readouterr().out
+    _assert_same(tmp_path / "out", reference.state_dict())
+    assert len(list((tmp_path / "out").glob("model-*.safetensors"))) == 3
+    # both adapters really changed q_proj: merging only the first gives something else
+    assert not torch.allclose(read_all(tmp_path / "out")[q], q_stage1, atol=1e-4)
+
+
+def test_second_adapter_for_another_model_names_adapter_and_tensor(base, tmp_path, small_cfg):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from knowlm_ray.models.lora import MergeError, merge_lora
+
+    from .conftest import llama_config
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                   LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(good)
+    other_cfg = llama_config(small_cfg.vocab_size, hidden=96)
+    other = save_checkpoint(tmp_path / "other", random_state_dict(other_cfg, seed=0), other_cfg)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(other),
+                   LoraConfig(r=4, target_modules=["o_proj"], task_type="CAUSAL_LM")).save_pretrained(bad)
+    with pytest.raises(MergeError, match=rf"adapter {bad}: LoRA matrices for model\.layers\.\d\.self_attn\.o_proj\.weight"
+                                         rf" have shapes A \[4, 96\] / B \[96, 4\].* base tensor's \[64, 64\].*"
+                                         rf"adapters before it \({good}\)"):
+        merge_lora(base, [good, bad], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(MergeError, match="at least one --lora"):
+        merge_lora(base, [], tmp_path / "o")

@@ -40,15 +40,16 @@ def big(tmp_path_factory):
     return root, largest, total
 
 
-@pytest.mark.parametrize("op", ["recover", "merge-lora"])
+@pytest.mark.parametrize("op", ["recover", "merge-lora", "merge-lora-x2"])
 def test_peak_rss_bounded_by_largest_shard(big, op):
     root, largest, total = big
     if op == "recover":
         imports = "from knowlm_ray.models.weight_diff import recover"
         work = f"recover({str(root / 'raw')!r}, {str(root / 'diff')!r}, {str(root / 'out_rec')!r})"
-    else:
+    else:  # x2: the adapter folded in twice, both streamed in the same pass
         imports = "from knowlm_ray.models.lora import merge_lora"
-        work = f"merge_lora({str(root / 'raw')!r}, {str(root / 'adapter')!r}, {str(root / 'out_merge')!r})"
+        adapters = [str(root / "adapter")] * (2 if op.endswith("x2") else 1)
+        work = f"merge_lora({str(root / 'raw')!r}, {adapters!r}, {str(root / ('out_' + op))!r})"
     m = peak_rss(imports, work)
     print(f"{op}: model {total / MB:.1f} MB, largest shard {largest / MB:.1f} MB, "
           f"peak RSS growth {m['growth'] / MB:.1f} MB over {m['baseline'] / MB:.0f} MB after imports")

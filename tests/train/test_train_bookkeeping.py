@@ -24,6 +24,39 @@ def test_metrics_log_appends_and_resume_truncates(tmp_path):
     assert truncate_metrics(tmp_path / "missing.jsonl", 3) == 0
 
 
+def _tensorboard_scalars(directory) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} from TFRecord event files (framing parsed here, events by tensorboardX's proto)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out: dict[str, dict[int, float]] = {}
+    for f in sorted(directory.glob("events.out.tfevents.*")):
+        data, i = f.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = Event.FromString(data[i + 12:i + 12 + n])  # after length + its crc
+            i += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out
+
+
+def test_metrics_also_go_to_tensorboard_next_to_the_jsonl(tmp_path):
+    path = tmp_path / "run" / "metrics.jsonl"
+    log = MetricsLog(path, resume_step=0)
+    for step in (1, 2, 3):
+        log.log(step, loss=3.0 / step, lr=1e-3 * step, tokens_per_s=50.0 * step, grad_norm=0.25 * step)
+    log.log_eval(3, val_loss=1.5)
+    log.close()
+    rows = read_metrics(path)
+    tb = _tensorboard_scalars(path.parent / "tensorboard")
+    assert set(tb) == {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm", "eval/loss"}
+    for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
+        assert tb[f"train/{key}"] == pytest.approx({r["step"]: r[key] for r in rows if key in r}, rel=1e-6)
+    assert tb["eval/loss"] == {3: 1.5}
+
+
 def test_train_state_round_trip(tmp_path):
     state = TrainState(step=7, tag=step_tag(7), sampler={"epoch": 1, "offset": 24}, engine="deepspeed", world_size=2)
     write_train_state(tmp_path, state)
