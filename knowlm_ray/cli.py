@@ -5,10 +5,15 @@
     knowlm pretrain --config jobs/configs/tiny.yaml [key=value ...]
     knowlm finetune-lora --config jobs/configs/tiny_lora.yaml [key=value ...]
     knowlm kg2instruct --records R --schema S --out O [--seed N]
-    knowlm weights merge-lora --base B --lora L --out M
+    knowlm plot RUN_DIR [--out PNG]
+    knowlm corpus inspect DIR [--samples N]
+    knowlm corpus export-megatron DIR OUT_PREFIX
+    knowlm weights merge-lora --base B --lora L1 [--lora L2 ...] --out M
     knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
     knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
     knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P]
+    knowlm chat (--server URL | --model-dir DIR)
+    knowlm web --server URL
     knowlm demo
 """
 from __future__ import annotations

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from knowlm_ray.models.checkpoint import TOKENIZER_FILES, copy_side_files
+
 CARRY_OVER = ("metrics.jsonl", "tensorboard")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 class ExportError(RuntimeError):
@@ -24,13 +24,8 @@ class ExportError(RuntimeError):
 
 
 def copy_tokenizer(src: str | Path, dst: str | Path) -> list[str]:
-    """Copy the tokenizer files of a model dir (incl. the sentencepiece ``tokenizer.model``)."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        f = Path(src) / name
-        if f.is_file():
-            shutil.copy2(f, Path(dst) / name)
-            copied.append(name)
+    """Copy the tokenizer files of a model dir; a model without a tokenizer is an error here."""
+    copied = copy_side_files(src, dst, TOKENIZER_FILES)
     if not copied:
         raise ExportError(f"no tokenizer files in {src} (expected tokenizer.json or tokenizer.model)")
     return copied
