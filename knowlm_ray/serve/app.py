@@ -1,4 +1,5 @@
-"""The Ray Serve application: one deployment, FastAPI ingress, @serve.batch over the engine.
+"""The Ray Serve application: one deployment, FastAPI ingress, batching over the engine —
+continuous batching (``continuous.py``, the default) or ``@serve.batch`` dynamic batching.
 
 Routes: ``POST /generate`` (KnowLM), ``POST /v1/completions``, ``POST /v1/chat/completions``
 (``stream: true`` → server-sent events), ``GET /v1/models``, ``GET /healthz``. Every error is
@@ -32,10 +33,11 @@ from knowlm_ray.ie.extract import IERequestError, assemble, parse_extract_reques
 from knowlm_ray.instruct.alpaca import build_prompt
 from knowlm_ray.serve import metrics as serve_metrics
 from knowlm_ray.serve import openai_api as oai
+from knowlm_ray.serve.continuous import ContinuousBatcher
 from knowlm_ray.serve.engine import (GenerationEngine, GenerationResult, Prepared, RequestError,
                                      UnknownModelError)
 from knowlm_ray.serve.errors import error_response, install_error_handlers
-from knowlm_ray.serve.runner import Job, Overloaded, RequestTimeout, Runner
+from knowlm_ray.serve.runner import Job, Overloaded, RequestTimeout, Runner, continuous_submit
 from knowlm_ray.serve.schemas import (ChatCompletionRequest, CompletionRequest, ErrorResponse,
                                       GenerateRequest, GenerateResponse, GenerationParams)
 
@@ -79,9 +81,13 @@ class AppArgs(Strict):
     # Runs Python shipped with the model directory: only for sources you trust. Strict bool.
     trust_remote_code: bool = Field(False, strict=True)
     num_threads: int | None = Field(None, ge=1)  # torch threads per replica; default: Ray's OMP setting
-    # batching and robustness
-    max_batch_size: int = Field(8, ge=1, le=64)
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=1)
+    # batching and robustness. continuous: requests join the running batch at the next decode
+    # step, each row with its own parameters (beam search runs apart); dynamic: @serve.batch
+    # collects up to max_batch_size requests and runs them to the end as one generate per
+    # parameter group. max_batch_size bounds the rows decoded together either way.
+    batching: Literal["continuous", "dynamic"] = "continuous"
+    max_batch_size: int = Field(16, ge=1, le=64)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=1)  # dynamic only
     max_waiting_requests: int = Field(16, ge=1)
     request_timeout_s: float = Field(300.0, gt=0)
     retry_after_s: float = Field(1.0, ge=0)
@@ -198,13 +204,13 @@ def _timeout_from(request: Request | None) -> float | None:
                   autoscaling_config=DEFAULT_AUTOSCALING)
 @serve.ingress(api)
 class KnowLMServer:
-    def __init__(self, model_dir: str, model_id: str, max_batch_size: int = 8,
+    def __init__(self, model_dir: str, model_id: str, max_batch_size: int = 16,
                  batch_wait_timeout_s: float = 0.01, num_threads: int | None = None, *,
                  loras: dict[str, str] | None = None, max_loras_per_replica: int = 4,
                  device: str = "auto", dtype: str = "float32", quantization: str = "none",
                  device_map: Any = None, max_memory: dict | None = None, trust_remote_code: bool = False,
                  max_waiting_requests: int = 16, request_timeout_s: float = 300.0,
-                 retry_after_s: float = 1.0, api_key: str | None = None):
+                 retry_after_s: float = 1.0, api_key: str | None = None, batching: str = "continuous"):
         self.engine = GenerationEngine(
             model_dir, device=device, dtype=dtype, num_threads=num_threads, quantization=quantization,
             device_map=device_map, max_memory=max_memory, trust_remote_code=trust_remote_code,
@@ -220,7 +226,12 @@ class KnowLMServer:
             elif name == "cancelled":
                 self.metrics.cancelled()
 
-        self.runner = Runner(self.engine, self._generate_batch, max_waiting=max_waiting_requests,
+        if batching not in ("continuous", "dynamic"):
+            raise ValueError(f"batching must be 'continuous' or 'dynamic', got {batching!r}")
+        self.batching = batching
+        self.batcher = ContinuousBatcher(self.engine, max_batch_size) if batching == "continuous" else None
+        submit = continuous_submit(self.batcher) if self.batcher is not None else self._generate_batch
+        self.runner = Runner(self.engine, submit, max_waiting=max_waiting_requests,
                              timeout_s=request_timeout_s, retry_after_s=retry_after_s,
                              on_queue_change=self.metrics.queue_length, on_event=on_event)
         api_key = api_key or os.environ.get(API_KEY_ENV) or None
@@ -394,7 +405,8 @@ class KnowLMServer:
         return await self._complete(rows, route, timeout_s)
 
     async def get_stats(self) -> dict[str, Any]:
-        return {"metrics": self.metrics.snapshot(), "runner": dict(self.runner.counts),
+        return {"metrics": self.metrics.snapshot(), "runner": dict(self.runner.counts), "batching": self.batching,
+                "batcher": self.batcher.stats() if self.batcher is not None else None,
                 "waiting": self.runner.waiting, "engine": self.engine.describe(),
                 "adapter_loads": self.engine.adapter_loads}
 
@@ -455,6 +467,6 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         quantization=cfg.quantization, device_map=cfg.device_map, max_memory=cfg.max_memory,
         trust_remote_code=cfg.trust_remote_code, max_waiting_requests=cfg.max_waiting_requests,
         request_timeout_s=cfg.request_timeout_s, retry_after_s=cfg.retry_after_s,
-        api_key=cfg.api_key or os.environ.get(API_KEY_ENV) or None)
+        api_key=cfg.api_key or os.environ.get(API_KEY_ENV) or None, batching=cfg.batching)
     return KnowLMServer.options(**deployment_options(cfg)).bind(
         str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings)

@@ -6,10 +6,11 @@ The Serve deployment, tests and the batch-extraction job all use it the same way
 them in as few left-padded ``generate`` calls as their parameters and adapters allow;
 ``generate_batch`` does both.
 
-Every row of a batch is watched after each new token (``_RowTracker``): a row stops on its own
+Every row of a batch is watched after each new token (``RowState``): a row stops on its own
 at EOS, at its own ``max_new_tokens``, at a stop string, or when its caller went away, and its
 new text can be handed out as it is made (``RowHooks.on_text``) — so streaming, stop strings and
-cancellation work inside shared forward passes.
+cancellation work inside shared forward passes. ``continuous.ContinuousBatcher`` drives the same
+``RowState`` per row from its own decode loop, so rows join and leave a running batch.
 
 Loading (``load_model``): fp32 / fp16 / bf16; ``quantization="int8"`` is bitsandbytes 8-bit on
 CUDA and torch's dynamic int8 (``torch.ao.quantization.quantize_dynamic``) on CPU;
@@ -162,7 +163,8 @@ def load_model(path: Path, device: str, dtype: str, quantization: str = "none",
     if quantization == "int8" and device == "cpu":
         with warnings.catch_warnings():  # "torch.ao.quantization is deprecated": still the CPU path in 2.13
             warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            # in place: a copy would leave the fp32 weights resident beside the int8 ones
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     return model.eval()
 
 
@@ -424,49 +426,87 @@ class _GroupCancel:
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
-class _RowTracker:
-    """A stopping criterion that follows each row: EOS, own max_new_tokens, stop strings,
-    cancellation; decodes and streams rows that need their text. transformers pads a row it is
-    told is finished, so the other rows' tokens are exactly what they would be on their own."""
+class RowState:
+    """One row's progress through decoding: EOS, its own max_new_tokens, stop strings,
+    cancellation; decodes and streams its text when it needs to. Shared by the grouped
+    ``generate`` path (``_RowTracker``) and the continuous batcher (``continuous.py``)."""
 
-    def __init__(self, engine: GenerationEngine, items: list[Prepared], indices: list[int],
-                 hooks: RowHooks | None, prompt_len: int):
-        n = len(items)
-        self.tok, self.eos = engine.tokenizer, engine.tokenizer.eos_token_id
-        self.items, self.indices, self.hooks, self.prompt_len = items, indices, hooks, prompt_len
-        self.stream = [hooks is not None and hooks.wants_text(i) for i in indices]
-        self.watch = [self.stream[b] or bool(items[b].stop) for b in range(n)]
-        self.done = [False] * n
-        self.count = [0] * n  # tokens that belong to the row (EOS included)
-        self.finish: list[str | None] = [None] * n
-        self.text: list[str | None] = [None] * n
-        self.sent = [""] * n
+    def __init__(self, tok, item: Prepared, index: int, hooks: RowHooks | None):
+        self.tok, self.eos, self.item, self.index, self.hooks = tok, tok.eos_token_id, item, index, hooks
+        self.stream = hooks is not None and hooks.wants_text(index)
+        self.watch = self.stream or bool(item.stop)
+        self.done = False
+        self.count = 0  # tokens that belong to the row (EOS included)
+        self.finish: str | None = None
+        self.text: str | None = None
+        self.sent = ""
 
     def _decode(self, ids) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
-    def _emit(self, b: int, text: str, final: bool) -> None:
-        if not self.stream[b]:
+    def _emit(self, text: str, final: bool) -> None:
+        if not self.stream:
             return
-        if not text.startswith(self.sent[b]):  # the tokenizer rewrote text already sent: rare
+        if not text.startswith(self.sent):  # the tokenizer rewrote text already sent: rare
             if final:
                 log.warning("streamed text diverged from the final decode; stream may differ")
             return
-        if len(text) > len(self.sent[b]):
-            self.hooks.on_text(self.indices[b], text[len(self.sent[b]):])  # type: ignore[union-attr]
-            self.sent[b] = text
+        if len(text) > len(self.sent):
+            self.hooks.on_text(self.index, text[len(self.sent):])  # type: ignore[union-attr]
+            self.sent = text
 
-    def _end(self, b: int, count: int, finish: str, text: str | None, row) -> None:
-        self.done[b], self.count[b], self.finish[b] = True, count, finish
+    def end(self, count: int, finish: str, text: str | None, row: Sequence[int] | None) -> None:
+        self.done, self.count, self.finish = True, count, finish
         if text is None:
-            text = self._decode(row[:count])
-            cut = find_stop(text, self.items[b].stop)
+            text = self._decode(list(row or ())[:count])
+            cut = find_stop(text, self.item.stop)
             if cut is not None:
-                text, finish = text[:cut], "stop"
-                self.finish[b] = finish
-        self.text[b] = text
+                text, self.finish = text[:cut], "stop"
+        self.text = text
         if finish != "cancelled":
-            self._emit(b, text, final=True)
+            self._emit(text, final=True)
+
+    def cancelled(self) -> bool:
+        return self.hooks is not None and self.hooks.cancelled(self.index)
+
+    def step(self, length: int, last: int, row) -> bool:
+        """After the row's ``length``-th new token ``last``; ``row()`` gives its new tokens.
+        True when the row is finished now."""
+        if self.done:
+            return True
+        item = self.item
+        if last == self.eos:
+            self.end(length, "stop", None, row())
+        elif self.cancelled():
+            self.end(length, "cancelled", "", None)
+        elif self.watch:
+            text = self._decode(row())
+            cut = find_stop(text, item.stop)
+            if cut is not None:
+                self.end(length, "stop", text[:cut], None)
+            elif length >= item.max_new_tokens:
+                self.end(length, "length", text, None)
+            else:
+                self._emit(text[:safe_text_end(text, item.stop)], final=False)
+        elif length >= item.max_new_tokens:
+            self.end(length, "length", None, row())
+        return self.done
+
+    def result(self, row: Sequence[int] = ()) -> GenerationResult:
+        if self.finish is None:  # generation ended before this row was seen to finish
+            self.end(min(len(row), self.item.max_new_tokens), "length", None, row)
+        return GenerationResult(text=self.text or "", num_output_tokens=self.count,
+                                num_prompt_tokens=len(self.item.input_ids), finish_reason=self.finish or "length")
+
+
+class _RowTracker:
+    """A stopping criterion over a ``generate`` batch: one ``RowState`` per row. transformers pads
+    a row it is told is finished, so the other rows' tokens are exactly what they would be alone."""
+
+    def __init__(self, engine: GenerationEngine, items: list[Prepared], indices: list[int],
+                 hooks: RowHooks | None, prompt_len: int):
+        self.rows = [RowState(engine.tokenizer, item, i, hooks) for item, i in zip(items, indices)]
+        self.prompt_len = prompt_len
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -474,33 +514,8 @@ class _RowTracker:
         new = input_ids[:, self.prompt_len:]
         length = new.shape[1]
         last = new[:, -1].tolist()
-        for b, item in enumerate(self.items):
-            if self.done[b]:
-                continue
-            if last[b] == self.eos:
-                self._end(b, length, "stop", None, new[b].tolist())
-                continue
-            if self.hooks is not None and self.hooks.cancelled(self.indices[b]):
-                self._end(b, length, "cancelled", "", None)
-                continue
-            if self.watch[b]:
-                text = self._decode(new[b].tolist())
-                cut = find_stop(text, item.stop)
-                if cut is not None:
-                    self._end(b, length, "stop", text[:cut], None)
-                    continue
-                if length >= item.max_new_tokens:
-                    self._end(b, length, "length", text, None)
-                    continue
-                self._emit(b, text[:safe_text_end(text, item.stop)], final=False)
-            elif length >= item.max_new_tokens:
-                self._end(b, length, "length", None, new[b].tolist())
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+        done = [r.step(length, last[b], lambda b=b: new[b].tolist()) for b, r in enumerate(self.rows)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def result(self, b: int, row: list[int]) -> GenerationResult:
-        item = self.items[b]
-        if self.finish[b] is None:  # generate ended before this row was seen to finish
-            count = min(len(row), item.max_new_tokens)
-            self._end(b, count, "length", None, row)
-        return GenerationResult(text=self.text[b] or "", num_output_tokens=self.count[b],
-                                num_prompt_tokens=len(item.input_ids), finish_reason=self.finish[b] or "length")
+        return self.rows[b].result(row)

@@ -9,8 +9,9 @@ when the deadline passes (``RequestTimeout``) or the caller goes away (task canc
 disconnect in Serve), so an abandoned generation stops at its next token.
 
 ``submit`` is the batcher: an async callable taking one job and returning its results. The Serve
-deployment passes a ``@serve.batch`` method that calls ``Runner.execute`` for a list of jobs in a
-worker thread; tests pass anything with the same shape.
+deployment passes either ``continuous_submit(batcher)`` (continuous batching: a job's rows join
+the running batch at the next decode step) or a ``@serve.batch`` method that calls
+``Runner.execute`` for a list of jobs in a worker thread; tests pass anything with the same shape.
 """
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
 
 from knowlm_ray.serve.engine import GenerationEngine, GenerationResult, Prepared
+
+if TYPE_CHECKING:
+    from knowlm_ray.serve.continuous import ContinuousBatcher
 
 
 class Overloaded(Exception):
@@ -93,6 +97,24 @@ class _BatchHooks:
 
     def cancelled(self, i: int) -> bool:
         return self.where[i][0].cancelled
+
+
+def continuous_submit(batcher: "ContinuousBatcher") -> Callable[[Job], Awaitable[list[GenerationResult]]]:
+    """A ``submit`` for ``Runner`` that hands each job to a continuous batcher.
+
+    The job leaves the waiting line when its rows join the batch; cancelling the awaiting task
+    (deadline, disconnect) cancels the future, which stops its rows at their next token.
+    """
+
+    async def submit(job: Job) -> list[GenerationResult]:
+        loop = asyncio.get_running_loop()
+        future = batcher.submit(job.rows, _BatchHooks([job]),
+                                on_start=lambda: loop.call_soon_threadsafe(job.dequeued))
+        results = await asyncio.wrap_future(future)
+        job.generated_tokens = sum(r.num_output_tokens for r in results)
+        return results
+
+    return submit
 
 
 class Runner:

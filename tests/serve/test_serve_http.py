@@ -396,3 +396,29 @@ def test_extract_bad_json_is_a_400(base_url):
     r = requests.post(f"{base_url}/extract", data="{oops", timeout=30,
                       headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_dynamic_batching_app_answers_the_same(base_url, tiny_model, reference):
+    """``batching: dynamic`` (@serve.batch over grouped generate), beside the continuous default."""
+    from ray import serve
+
+    from knowlm_ray.serve.app import build_app
+
+    assert serve.get_app_handle("knowlm").get_stats.remote().result()["batching"] == "continuous"
+    serve.run(build_app({"model": str(tiny_model), "batching": "dynamic", "num_replicas": 1, "api_key": API_KEY,
+                         **LIMITS}), name="dynamic", route_prefix="/dynamic", blocking=False)
+    try:
+        url = f"{base_url}/dynamic"
+        from knowlm_ray.serve.launch import wait_ready
+
+        wait_ready(url, timeout_s=120)
+        bodies = [{"instruction": f"Question {i}: 浙江大学", "parameters": {"max_tokens": 3 + 2 * i}} for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda b: _post(url, b), bodies))
+        for body, r in zip(bodies, responses):
+            assert r.status_code == 200, r.text
+            assert (r.json()["generated_text"], r.json()["num_output_tokens_cf"]) == reference(
+                body["instruction"], max_tokens=body["parameters"]["max_tokens"])
+        assert serve.get_app_handle("dynamic").get_stats.remote().result()["batching"] == "dynamic"
+    finally:
+        serve.delete("dynamic")

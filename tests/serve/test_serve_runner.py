@@ -1,12 +1,14 @@
-"""The request runner without Ray: bounded waiting line, deadlines, cancellation, streaming."""
+"""The request runner without Ray: bounded waiting line, deadlines, cancellation, streaming —
+over both batchers (one job at a time through the grouped path, and the continuous batcher)."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
+from knowlm_ray.serve.continuous import ContinuousBatcher
 from knowlm_ray.serve.engine import GenerationEngine
-from knowlm_ray.serve.runner import Overloaded, RequestTimeout, Runner
+from knowlm_ray.serve.runner import Overloaded, RequestTimeout, Runner, continuous_submit
 from knowlm_ray.serve.schemas import GenerationParams
 
 
@@ -15,8 +17,21 @@ def engine(tiny_model) -> GenerationEngine:
     return GenerationEngine(tiny_model)
 
 
-def _runner(engine, **kw) -> Runner:
-    """A runner whose batcher runs each job alone in a thread (the Serve app batches them)."""
+@pytest.fixture(scope="module", params=["grouped", "continuous"])
+def batching(request, engine):
+    if request.param == "grouped":
+        yield None
+        return
+    batcher = ContinuousBatcher(engine, max_batch_size=8)
+    yield batcher
+    batcher.close()
+
+
+def _runner(engine, batcher=None, **kw) -> Runner:
+    """A runner over the continuous batcher, or (None) one whose batcher runs each job alone in a
+    thread through the grouped path (the Serve app's @serve.batch batches them)."""
+    if batcher is not None:
+        return Runner(engine, continuous_submit(batcher), **kw)
     holder = {}
 
     async def submit(job):
@@ -32,8 +47,8 @@ def _rows(engine, n=1, max_tokens=8, prompt="浙江大学位于"):
     return [engine.prepare_prompt(prompt, GenerationParams(max_tokens=max_tokens))] * n
 
 
-def test_run_returns_the_engines_results(engine):
-    runner = _runner(engine)
+def test_run_returns_the_engines_results(engine, batching):
+    runner = _runner(engine, batching)
     rows = _rows(engine, n=2)
     out = asyncio.run(runner.run(runner.admit(rows), runner.deadline()))
     assert out == engine.generate_prepared(rows)
@@ -54,8 +69,8 @@ def test_a_full_waiting_line_is_refused_at_once_and_frees_up():
     assert runner.waiting == 1 and queue_sizes == [1, 2, 1, 2, 1]
 
 
-def test_deadline_stops_the_generation_and_raises(engine):
-    runner = _runner(engine, timeout_s=0.3)
+def test_deadline_stops_the_generation_and_raises(engine, batching):
+    runner = _runner(engine, batching, timeout_s=0.3)
     job = runner.admit(_rows(engine, max_tokens=900))
 
     async def go():
@@ -65,10 +80,11 @@ def test_deadline_stops_the_generation_and_raises(engine):
 
     asyncio.run(go())
     assert job.cancelled and runner.counts["timed_out"] == 1 and runner.waiting == 0
+    assert batching is None or batching.active == 0  # its row left the batch
 
 
-def test_stream_yields_deltas_then_results(engine):
-    runner = _runner(engine)
+def test_stream_yields_deltas_then_results(engine, batching):
+    runner = _runner(engine, batching)
     rows = _rows(engine, n=2, max_tokens=12)
 
     async def go():
@@ -82,8 +98,8 @@ def test_stream_yields_deltas_then_results(engine):
     assert results == engine.generate_prepared(rows)
 
 
-def test_closing_a_stream_cancels_its_generation(engine):
-    runner = _runner(engine)
+def test_closing_a_stream_cancels_its_generation(engine, batching):
+    runner = _runner(engine, batching)
     job = runner.admit(_rows(engine, max_tokens=900), stream=True)
 
     async def go():
@@ -96,10 +112,11 @@ def test_closing_a_stream_cancels_its_generation(engine):
     first = asyncio.run(go())
     assert first[0] == 0 and job.cancelled and runner.counts["cancelled"] == 1
     assert job.generated_tokens < 900  # the generation itself stopped
+    assert batching is None or batching.active == 0
 
 
-def test_stream_deadline_raises_inside_the_stream(engine):
-    runner = _runner(engine, timeout_s=0.3)
+def test_stream_deadline_raises_inside_the_stream(engine, batching):
+    runner = _runner(engine, batching, timeout_s=0.3)
     job = runner.admit(_rows(engine, max_tokens=900), stream=True)
 
     async def go():
@@ -111,8 +128,8 @@ def test_stream_deadline_raises_inside_the_stream(engine):
     assert job.cancelled and runner.counts["timed_out"] == 1 and runner.counts["cancelled"] == 0
 
 
-def test_a_stream_never_started_holds_no_place_in_line(engine):
-    runner = _runner(engine, max_waiting=1)
+def test_a_stream_never_started_holds_no_place_in_line(engine, batching):
+    runner = _runner(engine, batching, max_waiting=1)
     runner.admit(_rows(engine), stream=True)  # the response body is never iterated
     assert runner.waiting == 0
     runner.admit(_rows(engine), stream=True)  # so the line is still open

@@ -1,0 +1,385 @@
+"""Continuous batching over a ``GenerationEngine``: requests join the running batch at the next
+decode step and leave it the step they finish; every row keeps its own sampling parameters.
+
+One thread owns the model. Each turn it (1) admits waiting requests while the batch has room,
+prefilling their prompts in one left-padded forward pass, and (2) runs one decode step over all
+active rows: one new token per row from one forward pass with the KV cache (transformers'
+``DynamicCache``), a 2-D attention mask over the left padding and explicit position ids, so a
+row's positions are what they would be alone. Greedy rows take the argmax; other rows go
+through transformers' own logits processors (repetition penalty, temperature, top-k, top-p)
+row by row. Stops, streaming and cancellation are ``RowState``'s, as on the grouped path.
+
+Why not transformers' ``ContinuousBatchingManager`` (``generate_batch``)? It runs on CPU and its
+greedy tokens match, but it has no per-request repetition penalty (KnowLM's 1.3), and on this
+box its paged cache set-up took ~20 s for 4 requests of 16 tokens.
+
+Beam search (``num_beams > 1``) ranks whole hypotheses and stays on the engine's grouped
+``generate`` path, run from the same thread between steps. Rows with different LoRA adapters
+cannot share a forward pass: the batch serves one adapter at a time, first come first served
+(a request for another adapter stops admission until the batch drains, so none starves).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from knowlm_ray.serve.engine import GenerationEngine, GenerationResult, Prepared, RowHooks, RowState
+
+log = logging.getLogger("knowlm_ray.serve")
+
+
+@dataclass(eq=False)
+class _Request:
+    rows: list[Prepared]
+    hooks: RowHooks | None
+    future: Future
+    on_start: Callable[[], None] | None
+    results: list[GenerationResult | None] = field(default_factory=list)
+    pending: int = 0
+
+    @property
+    def adapter(self) -> str | None:
+        return self.rows[0].adapter if self.rows else None
+
+    @property
+    def beams(self) -> bool:
+        return any(r.params.num_beams > 1 for r in self.rows)
+
+    def started(self) -> None:
+        """Tell the caller its rows joined; a caller that is gone must not break the batch."""
+        if self.on_start is not None:
+            try:
+                self.on_start()
+            except Exception:  # e.g. its event loop closed meanwhile
+                log.debug("on_start callback failed", exc_info=True)
+
+    def set(self, i: int, result: GenerationResult) -> None:
+        self.results[i] = result
+        self.pending -= 1
+        if self.pending == 0 and not self.future.done():
+            self.future.set_result(list(self.results))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _CancelOnFuture:
+    """The request's hooks, plus: a future cancelled by its awaiter cancels every row."""
+
+    def __init__(self, req: _Request):
+        self.req = req
+
+    def wants_text(self, i: int) -> bool:
+        return self.req.hooks is not None and self.req.hooks.wants_text(i)
+
+    def on_text(self, i: int, delta: str) -> None:
+        self.req.hooks.on_text(i, delta)  # type: ignore[union-attr]
+
+    def cancelled(self, i: int) -> bool:
+        return self.req.future.cancelled() or (self.req.hooks is not None and self.req.hooks.cancelled(i))
+
+
+class _Row:
+    """An active row: its tokens, its place in the request, its processors and its state."""
+
+    def __init__(self, engine: GenerationEngine, req: _Request, i: int):
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                  TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+        item = req.rows[i]
+        self.req, self.i = req, i
+        self.prompt = list(item.input_ids)
+        self.new: list[int] = []
+        self.state = RowState(engine.tokenizer, item, i, _CancelOnFuture(req))
+        q = item.params
+        self.sampling = q.sampling
+        # The order transformers' generate applies them in (penalty, temperature, top-k, top-p).
+        procs = LogitsProcessorList()
+        if q.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(q.repetition_penalty))
+        if self.sampling:
+            procs.append(TemperatureLogitsWarper(q.temperature))
+            if q.top_k:
+                procs.append(TopKLogitsWarper(q.top_k))
+            if q.top_p < 1.0:
+                procs.append(TopPLogitsWarper(q.top_p))
+        self.procs = procs
+
+    @property
+    def position(self) -> int:  # of the last token, the one fed to the next step
+        return len(self.prompt) + len(self.new) - 1
+
+    def pick(self, scores):
+        """The next token from this row's float32 logits (1, vocab)."""
+        import torch
+
+        if self.procs:
+            ids = torch.tensor([self.prompt + self.new], device=scores.device)
+            scores = self.procs(ids, scores)
+        if self.sampling:
+            return int(torch.multinomial(torch.softmax(scores, dim=-1), 1)[0, 0])
+        return int(scores[0].argmax())
+
+    def push(self, token: int) -> bool:
+        """Record a new token; True when the row is finished."""
+        self.new.append(token)
+        return self.state.step(len(self.new), token, lambda: self.new)
+
+
+class ContinuousBatcher:
+    """``submit(rows, hooks)`` → a Future of the rows' results; a background thread decodes.
+
+    ``max_batch_size``: rows decoded together at most (a request bigger than that runs alone).
+    """
+
+    def __init__(self, engine: GenerationEngine, max_batch_size: int = 16):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self._waiting: deque[_Request] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        # decoding state, touched only by the thread
+        self._rows: list[_Row] = []
+        self._cache = None
+        self._mask = None  # (rows, cache length) long: 1 = a real token, 0 = left padding
+        self._adapter: str | None = None
+        self.steps = 0  # decode steps run (for tests and stats)
+        self.max_active = 0  # most rows decoded in one step so far
+        self._step_time: dict[int, list[float]] = {}  # rows in a decode step -> [steps, seconds]
+        self._prefill_time = [0, 0.0]  # prompt tokens prefilled (padding excluded), seconds
+
+    # -- the caller's side ------------------------------------------------------------------
+    def submit(self, rows: Sequence[Prepared], hooks: RowHooks | None = None,
+               on_start: Callable[[], None] | None = None) -> Future:
+        """Queue ``rows``; ``on_start`` is called (from the decoding thread) when they join."""
+        req = _Request(list(rows), hooks, Future(), on_start, [None] * len(rows), len(rows))
+        if not rows:
+            req.future.set_result([])
+            return req.future
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the continuous batcher is closed")
+            self._waiting.append(req)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="knowlm-continuous", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return req.future
+
+    @property
+    def active(self) -> int:
+        """Rows being decoded now."""
+        return len(self._rows)
+
+    def stats(self) -> dict:
+        """Decode steps and their mean time by batch size (what batching costs on this device),
+        and prefill time per prompt token."""
+        tokens, seconds = self._prefill_time
+        return {"decode_steps": self.steps, "max_active_rows": self.max_active, "active_rows": self.active,
+                "decode_step_ms_by_rows": {n: round(1000 * t / c, 2)  # dict(): an atomic copy (GIL)
+                                           for n, (c, t) in sorted(dict(self._step_time).items())},
+                "prefill_tokens": tokens, "prefill_ms_per_token": round(1000 * seconds / tokens, 3) if tokens else None}
+
+    def generate(self, rows: Sequence[Prepared], hooks: RowHooks | None = None) -> list[GenerationResult]:
+        return self.submit(rows, hooks).result()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- the decoding thread ------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._rows:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                admitted, beams = self._take()
+            for req in beams:  # whole-hypothesis search: the grouped generate path
+                self._run_beams(req)
+            try:
+                if admitted:
+                    self._prefill(admitted)
+                if self._rows:
+                    self._decode()
+            except BaseException as exc:  # a failed forward pass fails the requests in it
+                log.error("continuous batch step failed", exc_info=exc)
+                for req in {id(r.req): r.req for r in self._rows}.values():
+                    req.fail(exc)
+                for req in admitted:
+                    req.fail(exc)
+                self._reset()
+        for req in list(self._waiting) + [r.req for r in self._rows]:
+            req.fail(RuntimeError("the continuous batcher was closed"))
+
+    def _take(self) -> tuple[list[_Request], list[_Request]]:
+        """Requests that join now (FIFO, one adapter at a time, while rows fit) and beam requests."""
+        admitted: list[_Request] = []
+        beams: list[_Request] = []
+        room = self.max_batch_size - len(self._rows)
+        adapter = self._adapter if self._rows else None
+        while self._waiting:
+            req = self._waiting[0]
+            if req.future.cancelled() or req.beams:
+                self._waiting.popleft()
+                if not req.future.cancelled():
+                    beams.append(req)
+                continue
+            fresh = not self._rows and not admitted
+            if not fresh and (req.adapter != adapter or len(req.rows) > room):
+                break  # wait for room, or for the batch to drain before switching adapters
+            self._waiting.popleft()
+            admitted.append(req)
+            adapter = req.adapter
+            room -= len(req.rows)
+        return admitted, beams
+
+    def _run_beams(self, req: _Request) -> None:
+        req.started()
+        try:
+            results = self.engine.generate_prepared(req.rows, _CancelOnFuture(req))
+        except BaseException as exc:
+            req.fail(exc)
+            return
+        for i, res in enumerate(results):
+            req.set(i, res)
+
+    def _reset(self) -> None:
+        self._rows, self._cache, self._mask = [], None, None
+
+    def _forward(self, **kwargs):
+        import torch
+
+        engine = self.engine
+        with engine._lock, engine._use(self._adapter), torch.inference_mode():
+            out = engine.model(use_cache=True, logits_to_keep=1, **kwargs)
+        return out.logits[:, -1, :].float()
+
+    def _prefill(self, admitted: list[_Request]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        engine = self.engine
+        rows: list[_Row] = []
+        for req in admitted:
+            req.started()
+            for i in range(len(req.rows)):
+                row = _Row(engine, req, i)
+                if row.state.cancelled():  # went away while queued: no forward pass at all
+                    row.state.end(0, "cancelled", "", None)
+                    req.set(i, row.state.result())
+                else:
+                    rows.append(row)
+        if not rows:
+            return
+        self._adapter = rows[0].req.adapter
+        batch = engine.tokenizer.pad({"input_ids": [r.prompt for r in rows]}, padding=True, return_tensors="pt")
+        mask = batch["attention_mask"].to(engine.device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=engine.model.config)
+        t0 = time.perf_counter()
+        logits = self._forward(input_ids=batch["input_ids"].to(engine.device), attention_mask=mask,
+                               position_ids=positions, past_key_values=cache)
+        self._prefill_time[0] += int(mask.sum())
+        self._prefill_time[1] += time.perf_counter() - t0
+        self._merge(cache, mask)
+        self._rows.extend(rows)
+        self._advance(logits, first=len(self._rows) - len(rows))
+
+    def _decode(self) -> None:
+        import torch
+
+        device = self.engine.device
+        ids = torch.tensor([[r.new[-1]] for r in self._rows], device=device)
+        positions = torch.tensor([[r.position] for r in self._rows], device=device)
+        mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
+        t0 = time.perf_counter()
+        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions,
+                               past_key_values=self._cache)
+        n = len(self._rows)
+        timing = self._step_time.setdefault(n, [0, 0.0])
+        timing[0] += 1
+        timing[1] += time.perf_counter() - t0
+        self._mask = mask
+        self.steps += 1
+        self.max_active = max(self.max_active, n)
+        self._advance(logits)
+
+    def _advance(self, logits, first: int = 0) -> None:
+        """Pick and record a token for rows ``first:`` (logits rows align with them); drop the
+        rows that finished."""
+        rows = self._rows[first:]
+        plain = [b for b, r in enumerate(rows) if not r.procs and not r.sampling]
+        tokens: dict[int, int] = {}
+        if plain:  # greedy, no penalty: one argmax for all of them
+            for b, t in zip(plain, logits[plain].argmax(dim=-1).tolist()):
+                tokens[b] = t
+        for b, r in enumerate(rows):
+            if b not in tokens:
+                tokens[b] = r.pick(logits[b:b + 1])
+        keep: list[int] = list(range(first))
+        for b, r in enumerate(rows):
+            if r.push(tokens[b]):
+                r.req.set(r.i, r.state.result(r.new))
+            else:
+                keep.append(first + b)
+        if len(keep) < len(self._rows):
+            self._select(keep)
+
+    # -- KV cache surgery -----------------------------------------------------------------------
+    def _layers(self, cache) -> list:
+        from transformers.cache_utils import DynamicLayer
+
+        for layer in cache.layers:
+            if type(layer) is not DynamicLayer:  # sliding-window etc. keep their own bookkeeping
+                raise NotImplementedError(f"continuous batching needs plain DynamicLayer KV caches, the model "
+                                          f"uses {type(layer).__name__}: set batching: dynamic")
+        return cache.layers
+
+    def _merge(self, cache, mask) -> None:
+        """Append newly prefilled rows (``cache``, ``mask``) to the running batch, left-padding
+        whichever is shorter so every row's tokens end in the last column."""
+        import torch
+        import torch.nn.functional as F
+
+        if self._cache is None:
+            self._layers(cache)
+            self._cache, self._mask = cache, mask
+            return
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+        for a, b in zip(self._layers(self._cache), self._layers(cache)):
+            a.keys = torch.cat([F.pad(a.keys, (0, 0, width - old_len, 0)), F.pad(b.keys, (0, 0, width - new_len, 0))])
+            a.values = torch.cat([F.pad(a.values, (0, 0, width - old_len, 0)),
+                                  F.pad(b.values, (0, 0, width - new_len, 0))])
+        self._mask = torch.cat([F.pad(self._mask, (width - old_len, 0)), F.pad(mask, (width - new_len, 0))])
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep these rows; drop cache columns that are padding for every remaining row."""
+        import torch
+
+        if not keep:
+            self._reset()
+            return
+        mask = self._mask[keep]
+        start = int(mask.any(dim=0).long().argmax())  # first column any row still uses
+        index = torch.tensor(keep, device=mask.device)
+        for layer in self._layers(self._cache):
+            idx = index.to(layer.keys.device)
+            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
+            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+        self._mask = mask[:, start:]
+        self._rows = [self._rows[k] for k in keep]
