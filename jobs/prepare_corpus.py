@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(2) from None
     s = manifest["stages"]
     by_filter = ", ".join(f"{k} {v}" for k, v in manifest["filters"].items() if v)
+    capped = f", {s['capped']} over mix caps" if s.get("capped") else ""
     print(f"prepare_corpus: {s['read']} read, {s['malformed']} malformed, {s['filtered']} filtered"
-          f"{f' ({by_filter})' if by_filter else ''}, {s['exact_dups']} exact dups, {s['near_dups']} near dups "
+          f"{f' ({by_filter})' if by_filter else ''}, {s['exact_dups']} exact dups, {s['near_dups']} near dups"
+          f"{capped} "
           f"-> {s['documents']} documents, {s['samples']} samples, {s['tokens']} tokens in "
           f"{len(manifest['shards'])} shards at {cfg.out_dir}")
     return manifest

@@ -147,11 +147,58 @@ class PackConfig(Strict):
     split_samples: bool = True
 
 
+class SplitConfig(Strict):
+    """How a document's short last sample (its *tail*) is handled; see corpus/split.py.
+
+    keep (default): left as it is; samples stay disjoint and greedy packing wastes nothing on it.
+    backfill (KnowLM): topped up with the preceding whole sentences, which are then trained on twice.
+    drop: dropped and counted (short_dropped). A tail is short under short_tail x max_tokens.
+    keep is the default: with pack.mode greedy a short tail costs no padding at all, while
+    backfill repeats ~6% of the tokens and drop loses ~1.3% (benchmarks/corpus.py, max_tokens 256).
+    """
+
+    tail: Literal["keep", "backfill", "drop"] = "keep"
+    short_tail: float = Field(0.25, gt=0, le=1)
+
+
+class MixConfig(Strict):
+    """Per-source caps and shares, applied when the corpus is prepared (after dedup and
+    tokenising). Which documents stay is decided by a hash of (seed, doc_id), so the choice is
+    deterministic and an unbiased sample of each source. ``manifest.json`` records each source's
+    documents and tokens before and after under ``mix``. (``inputs[].weight`` is different: a
+    sampling weight for training, which repeats data rather than dropping it.)
+
+    unit: what caps and shares count, ``documents`` or ``tokens``.
+    caps: source -> the most documents (or tokens) kept of it.
+    shares: source -> its share of the result (every source named), e.g. KnowLM's 5.5 M zh :
+      1.5 M en : 0.9 M code samples as ``{zh: 5.5, en: 1.5, code: 0.9}``; the largest corpus with
+      exactly these proportions that the data allows (sources are cut, never repeated).
+    """
+
+    unit: Literal["documents", "tokens"] = "documents"
+    caps: dict[str, int] = {}
+    shares: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _values(self) -> "MixConfig":
+        bad = {k: v for k, v in self.caps.items() if v < 0}
+        if bad:
+            raise ValueError(f"mix.caps must be >= 0, got {bad}")
+        if self.shares and (any(v < 0 for v in self.shares.values()) or sum(self.shares.values()) <= 0):
+            raise ValueError(f"mix.shares must be >= 0 with a positive sum, got {self.shares}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.caps or self.shares)
+
+
 class CorpusConfig(Strict):
     inputs: list[SourceConfig]
     tokenizer: str
     max_tokens: int = Field(1024, ge=8)
     min_tokens: int = Field(1, ge=1)  # samples shorter than this are dropped (KnowLM: 20)
+    split: SplitConfig = SplitConfig()  # short-tail handling (keep / backfill / drop)
     filters: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
     pack: PackConfig = PackConfig()
@@ -162,7 +209,20 @@ class CorpusConfig(Strict):
     # actors: an actor pool of up to one actor per CPU
     tokenize_with: Literal["tasks", "actors"] = "tasks"
     num_partitions: int = Field(0, ge=0)  # hash-shuffle partitions for dedup; 0: one per cluster CPU
+    mix: MixConfig = MixConfig()  # per-source caps / shares (off by default)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _mix_sources(self) -> "CorpusConfig":
+        names = {s.source for s in self.inputs}
+        for key in ("caps", "shares"):
+            unknown = sorted(set(getattr(self.mix, key)) - names)
+            if unknown:
+                raise ValueError(f"mix.{key} names source(s) {unknown} that no input has (sources: {sorted(names)})")
+        missing = sorted(names - set(self.mix.shares)) if self.mix.shares else []
+        if missing:
+            raise ValueError(f"mix.shares has no share for source(s) {missing} (give 0 to leave them out)")
+        return self
 
 
 # --------------------------------------------------------------------------- training

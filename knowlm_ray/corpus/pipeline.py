@@ -8,7 +8,9 @@ execution, with it three:
     read + convert (one task per file) -> filters + dedup key -> exact dedup (sort shuffle on
     the key) -> near dedup (MinHash signatures -> band-bucket sort shuffle -> edges to the driver
     -> union-find -> mark; the documents are materialised once for it) -> sentence split +
-    tokenise (tasks, one cached tokenizer per worker; or an actor pool) -> one sort of every row
+    tokenise (tasks, one cached tokenizer per worker; or an actor pool; short tails per
+    ``split.tail``) -> per-source ``mix`` caps / shares (optional: per-document keys to the driver,
+    documents past a source's cut marked ``capped``; see corpus/mix.py) -> one sort of every row
     by (rank, doc_id, sample) -> counts (one task per sorted block) -> quarantine/ (malformed
     lines) + dropped/ (one line per filtered or duplicate document and per short sample, with the
     reason: an audit trail) + shards/ (packed by the shard writers when pack.mode is greedy)
@@ -39,6 +41,7 @@ import pyarrow.compute as pc
 from knowlm_ray.config import ConfigError, CorpusConfig
 from knowlm_ray.corpus.dedup import exact_dedup, near_dedup
 from knowlm_ray.corpus.filters import annotate_batch, load_blocklist
+from knowlm_ray.corpus.mix import apply_mix
 from knowlm_ray.corpus.samples import SampleBuilder, build_samples_batch, load_tokenizer
 from knowlm_ray.corpus.schema import DROPPED_COLUMNS, MALFORMED, OK, QUARANTINE_COLUMNS
 from knowlm_ray.corpus.shards import sort_to_blocks, write_files
@@ -48,7 +51,7 @@ from knowlm_ray.corpus.stats import partial_counts, summarise
 QUARANTINE_ROWS_PER_FILE = 100_000
 TOKENIZE_BATCH = 64  # documents per tokenizer call
 ORDER = ["rank", "doc_id", "sample"]
-COUNT_COLUMNS = ["status", "source", "reason", "sample", "n_tokens", "sentences_cut", "tail"]
+COUNT_COLUMNS = ["status", "source", "reason", "sample", "n_tokens", "sentences_cut", "tail", "backfill"]
 OUTPUT_COLUMNS = ["rank", "doc_id", "input_ids", *COUNT_COLUMNS, *QUARANTINE_COLUMNS, *DROPPED_COLUMNS]
 # Sort rank of each output: quarantine (malformed lines), dropped/ (audit of filtered and
 # duplicate documents and of short samples), shards (ok samples).
@@ -64,8 +67,8 @@ def select_output(batch: pa.Table) -> pa.Table:
     return batch.select(list(dict.fromkeys(OUTPUT_COLUMNS)))
 
 
-def _partial_counts(table: pa.Table, max_tokens: int) -> list[dict]:
-    return partial_counts(table, max_tokens).to_pylist()
+def _partial_counts(table: pa.Table, max_tokens: int, short_tail: float) -> list[dict]:
+    return partial_counts(table, max_tokens, short_tail).to_pylist()
 
 
 def _entry(folder: str, info: dict) -> dict:
@@ -127,27 +130,29 @@ def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
         _say(f"near dedup: {near_stats['bands']} bands x {near_stats['rows']} rows, "
              f"{near_stats['edges']} edges -> {near_stats['near_dups']} near duplicates "
              f"in {near_stats['clusters']} clusters")
+    split_kwargs = {"tail": cfg.split.tail, "short_tail": cfg.split.short_tail}
     if cfg.tokenize_with == "actors":
         max_actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
         samples = docs.map_batches(
             SampleBuilder, batch_format="pyarrow", batch_size=TOKENIZE_BATCH,
             compute=ActorPoolStrategy(min_size=1, max_size=max_actors),
             fn_constructor_kwargs={"tokenizer": tokenizer, "max_tokens": cfg.max_tokens,
-                                   "min_tokens": cfg.min_tokens})
+                                   "min_tokens": cfg.min_tokens, **split_kwargs})
     else:
         samples = docs.map_batches(
             build_samples_batch, batch_format="pyarrow", batch_size=TOKENIZE_BATCH,
-            fn_kwargs={"tokenizer": tokenizer, "max_tokens": cfg.max_tokens, "min_tokens": cfg.min_tokens})
+            fn_kwargs={"tokenizer": tokenizer, "max_tokens": cfg.max_tokens, "min_tokens": cfg.min_tokens,
+                       **split_kwargs})
     return samples, near_stats
 
 
-def count(refs: list, max_tokens: int = 0) -> tuple[dict, dict, dict]:
+def count(refs: list, max_tokens: int = 0, short_tail: float = 0.25) -> tuple[dict, dict, dict]:
     """(stages, by_source, stats) of the sorted blocks: plain tasks over the blocks (a Ray Data
     execution would cost seconds more), only per-(source, status) sums reach the driver."""
     import ray
 
     task = ray.remote(num_cpus=0)(_partial_counts)
-    parts = ray.get([task.remote(ref, max_tokens) for ref in refs])
+    parts = ray.get([task.remote(ref, max_tokens, short_tail) for ref in refs])
     return summarise(row for part in parts for row in part)
 
 
@@ -155,7 +160,8 @@ def write_outputs(refs: list, counts: list[int], stages: dict, stats: dict, stag
                   cfg: CorpusConfig) -> tuple[list, list, list]:
     """Quarantine, dropped/ and shards from the blocks sorted by (rank, doc_id, sample)."""
     n_bad, n_ok = stages["malformed"], stages["samples"]
-    n_drop = stages["filtered"] + stages["exact_dups"] + stages["near_dups"] + stats["short_dropped"]
+    n_drop = (stages["filtered"] + stages["exact_dups"] + stages["near_dups"] + stats["short_dropped"]
+              + stats["capped_samples"])
     if sum(counts) != n_bad + n_drop + n_ok:
         raise RuntimeError(f"sorted {sum(counts)} rows, expected {n_bad} + {n_drop} + {n_ok}")
     quarantine = write_files(refs, counts, staging / "quarantine", kind="jsonl", order_by=ORDER,
@@ -201,15 +207,22 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     staging.mkdir()
     try:
         samples, near_stats = build_samples(cfg, files, tokenizer, blocklist)
+        mix = None
+        if cfg.mix.active:  # per-source caps / shares: documents past the cut become "capped"
+            samples, mix = apply_mix(samples, cfg.mix, cfg.seed)
+            _say("mix: " + ", ".join(f"{s} {v['documents_before']} -> {v['documents_after']} documents"
+                                     for s, v in mix["sources"].items()))
         # one execution: tokenise, then sort every row by (rank, doc_id, sample); the counts come
         # from the sorted blocks, the outputs are slices of them
         refs, counts = sort_to_blocks(samples.map_batches(select_output, batch_format="pyarrow"), ORDER)
-        stages, by_source, stats = count(refs, cfg.max_tokens)
+        stages, by_source, stats = count(refs, cfg.max_tokens, cfg.split.short_tail)
         filters = stats.pop("filters")
         for src in cfg.inputs:  # the sampling weight training mixes sources by (first input wins)
             by_source.get(src.source, {}).setdefault("weight", src.weight)
+        capped = f", {stages['capped']} over mix caps" if mix else ""
         _say(f"read {stages['read']} documents: {stages['malformed']} malformed, {stages['filtered']} "
-             f"filtered, {stages['exact_dups']} exact + {stages['near_dups']} near duplicates -> "
+             f"filtered, {stages['exact_dups']} exact + {stages['near_dups']} near duplicates"
+             f"{capped} -> "
              f"{stages['documents']} documents, {stages['samples']} samples ({time.time() - t0:.1f}s)")
         quarantine, dropped, shards = write_outputs(refs, counts, stages, stats, staging, cfg)
         stats["rows"] = sum(s["rows"] for s in shards)  # == samples unless packed
@@ -219,6 +232,7 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
             "by_source": by_source,
             "stats": stats,
             "near_dedup": near_stats,
+            "mix": mix,
             "blocklists": blocklist_info,
             "shards": [_entry("shards", s) for s in shards],
             "quarantine": [_entry("quarantine", q) for q in quarantine],

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from knowlm_ray.corpus.schema import OK, SAMPLE_SCHEMA, SHORT
-from knowlm_ray.corpus.split import build_samples, encode_sentences, split_sentences
+from knowlm_ray.corpus.split import build_samples, encode_sentences, short_tail_tokens, split_sentences
 
 
 def load_tokenizer(path: str):
@@ -21,25 +21,33 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def doc_to_sample_rows(doc: dict[str, Any], tokenizer: Any, max_tokens: int,
-                       min_tokens: int) -> Iterator[dict[str, Any]]:
-    """Plain-Python core: one DOC_SCHEMA row -> SAMPLE_SCHEMA rows."""
+def doc_to_sample_rows(doc: dict[str, Any], tokenizer: Any, max_tokens: int, min_tokens: int,
+                       tail: str = "keep", short_tail: float = 0.25) -> Iterator[dict[str, Any]]:
+    """Plain-Python core: one DOC_SCHEMA row -> SAMPLE_SCHEMA rows. ``tail`` / ``short_tail``:
+    ``split.tail`` and ``split.short_tail`` (see ``split.py``)."""
     base = {"doc_id": doc["doc_id"], "source": doc["source"], "file": doc["file"], "line": doc["line"]}
     if doc["status"] != OK:
         yield {**base, "sample": -1, "input_ids": [], "n_tokens": 0, "status": doc["status"],
-               "reason": doc["reason"], "raw": doc["raw"], "sentences_cut": 0, "tail": False}
+               "reason": doc["reason"], "raw": doc["raw"], "sentences_cut": 0, "tail": False, "backfill": 0}
         return
     sentences = split_sentences(doc["text"], doc["lang"])
     built = build_samples(encode_sentences(tokenizer, sentences), max_tokens,
-                          tokenizer.bos_token_id, tokenizer.eos_token_id)
+                          tokenizer.bos_token_id, tokenizer.eos_token_id,
+                          tail=tail, short_tail=short_tail_tokens(max_tokens, short_tail))
     samples = built.samples or [[]]  # text that encodes to nothing: one empty (short) sample
+    last = len(samples) - 1 if built.dropped_tail is None else len(samples)
     for index, ids in enumerate(samples):
         short = len(ids) < min_tokens or not ids
         yield {**base, "sample": index, "input_ids": [] if short else ids, "n_tokens": len(ids),
                "status": SHORT if short else OK,
                "reason": f"{len(ids)} < min_tokens {min_tokens} tokens" if short else None,
                "raw": None, "sentences_cut": built.sentences_cut if index == 0 else 0,
-               "tail": index > 0 and index == len(samples) - 1}
+               "tail": index > 0 and index == last, "backfill": built.backfill_tokens if index == last else 0}
+    if built.dropped_tail is not None:
+        n = len(built.dropped_tail)
+        yield {**base, "sample": len(samples), "input_ids": [], "n_tokens": n, "status": SHORT,
+               "reason": f"short tail: {n} < {short_tail_tokens(max_tokens, short_tail)} tokens (split.tail: drop)",
+               "raw": None, "sentences_cut": 0, "tail": True, "backfill": 0}
 
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -53,23 +61,28 @@ def cached_tokenizer(path: str):
     return _TOKENIZERS[path]
 
 
-def build_samples_batch(batch: pa.Table, tokenizer: str, max_tokens: int, min_tokens: int) -> pa.Table:
+def build_samples_batch(batch: pa.Table, tokenizer: str, max_tokens: int, min_tokens: int,
+                        tail: str = "keep", short_tail: float = 0.25) -> pa.Table:
     """map_batches UDF (tasks): DOC_SCHEMA batch -> SAMPLE_SCHEMA batch, tokenizer cached per
     worker. Tasks run in the worker processes the earlier stages already started; an actor pool
     would start (and import transformers in) new processes first."""
     tok = cached_tokenizer(tokenizer)
-    rows = [r for doc in batch.to_pylist() for r in doc_to_sample_rows(doc, tok, max_tokens, min_tokens)]
+    rows = [r for doc in batch.to_pylist()
+            for r in doc_to_sample_rows(doc, tok, max_tokens, min_tokens, tail, short_tail)]
     return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
 
 
 class SampleBuilder:
     """map_batches callable (actor pool): DOC_SCHEMA batch -> SAMPLE_SCHEMA batch."""
 
-    def __init__(self, tokenizer: str, max_tokens: int, min_tokens: int):
+    def __init__(self, tokenizer: str, max_tokens: int, min_tokens: int, tail: str = "keep",
+                 short_tail: float = 0.25):
         self.tokenizer = load_tokenizer(tokenizer)
         self.max_tokens, self.min_tokens = max_tokens, min_tokens
+        self.tail, self.short_tail = tail, short_tail
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [r for doc in batch.to_pylist()
-                for r in doc_to_sample_rows(doc, self.tokenizer, self.max_tokens, self.min_tokens)]
+                for r in doc_to_sample_rows(doc, self.tokenizer, self.max_tokens, self.min_tokens,
+                                            self.tail, self.short_tail)]
         return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)

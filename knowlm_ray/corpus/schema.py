@@ -12,7 +12,8 @@ MALFORMED = "malformed"  # unreadable line: bad JSON, missing / non-string text 
 FILTERED = "filtered"  # failed a heuristic filter; reason "<filter>: <detail>"
 EXACT_DUP = "exact_dup"  # same normalised text as a document with a smaller doc_id
 NEAR_DUP = "near_dup"  # MinHash near-duplicate of a document with a smaller doc_id
-SHORT = "short"  # a split sample shorter than min_tokens (dropped)
+SHORT = "short"  # a split sample shorter than min_tokens, or a dropped short tail
+CAPPED = "capped"  # a sample of a document over its source's mix cap (corpus/mix.py)
 
 # One row per input document (or malformed line).
 DOC_SCHEMA = pa.schema([
@@ -42,6 +43,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("raw", pa.string()),
     ("sentences_cut", pa.int64()),  # on a document's first row only
     ("tail", pa.bool_()),  # last sample of a document that needed more than one
+    ("backfill", pa.int64()),  # tokens a back-filled tail repeats from earlier samples (split.tail)
 ])
 
 # What the shards hold (Arrow IPC file format).

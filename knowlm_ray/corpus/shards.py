@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -154,6 +155,11 @@ def write_files(refs: list, counts: list[int], out_dir: str | Path, *, kind: str
 
 
 # --------------------------------------------------------------------------- reading
+class ShardError(ValueError):
+    """Shards that cannot be read (missing, not Arrow IPC, wrong columns, checksum mismatch);
+    the message names the file."""
+
+
 def shard_files(path: str | Path) -> list[Path]:
     """The shard files of an output dir (or of its ``shards/`` dir), in order."""
     p = Path(path)
@@ -162,6 +168,205 @@ def shard_files(path: str | Path) -> list[Path]:
     if not p.is_dir():
         raise FileNotFoundError(f"no shard directory at {path}")
     return sorted(p.glob(SHARD_GLOB))
+
+
+def read_manifest_of(path: str | Path) -> dict | None:
+    """``manifest.json`` of a corpus out_dir, given the out_dir, its ``shards/`` dir or a shard
+    file; None when there is none."""
+    p = Path(path)
+    for d in (p, p.parent, p.parent.parent):
+        f = d / "manifest.json"
+        if f.is_file():
+            try:
+                return json.loads(f.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ShardError(f"{f}: not valid JSON ({exc})") from None
+    return None
+
+
+class ShardReader:
+    """Random access to the rows of Arrow IPC shards, memory-mapped (nothing is loaded up front).
+
+    ``ShardReader(out_dir)`` (or its ``shards/`` dir, or a list of shard files) opens every file
+    with ``pa.memory_map`` and keeps, per record batch, the ``input_ids`` offsets and values as
+    numpy views of the mapping plus the global row where the batch starts. Row ``i`` is then one
+    binary search over the batches (O(log shards), whatever the number of rows) and a slice: the OS
+    pages in just the bytes it touches, so an 8 M-sample corpus costs address space, not memory
+    (and no open files: a mapping outlives its file handle).
+
+    ``reader[i]`` -> ``{"input_ids": np.ndarray (a view), "doc_id", "source"}`` plus ``"doc_starts"``
+    (packed shards) and ``"labels"`` (instruction shards) when the shards have those columns.
+    The hot path for training is ``input_ids(i)`` / ``labels(i)`` / ``doc_starts(i)`` (no dict,
+    no Python strings). ``verify=True`` checks every file's sha256 and row count against the
+    corpus ``manifest.json`` first (a full read of each file, once).
+    """
+
+    def __init__(self, path: str | Path | Sequence[str | Path], *, verify: bool = False):
+        if isinstance(path, (str, Path)):
+            try:
+                files = shard_files(path)
+            except FileNotFoundError as exc:
+                raise ShardError(str(exc)) from None
+            if not files:
+                raise ShardError(f"no shards ({SHARD_GLOB}) in {path}")
+        else:
+            files = [Path(f) for f in path]
+        self.files = files
+        if verify:
+            verify_shards(files)
+        self._ids: list[tuple[np.ndarray, np.ndarray]] = []  # per batch: (offsets, values)
+        self._labels: list[tuple[np.ndarray, np.ndarray] | None] = []
+        self._starts_col: list[tuple[np.ndarray, np.ndarray] | None] = []
+        self._batches: list[pa.RecordBatch] = []  # keep the mapped batches (and so the maps) alive
+        self._where: list[tuple[int, int]] = []  # (file index, batch index) of each batch
+        first_rows: list[int] = []
+        total = 0
+        schema = None
+        for k, f in enumerate(files):
+            try:
+                reader = pa.ipc.open_file(pa.memory_map(str(f), "r"))
+            except OSError as exc:
+                raise ShardError(f"{f}: cannot be read: {exc}") from None
+            except pa.ArrowInvalid as exc:
+                raise ShardError(f"{f}: not an Arrow IPC file: {exc}") from None
+            names = reader.schema.names
+            if "input_ids" not in names:
+                raise ShardError(f"{f}: no 'input_ids' column (columns: {names})")
+            if schema is not None and ("doc_starts" in names) != ("doc_starts" in schema.names):
+                raise ShardError(f"{f}: shards mix packed (doc_starts) and unpacked rows")
+            schema = schema or reader.schema
+            for b in range(reader.num_record_batches):
+                batch = reader.get_batch(b)
+                if batch.num_rows == 0:
+                    continue
+                self._batches.append(batch)
+                self._ids.append(_list_views(batch.column("input_ids"), f, "input_ids"))
+                self._labels.append(_list_views(batch.column("labels"), f, "labels")
+                                    if "labels" in names else None)
+                self._starts_col.append(_list_views(batch.column("doc_starts"), f, "doc_starts")
+                                        if "doc_starts" in names else None)
+                self._where.append((k, b))
+                first_rows.append(total)
+                total += batch.num_rows
+        self.columns: list[str] = schema.names if schema is not None else []
+        self.packed = "doc_starts" in self.columns
+        self.has_labels = "labels" in self.columns
+        self._first = np.array(first_rows, dtype=np.int64)
+        self._len = total
+        self._sources: tuple[list[str], np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"row {i} outside 0..{self._len - 1}")
+        k = int(np.searchsorted(self._first, i, side="right")) - 1
+        return k, i - int(self._first[k])
+
+    def input_ids(self, i: int) -> np.ndarray:
+        k, r = self._locate(i)
+        offs, vals = self._ids[k]
+        return vals[offs[r]:offs[r + 1]]
+
+    def labels(self, i: int) -> np.ndarray | None:
+        k, r = self._locate(i)
+        lab = self._labels[k]
+        return None if lab is None else lab[1][lab[0][r]:lab[0][r + 1]]
+
+    def doc_starts(self, i: int) -> np.ndarray | None:
+        """Offsets in row ``i`` where documents start (packed shards); None for unpacked shards."""
+        k, r = self._locate(i)
+        ds = self._starts_col[k]
+        return None if ds is None else ds[1][ds[0][r]:ds[0][r + 1]]
+
+    def source(self, i: int) -> str | None:
+        k, r = self._locate(i)
+        batch = self._batches[k]
+        return batch.column("source")[r].as_py() if "source" in batch.schema.names else None
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        k, r = self._locate(i)
+        batch = self._batches[k]
+        offs, vals = self._ids[k]
+        row: dict[str, Any] = {"input_ids": vals[offs[r]:offs[r + 1]]}
+        for name in ("doc_id", "source"):
+            if name in batch.schema.names:
+                row[name] = batch.column(name)[r].as_py()
+        for name, views in (("doc_starts", self._starts_col[k]), ("labels", self._labels[k])):
+            if views is not None:
+                row[name] = views[1][views[0][r]:views[0][r + 1]]
+        return row
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(self._len):
+            yield self[i]
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, pa.RecordBatch]]:
+        """Per record batch, in order: (first global row, input_ids offsets, values, the batch);
+        for whole-corpus passes (export, statistics) without a Python object per row."""
+        for k, batch in enumerate(self._batches):
+            offs, vals = self._ids[k]
+            yield int(self._first[k]), offs, vals, batch
+
+    def lengths(self) -> np.ndarray:
+        """Tokens of every row (int64; from the offsets alone, no token is read)."""
+        if not self._ids:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.diff(offs).astype(np.int64) for offs, _ in self._ids])
+
+    def sources(self) -> tuple[list[str], np.ndarray]:
+        """(source names in order of first appearance, per-row index into them), read once."""
+        if self._sources is None:
+            names: dict[str, int] = {}
+            codes = np.empty(self._len, dtype=np.int32)
+            for k, batch in enumerate(self._batches):
+                if "source" not in batch.schema.names:
+                    raise ShardError(f"{self.files[self._where[k][0]]}: no 'source' column")
+                col = batch.column("source").dictionary_encode()
+                remap = np.array([names.setdefault(str(v), len(names)) for v in col.dictionary.to_pylist()],
+                                 dtype=np.int32)
+                start = int(self._first[k])
+                codes[start:start + batch.num_rows] = remap[col.indices.to_numpy(zero_copy_only=False)]
+            self._sources = (list(names), codes)
+        return self._sources
+
+
+def _list_views(col: pa.Array, f: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, values) of a list<int> column as numpy views of the mapped buffers."""
+    if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
+        raise ShardError(f"{f}: column {name!r} is {col.type}, not a list of integers")
+    if not pa.types.is_integer(col.type.value_type):
+        raise ShardError(f"{f}: column {name!r} is {col.type}, not a list of integers")
+    if col.null_count or col.values.null_count:
+        raise ShardError(f"{f}: column {name!r} has nulls")
+    return col.offsets.to_numpy(), col.values.to_numpy()
+
+
+def verify_shards(files: Sequence[str | Path], manifest: dict | None = None) -> None:
+    """Check each shard's sha256 and row count against the corpus manifest's ``shards`` list."""
+    files = [Path(f) for f in files]
+    if not files:
+        return
+    manifest = manifest if manifest is not None else read_manifest_of(files[0].parent)
+    entries = (manifest or {}).get("shards")
+    if not isinstance(entries, list):
+        raise ShardError(f"cannot verify {files[0].parent}: no manifest.json with a 'shards' list next to it")
+    by_name = {Path(e["file"]).name: e for e in entries if isinstance(e, dict) and "file" in e}
+    for f in files:
+        entry = by_name.get(f.name)
+        if entry is None:
+            raise ShardError(f"{f}: not listed in the manifest")
+        digest = _sha256(f)
+        if digest != entry.get("sha256"):
+            raise ShardError(f"{f}: sha256 {digest} does not match the manifest's {entry.get('sha256')}")
+        if "rows" in entry:
+            reader = pa.ipc.open_file(pa.memory_map(str(f), "r"))
+            n = sum(reader.get_batch(b).num_rows for b in range(reader.num_record_batches))
+            if n != entry["rows"]:
+                raise ShardError(f"{f}: {n} rows, the manifest says {entry['rows']}")
 
 
 def read_shards(path: str | Path) -> pa.Table:
@@ -173,19 +378,9 @@ def read_shards(path: str | Path) -> pa.Table:
 def iter_samples(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows in shard order: ``{"input_ids": np.ndarray[int32] (a view), "doc_id", "source"}``
     (+ ``"doc_starts"``, a list of ints, in packed shards)."""
-    for f in shard_files(path):
-        reader = pa.ipc.open_file(pa.memory_map(str(f), "r"))
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            ids = batch.column("input_ids")
-            offsets = ids.offsets.to_numpy()
-            values = ids.values.to_numpy(zero_copy_only=False)
-            doc_ids = batch.column("doc_id").to_pylist()
-            sources = batch.column("source").to_pylist()
-            starts = batch.column("doc_starts").to_pylist() if "doc_starts" in batch.schema.names else None
-            for j in range(batch.num_rows):
-                row = {"input_ids": values[offsets[j]:offsets[j + 1]], "doc_id": doc_ids[j], "source": sources[j]}
-                if starts is not None:
-                    row["doc_starts"] = starts[j]
-                yield row
-
+    if not shard_files(path):
+        return
+    for row in ShardReader(path):
+        if "doc_starts" in row:
+            row["doc_starts"] = row["doc_starts"].tolist()
+        yield row

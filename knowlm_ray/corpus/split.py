@@ -17,15 +17,30 @@ This is KnowLM's ``pretrain/preprocess.py`` rule set, with three deliberate diff
   decoded samples grow spaces the text never had ("你好。 世界。"). Here the concatenated samples
   of a document are exactly the document's own encoding. A slow tokenizer falls back to
   per-sentence encoding.
-* **Short tails.** KnowLM back-fills a document's short last chunk with already-used preceding
-  sentences, so its samples overlap (a sentence is trained on twice). We keep samples disjoint:
-  sentences are merged greedily forward, the tail is kept as it is, and any sample shorter than
+* **Short tails** (``split.tail``). The last sample of a document that needed several samples
+  is its *tail*; it is *short* under ``split.short_tail`` x ``max_tokens`` tokens. Greedy forward
+  merging leaves it as short as the leftover sentences make it. Options:
+
+  - ``keep`` (default): the tail stays as it is. Samples are disjoint (no token is trained on
+    twice), and a short tail is cheap: ``pack.mode: greedy`` packs it with its neighbours at no
+    padding cost, and with ``pack.mode: none`` it only costs padding in its micro-batch.
+  - ``backfill`` (KnowLM): a short tail is topped up with the preceding whole sentences (walking
+    backwards, while they fit in ``max_tokens``), so it carries context; those sentences are
+    trained on twice (measured as ``stats.backfill_tokens``). Unpacked rows fill up; the cost is
+    the repeated tokens.
+  - ``drop``: a short tail is dropped and counted (``short_dropped``): no repetition and no short
+    rows, at the cost of losing its text.
+
+  ``merge`` (append a short tail to the previous sample) is no option: greedy merging already
+  put into the previous sample everything that fits, so it could only make a sample longer than
+  ``max_tokens``. Why ``keep`` is the default: KnowLM back-filled because its loader padded every
+  sample on its own; our packed rows leave no padding to save, and duplicated sentences would
+  bias training towards document ends. The benchmark (``benchmarks/corpus.py``) measures each
+  option: tail samples, short tails, repeated tokens and fill. Any sample shorter than
   ``min_tokens`` is dropped and counted (KnowLM drops chunks of <= 20 tokens the same way).
-  Merging a tail into the previous sample is impossible by construction (greedy: it did not
-  fit), and with ``pack.mode: greedy`` short tails cost no padding at all. The manifest measures
-  the choice: ``stats.tail_samples`` / ``tail_tokens`` (last samples of multi-sample documents)
-  and ``short_tail_samples`` (tails under ``max_tokens / 4``). On data/sample with
-  ``max_tokens: 256``: 158 tails of 436 samples, 52 of them short.
+  The manifest measures the choice: ``stats.tail_samples`` / ``tail_tokens``,
+  ``short_tail_samples`` (tails still short after the option), ``backfill_tokens``. On
+  data/sample with ``max_tokens: 256`` and ``keep``: 158 tails of 436 samples, 52 of them short.
 
 BOS goes on a document's first sample only and EOS on its last only (KnowLM's rule); both count
 towards ``max_tokens``. A single sentence longer than ``max_tokens`` is cut into
@@ -148,20 +163,35 @@ def encode_sentences(tokenizer: Any, sentences: Sequence[str]) -> list[list[int]
     return out
 
 
+TAIL_MODES = ("keep", "backfill", "drop")
+
+
+def short_tail_tokens(max_tokens: int, fraction: float) -> int:
+    """Tails under this many tokens are short (``split.short_tail`` x ``max_tokens``, at least 1)."""
+    return max(1, int(max_tokens * fraction))
+
+
 @dataclass
 class DocSamples:
     samples: list[list[int]] = field(default_factory=list)  # in document order
     sentences_cut: int = 0
+    backfill_tokens: int = 0  # tokens the tail repeats from earlier samples (tail: backfill)
+    dropped_tail: list[int] | None = None  # the short tail taken out (tail: drop)
 
 
 def build_samples(sentence_ids: Sequence[Sequence[int]], max_tokens: int,
-                  bos_id: int | None = None, eos_id: int | None = None) -> DocSamples:
+                  bos_id: int | None = None, eos_id: int | None = None,
+                  tail: str = "keep", short_tail: int = 0) -> DocSamples:
     """Greedy forward merge of whole sentences into samples of <= max_tokens tokens.
 
     BOS is glued to the first sentence and EOS to the last, so they land on the document's first
-    and last sample and count towards the limit. Concatenating the samples gives back
-    ``[BOS] + sum(sentence_ids) + [EOS]``; dropping those under ``min_tokens`` is the caller's.
+    and last sample and count towards the limit. With ``tail: keep`` concatenating the samples
+    gives back ``[BOS] + sum(sentence_ids) + [EOS]``; ``backfill`` / ``drop`` change a tail
+    shorter than ``short_tail`` tokens (see the module doc). Dropping samples under
+    ``min_tokens`` is the caller's.
     """
+    if tail not in TAIL_MODES:
+        raise ValueError(f"tail must be one of {TAIL_MODES}, got {tail!r}")
     units = [list(ids) for ids in sentence_ids if len(ids)]
     if not units:
         return DocSamples()
@@ -170,23 +200,38 @@ def build_samples(sentence_ids: Sequence[Sequence[int]], max_tokens: int,
     if eos_id is not None:
         units[-1].append(eos_id)
     result = DocSamples()
-    samples: list[list[int]] = []
-    current: list[int] = []
+    samples: list[list[list[int]]] = []  # each sample as its units (sentences or cut pieces)
+    current: list[list[int]] = []
+    size = 0
     for unit in units:
         if len(unit) > max_tokens:  # an over-long sentence: cut into max_tokens pieces
             result.sentences_cut += 1
             if current:
                 samples.append(current)
-                current = []
             pieces = [unit[i:i + max_tokens] for i in range(0, len(unit), max_tokens)]
-            samples.extend(pieces[:-1])
-            current = pieces[-1]
-        elif len(current) + len(unit) > max_tokens:
+            samples.extend([p] for p in pieces[:-1])
+            current, size = [pieces[-1]], len(pieces[-1])
+        elif size + len(unit) > max_tokens:
             samples.append(current)
-            current = unit
+            current, size = [unit], len(unit)
         else:
-            current.extend(unit)
+            current.append(unit)
+            size += len(unit)
     if current:
         samples.append(current)
-    result.samples = samples
+    flat = [[t for u in sample for t in u] for sample in samples]
+    if len(flat) > 1 and len(flat[-1]) < short_tail and tail != "keep":
+        if tail == "drop":
+            result.dropped_tail = flat.pop()
+        else:
+            earlier = [u for sample in samples[:-1] for u in sample]
+            prefix: list[int] = []
+            for k in range(len(earlier) - 1, -1, -1):
+                unit = earlier[k][1:] if k == 0 and bos_id is not None else earlier[k]  # BOS: first sample only
+                if len(prefix) + len(unit) + len(flat[-1]) > max_tokens:
+                    break
+                prefix[:0] = unit
+            flat[-1] = prefix + flat[-1]
+            result.backfill_tokens = len(prefix)
+    result.samples = flat
     return result

@@ -2,12 +2,15 @@
 
 A document is counted once, on its row with ``sample <= 0`` (sample -1 for documents that never
 reached tokenisation, sample 0 for tokenised ones), so ``read = malformed + filtered +
-exact_dups + near_dups + documents`` holds per source. Filtered documents are also counted per
+exact_dups + near_dups + capped + documents`` holds per source (``capped``: documents over a
+``mix`` cap; 0 without one). Filtered documents are also counted per
 filter (the reason's ``"<filter>:"`` prefix), so ``filtered = sum(filters.values())``.
 
-Short tails: the last sample of a document that needed several samples is its *tail*; we keep
-tails as they are (see ``split.py``) and measure them: ``tail_samples`` / ``tail_tokens``, and
-``short_tail_samples`` for tails under a quarter of ``max_tokens``.
+Short tails: the last sample of a document that needed several samples is its *tail*; how short
+ones are handled is ``split.tail`` (see ``split.py``), measured here: ``tail_samples`` /
+``tail_tokens`` (kept tails), ``short_tail_samples`` (kept tails under ``split.short_tail`` x
+``max_tokens``), ``backfill_tokens`` (tokens back-filled tails repeat). Dropped tails count in
+``short_dropped``.
 """
 from __future__ import annotations
 
@@ -18,20 +21,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from knowlm_ray.corpus.filters import FILTER_NAMES
-from knowlm_ray.corpus.schema import EXACT_DUP, FILTERED, MALFORMED, NEAR_DUP, OK, SHORT
+from knowlm_ray.corpus.schema import CAPPED, EXACT_DUP, FILTERED, MALFORMED, NEAR_DUP, OK, SHORT
+from knowlm_ray.corpus.split import short_tail_tokens
 
-STAGE_KEYS = ("read", "malformed", "filtered", "exact_dups", "near_dups", "documents", "samples", "tokens")
+STAGE_KEYS = ("read", "malformed", "filtered", "exact_dups", "near_dups", "capped", "documents", "samples",
+              "tokens")
 STAT_KEYS = ("sentences_cut", "short_dropped", "short_dropped_tokens", "tail_samples", "tail_tokens",
-             "short_tail_samples")
-_SUMS = ("docs", "tokens", "cuts", "rows", "tails", "tail_tokens", "short_tails")
+             "short_tail_samples", "backfill_tokens", "capped_samples")
+_SUMS = ("docs", "tokens", "cuts", "rows", "tails", "tail_tokens", "short_tails", "backfill")
 
 
-def partial_counts(batch: pa.Table, max_tokens: int = 0) -> pa.Table:
+def partial_counts(batch: pa.Table, max_tokens: int = 0, short_tail: float = 0.25) -> pa.Table:
     """map_batches UDF: SAMPLE_SCHEMA batch -> one row per (source, status, filter) with sums."""
     filtered = pc.equal(batch["status"], FILTERED)
     prefix = pc.list_element(pc.split_pattern(pc.fill_null(batch["reason"], ""), ":", max_splits=1), 0)
     tail = pc.and_(pc.equal(batch["status"], OK), pc.fill_null(batch["tail"], False))
-    short = pc.and_(tail, pc.less(batch["n_tokens"], max(1, max_tokens // 4)))
+    short = pc.and_(tail, pc.less(batch["n_tokens"], short_tail_tokens(max_tokens, short_tail)))
     zero = pa.scalar(0, pa.int64())
     t = pa.table({
         "source": batch["source"], "status": batch["status"],
@@ -41,6 +46,7 @@ def partial_counts(batch: pa.Table, max_tokens: int = 0) -> pa.Table:
         "tails": pc.cast(tail, pa.int64()),
         "tail_tokens": pc.if_else(tail, batch["n_tokens"], zero),
         "short_tails": pc.cast(short, pa.int64()),
+        "backfill": pc.if_else(tail, pc.fill_null(batch["backfill"], 0), zero),
     })
     g = t.group_by(["source", "status", "filter"]).aggregate(
         [(k, "sum") for k in _SUMS if k != "rows"] + [([], "count_all")])
@@ -69,6 +75,7 @@ def summarise(partials: Iterable[dict[str, Any]]) -> tuple[dict, dict, dict]:
             "filtered": s[FILTERED]["docs"],
             "exact_dups": s[EXACT_DUP]["docs"],
             "near_dups": s[NEAR_DUP]["docs"],
+            "capped": s[CAPPED]["docs"],
             "documents": s[OK]["docs"] + s[SHORT]["docs"],
             "samples": s[OK]["rows"],
             "tokens": s[OK]["tokens"],
@@ -82,6 +89,8 @@ def summarise(partials: Iterable[dict[str, Any]]) -> tuple[dict, dict, dict]:
         stats["tail_samples"] += s[OK]["tails"]
         stats["tail_tokens"] += s[OK]["tail_tokens"]
         stats["short_tail_samples"] += s[OK]["short_tails"]
+        stats["backfill_tokens"] += s[OK]["backfill"]
+        stats["capped_samples"] += s[CAPPED]["rows"]
     stages = {k: sum(v[k] for v in by_source.values()) for k in STAGE_KEYS}
     stats["filters"] = totals
     return stages, by_source, stats

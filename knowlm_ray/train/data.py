@@ -13,7 +13,6 @@ global sample count plus every source's (epoch, offset).
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -68,102 +67,55 @@ def read_manifest(path: str | Path) -> dict:
 
 
 class ShardRows:
-    """Rows of Arrow IPC *file* shards, read memory-mapped (zero-copy; pages load on demand).
+    """Training rows of Arrow IPC *file* shards, on ``knowlm_ray.corpus.shards.ShardReader``
+    (memory-mapped, random access; pages load on demand).
 
     Required column ``input_ids: list<int>``; an optional ``labels`` column of the same shape is
     used as is (prepared instruction shards). Rows shorter than 2 tokens teach nothing (no next
-    token) and would make an all-padding batch's loss NaN, so they are skipped.
+    token) and would make an all-padding batch's loss NaN, so they are skipped: row ``i`` here is
+    shard row ``keep[i]``.
     """
 
     def __init__(self, files: Sequence[str | Path]):
-        import pyarrow as pa
+        from knowlm_ray.corpus.shards import ShardError, ShardReader
 
-        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
-        self._doc_starts: list[tuple[np.ndarray, np.ndarray]] = []
-        self._starts: list[int] = []
-        self._keep: list[np.ndarray] = []
-        self._where: list[tuple[str, int]] = []  # (file, record batch) of each part
-        self.packed = False  # shards carry doc_starts (corpus pack.mode: greedy)
+        try:
+            self.reader = ShardReader(files)
+        except ShardError as exc:
+            raise DataError(str(exc)) from None
+        self._keep = np.flatnonzero(self.reader.lengths() >= 2)
+        self.packed = self.reader.packed  # shards carry doc_starts (corpus pack.mode: greedy)
         self._sources: tuple[list[str], np.ndarray] | None = None
-        total = 0
-        for f in files:
-            try:
-                reader = pa.ipc.open_file(pa.memory_map(str(f), "r"))
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise DataError(f"{f}: not an Arrow IPC file: {exc}") from None
-            if "input_ids" not in reader.schema.names:
-                raise DataError(f"{f}: no 'input_ids' column (columns: {reader.schema.names})")
-            has_labels = "labels" in reader.schema.names
-            has_starts = "doc_starts" in reader.schema.names
-            if self._parts and has_starts != bool(self._doc_starts):
-                raise DataError(f"{f}: shards mix packed (doc_starts) and unpacked rows")
-            for b in range(reader.num_record_batches):
-                batch = reader.get_batch(b)
-                ids = batch.column("input_ids")
-                offs, vals = ids.offsets.to_numpy(), ids.values.to_numpy()
-                loffs = lvals = None
-                if has_labels:
-                    lab = batch.column("labels")
-                    loffs, lvals = lab.offsets.to_numpy(), lab.values.to_numpy()
-                keep = np.flatnonzero(np.diff(offs) >= 2)
-                if len(keep) == 0:
-                    continue
-                self._parts.append((offs, vals, loffs, lvals))
-                if has_starts:
-                    ds = batch.column("doc_starts")
-                    self._doc_starts.append((ds.offsets.to_numpy(), ds.values.to_numpy()))
-                self._keep.append(keep)
-                self._starts.append(total)
-                self._where.append((str(f), b))
-                total += len(keep)
-            self.packed = self.packed or has_starts
-        self._len = total
-        if total == 0:
+        if len(self._keep) == 0:
             names = [str(f) for f in files][:3]
             raise DataError(f"no usable rows (>= 2 tokens) in {len(files)} shard file(s): {names}")
 
     def __len__(self) -> int:
-        return self._len
+        return len(self._keep)
 
-    def _locate(self, i: int) -> tuple[int, int]:
-        if not 0 <= i < self._len:
-            raise IndexError(f"row {i} outside 0..{self._len - 1}")
-        k = bisect.bisect_right(self._starts, i) - 1
-        return k, int(self._keep[k][i - self._starts[k]])
+    def _row(self, i: int) -> int:
+        if not 0 <= i < len(self._keep):
+            raise IndexError(f"row {i} outside 0..{len(self._keep) - 1}")
+        return int(self._keep[i])
 
     def __getitem__(self, i: int) -> Row:
-        k, r = self._locate(i)
-        offs, vals, loffs, lvals = self._parts[k]
-        ids = vals[offs[r]:offs[r + 1]]
-        labels = None if lvals is None else lvals[loffs[r]:loffs[r + 1]]
-        return ids, labels
+        r = self._row(i)
+        return self.reader.input_ids(r), self.reader.labels(r)
 
     def doc_starts(self, i: int) -> np.ndarray | None:
         """Offsets in row ``i`` where documents start (packed shards); None for unpacked shards."""
-        if not self.packed:
-            return None
-        k, r = self._locate(i)
-        offs, vals = self._doc_starts[k]
-        return vals[offs[r]:offs[r + 1]]
+        return self.reader.doc_starts(self._row(i)) if self.packed else None
 
     def sources(self) -> tuple[list[str], np.ndarray]:
         """(source names, per-row index into them) from the ``source`` column (read once, on demand)."""
         if self._sources is None:
-            import pyarrow as pa
+            from knowlm_ray.corpus.shards import ShardError
 
-            names: dict[str, int] = {}
-            codes = np.empty(self._len, dtype=np.int32)
-            for k, (f, b) in enumerate(self._where):
-                batch = pa.ipc.open_file(pa.memory_map(f, "r")).get_batch(b)
-                if "source" not in batch.schema.names:
-                    raise DataError(f"{f}: no 'source' column to mix sources by")
-                col = batch.column("source").dictionary_encode()
-                remap = np.array([names.setdefault(str(v), len(names)) for v in col.dictionary.to_pylist()],
-                                 dtype=np.int32)
-                local = col.indices.to_numpy(zero_copy_only=False)[self._keep[k]]
-                end = self._starts[k + 1] if k + 1 < len(self._starts) else self._len
-                codes[self._starts[k]:end] = remap[local]
-            self._sources = (list(names), codes)
+            try:
+                names, codes = self.reader.sources()
+            except ShardError as exc:
+                raise DataError(f"{exc} to mix sources by") from None
+            self._sources = (names, codes[self._keep])
         return self._sources
 
 

@@ -138,11 +138,12 @@ def test_summarise_counts_documents_once():
     ]
     table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     stages, by_source, stats = summarise(partial_counts(table).to_pylist())
-    assert stages == {"read": 3, "malformed": 1, "filtered": 0, "exact_dups": 1, "near_dups": 0,
+    assert stages == {"read": 3, "malformed": 1, "filtered": 0, "exact_dups": 1, "near_dups": 0, "capped": 0,
                       "documents": 1, "samples": 1, "tokens": 2}
     assert by_source == {"a": {**stages, "filters": dict.fromkeys(FILTER_NAMES, 0)}}
     assert stats == {"sentences_cut": 1, "short_dropped": 1, "short_dropped_tokens": 1, "tail_samples": 0,
-                     "tail_tokens": 0, "short_tail_samples": 0, "filters": dict.fromkeys(FILTER_NAMES, 0)}
+                     "tail_tokens": 0, "short_tail_samples": 0, "backfill_tokens": 0, "capped_samples": 0,
+                     "filters": dict.fromkeys(FILTER_NAMES, 0)}
 
 
 def test_summarise_counts_filters_and_tails():

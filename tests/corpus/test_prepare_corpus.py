@@ -111,7 +111,7 @@ def test_manifest_counts(first_run, corpus_tokenizer):
     tok = load_tokenizer(str(corpus_tokenizer))
     n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 2 for t in expected["docs"].values())
     stages = manifest["stages"]
-    assert stages == {"read": 18, "malformed": 3, "filtered": 2, "exact_dups": 4, "near_dups": 1,
+    assert stages == {"read": 18, "malformed": 3, "filtered": 2, "exact_dups": 4, "near_dups": 1, "capped": 0,
                       "documents": 8, "samples": stages["samples"], "tokens": n_tokens}
     assert manifest["filters"] == {"length": 1, "char_ratio": 1, "language": 0, "repetition": 0, "code": 0,
                                    "blocklist": 0}
@@ -177,7 +177,7 @@ def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokeni
                                     max_tokens=128, **{"pack.mode": "greedy", "rows_per_shard": 400})
     manifest = run(sample_cfg)
     assert manifest["stages"] | {"samples": 0, "tokens": 0} == {
-        "read": 224, "malformed": 9, "filtered": 13, "exact_dups": 9, "near_dups": 8, "documents": 185,
+        "read": 224, "malformed": 9, "filtered": 13, "exact_dups": 9, "near_dups": 8, "capped": 0, "documents": 185,
         "samples": 0, "tokens": 0}
     bs = manifest["by_source"]
     assert [bs["baike"][k] for k in ("malformed", "filtered", "exact_dups", "near_dups", "documents")] == [5, 6, 4, 4, 97]

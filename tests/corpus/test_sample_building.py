@@ -215,3 +215,52 @@ def test_special_token_strings_in_text_stay_text(corpus_tokenizer):
     assert flat.count(tok.bos_token_id) == flat.count(tok.eos_token_id) == 1
     assert flat[0] == tok.bos_token_id and flat[-1] == tok.eos_token_id
     assert tok.decode(flat[1:-1]) == text
+
+
+def test_short_tail_keep_backfill_drop():
+    sentences = [[10] * 3, [11] * 3, [12] * 2, [13]]
+    keep = build_samples(sentences, 8, BOS, EOS, tail="keep", short_tail=5)
+    assert keep.samples == [[BOS, 10, 10, 10, 11, 11, 11], [12, 12, 13, EOS]]
+    back = build_samples(sentences, 8, BOS, EOS, tail="backfill", short_tail=5)
+    # whole preceding sentences, backwards, while they fit: [11 11 11] yes, [BOS 10 10 10] no
+    assert back.samples == [keep.samples[0], [11, 11, 11, 12, 12, 13, EOS]] and back.backfill_tokens == 3
+    drop = build_samples(sentences, 8, BOS, EOS, tail="drop", short_tail=5)
+    assert drop.samples == keep.samples[:1] and drop.dropped_tail == [12, 12, 13, EOS]
+    # a tail that is not short, or a one-sample document, is never touched
+    assert build_samples(sentences, 8, BOS, EOS, tail="drop", short_tail=4).samples == keep.samples
+    assert build_samples([[10] * 2], 8, BOS, EOS, tail="drop", short_tail=8).samples == [[BOS, 10, 10, EOS]]
+    with pytest.raises(ValueError, match="tail must be one of"):
+        build_samples(sentences, 8, BOS, EOS, tail="merge")
+
+
+def test_backfill_property_random():
+    rng = random.Random(1)
+    for _ in range(300):
+        max_tokens = rng.randint(4, 40)
+        sentences = [[rng.randint(3, 99)] * rng.randint(1, 30) for _ in range(rng.randint(1, 12))]
+        keep = build_samples(sentences, max_tokens, BOS, EOS)
+        back = build_samples(sentences, max_tokens, BOS, EOS, tail="backfill", short_tail=max_tokens // 2)
+        assert back.samples[:-1] == keep.samples[:-1]
+        tail, prefix = back.samples[-1], back.backfill_tokens
+        assert tail[prefix:] == keep.samples[-1] and len(tail) <= max_tokens
+        flat = [t for s in keep.samples for t in s]
+        if prefix:  # the repeated tokens are exactly the ones before the tail (BOS never repeated)
+            assert len(keep.samples) > 1 and len(keep.samples[-1]) < max_tokens // 2
+            before = flat[:len(flat) - len(keep.samples[-1])]
+            assert tail[:prefix] == [t for t in before if t != BOS][-prefix:]
+        assert [s[0] == BOS for s in back.samples] == [True] + [False] * (len(back.samples) - 1)
+
+
+def test_dropped_tail_is_a_counted_short_row(corpus_tokenizer):
+    tok = load_tokenizer(str(corpus_tokenizer))
+    text = " ".join(f"Sentence number {i} talks about rivers and mills." for i in range(7))
+    doc = {"doc_id": "a/1", "source": "a", "file": "f", "line": 1, "status": OK, "reason": None, "raw": None,
+           "text": text, "lang": "en"}
+    keep = list(doc_to_sample_rows(doc, tok, 100, 1))
+    drop = list(doc_to_sample_rows(doc, tok, 100, 1, tail="drop", short_tail=0.5))
+    assert keep[-1]["tail"] and keep[-1]["n_tokens"] < 50  # 3 + 3 + 1 sentences: a short tail
+    assert [r["input_ids"] for r in drop[:-1]] == [r["input_ids"] for r in keep[:-1]]
+    assert drop[-1]["status"] == SHORT and drop[-1]["reason"].startswith("short tail")
+    back = list(doc_to_sample_rows(doc, tok, 100, 1, tail="backfill", short_tail=0.5))
+    assert back[-1]["backfill"] > 0 and back[-1]["n_tokens"] == keep[-1]["n_tokens"] + back[-1]["backfill"]
+    assert all(r["n_tokens"] <= 100 for r in back)
