@@ -5,28 +5,18 @@
 
 input: a jsonl file / directory (``text_field``) or corpus Arrow shards (decoded with the model's
 tokenizer). Writes out_dir/records.jsonl (IE records), triples.parquet and summary.json; a re-run
-skips the blocks already written (see knowlm_ray.ie.batch).
+skips the blocks already written (see knowlm_ray.ie.batch). A bad input path, a schema gap or
+changed settings on a re-run is one line and exit status 2.
 """
 from __future__ import annotations
 
-import json
-import sys
-
-from knowlm_ray.config import BatchExtractConfig, ConfigError, parse_job_args
+from knowlm_ray.config import BatchExtractConfig
 from knowlm_ray.ie.batch import run
-from knowlm_ray.runtime import init_ray
+from knowlm_ray.runtime import run_job
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_job_args(BatchExtractConfig, argv, description=__doc__)
-    init_ray()
-    try:
-        summary = run(cfg)
-    except ConfigError as exc:  # bad input path, schema gap, changed settings: one line, exit 2
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(json.dumps(summary, ensure_ascii=False, indent=2))
-    return summary
+    return run_job(BatchExtractConfig, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":

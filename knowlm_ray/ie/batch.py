@@ -44,18 +44,14 @@ STATE_KEYS = ("input", "input_format", "text_field", "id_field", "lang", "tasks"
 # ------------------------------------------------------------------------------- schemas
 def load_schema_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
     """The schema from the config: a dict, or a JSON file's contents."""
+    from knowlm_ray.instruct.kg2instruct import read_json_object
+
     if isinstance(spec, dict):
         return spec
-    p = Path(spec)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"schema file not found: {p}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"schema file {p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"schema file {p}: expected a JSON object")
-    return data
+        return read_json_object(spec, "schema file")
+    except ValueError as exc:  # RecordError: the file, named
+        raise ConfigError(str(exc)) from None
 
 
 def schema_for(spec: dict[str, Any], task: str, lang: str) -> Any:

@@ -15,10 +15,11 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from knowlm_ray.config import EvaluateConfig
+from knowlm_ray.config import ConfigError, EvaluateConfig
 
 
 def evaluate_extraction(gold: Sequence[dict], schema: dict[str, Any], generate_fn: Callable, *,
@@ -72,16 +73,19 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
     from knowlm_ray.ie.extract import engine_generate_fn
     from knowlm_ray.serve.engine import GenerationEngine
 
+    from knowlm_ray.instruct.kg2instruct import load_ie_records
+
     t0 = time.perf_counter()
-    engine = GenerationEngine(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    with _inputs("model"):
+        engine = GenerationEngine(cfg.model, device=cfg.device, dtype=cfg.dtype)
     report: dict[str, Any] = {"model": cfg.model}
     out = Path(cfg.out_dir)
     if cfg.gold:
-        from knowlm_ray.instruct.kg2instruct import load_ie_records
-
-        gold = load_ie_records(cfg.gold)
+        with _inputs("gold"):
+            gold = load_ie_records(cfg.gold)
         gold = gold[:cfg.limit] if cfg.limit else gold
-        schema = load_schema_spec(cfg.schema_) if cfg.schema_ is not None else schema_from_gold(gold)
+        with _inputs("schema"):
+            schema = load_schema_spec(cfg.schema_) if cfg.schema_ is not None else schema_from_gold(gold)
         gen = engine_generate_fn(engine, {"max_tokens": cfg.max_tokens})
         preds, scores = evaluate_extraction(gold, schema, gen, tasks=cfg.tasks, match=cfg.match,
                                             docs_per_call=cfg.docs_per_call, fmt=cfg.format,
@@ -95,7 +99,8 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.shards:
         from knowlm_ray.corpus.shards import read_shards
 
-        table = read_shards(cfg.shards)
+        with _inputs("shards"):
+            table = read_shards(cfg.shards)
         n = min(table.num_rows, cfg.ppl_max_rows) if cfg.ppl_max_rows else table.num_rows
         rows = table.column("input_ids").slice(0, n).to_pylist()
         pad = engine.tokenizer.pad_token_id or 0
@@ -107,6 +112,18 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
     report["elapsed_s"] = round(time.perf_counter() - t0, 3)
     _write_atomic(out / "report.json", lambda fh: json.dump(report, fh, ensure_ascii=False, indent=1))
     return report
+
+
+@contextmanager
+def _inputs(key: str):
+    """A bad input (missing path, malformed gold line) is a ConfigError naming the config key:
+    one line and exit status 2 from ``runtime.run_job``, not a traceback."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _headline(scores: dict[str, Any]) -> float:

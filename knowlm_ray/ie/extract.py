@@ -74,8 +74,9 @@ def plan_extraction(task: str, text: str, schema: Any, lang: str | None = None, 
         labels = normalize_schema(task, schema)
         prompts = prompt_pairs(task, text, labels, lang, fmt=fmt, template=template,
                                split_num=split_num, max_chars=max_chars)
-    except SchemaError as exc:
-        raise IERequestError(f"schema: {exc}") from None
+    except SchemaError as exc:  # its message already names schema[...] where it can
+        msg = str(exc)
+        raise IERequestError(msg if msg.startswith("schema") else f"schema: {msg}") from None
     except ValueError as exc:
         raise IERequestError(str(exc)) from None
     return ExtractionPlan(task, text, lang, record_id or record_id_for(text), labels, prompts)

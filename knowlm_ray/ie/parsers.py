@@ -15,7 +15,8 @@ Two answer formats, as the instruction builder writes them (``knowlm_ray.instruc
   gives 鲁迅 and an event cut inside its arguments keeps its trigger and complete arguments;
 * full-width syntax (``（），：［］｛｝【】“”``) and single quotes, trailing commas, bare words;
 * none-answers ``无`` / ``None`` / ``NAN`` / ``null`` / ``[]`` (whole answer) and ``"NAN"`` values;
-* duplicated items (models loop): each item is kept once, in first-seen order;
+* duplicated items (models loop): each item is kept once, in first-seen order; a JSON key written
+  twice (``{"时间": ["1881年"], "时间": ["1993年"]}``) keeps the values of both;
 * both formats, detected from the first structural character (``auto``), falling back to the
   other format when the detected one yields nothing.
 
@@ -343,58 +344,69 @@ class _Lenient:
         except (json.JSONDecodeError, ValueError):
             return word, j, True
 
-    def obj(self, i: int) -> tuple[dict, int, bool]:
-        out: dict = {}
+    def _members(self, i: int, out: Any, close: str, member) -> tuple[Any, int, bool]:
+        """The loop objects and arrays share: ``member(i)`` reads one member into ``out`` and
+        returns (end, complete); separators, stray commas and the closer are handled here."""
         while True:
             i = self.ws(i)
             if i >= self.n:
                 return out, i, False
-            if self.s[i] in _CLOSE_OBJ:
+            if self.s[i] in close:
                 return out, i + 1, True
             if self.s[i] in _COMMA:  # trailing / doubled comma
                 i += 1
                 continue
-            key, i, done = self.read(i)
-            if not done or not isinstance(key, (str, int, float)) or isinstance(key, bool):
-                return out, i, False
-            i = self.ws(i)
-            if i >= self.n or self.s[i] not in _COLON:
-                return out, i, False
-            value, i, done = self.read(i + 1)
-            if value is not _INCOMPLETE:
-                out[str(key)] = value
+            i, done = member(i)
             if not done:
                 return out, i, False
             i = self.ws(i)
             if i < self.n and self.s[i] in _COMMA:
                 i += 1
-            elif i < self.n and self.s[i] not in _CLOSE_OBJ:
+            elif i < self.n and self.s[i] not in close:
                 return out, i, False  # broken: keep what came before
+
+    def obj(self, i: int) -> tuple[dict, int, bool]:
+        out: dict = {}
+
+        def member(i: int) -> tuple[int, bool]:
+            key, i, done = self.read(i)
+            if not done or not isinstance(key, (str, int, float)) or isinstance(key, bool):
+                return i, False
+            i = self.ws(i)
+            if i >= self.n or self.s[i] not in _COLON:
+                return i, False
+            value, i, done = self.read(i + 1)
+            if value is not _INCOMPLETE:
+                _merge_key(out, str(key), value)
+            return i, done
+
+        return self._members(i, out, _CLOSE_OBJ, member)
 
     def arr(self, i: int) -> tuple[list, int, bool]:
         out: list = []
-        while True:
-            i = self.ws(i)
-            if i >= self.n:
-                return out, i, False
-            if self.s[i] in _CLOSE_ARR:
-                return out, i + 1, True
-            if self.s[i] in _COMMA:
-                i += 1
-                continue
+
+        def member(i: int) -> tuple[int, bool]:
             value, i, done = self.read(i)
             if value is not _INCOMPLETE:
                 out.append(value)
-            if not done:
-                return out, i, False
-            i = self.ws(i)
-            if i < self.n and self.s[i] in _COMMA:
-                i += 1
-            elif i < self.n and self.s[i] not in _CLOSE_ARR:
-                return out, i, False
+            return i, done
+
+        return self._members(i, out, _CLOSE_ARR, member)
 
 
 _JSON_START = re.compile(r"[{｛\[［]")
+
+
+def _merge_key(obj: dict, key: str, value: Any) -> None:
+    """Set ``obj[key]``; a key seen before keeps both values (as one list), not just the last."""
+    obj[key] = _as_list(obj[key]) + _as_list(value) if key in obj else value
+
+
+def _merged_object(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        _merge_key(out, key, value)
+    return out
 
 
 def read_json_values(text: str) -> tuple[list[Any], bool]:
@@ -403,7 +415,7 @@ def read_json_values(text: str) -> tuple[list[Any], bool]:
     Returns (values, damaged): damaged when some value had to be recovered leniently.
     """
     values, damaged, i = [], False, 0
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_merged_object)
     while True:
         m = _JSON_START.search(text, i)
         if not m:
@@ -433,36 +445,35 @@ def _as_list(v: Any) -> list:
     return v if isinstance(v, list) else [v]
 
 
-def _ner_items(label: Any, values: Any) -> list[dict]:
-    label = _clean(label)
-    if not label:
-        return []
-    out = []
-    for v in _as_list(values):
-        if isinstance(v, dict):
-            v = _first(v, "text", "entity", "mention", "name", "span")
-        span = _clean(v)
-        if span:
-            out.append({"text": span, "type": label})
-    return out
+def _per_value(make):
+    """``items(label, values)``: ``make(label, value)`` for each value under a usable label
+    (IEPile's ``{label: [values]}`` maps, one reader per task)."""
+    def items(label: Any, values: Any) -> list[dict]:
+        label = _clean(label)
+        if not label:
+            return []
+        return [item for v in _as_list(values) if (item := make(label, v))]
+    return items
 
 
-def _re_items(label: Any, values: Any) -> list[dict]:
-    label = _clean(label)
-    if not label:
-        return []
-    out = []
-    for v in _as_list(values):
-        if isinstance(v, dict):
-            head, tail = _first(v, "subject", "head", "h"), _first(v, "object", "tail", "t")
-        elif isinstance(v, list) and len(v) == 2:
-            head, tail = v
-        else:
-            continue
-        head, tail = _clean(head), _clean(tail)
-        if head and tail:
-            out.append({"head": head, "relation": label, "tail": tail})
-    return out
+@_per_value
+def _ner_items(label: str, v: Any) -> dict | None:
+    if isinstance(v, dict):
+        v = _first(v, "text", "entity", "mention", "name", "span")
+    span = _clean(v)
+    return {"text": span, "type": label} if span else None
+
+
+@_per_value
+def _re_items(label: str, v: Any) -> dict | None:
+    if isinstance(v, dict):
+        head, tail = _first(v, "subject", "head", "h"), _first(v, "object", "tail", "t")
+    elif isinstance(v, list) and len(v) == 2:
+        head, tail = v
+    else:
+        return None
+    head, tail = _clean(head), _clean(tail)
+    return {"head": head, "relation": label, "tail": tail} if head and tail else None
 
 
 def _ee_args(raw: Any) -> list[dict]:
@@ -483,18 +494,12 @@ def _ee_args(raw: Any) -> list[dict]:
     return args
 
 
-def _ee_items(label: Any, values: Any) -> list[dict]:
-    label = _clean(label)
-    if not label:
-        return []
-    out = []
-    for v in _as_list(values):
-        if not isinstance(v, dict):
-            continue
-        trigger = _clean(_first(v, "trigger", "event_trigger"))
-        if trigger:
-            out.append({"type": label, "trigger": trigger, "arguments": _ee_args(v.get("arguments"))})
-    return out
+@_per_value
+def _ee_items(label: str, v: Any) -> dict | None:
+    if not isinstance(v, dict):
+        return None
+    trigger = _clean(_first(v, "trigger", "event_trigger"))
+    return {"type": label, "trigger": trigger, "arguments": _ee_args(v.get("arguments"))} if trigger else None
 
 
 def _record_items(task: str, rows: Any) -> list[dict]:

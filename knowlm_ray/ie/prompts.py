@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from knowlm_ray.corpus.split import split_sentences
-from knowlm_ray.instruct.kg2instruct import FORMAT_TEXT, LANGS, TEMPLATES, guess_lang
-from knowlm_ray.ie.parsers import FORMATS, TASKS
+from knowlm_ray.instruct.kg2instruct import FORMAT_TEXT, LANGS, TEMPLATES, guess_lang, render_output
+from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS
 from knowlm_ray.ie.schema import Schema
 
 SPLIT_NUM = {"ner": 6, "re": 4, "ee": 4}  # IEPile's labels per prompt
@@ -116,3 +116,31 @@ def prompt_pairs(task: str, text: str, labels: Schema, lang: str, *, fmt: str = 
             out.append({"instruction": build_instruction(task, batch, lang, fmt, template),
                         "input": chunk, "offset": offset, "chunk": ci, "labels": batch})
     return out
+
+
+def serve_format_instructions(records: list[dict[str, Any]], task: str, labels: Schema, lang: str, *,
+                              fmt: str = "json", max_chars: int | None = DEFAULT_MAX_CHARS) -> list[dict]:
+    """Alpaca rows that ask exactly what ``/extract`` will ask: the fixed template, ``labels`` in
+    the given order, the same schema batches and text chunks (``prompt_pairs``), each answered
+    with the record's gold items of that batch that lie in that chunk (``render_output``).
+
+    ``kg2instruct.build_instructions`` varies templates, label order and format so a model learns
+    the task; these rows are for a model that only has to learn the serving prompt (the demo).
+    """
+    rows = []
+    for rec in records:
+        for p in prompt_pairs(task, rec["text"], labels, lang, fmt=fmt, max_chars=max_chars):
+            batch, chunk = set(p["labels"]), p["input"]
+            items = [x for x in rec.get(FIELD[task]) or [] if _in_batch(task, x, batch, chunk)]
+            rows.append({"instruction": p["instruction"], "input": chunk,
+                         "output": render_output(task, lang, fmt, items),
+                         "task": task, "lang": lang, "format": fmt, "id": rec["id"], "labels": p["labels"]})
+    return rows
+
+
+def _in_batch(task: str, item: dict, batch: set, chunk: str) -> bool:
+    if task == "ner":
+        return item["type"] in batch and item["text"] in chunk
+    if task == "re":
+        return item["relation"] in batch and item["head"] in chunk and item["tail"] in chunk
+    return item["type"] in batch and item["trigger"] in chunk

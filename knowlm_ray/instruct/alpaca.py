@@ -45,16 +45,25 @@ def validate_record(rec: Any, where: str) -> dict[str, str]:
     return {"instruction": rec["instruction"], "input": rec.get("input", ""), "output": rec["output"]}
 
 
-def load_alpaca(path: str | Path) -> list[dict[str, str]]:
-    """Read a JSON list or JSON-lines file of alpaca records (or every such file in a directory)."""
+def alpaca_files(path: str | Path) -> list[Path]:
+    """The file ``path``, or the .json / .jsonl files of the directory ``path`` (sorted)."""
     p = Path(path)
     if p.is_dir():
         files = sorted([*p.glob("*.json"), *p.glob("*.jsonl")])
         if not files:
             raise RecordError(f"no .json/.jsonl files in {p}")
-        return [r for f in files for r in load_alpaca(f)]
+        return files
     if not p.is_file():
         raise RecordError(f"instruction data not found: {p}")
+    return [p]
+
+
+def load_alpaca(path: str | Path) -> list[dict[str, str]]:
+    """Read a JSON list or JSON-lines file of alpaca records (or every such file in a directory)."""
+    return [r for f in alpaca_files(path) for r in _load_alpaca_file(f)]
+
+
+def _load_alpaca_file(p: Path) -> list[dict[str, str]]:
     text = p.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:

@@ -15,7 +15,10 @@ Answers come in two formats, as in KnowLM and IEPile: ``tuple`` — one ``(实�
 ``(head,relation,tail)`` / ``(trigger,event type,[(argument,role)])`` per line — and ``json`` —
 ``{"type": [mentions]}``-style objects. ``parse_output`` reads either back into record lists.
 
+``--serve-prompt`` writes instead the prompts ``/extract`` sends (``build_serve_instructions``).
+
     python -m knowlm_ray.instruct.kg2instruct --records R --schema S --out O [--seed N]
+        [--tasks ner,re,ee] [--lang zh|en] [--limit N] [--serve-prompt]
 """
 from __future__ import annotations
 
@@ -26,15 +29,13 @@ import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from knowlm_ray.ie.parsers import parse_output  # noqa: F401  (the parsers live in knowlm_ray.ie)
+# The parsers (and the task / format / field names they share with this builder) live in ie.
+from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS, parse_output  # noqa: F401
 from knowlm_ray.instruct.alpaca import RecordError
 
-TASKS = ("ner", "re", "ee")
-FORMATS = ("tuple", "json")
 LANGS = ("zh", "en")
-FIELD = {"ner": "entities", "re": "relations", "ee": "events"}  # task -> IE record list
 NONE_ANSWER = {"zh": "无", "en": "None"}
 # Characters the tuple format uses as syntax: a span holding one cannot be written as a tuple.
 _TUPLE_SYNTAX = set("(),[]\n")
@@ -159,39 +160,66 @@ def validate_ie_record(obj: Any) -> dict:
     return rec
 
 
-def load_ie_records(path: str | Path) -> list[dict]:
-    """Read IE records (JSON lines); any bad line raises RecordError naming ``file:line``."""
+def iter_ie_records(path: str | Path, schema: dict | None = None
+                    ) -> Iterator[tuple[int, str, dict | None, str | None]]:
+    """``(line number, line, record, None)`` for each good line of an IE records file and
+    ``(line number, line, None, reason)`` for each bad one: invalid JSON, a bad record, a duplicate
+    id and, with ``schema``, a language or label outside it. Blank lines are skipped."""
     p = Path(path)
     if not p.is_file():
         raise RecordError(f"IE records not found: {p}")
-    records, seen = [], {}
+    seen: dict[str, int] = {}
     with open(p, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            line = line.rstrip("\n")
             try:
                 rec = validate_ie_record(json.loads(line))
+                if schema is not None:
+                    _section(rec, schema)
+                if rec["id"] in seen:
+                    raise ValueError(f"duplicate id {rec['id']!r} (first at line {seen[rec['id']]})")
             except json.JSONDecodeError as exc:
-                raise RecordError(f"{p}:{n}: invalid JSON: {exc.msg}") from None
+                yield n, line, None, f"invalid JSON: {exc.msg}"
+                continue
             except ValueError as exc:
-                raise RecordError(f"{p}:{n}: {exc}") from None
-            if rec["id"] in seen:
-                raise RecordError(f"{p}:{n}: duplicate id {rec['id']!r} (first at line {seen[rec['id']]})")
+                yield n, line, None, str(exc)
+                continue
             seen[rec["id"]] = n
-            records.append(rec)
+            yield n, line, rec, None
+
+
+def load_ie_records(path: str | Path) -> list[dict]:
+    """Read IE records (JSON lines); any bad line raises RecordError naming ``file:line``."""
+    records = []
+    for n, _, rec, err in iter_ie_records(path):
+        if err:
+            raise RecordError(f"{Path(path)}:{n}: {err}")
+        records.append(rec)
     return records
+
+
+def read_json_object(path: str | Path, what: str = "schema") -> dict:
+    """The JSON object in ``path``; RecordError naming the file when it is missing, not JSON or
+    not an object."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"{what} not found: {p}") from None
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{p}: expected a JSON object")
+    return data
 
 
 def load_schema(path: str | Path) -> dict:
     """Read the label schema; a wrong shape raises RecordError naming the file and the key."""
     p = Path(path)
-    try:
-        schema = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecordError(f"schema not found: {p}") from None
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(schema, dict) or not schema or not set(schema) <= set(LANGS):
+    schema = read_json_object(p)
+    if not schema or not set(schema) <= set(LANGS):
         raise RecordError(f"{p}: expected an object keyed by language ({', '.join(LANGS)})")
 
     def is_labels(x: Any) -> bool:
@@ -224,6 +252,21 @@ def _check_in_schema(rec: dict, s: dict) -> None:
               for a in ev["arguments"] if a["role"] not in s["ee"][ev["type"]]])
     if bad:
         raise ValueError(f"record {rec['id']!r}: {', '.join(bad)} not in the {rec['lang']} schema")
+
+
+def _section(rec: dict, schema: dict) -> tuple[str, dict]:
+    """(language, schema section) of a record whose labels are all in that section."""
+    lang = rec.get("lang") or guess_lang(rec["text"])
+    if lang not in schema:
+        raise ValueError(f"record {rec['id']!r}: no {lang!r} section in the schema")
+    _check_in_schema({**rec, "lang": lang}, schema[lang])
+    return lang, schema[lang]
+
+
+def _check_tasks(tasks: Sequence[str]) -> None:
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} (expected {TASKS})")
 
 
 # -------------------------------------------------------------------------------- rendering
@@ -338,9 +381,7 @@ def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
     """
     from knowlm_ray.ie.prompts import SPLIT_NUM, split_sizes  # lazy: prompts imports this module
 
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown} (expected {TASKS})")
+    _check_tasks(tasks)
     if not 0 <= neg_ratio <= 1:
         raise ValueError(f"neg_ratio must be in [0, 1], got {neg_ratio}")
     sizes = dict(SPLIT_NUM) if split_num is None else (
@@ -358,11 +399,7 @@ def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
     rng = random.Random(seed)  # one private stream: never the global random state
     out = []
     for rec in records:
-        lang = rec.get("lang") or guess_lang(rec["text"])
-        if lang not in schema:
-            raise ValueError(f"record {rec['id']!r}: no {lang!r} section in the schema")
-        s = schema[lang]
-        _check_in_schema({**rec, "lang": lang}, s)
+        lang, s = _section(rec, schema)
         hard_map = hard_negatives.get(lang, {})
         fmt = rng.choice(FORMATS)  # one format per record
         negative = not any(rec.get(FIELD[t]) for t in TASKS)
@@ -403,6 +440,23 @@ def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
     return out
 
 
+def build_serve_instructions(records: Sequence[dict], schema: dict, tasks: Sequence[str] = TASKS) -> list[dict]:
+    """Alpaca dicts asking exactly what ``/extract`` asks (``knowlm_ray.ie.prompts``'s fixed
+    template, JSON answers, the schema's whole label list in its order, cut into the same schema
+    batches and text chunks), one per (record, task, prompt). No template, order or format
+    variety and no sampled negatives: rows for a model that only has to learn the serving prompt
+    (the demo's tiny model), not the task in general (``build_instructions``)."""
+    from knowlm_ray.ie.prompts import serve_format_instructions  # lazy: prompts imports this module
+
+    _check_tasks(tasks)
+    out = []
+    for rec in records:
+        lang, s = _section(rec, schema)
+        for task in tasks:
+            out += serve_format_instructions([rec], task, s[task], lang)
+    return out
+
+
 # -------------------------------------------------------------------------------------- CLI
 
 def write_json_atomic(obj: Any, out: str | Path) -> None:
@@ -431,12 +485,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="chance that a task with no labels still gets a none-answer instruction, and that "
                          "each non-hard negative label joins a record's schema batches")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of ner,re,ee")
+    ap.add_argument("--lang", choices=LANGS, help="only the records of this language")
+    ap.add_argument("--limit", type=int, help="only the first N records (after --lang)")
+    ap.add_argument("--serve-prompt", action="store_true",
+                    help="write the prompts /extract sends (fixed template, JSON, whole schema in order) "
+                         "instead of varied templates, formats and sampled negatives")
     args = ap.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        ap.error(f"--limit must be >= 1, got {args.limit}")
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     try:
         records = load_ie_records(args.records)
+        if args.lang:
+            records = [r for r in records if r["lang"] == args.lang]
+        if args.limit is not None:
+            records = records[:args.limit]
         schema = load_schema(args.schema)
-        rows = build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio,
-                                  tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
+        rows = (build_serve_instructions(records, schema, tasks) if args.serve_prompt else
+                build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks))
     except ValueError as exc:  # RecordError is a ValueError: user-caused, one clear line
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from knowlm_ray.corpus.shards import _sha256, gather, plan_files
-from knowlm_ray.instruct.alpaca import IGNORE_INDEX, RecordError, tokenize_record, validate_record
+from knowlm_ray.instruct.alpaca import (IGNORE_INDEX, RecordError, alpaca_files, tokenize_record,
+                                        validate_record)
 
 INSTRUCTION_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
                                 ("id", pa.string()), ("task", pa.string())])
@@ -66,18 +67,6 @@ def _iter_json_list(text: str) -> Iterator[tuple[int, Any, str | None]]:
             yield line, None, f"invalid JSON: {exc.msg} (the rest of the list is skipped)"
             return
         yield line, obj, None
-
-
-def alpaca_files(path: str | Path) -> list[Path]:
-    p = Path(path)
-    if p.is_dir():
-        files = sorted([*p.glob("*.json"), *p.glob("*.jsonl")])
-        if not files:
-            raise RecordError(f"no .json/.jsonl files in {p}")
-        return files
-    if not p.is_file():
-        raise RecordError(f"instruction data not found: {p}")
-    return [p]
 
 
 def read_alpaca(path: str | Path, bad: list[dict]) -> list[dict]:
@@ -124,32 +113,14 @@ def _content_id(rec: dict) -> str:
 def read_ie(records_path: str | Path, schema_path: str | Path, seed: int, neg_ratio: float,
             bad: list[dict]) -> list[dict]:
     """IE records built into instructions (kg2instruct); bad records go to ``bad``."""
-    from knowlm_ray.instruct.kg2instruct import (_check_in_schema, build_instructions, load_schema,
-                                                 validate_ie_record)
+    from knowlm_ray.instruct.kg2instruct import build_instructions, iter_ie_records, load_schema
 
     schema = load_schema(schema_path)
-    p = Path(records_path)
-    if not p.is_file():
-        raise RecordError(f"IE records not found: {p}")
-    good, seen = [], {}
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = validate_ie_record(json.loads(line))
-                if rec["lang"] not in schema:
-                    raise ValueError(f"no {rec['lang']!r} section in the schema")
-                _check_in_schema(rec, schema[rec["lang"]])
-                if rec["id"] in seen:
-                    raise ValueError(f"duplicate id {rec['id']!r} (first at line {seen[rec['id']]})")
-            except json.JSONDecodeError as exc:
-                _quarantine(bad, p, n, f"invalid JSON: {exc.msg}", line.rstrip("\n"))
-                continue
-            except ValueError as exc:
-                _quarantine(bad, p, n, str(exc), line.rstrip("\n"))
-                continue
-            seen[rec["id"]] = n
+    good = []
+    for n, line, rec, err in iter_ie_records(records_path, schema):
+        if err:
+            _quarantine(bad, records_path, n, err, line)
+        else:
             good.append(rec)
     rows = build_instructions(good, schema, seed=seed, neg_ratio=neg_ratio)
     return [{"instruction": r["instruction"], "input": r["input"], "output": r["output"],

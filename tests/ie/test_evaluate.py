@@ -72,7 +72,7 @@ def _write_shard(path: Path, rows):
 
 
 @pytest.mark.slow
-def test_perplexity_matches_hf_loss_and_the_job_runs(tiny_model, tmp_path):
+def test_perplexity_matches_hf_loss_and_the_job_runs(tiny_model, tmp_path, ray_local):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,9 +92,7 @@ def test_perplexity_matches_hf_loss_and_the_job_runs(tiny_model, tmp_path):
     assert 10 < got["perplexity"] < 100_000  # a random 3000-token model: about the vocabulary size
 
     _write_shard(tmp_path / "corpus" / "shards", rows)
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = _evaluate_job()
     report = job.main(["--config", str(REPO / "jobs" / "configs" / "tiny_eval.yaml"), f"model={tiny_model}",
                        f"shards={tmp_path / 'corpus'}", f"out_dir={tmp_path / 'eval'}", "limit=3",
                        "max_tokens=4", "tasks=[ner, re]"])
@@ -103,3 +101,22 @@ def test_perplexity_matches_hf_loss_and_the_job_runs(tiny_model, tmp_path):
     saved = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
     assert saved["extraction"]["scores"]["ner"]["documents"] == 3
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+
+
+def _evaluate_job():
+    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
+@pytest.mark.parametrize("key", ["model", "gold"])
+def test_job_names_a_bad_input_path_and_exits_2(key, tiny_model, tmp_path, ray_local, capsys):
+    paths = {"model": str(tiny_model), "gold": str(REPO / "data" / "sample" / "ie" / "records.jsonl"),
+             key: str(tmp_path / "missing")}
+    with pytest.raises(SystemExit) as exit_:
+        _evaluate_job().main(["--config", str(REPO / "jobs" / "configs" / "tiny_eval.yaml"),
+                              f"model={paths['model']}", f"gold={paths['gold']}", f"out_dir={tmp_path / 'eval'}"])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight-loading progress bar
+    assert last.startswith(f"error: {key}: ") and str(tmp_path / "missing") in last

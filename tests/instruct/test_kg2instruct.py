@@ -9,8 +9,8 @@ import pytest
 
 from knowlm_ray.instruct.alpaca import RecordError, load_alpaca
 from knowlm_ray.instruct.kg2instruct import (FIELD, FORMATS, LANGS, NONE_ANSWER, TASKS,
-                                             build_instructions, load_ie_records, load_schema, main,
-                                             parse_output, render_output, tuple_safe)
+                                             build_instructions, build_serve_instructions, load_ie_records,
+                                             load_schema, main, parse_output, render_output, tuple_safe)
 
 IE = Path(__file__).resolve().parents[2] / "data" / "sample" / "ie"
 RECORDS, SCHEMA, INSTRUCTIONS = IE / "records.jsonl", IE / "schema.json", IE / "instructions.json"
@@ -284,3 +284,44 @@ def test_main_writes_the_file_atomically(tmp_path, records, schema, capsys):
     bad.write_text(_good(0) + "\n{oops\n", encoding="utf-8")
     assert main(["--records", str(bad), "--schema", str(SCHEMA), "--out", str(tmp_path / "x.json")]) == 2
     assert f"{bad}:2:" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+# ------------------------------------------------------------------- the serving prompt (--serve-prompt)
+
+def test_serve_prompt_rows_are_the_prompts_extract_sends(records, schema):
+    """Training rows in /extract's prompt: same (instruction, input) pairs as plan_extraction, in
+    order, each answered with exactly the record's items of that schema batch."""
+    from knowlm_ray.ie.extract import plan_extraction
+
+    picked = [r for r in records if r["lang"] == "zh"][:3] + [r for r in records if r["lang"] == "en"][:3]
+    long_text = {**picked[0], "id": "long", "text": picked[0]["text"] * 30}  # several text chunks
+    picked.append(long_text)
+    rows = build_serve_instructions(picked, schema)
+    by_record_task = {}
+    for row in rows:
+        by_record_task.setdefault((row["id"], row["task"]), []).append(row)
+    for rec in picked:
+        for task in TASKS:
+            plan = plan_extraction(task, rec["text"], schema[rec["lang"]][task], rec["lang"])
+            got = by_record_task[(rec["id"], task)]
+            assert [(r["instruction"], r["input"]) for r in got] == plan.pairs
+            assert all(r["format"] == "json" for r in got)
+            for row, prompt in zip(got, plan.prompts):
+                want = [x for x in rec[FIELD[task]] if (x["type"] if task != "re" else x["relation"]) in
+                        set(prompt["labels"]) and (x["text"] if task == "ner" else
+                                                   x["head"] if task == "re" else x["trigger"]) in prompt["input"]]
+                assert canon(task, parse_output(task, rec["lang"], "json", row["output"])[FIELD[task]]) == \
+                    canon(task, want)
+    assert len(by_record_task[("long", "ner")]) > 1  # the long text was chunked as /extract chunks it
+
+
+def test_main_serve_prompt_lang_and_limit(tmp_path, records, schema, capsys):
+    out = tmp_path / "ner_zh.json"
+    assert main(["--records", str(RECORDS), "--schema", str(SCHEMA), "--out", str(out), "--serve-prompt",
+                 "--tasks", "ner", "--lang", "zh", "--limit", "5"]) == 0
+    zh = [r for r in records if r["lang"] == "zh"][:5]
+    assert json.loads(out.read_text(encoding="utf-8")) == build_serve_instructions(zh, schema, ("ner",))
+    assert "wrote 5 instructions from 5 records" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--records", str(RECORDS), "--schema", str(SCHEMA), "--out", str(out), "--limit", "0"])
+    assert "--limit must be >= 1" in capsys.readouterr().err
