@@ -75,26 +75,23 @@ def read_documents(text: str | None, file: str | None) -> list[dict[str, Any]]:
     return docs
 
 
-def post_extract(server: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+def post_extract(server: str, body: dict[str, Any], timeout: float = 300.0,
+                 api_key: str | None = None) -> dict[str, Any]:
     """``POST {server}/extract``; a missing route, an HTTP error or no server is one clear error."""
-    import requests
+    from knowlm_ray.clients.http import ServerError, post
 
     url = server.rstrip("/") + "/extract"
     try:
-        resp = requests.post(url, json=body, timeout=timeout)
-    except requests.RequestException as exc:
-        raise RuntimeError(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
-    if resp.status_code in (404, 405):
-        raise RuntimeError(f"the server at {server} has no POST /extract route (HTTP {resp.status_code}); "
-                           f"is it a knowlm server with extraction enabled?")
+        resp = post(url, body, api_key, timeout)
+    except ServerError as exc:
+        if exc.status in (404, 405):
+            raise RuntimeError(f"the server at {server} has no POST /extract route (HTTP {exc.status}); "
+                               f"is it a knowlm server with extraction enabled?") from None
+        raise RuntimeError(f"{url}: {exc}") from None
     try:
         data = resp.json()
     except ValueError:
         data = None
-    if resp.status_code >= 400:
-        msg = data.get("error", {}).get("message") if isinstance(data, dict) and isinstance(
-            data.get("error"), dict) else resp.text[:200]
-        raise RuntimeError(f"{url} answered HTTP {resp.status_code}: {msg}")
     if not isinstance(data, dict):
         raise RuntimeError(f"{url} did not answer with a JSON object")
     return data
