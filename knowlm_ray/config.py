@@ -311,6 +311,11 @@ class PretrainConfig(TrainConfig):
     # Packed rows (several documents per row): positions restart at every document; "block"
     # also keeps attention inside each document, "positions" restarts positions only.
     packed_attention: Literal["block", "positions"] = "block"
+    # Resuming on a different num_workers (e.g. a node lost for good): false keeps grad_accum, so
+    # the global batch (micro x accum x workers) changes with the worker count; true sets
+    # grad_accum so the checkpoint's global batch is kept (it must divide evenly). With num_epochs,
+    # a changed global batch also changes max_steps and so the rest of the lr schedule.
+    keep_global_batch: bool = False
 
 
 class FinetuneConfig(TrainConfig):

@@ -2,11 +2,19 @@
 
 Layout of one checkpoint (Ray Train merges every rank's upload into one directory):
 
-    train_state.json                 {"step", "tag", "sampler": {"epoch", "offset"}, "engine", ...}
+    train_state.json                 {"step", "tag", "sampler": {"epoch", "offset"}, "engine",
+                                      "world_size", "zero_stage", "global_batch"}
     <tag>/...                        engine files (DeepSpeed: zero_pp_rank_*_states.pt, ...;
                                      torch: trainable.safetensors + optimizer.pt)
 
 JSON rather than DeepSpeed's pickled client_state so every engine, and a person, can read it.
+
+Resuming on another number of workers: DeepSpeed's ZeRO shards only load on the world size
+that wrote them, so the loader converts them first to DeepSpeed's *universal* checkpoint
+(``ds_to_universal``: one fp32 tensor + Adam moments per parameter) and loads that with
+``checkpoint.load_universal``, which re-partitions weights and optimizer state for the new world
+size (exact: nothing is lost). The sampler's state is global (samples consumed of one seeded
+stream), so each rank just takes its slice of the new, smaller or larger, global batch.
 """
 from __future__ import annotations
 
@@ -24,8 +32,10 @@ class TrainState:
     step: int = 0  # optimizer steps completed
     tag: str = ""
     sampler: dict = field(default_factory=lambda: {"epoch": 0, "offset": 0})
-    engine: str = ""
-    world_size: int = 0
+    engine: str = ""  # deepspeed | ddp | torch
+    world_size: int = 0  # workers that wrote it
+    zero_stage: int = 0  # DeepSpeed ZeRO stage (0: not DeepSpeed)
+    global_batch: int = 0  # samples per optimizer step of the run that wrote it
 
 
 def step_tag(step: int) -> str:
@@ -71,16 +81,89 @@ class IncompatibleCheckpoint(ValueError):
     pass
 
 
-def check_resumable(state: TrainState, engine: str, world_size: int, where: str = "") -> None:
-    """DeepSpeed ZeRO shards only load into the same engine on the same number of ranks; torch
-    checkpoints (whole trainable weights) load anywhere except into DeepSpeed."""
-    if state.engine == "deepspeed" and (engine != "deepspeed" or state.world_size != world_size):
-        got = f"{engine} on {world_size} worker(s)"
-    elif state.engine != "deepspeed" and engine == "deepspeed":
-        got = f"deepspeed on {world_size} worker(s)"
+def _describe(state: TrainState) -> str:
+    stage = f" ZeRO-{state.zero_stage}" if state.engine == "deepspeed" and state.zero_stage else ""
+    return f"{state.engine}{stage} on {state.world_size} worker(s) at step {state.step}"
+
+
+def check_resumable(state: TrainState, engine: str, world_size: int, where: str = "",
+                    zero_stage: int | None = None) -> None:
+    """Raise unless this run can load ``state``'s checkpoint. DeepSpeed ZeRO shards load into
+    DeepSpeed with the same ZeRO stage on any number of ranks (another number through the
+    universal conversion, see ``needs_universal``); torch checkpoints (whole trainable weights)
+    load anywhere except into DeepSpeed."""
+    if state.engine == "deepspeed":
+        # zero_stage 0 in the state: written before the stage was recorded (it was the same run's)
+        ok = engine == "deepspeed" and (not state.zero_stage or zero_stage is None or state.zero_stage == zero_stage)
+        fix = "use the same deepspeed preset / ZeRO stage (any num_workers) to resume"
     else:
+        ok = engine != "deepspeed"
+        fix = f"use deepspeed: ddp (or num_workers 0) to resume a {state.engine} checkpoint"
+    if ok:
         return
+    stage = f" ZeRO-{zero_stage}" if engine == "deepspeed" and zero_stage else ""
     raise IncompatibleCheckpoint(
-        f"the checkpoint to resume from{' (' + where + ')' if where else ''} was written by {state.engine} on "
-        f"{state.world_size} worker(s) at step {state.step}, but this run uses {got}; keep the same "
-        "deepspeed/num_workers to resume, or pick a new run_name to start over")
+        f"the checkpoint to resume from{' (' + where + ')' if where else ''} was written by {_describe(state)}, "
+        f"but this run uses {engine}{stage} on {world_size} worker(s); {fix}, or pick a new run_name to "
+        "start over")
+
+
+def needs_universal(state: TrainState, engine: str, world_size: int) -> bool:
+    """A DeepSpeed checkpoint from another world size: load it through the universal format."""
+    return state.engine == "deepspeed" and engine == "deepspeed" and state.world_size != world_size
+
+
+def zero_param_shapes(directory: str | Path, tag: str) -> dict[str, tuple[int, ...]]:
+    """Whole shape of every parameter a DeepSpeed checkpoint holds (from rank 0's model states)."""
+    import torch
+
+    files = sorted(Path(directory, tag).glob("*_model_states.pt"))
+    if not files:
+        raise IncompatibleCheckpoint(f"checkpoint {Path(directory, tag)} has no DeepSpeed *_model_states.pt files")
+    # DeepSpeed pickles its own objects in there (its loader also uses weights_only=False).
+    sd = torch.load(files[0], map_location="cpu", weights_only=False)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for group in sd.get("param_shapes") or []:
+        shapes.update({name: tuple(shape) for name, shape in group.items()})
+    return shapes
+
+
+def check_same_shapes(saved: dict[str, tuple[int, ...]], model: dict[str, tuple[int, ...]], where: str) -> None:
+    """The model must have exactly the checkpoint's trainable parameters, shape for shape."""
+    missing, unexpected = sorted(set(model) - set(saved)), sorted(set(saved) - set(model))
+    differ = [f"{n}: checkpoint {list(saved[n])} vs model {list(model[n])}"
+              for n in sorted(set(saved) & set(model)) if saved[n] != model[n]]
+    if missing or unexpected or differ:
+        raise IncompatibleCheckpoint(
+            f"checkpoint {where} cannot be loaded into this model: "
+            + "; ".join(filter(None, [
+                differ and f"{len(differ)} shape(s) differ ({', '.join(differ[:3])})",
+                missing and f"model parameters not in the checkpoint {missing[:3]}",
+                unexpected and f"checkpoint parameters not in the model {unexpected[:3]}"]))
+            + " (a different model or trainable_modules than the run that wrote it)")
+
+
+def convert_to_universal(directory: str | Path, tag: str, out_dir: str | Path) -> Path:
+    """DeepSpeed's ds_to_universal on ``directory/tag`` into ``out_dir/tag`` (+ ``latest_universal``).
+
+    Serial (one process): it runs inside a Ray worker, where a process pool is unwelcome. Its
+    progress output goes to a buffer, shown only if it fails. ``inject_missing_state``: ZeRO-1/2
+    checkpoints of a plain (non-Megatron) model lack the tensor-parallel info the converter asks
+    for; with pure data parallelism its default is the right one."""
+    import io
+    from argparse import Namespace
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    out = Path(out_dir, tag)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = Namespace(input_folder=str(Path(directory, tag)), output_folder=str(out), num_extract_workers=1,
+                     num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            ds_to_universal.main(args)
+    except Exception as exc:
+        raise RuntimeError(f"converting DeepSpeed checkpoint {args.input_folder} to the universal format failed: "
+                           f"{type(exc).__name__}: {exc}\n{buf.getvalue()[-2000:]}") from exc
+    return out

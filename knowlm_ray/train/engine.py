@@ -111,10 +111,23 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
 
     def load(self, directory: str, tag: str) -> dict:
+        """A checkpoint of this world size, or (``checkpoint.load_universal`` set in the DeepSpeed
+        config) a universal one of any world size."""
+        universal = self.engine.load_universal_checkpoint()
+        # DeepSpeed 0.19's universal ZeRO-3 load copies the *first* param group's hyperparameters
+        # onto every group (weight_decay 0.1 on norms too); ours come from the config: keep them.
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         path, client = self.engine.load_checkpoint(directory, tag=tag)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}/{tag}")
+        if universal:
+            for group, saved in zip(self.optimizer.param_groups, groups):
+                group.update(saved)
         return client or {}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Whole shape of every trainable parameter (ZeRO-3 keeps it in ``ds_shape``)."""
+        return {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in self.module.named_parameters() if p.requires_grad}
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         if self.stage == 3:

@@ -14,6 +14,13 @@ the RNG seed for dropout, reseeded before every step). So a run killed at any po
 from step k computes the same losses for steps k+1.. as a run that never stopped (on CPU with
 gloo; tests/train/test_pretrain_fit.py proves it with a SIGKILLed worker).
 
+Resume on another number of workers (a node lost for good): DeepSpeed checkpoints go through
+DeepSpeed's universal format (``checkpoint.convert_to_universal``, once per node, then
+``load_universal``), which re-partitions weights and Adam state exactly; DDP/torch checkpoints
+hold whole weights and load as they are. The sampler's position is global, so each rank takes
+its slice of the new global batch (micro x accum x workers; ``keep_global_batch`` keeps the old
+one by changing accumulation). tests/train/test_resume_world_size.py proves it.
+
 Checkpoints are written every ``save_every`` steps, and also when ``save_every_minutes`` have
 passed since the last one. Rank 0's clock decides; the decision rides on the per-step loss
 all-reduce, so every rank enters the (collective) save at the same step at no extra cost.
@@ -21,6 +28,8 @@ all-reduce, so every rank enters the (collective) save at the same step at no ex
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,8 +38,9 @@ from typing import Any, Callable
 
 import torch
 
-from knowlm_ray.train.checkpoint import (TrainState, check_resumable, latest_local_checkpoint, read_train_state,
-                                         step_tag, write_train_state)
+from knowlm_ray.train.checkpoint import (IncompatibleCheckpoint, TrainState, check_resumable, check_same_shapes,
+                                         convert_to_universal, latest_local_checkpoint, needs_universal,
+                                         read_train_state, step_tag, write_train_state, zero_param_shapes)
 from knowlm_ray.train.data import BatchStream, RankSampler, Rows, batch_tokens
 from knowlm_ray.train.deepspeed_presets import build_ds_config, validate_ds_config, zero_stage
 from knowlm_ray.train.engine import DeepSpeedEngine, TorchEngine, use_deepspeed
@@ -60,6 +70,7 @@ class WorkerContext:
 
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0  # rank on this node (one universal conversion per node)
     distributed: bool = False
     checkpoint: Any = None  # anything with ``.as_directory()`` (ray.train.Checkpoint, LocalCheckpoint)
     report: Callable[[dict, str | None], None] = field(default=lambda metrics, directory: None)
@@ -104,13 +115,61 @@ def _make_engine(model_builder, cfg, ds_config, ctx: WorkerContext):
     return DeepSpeedEngine(model_builder().train(), cfg, ds_config), hook
 
 
-def _restore(engine, ctx: WorkerContext) -> TrainState:
+def _saved_state(ctx: WorkerContext) -> TrainState | None:
+    if ctx.checkpoint is None:
+        return None
+    with ctx.checkpoint.as_directory() as d:
+        return read_train_state(d)
+
+
+def _barrier(ctx: WorkerContext) -> None:
+    if ctx.distributed:
+        torch.distributed.barrier()
+
+
+def _load_universal(engine, d: str, state: TrainState, ctx: WorkerContext, run_name: str) -> None:
+    """Convert the ZeRO shards of ``d`` to DeepSpeed's universal format in a node-local dir (local
+    rank 0 of each node; the others wait), load it on every rank, then delete it. It needs room
+    for the fp32 weights + two Adam moments: point TMPDIR (worker env) at a big local disk."""
+    check_same_shapes(zero_param_shapes(d, state.tag), engine.param_shapes(), d)
+    out = Path(tempfile.gettempdir(), f"knowlm-universal-{os.getuid()}", f"{run_name}-{state.tag}-w{state.world_size}")
+    if ctx.local_rank == 0:
+        shutil.rmtree(out, ignore_errors=True)  # a half-written one from a crashed attempt
+        t0 = time.perf_counter()
+        convert_to_universal(d, state.tag, out)
+        print(f"[{run_name}] converted the step-{state.step} checkpoint ({state.world_size} worker(s)) to "
+              f"DeepSpeed's universal format in {time.perf_counter() - t0:.1f} s", flush=True)
+    _barrier(ctx)
+    try:
+        engine.load(str(out), state.tag)
+    finally:
+        _barrier(ctx)
+        if ctx.local_rank == 0:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _restore(engine, ctx: WorkerContext, universal: bool, run_name: str) -> TrainState:
     if ctx.checkpoint is None:
         return TrainState()
     with ctx.checkpoint.as_directory() as d:
         state = read_train_state(d)
-        engine.load(d, state.tag)
+        if universal:
+            _load_universal(engine, d, state, ctx, run_name)
+        else:
+            engine.load(d, state.tag)
     return state
+
+
+def _engine_name(ds_config: dict | None, ctx: WorkerContext) -> str:
+    return "deepspeed" if use_deepspeed(ds_config, ctx.distributed) else ("ddp" if ctx.distributed else "torch")
+
+
+def _announce_resize(cfg, state: TrainState, ctx: WorkerContext) -> None:
+    old = f", global batch {state.global_batch}" if state.global_batch else ""
+    print(f"[{cfg.run_name}] resuming the step-{state.step} checkpoint of {state.world_size} worker(s){old} on "
+          f"{ctx.world_size} worker(s): global batch now {cfg.global_batch} = micro {cfg.micro_batch_size} x "
+          f"accum {cfg.grad_accum} x {ctx.world_size} worker(s); weights and optimizer state restored exactly, "
+          f"the sample stream continues where it stopped (nothing repeated or skipped)", flush=True)
 
 
 def _save(engine, state: TrainState, metrics: dict, ctx: WorkerContext) -> None:
@@ -155,8 +214,17 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext, cloc
     _quiet_worker()
     t_init = time.perf_counter()
     torch.manual_seed(cfg.seed)  # identical initial weights (LoRA matrices) on every rank
+    saved = _saved_state(ctx)
+    engine_name = _engine_name(ds_config, ctx)
+    universal = saved is not None and needs_universal(saved, engine_name, ctx.world_size)
+    if saved is not None:
+        check_resumable(saved, engine_name, ctx.world_size, zero_stage=zero_stage(ds_config) if ds_config else None)
+    if universal:
+        ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     engine, _hook = _make_engine(task.build_model, cfg, ds_config, ctx)
-    state = _restore(engine, ctx)
+    state = _restore(engine, ctx, universal, cfg.run_name)
+    if state.step and state.world_size != ctx.world_size and ctx.rank == 0:
+        _announce_resize(cfg, state, ctx)
     start_step = state.step
     rows = task.load_rows()
     saved_sampler = state.sampler if state.step else None
@@ -168,7 +236,6 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext, cloc
     eval_every = getattr(cfg, "eval_every", 0)
     val_rows = task.load_val_rows() if task.load_val_rows is not None and eval_every else None
     log = MetricsLog(Path(cfg.output_dir) / "metrics.jsonl", start_step) if ctx.rank == 0 else None
-    engine_name = "deepspeed" if isinstance(engine, DeepSpeedEngine) else ("ddp" if ctx.distributed else "torch")
     flops_per_token = model_flops_per_token(engine.module, task.seq_len)
     peak = cfg.device_peak_tflops * 1e12 * ctx.world_size
     loss = val_loss = None
@@ -213,7 +280,9 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext, cloc
                 metrics["val_loss"] = val_loss
             if step % cfg.save_every == 0 or step == cfg.max_steps or due > 0:
                 state = TrainState(step=step, tag=step_tag(step), sampler=stream.state_dict(),
-                                   engine=engine_name, world_size=ctx.world_size)
+                                   engine=engine_name, world_size=ctx.world_size,
+                                   zero_stage=engine.stage if isinstance(engine, DeepSpeedEngine) else 0,
+                                   global_batch=cfg.micro_batch_size * cfg.grad_accum * ctx.world_size)
                 _save(engine, state, metrics, ctx)
                 last_save = clock()
             elif step % cfg.log_every == 0:
@@ -244,7 +313,7 @@ def _train_fn(config: dict) -> dict:
 
     tctx = ray.train.get_context()
     ctx = WorkerContext(
-        rank=tctx.get_world_rank(), world_size=tctx.get_world_size(),
+        rank=tctx.get_world_rank(), world_size=tctx.get_world_size(), local_rank=tctx.get_local_rank(),
         distributed=torch.distributed.is_available() and torch.distributed.is_initialized(),
         checkpoint=ray.train.get_checkpoint(), report=_ray_report)
     cfg = config["cfg"]
@@ -271,15 +340,37 @@ def prepare_ds_config(cfg) -> dict | None:
     """Build and validate the DeepSpeed dict on the driver, before any worker starts; refuse to
     resume from a checkpoint this setup cannot load (a worker error would be retried in vain)."""
     world = max(cfg.num_workers, 1)
+    latest = None
+    if "://" not in cfg.storage_path:
+        latest = latest_local_checkpoint(Path(cfg.storage_path) / cfg.run_name)
+    saved = read_train_state(latest) if latest is not None else None
+    if saved is not None and getattr(cfg, "keep_global_batch", False):
+        keep_global_batch(cfg, saved, str(latest))
     ds = build_ds_config(cfg, world)
     if ds is not None and cfg.num_workers > 0:
         validate_ds_config(ds, world)
-    if "://" not in cfg.storage_path:
-        latest = latest_local_checkpoint(Path(cfg.storage_path) / cfg.run_name)
-        if latest is not None:
-            engine = "torch" if cfg.num_workers == 0 else ("deepspeed" if ds is not None else "ddp")
-            check_resumable(read_train_state(latest), engine, world, str(latest))
+    if saved is not None:
+        engine = "torch" if cfg.num_workers == 0 else ("deepspeed" if ds is not None else "ddp")
+        check_resumable(saved, engine, world, str(latest), zero_stage=zero_stage(ds) if ds is not None else None)
     return ds
+
+
+def keep_global_batch(cfg, saved: TrainState, where: str) -> None:
+    """Resuming on another number of workers: set ``grad_accum`` so the global batch stays the
+    checkpoint's (micro x accum x workers), or say why it cannot."""
+    if not saved.global_batch or saved.global_batch == cfg.global_batch:
+        return
+    per_step = cfg.micro_batch_size * cfg.world_size
+    if saved.global_batch % per_step:
+        raise IncompatibleCheckpoint(
+            f"keep_global_batch: the checkpoint {where} trained with global batch {saved.global_batch} "
+            f"({saved.world_size} worker(s)), which is not a multiple of micro_batch_size {cfg.micro_batch_size} "
+            f"x {cfg.world_size} worker(s) = {per_step}; change micro_batch_size or num_workers, or set "
+            "keep_global_batch: false")
+    accum = saved.global_batch // per_step
+    print(f"[{cfg.run_name}] keep_global_batch: grad_accum {cfg.grad_accum} -> {accum} so the global batch stays "
+          f"{saved.global_batch} on {cfg.world_size} worker(s)", flush=True)
+    cfg.grad_accum = accum
 
 
 def fit(cfg, make_task: Callable[..., Task], shared: dict[str, Any] | None = None) -> dict:

@@ -95,10 +95,11 @@ def test_empty_or_mismatched_tensors_fail_loudly(tmp_path):
 def test_resume_refuses_checkpoints_this_setup_cannot_load():
     from knowlm_ray.train.checkpoint import IncompatibleCheckpoint, check_resumable
 
-    ds2 = TrainState(step=100, tag=step_tag(100), engine="deepspeed", world_size=2)
-    check_resumable(ds2, "deepspeed", 2)
-    with pytest.raises(IncompatibleCheckpoint, match="deepspeed on 2 worker.* at step 100.*deepspeed on 4"):
-        check_resumable(ds2, "deepspeed", 4)
+    ds2 = TrainState(step=100, tag=step_tag(100), engine="deepspeed", world_size=2, zero_stage=3)
+    check_resumable(ds2, "deepspeed", 2, zero_stage=3)
+    check_resumable(ds2, "deepspeed", 4, zero_stage=3)  # other world size: via the universal format
+    with pytest.raises(IncompatibleCheckpoint, match="ZeRO-3 on 2 worker.* at step 100.*deepspeed ZeRO-2 on 4"):
+        check_resumable(ds2, "deepspeed", 4, zero_stage=2)
     with pytest.raises(IncompatibleCheckpoint, match="ddp on 2"):
         check_resumable(ds2, "ddp", 2)
     ddp = TrainState(step=5, engine="ddp", world_size=2)
