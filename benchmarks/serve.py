@@ -75,32 +75,29 @@ def _stats(latencies: list[float], tokens: int, wall: float, clients: int, error
             "mean_ms": 1000 * statistics.fmean(latencies)}
 
 
-def run_level(url: str, bodies: list[dict], clients: int, max_tokens: int) -> dict:
-    """One concurrency level: ``clients`` threads share ``bodies``."""
-    import requests
-
+def closed_loop(items: list, clients: int, call) -> dict:
+    """``clients`` threads share ``items``; each sends its next one when the last returns.
+    ``call(item)`` returns the tokens generated, or None for a failed request."""
     lock = threading.Lock()
     latencies: list[float] = []
     tokens, errors = [0], [0]
-    it = iter(bodies)
+    it = iter(items)
 
     def worker():
-        session = requests.Session()
         while True:
             with lock:
-                body = next(it, None)
-            if body is None:
+                item = next(it, None)
+            if item is None:
                 return
             t0 = time.perf_counter()
-            r = session.post(f"{url}/generate", json={**body, "parameters": {"max_tokens": max_tokens}},
-                             timeout=600)
+            n = call(item)
             dt = time.perf_counter() - t0
             with lock:
-                if r.status_code == 200:
-                    latencies.append(dt)
-                    tokens[0] += r.json()["num_output_tokens_cf"]
-                else:
+                if n is None:
                     errors[0] += 1
+                else:
+                    latencies.append(dt)
+                    tokens[0] += n
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -111,33 +108,29 @@ def run_level(url: str, bodies: list[dict], clients: int, max_tokens: int) -> di
     return _stats(latencies, tokens[0], time.perf_counter() - t0, clients, errors[0])
 
 
+def run_level(url: str, bodies: list[dict], clients: int, max_tokens: int) -> dict:
+    """One concurrency level over HTTP: ``clients`` threads share ``bodies``."""
+    import requests
+
+    sessions = threading.local()
+
+    def call(body):
+        if not hasattr(sessions, "s"):
+            sessions.s = requests.Session()
+        r = sessions.s.post(f"{url}/generate", json={**body, "parameters": {"max_tokens": max_tokens}},
+                            timeout=600)
+        return r.json()["num_output_tokens_cf"] if r.status_code == 200 else None
+
+    return closed_loop(bodies, clients, call)
+
+
 def in_process_level(batcher, rows: list, clients: int) -> dict:
-    """The continuous batcher without HTTP: ``clients`` threads, each submitting its next request
-    when the last one returns (as the HTTP clients do)."""
-    lock = threading.Lock()
-    latencies: list[float] = []
-    tokens = [0]
-    it = iter(rows)
+    """The continuous batcher without HTTP, driven the same way as the HTTP clients."""
+    def call(row):
+        (res,) = batcher.submit([row]).result()
+        return res.num_output_tokens
 
-    def worker():
-        while True:
-            with lock:
-                row = next(it, None)
-            if row is None:
-                return
-            t0 = time.perf_counter()
-            (res,) = batcher.submit([row]).result()
-            with lock:
-                latencies.append(time.perf_counter() - t0)
-                tokens[0] += res.num_output_tokens
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return _stats(latencies, tokens[0], time.perf_counter() - t0, clients)
+    return closed_loop(rows, clients, call)
 
 
 def combine(runs: list[dict]) -> dict:
