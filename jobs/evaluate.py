@@ -13,7 +13,7 @@ from knowlm_ray.runtime import run_job
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_job(EvaluateConfig, run, argv, description=__doc__)
+    return run_job(EvaluateConfig, run, argv, description=__doc__, ray=False)  # one process: no Ray
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512):
     return ray
 
 
-def run_job(cfg_cls, run, argv: list[str] | None = None, description: str = "") -> dict:
-    """The body of every training recipe in jobs/: parse the config, start Ray, run, print.
+def run_job(cfg_cls, run, argv: list[str] | None = None, description: str = "", ray: bool = True) -> dict:
+    """The body of every recipe in jobs/: parse the config, start Ray (unless ``ray`` is False:
+    a job that runs in this process alone), run, print.
 
     A ConfigError raised by ``run`` (bad path, bad data, bad DeepSpeed config) is one line on
     stderr and exit status 2, never a traceback.
@@ -64,7 +65,8 @@ def run_job(cfg_cls, run, argv: list[str] | None = None, description: str = "") 
     from knowlm_ray.config import ConfigError, parse_job_args
 
     cfg = parse_job_args(cfg_cls, argv, description=description)
-    init_ray()
+    if ray:
+        init_ray()
     try:
         summary = run(cfg)
     except ConfigError as exc:
