@@ -92,9 +92,14 @@ def exact_dedup(ds, num_partitions: int):
     """Ray Data: a range-partitioned sort on ``key`` puts every key group whole into one block
     (``num_partitions`` blocks), then one vectorised pass per block marks the duplicates. A sort
     shuffle runs on plain tasks; Ray's hash-shuffle ``groupby`` starts aggregator actors, which
-    costs seconds per shuffle on a small cluster."""
+    costs seconds per shuffle on a small cluster. The sorted blocks are then cut back into blocks
+    of ``BATCH_ROWS`` rows (a streaming split, no copy): the sort leaves ``num_partitions`` blocks of
+    unequal size, and the heavy stages after it (signatures, tokenising) run one task per block, so
+    with 2 blocks on 2 CPUs the bigger block alone set their wall time."""
+    from knowlm_ray.corpus.sources import BATCH_ROWS
+
     return ds.repartition(num_partitions).sort("key").map_batches(
-        mark_exact_block, batch_size=None, batch_format="pyarrow")
+        mark_exact_block, batch_size=None, batch_format="pyarrow").repartition(target_num_rows_per_block=BATCH_ROWS)
 
 
 # --------------------------------------------------------------------------- near: plain cores
@@ -190,15 +195,23 @@ class Signer:
 
         self.num_perm, self.seed, self.bands, self.rows = num_perm, seed, bands, rows
         # the shingles arrive already hashed to 32 bits (shingle_hashes): identity hash function
-        self._template = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity)
+        self._template = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme="affine32")
 
     def signature(self, hashes: Iterable[int]) -> np.ndarray:
-        """Signature of a shingle set given as 32-bit hashes (``shingle_hashes``)."""
-        from datasketch import LeanMinHash
+        """Signature of a shingle set given as 32-bit hashes (``shingle_hashes``): the values of
+        datasketch's ``MinHash.update_batch`` (affine32: MurmurHash3 pre-mix, then ``a * h + b``
+        per permutation, minimum), computed on the whole array instead of calling the identity
+        hash function once per shingle in Python."""
+        from datasketch.minhash import _SCHEME_WIDTHS, _fmix
 
-        m = self._template.copy()
-        m.update_batch(hashes)
-        return np.asarray(LeanMinHash(m).hashvalues, dtype=np.uint32)
+        t = self._template
+        hv = np.asarray(hashes, dtype=t.hashvalues.dtype).reshape(-1, 1)
+        if not len(hv):
+            return np.asarray(t.hashvalues, dtype=np.uint32)
+        a, b = t.permutations
+        with np.errstate(over="ignore"):
+            phv = _fmix(hv, _SCHEME_WIDTHS[t.scheme]) * a + b
+        return np.minimum(t.hashvalues, phv.min(axis=0)).astype(np.uint32)
 
     def band_keys(self, sig: np.ndarray) -> list[int]:
         """One signed 64-bit bucket key per band (band index included in the hash)."""
@@ -372,7 +385,8 @@ def near_dedup(docs, cfg: DedupConfig, seed: int, num_partitions: int = 0):
     bands, rows = lsh_params(cfg)
     edges_ds = (docs.map_batches(band_rows_batch, batch_format="pyarrow",
                                  fn_kwargs={"dedup": cfg.model_dump(), "seed": seed, "bands": bands, "rows": rows})
-                .sort("band")  # one sort partition per block (exact dedup leaves num_partitions blocks)
+                .repartition(max(1, num_partitions))  # the sort makes one partition per input block
+                .sort("band")
                 .map_batches(edges_batch, batch_size=None, batch_format="pyarrow",
                              fn_kwargs={"threshold": cfg.threshold, "max_compare": cfg.max_bucket_compare}))
     edges: set[tuple[str, str]] = set()

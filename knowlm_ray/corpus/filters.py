@@ -298,16 +298,20 @@ def dedup_key(text: str) -> str:
 
 
 def annotate_batch(batch: pa.Table, filters: dict, blocklist: Sequence[str] = ()) -> pa.Table:
-    """map_batches UDF: apply the filters to ok rows and give them their dedup key."""
+    """map_batches UDF: apply the filters to ok rows and give them their dedup key. Column-wise:
+    only the columns it reads or changes become Python lists."""
     cfg = FilterConfig.model_validate(filters)
     terms = _blocklist(tuple(blocklist)) if blocklist else None
-    rows = batch.to_pylist()
-    for row in rows:
-        if row["status"] != OK:
+    status, text, reason, key = (batch[c].to_pylist() for c in ("status", "text", "reason", "key"))
+    lang, doc_id = batch["lang"].to_pylist(), batch["doc_id"].to_pylist()
+    for i, st in enumerate(status):
+        if st != OK:
             continue
-        reason = filter_reason(row["text"], cfg, row["lang"], terms)
-        if reason is None:
-            row["key"] = dedup_key(row["text"])
+        why = filter_reason(text[i], cfg, lang[i], terms)
+        if why is None:
+            key[i] = dedup_key(text[i])
         else:
-            row.update(status=FILTERED, reason=reason, text="", key="~" + row["doc_id"])
-    return pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
+            status[i], reason[i], text[i], key[i] = FILTERED, why, "", "~" + doc_id[i]
+    for name, values in (("status", status), ("text", text), ("reason", reason), ("key", key)):
+        batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return batch.cast(DOC_SCHEMA)

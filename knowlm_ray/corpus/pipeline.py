@@ -185,7 +185,7 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     from knowlm_ray.runtime import init_ray
 
     t0 = time.time()
-    init_ray()
+    ray = init_ray()
     out = Path(cfg.out_dir).expanduser().resolve()
     _check_out_dir(out)
     tokenizer = cfg.tokenizer
@@ -214,7 +214,8 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
                                      for s, v in mix["sources"].items()))
         # one execution: tokenise, then sort every row by (rank, doc_id, sample); the counts come
         # from the sorted blocks, the outputs are slices of them
-        refs, counts = sort_to_blocks(samples.map_batches(select_output, batch_format="pyarrow"), ORDER)
+        refs, counts = sort_to_blocks(samples.map_batches(select_output, batch_format="pyarrow"), ORDER,
+                                      _num_partitions(cfg, ray))
         stages, by_source, stats = count(refs, cfg.max_tokens, cfg.split.short_tail)
         filters = stats.pop("filters")
         for src in cfg.inputs:  # the sampling weight training mixes sources by (first input wins)

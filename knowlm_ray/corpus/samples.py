@@ -12,7 +12,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from knowlm_ray.corpus.schema import OK, SAMPLE_SCHEMA, SHORT
-from knowlm_ray.corpus.split import build_samples, encode_sentences, short_tail_tokens, split_sentences
+from knowlm_ray.corpus.split import (build_samples, encode_documents, encode_sentences, short_tail_tokens,
+                                     split_sentences)
 
 
 def load_tokenizer(path: str):
@@ -25,14 +26,21 @@ def doc_to_sample_rows(doc: dict[str, Any], tokenizer: Any, max_tokens: int, min
                        tail: str = "keep", short_tail: float = 0.25) -> Iterator[dict[str, Any]]:
     """Plain-Python core: one DOC_SCHEMA row -> SAMPLE_SCHEMA rows. ``tail`` / ``short_tail``:
     ``split.tail`` and ``split.short_tail`` (see ``split.py``)."""
+    sentence_ids = None
+    if doc["status"] == OK:
+        sentence_ids = encode_sentences(tokenizer, split_sentences(doc["text"], doc["lang"]))
+    return _sample_rows(doc, sentence_ids, tokenizer, max_tokens, min_tokens, tail, short_tail)
+
+
+def _sample_rows(doc: dict[str, Any], sentence_ids: list[list[int]] | None, tokenizer: Any, max_tokens: int,
+                 min_tokens: int, tail: str, short_tail: float) -> Iterator[dict[str, Any]]:
+    """SAMPLE_SCHEMA rows of one document whose sentences are already encoded (None: not ok)."""
     base = {"doc_id": doc["doc_id"], "source": doc["source"], "file": doc["file"], "line": doc["line"]}
     if doc["status"] != OK:
         yield {**base, "sample": -1, "input_ids": [], "n_tokens": 0, "status": doc["status"],
                "reason": doc["reason"], "raw": doc["raw"], "sentences_cut": 0, "tail": False, "backfill": 0}
         return
-    sentences = split_sentences(doc["text"], doc["lang"])
-    built = build_samples(encode_sentences(tokenizer, sentences), max_tokens,
-                          tokenizer.bos_token_id, tokenizer.eos_token_id,
+    built = build_samples(sentence_ids, max_tokens, tokenizer.bos_token_id, tokenizer.eos_token_id,
                           tail=tail, short_tail=short_tail_tokens(max_tokens, short_tail))
     samples = built.samples or [[]]  # text that encodes to nothing: one empty (short) sample
     last = len(samples) - 1 if built.dropped_tail is None else len(samples)
@@ -50,6 +58,23 @@ def doc_to_sample_rows(doc: dict[str, Any], tokenizer: Any, max_tokens: int, min
                "raw": None, "sentences_cut": 0, "tail": True, "backfill": 0}
 
 
+def docs_to_samples(batch: pa.Table, tokenizer: Any, max_tokens: int, min_tokens: int,
+                    tail: str = "keep", short_tail: float = 0.25) -> pa.Table:
+    """DOC_SCHEMA batch -> SAMPLE_SCHEMA table, the same rows as ``doc_to_sample_rows`` per
+    document, with one tokenizer call for the whole batch and the table built column-wise."""
+    docs = batch.select(_DOC_COLUMNS).to_pylist()
+    ok = [d for d in docs if d["status"] == OK]
+    encoded = iter(encode_documents(tokenizer, [split_sentences(d["text"], d["lang"]) for d in ok]))
+    cols: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA.names}
+    for doc in docs:
+        ids = next(encoded) if doc["status"] == OK else None
+        for row in _sample_rows(doc, ids, tokenizer, max_tokens, min_tokens, tail, short_tail):
+            for name, values in cols.items():
+                values.append(row[name])
+    return pa.Table.from_pydict(cols, schema=SAMPLE_SCHEMA)
+
+
+_DOC_COLUMNS = ["doc_id", "source", "file", "line", "status", "reason", "raw", "text", "lang"]
 _TOKENIZERS: dict[str, Any] = {}
 
 
@@ -66,10 +91,7 @@ def build_samples_batch(batch: pa.Table, tokenizer: str, max_tokens: int, min_to
     """map_batches UDF (tasks): DOC_SCHEMA batch -> SAMPLE_SCHEMA batch, tokenizer cached per
     worker. Tasks run in the worker processes the earlier stages already started; an actor pool
     would start (and import transformers in) new processes first."""
-    tok = cached_tokenizer(tokenizer)
-    rows = [r for doc in batch.to_pylist()
-            for r in doc_to_sample_rows(doc, tok, max_tokens, min_tokens, tail, short_tail)]
-    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    return docs_to_samples(batch, cached_tokenizer(tokenizer), max_tokens, min_tokens, tail, short_tail)
 
 
 class SampleBuilder:
@@ -82,7 +104,5 @@ class SampleBuilder:
         self.tail, self.short_tail = tail, short_tail
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [r for doc in batch.to_pylist()
-                for r in doc_to_sample_rows(doc, self.tokenizer, self.max_tokens, self.min_tokens,
-                                            self.tail, self.short_tail)]
-        return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+        return docs_to_samples(batch, self.tokenizer, self.max_tokens, self.min_tokens, self.tail,
+                               self.short_tail)

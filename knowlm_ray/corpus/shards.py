@@ -112,10 +112,14 @@ def write_part(kind: str, path: str, slices: list[tuple[int, int, int]], options
 
 
 # --------------------------------------------------------------------------- Ray-facing
-def sort_to_blocks(ds, order_by: list[str]) -> tuple[list, list[int]]:
-    """Sort ``ds`` (Ray Data) and return its blocks' refs, in order, with their row counts."""
+def sort_to_blocks(ds, order_by: list[str], num_blocks: int = 0) -> tuple[list, list[int]]:
+    """Sort ``ds`` (Ray Data) and return its blocks' refs, in order, with their row counts.
+    ``num_blocks``: repartition into that many blocks first (the sort makes one partition per
+    input block; many small blocks would make blocks x blocks shuffle pieces)."""
     import ray
 
+    if num_blocks:
+        ds = ds.repartition(num_blocks)
     refs = ds.sort(order_by).to_arrow_refs()
     num_rows = ray.remote(num_cpus=0)(_num_rows)
     return refs, ray.get([num_rows.remote(r) for r in refs])

@@ -48,10 +48,11 @@ towards ``max_tokens``. A single sentence longer than ``max_tokens`` is cut into
 """
 from __future__ import annotations
 
-import bisect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+import numpy as np
 
 # --------------------------------------------------------------------------- sentences
 _ZH_CLOSERS = "”’」』）》】)\"'"
@@ -139,28 +140,55 @@ def split_sentences(text: str, lang: str) -> list[str]:
 def encode_sentences(tokenizer: Any, sentences: Sequence[str]) -> list[list[int]]:
     """Token ids per sentence, without special tokens; concatenated they encode the whole text.
     Special-token strings in the text ("<s>", "</s>") are encoded as plain text."""
-    if not sentences:
-        return []
-    # split_special_tokens: a literal "<s>" in the text (code, HTML) is text, not BOS
+    return encode_documents(tokenizer, [sentences])[0]
+
+
+def encode_documents(tokenizer: Any, documents: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+    """``encode_sentences`` for many documents with one tokenizer call (the batch path of the
+    tokenising stage: one call per batch instead of one per document)."""
+    out: list[list[list[int]]] = [[] for _ in documents]
+    todo = [k for k, sents in enumerate(documents) if sents]
+    if not todo:
+        return out
     if not getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(list(sentences), add_special_tokens=False, split_special_tokens=True)
-        return [list(ids) for ids in enc["input_ids"]]
-    text = "".join(sentences)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
-    ends, pos = [], 0
-    for s in sentences:
-        pos += len(s)
-        ends.append(pos)
-    out: list[list[int]] = [[] for _ in sentences]
-    current = 0
-    for tok_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
-        # A token belongs to the sentence holding its last character: "▁World" (space + word)
-        # goes with "World", a trailing "\n" with the line it ends. Never move backwards, so
-        # token order is kept even if offsets overlap (sentencepiece's leading "▁").
-        last = max(end - 1, start, 0)
-        current = max(current, bisect.bisect_right(ends, last))
-        out[min(current, len(out) - 1)].append(int(tok_id))
+        for k in todo:
+            # split_special_tokens: a literal "<s>" in the text (code, HTML) is text, not BOS
+            enc = tokenizer(list(documents[k]), add_special_tokens=False, split_special_tokens=True)
+            out[k] = [list(ids) for ids in enc["input_ids"]]
+        return out
+    for k, enc in zip(todo, _encode_fast(tokenizer, ["".join(documents[k]) for k in todo])):
+        out[k] = _cut_tokens(enc.ids, enc.offsets, documents[k])
     return out
+
+
+def _encode_fast(tokenizer: Any, texts: list[str]) -> list:
+    """The tokenizers backend's batch encode (what ``tokenizer(texts, add_special_tokens=False,
+    split_special_tokens=True)`` runs, without building a BatchEncoding of Python lists)."""
+    backend = tokenizer.backend_tokenizer
+    before = backend.encode_special_tokens
+    backend.encode_special_tokens = True  # split_special_tokens
+    try:
+        return backend.encode_batch(texts, add_special_tokens=False)
+    finally:
+        backend.encode_special_tokens = before
+
+
+def _cut_tokens(ids: list[int], offsets: list[tuple[int, int]], sentences: Sequence[str]) -> list[list[int]]:
+    """Cut one document's tokens at its sentence boundaries by their character offsets.
+
+    A token belongs to the sentence holding its last character: "▁World" (space + word) goes
+    with "World", a trailing "\n" with the line it ends. Never move backwards, so token order
+    is kept even if offsets overlap (sentencepiece's leading "▁")."""
+    n = len(sentences)
+    if not ids:
+        return [[] for _ in range(n)]
+    ends = np.cumsum([len(s) for s in sentences])
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    last = np.maximum(np.maximum(offs[:, 1] - 1, offs[:, 0]), 0)
+    owner = np.minimum(np.maximum.accumulate(np.searchsorted(ends, last, side="right")), n - 1)
+    cuts = np.searchsorted(owner, np.arange(1, n))  # owner never decreases
+    arr = np.asarray(ids, dtype=np.int64)
+    return [piece.tolist() for piece in np.split(arr, cuts)]
 
 
 TAIL_MODES = ("keep", "backfill", "drop")

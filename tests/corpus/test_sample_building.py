@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 
 from knowlm_ray.corpus.pack import pack_greedy, position_ids, segment_lengths
-from knowlm_ray.corpus.samples import doc_to_sample_rows, load_tokenizer
-from knowlm_ray.corpus.schema import OK, SHARD_SCHEMA, SHORT
-from knowlm_ray.corpus.split import build_samples, encode_sentences, split_sentences
+from knowlm_ray.corpus.samples import doc_to_sample_rows, docs_to_samples, load_tokenizer
+from knowlm_ray.corpus.schema import DOC_SCHEMA, OK, SAMPLE_SCHEMA, SHARD_SCHEMA, SHORT
+from knowlm_ray.corpus.split import build_samples, encode_documents, encode_sentences, split_sentences
 
 BOS, EOS = 1, 2
 
@@ -104,6 +104,28 @@ def test_doc_rows_mark_short_samples(corpus_tokenizer):
     assert rows[0]["input_ids"][0] == tok.bos_token_id or rows[0]["status"] == SHORT
     passthrough = list(doc_to_sample_rows({**doc, "status": "filtered", "reason": "x"}, tok, 16, 1))
     assert [(r["sample"], r["status"], r["input_ids"]) for r in passthrough] == [(-1, "filtered", [])]
+
+
+def test_batch_tokenising_equals_per_document_rows(corpus_tokenizer):
+    """The Ray stage's batch path (one tokenizer call per batch, columns built directly) gives
+    exactly the rows of the per-document core, whatever the documents hold."""
+    tok = load_tokenizer(str(corpus_tokenizer))
+    texts = [("zh", DOCS[0][1]), ("en", DOCS[1][1]), ("code", DOCS[2][1]), ("en", ""), ("en", "   "),
+             ("code", "x = '<s>' + '</s>'\n<unk> stays text\n"), ("zh", "表情😀😀。全角，标点！\r\n第二行。"),
+             ("en", "word " * 700)]
+    docs = [{"doc_id": f"d/x:{i:09d}", "source": "d", "lang": lang, "file": "x", "line": i, "text": text,
+             "status": OK, "reason": None, "raw": None, "key": None} for i, (lang, text) in enumerate(texts)]
+    docs.insert(2, {**docs[0], "doc_id": "d/x:bad", "status": "malformed", "text": None, "reason": "bad JSON",
+                    "raw": "{"})
+    sentences = [split_sentences(d["text"], d["lang"]) for d in docs if d["status"] == OK]
+    assert encode_documents(tok, sentences) == [encode_sentences(tok, s) for s in sentences]
+    for ids, sents in zip(encode_documents(tok, sentences), sentences):
+        assert [t for s in ids for t in s] == (tok("".join(sents), add_special_tokens=False,
+                                                  split_special_tokens=True)["input_ids"] if sents else [])
+    for tail in ("keep", "drop", "backfill"):
+        got = docs_to_samples(pa.Table.from_pylist(docs, schema=DOC_SCHEMA), tok, 16, 4, tail, 0.5)
+        want = [r for d in docs for r in doc_to_sample_rows(d, tok, 16, 4, tail, 0.5)]
+        assert got.schema == SAMPLE_SCHEMA and got.to_pylist() == want
 
 
 def _shard(rows):
