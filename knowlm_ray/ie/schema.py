@@ -83,6 +83,10 @@ def normalize_schema(task: str, schema: Any) -> Schema:
     return out
 
 
+# task -> (the item field holding its label, what a dropped label is called)
+_LABEL_FIELD = {"ner": ("type", "entity type"), "re": ("relation", "relation"), "ee": ("type", "event type")}
+
+
 class SchemaChecker:
     """Keeps items whose labels are in the schema; counts what it drops."""
 
@@ -104,34 +108,25 @@ class SchemaChecker:
         return self._labels.get(_fold(label))
 
     def check(self, items: Iterable[dict]) -> list[dict]:
+        field, kind = _LABEL_FIELD[self.task]
         kept = []
         for it in items:
-            if self.task == "ner":
-                lab = self.label(it["type"])
-                if lab is None:
-                    self._drop("entity type", it["type"])
+            lab = self.label(it[field])
+            if lab is None:
+                self._drop(kind, it[field])
+                continue
+            if self.task != "ee":
+                kept.append({**it, field: lab})
+                continue
+            roles = self._roles.get(lab)
+            args = []
+            for a in it["arguments"]:
+                role = a["role"] if roles is None else (roles.get(_fold(a["role"])))
+                if role is None:
+                    self._drop("role", a["role"], lab)
                     continue
-                kept.append({**it, "type": lab})
-            elif self.task == "re":
-                lab = self.label(it["relation"])
-                if lab is None:
-                    self._drop("relation", it["relation"])
-                    continue
-                kept.append({**it, "relation": lab})
-            else:
-                lab = self.label(it["type"])
-                if lab is None:
-                    self._drop("event type", it["type"])
-                    continue
-                roles = self._roles.get(lab)
-                args = []
-                for a in it["arguments"]:
-                    role = a["role"] if roles is None else (roles.get(_fold(a["role"])))
-                    if role is None:
-                        self._drop("role", a["role"], lab)
-                        continue
-                    args.append({**a, "role": role})
-                kept.append({**it, "type": lab, "arguments": args})
+                args.append({**a, "role": role})
+            kept.append({**it, "type": lab, "arguments": args})
         return kept
 
     def report(self) -> list[dict]:
