@@ -78,6 +78,23 @@ def op_merge_peft(w: Path) -> None:
     merged.save_pretrained(w / "out_merge_peft", max_shard_size="1GB")
 
 
+def op_merge2_ours(w: Path) -> None:
+    from knowlm_ray.models.lora import merge_lora
+
+    merge_lora(w / "raw", [w / "adapter", w / "adapter"], w / "out_merge2_ours", dtype="float32")
+
+
+def op_merge2_peft(w: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(w / "raw", dtype=torch.float32, low_cpu_mem_usage=True)
+    for _ in range(2):  # one adapter after the other, as peft users chain them
+        merged = PeftModel.from_pretrained(merged, w / "adapter").merge_and_unload()
+    merged.save_pretrained(w / "out_merge2_peft", max_shard_size="1GB")
+
+
 def op_diff_ours(w: Path) -> None:
     from knowlm_ray.models.weight_diff import make_diff
 
@@ -98,6 +115,10 @@ OPS = {
     "merge-lora (ours, streamed)": ("merge-lora", op_merge_ours, "from knowlm_ray.models.lora import merge_lora"),
     "merge-lora (KnowLM/peft: merge_and_unload)": ("merge-lora", op_merge_peft,
                                                    "import torch, peft, transformers; from peft import PeftModel"),
+    "merge-lora, 2 adapters (ours, one streamed pass)": ("merge-lora x2", op_merge2_ours,
+                                                         "from knowlm_ray.models.lora import merge_lora"),
+    "merge-lora, 2 adapters (peft: merge_and_unload twice)": ("merge-lora x2", op_merge2_peft,
+                                                              "import torch, peft, transformers; from peft import PeftModel"),
     "diff (ours, streamed)": ("diff", op_diff_ours, "from knowlm_ray.models.weight_diff import make_diff"),
     "export-gguf f16 (ours, streamed)": ("export-gguf", op_gguf_ours,
                                          "from knowlm_ray.models.gguf_export import export_gguf; import gguf"),
@@ -277,6 +298,7 @@ def main(argv=None) -> None:
         "recover: ours == KnowLM's": same_weights(w / "out_recover_ours", w / "out_recover_knowlm"),
         "recover: ours == the tuned model": same_weights(w / "out_recover_ours", w / "tuned"),
         "merge-lora: ours == peft merge_and_unload": same_weights(w / "out_merge_ours", w / "out_merge_peft"),
+        "merge-lora, 2 adapters: ours == peft twice": same_weights(w / "out_merge2_ours", w / "out_merge2_peft"),
     }
     largest = info["largest_shard"]
     cmd = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/weights_memory.py " + " ".join(
