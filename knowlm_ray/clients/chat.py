@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO
 
 from knowlm_ray.clients.http import ServerError, post
-from knowlm_ray.serve.schemas import CHAT_DEFAULT_MAX_TOKENS, GenerationParams
+from knowlm_ray.serve.schemas import CHAT_DEFAULT_MAX_TOKENS, CONTEXT_LENGTH_EXCEEDED, GenerationParams
 
 Messages = list[dict[str, str]]
 OnText = Callable[[str], None]
@@ -33,11 +33,6 @@ class ChatError(RuntimeError):
 
 class ContextOverflow(ChatError):
     """The conversation's prompt does not fit the model's context."""
-
-
-def _prompt_too_long(message: str) -> bool:
-    # The engine's words for it (engine.prepare_ids), seen from both backends.
-    return "prompt is" in message and "context" in message
 
 
 @dataclass(frozen=True)
@@ -103,7 +98,7 @@ class ServerBackend:
         try:
             resp = post(self.url, body, self.api_key, self.timeout, stream=True)
         except ServerError as exc:
-            if exc.status == 400 and _prompt_too_long(str(exc.args[0])):
+            if exc.status == 400 and exc.code == CONTEXT_LENGTH_EXCEEDED:
                 raise ContextOverflow(str(exc)) from None
             raise
         parts: list[str] = []
@@ -114,7 +109,7 @@ class ServerBackend:
                 if "error" in event:
                     err = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
                     raise ServerError(f"during the answer: {err.get('message')}", resp.status_code,
-                                      err.get("type"))
+                                      err.get("type"), code=err.get("code"))
                 usage = event.get("usage") or usage
                 for choice in event.get("choices") or ():
                     delta = (choice.get("delta") or {}).get("content")
@@ -167,7 +162,8 @@ class LocalBackend:
         try:
             item = self.engine.prepare_prompt(render_prompt(messages), params, adapter=self.adapter)
         except RequestError as exc:
-            raise (ContextOverflow if _prompt_too_long(str(exc)) else ChatError)(str(exc)) from None
+            overflow = exc.code == CONTEXT_LENGTH_EXCEEDED
+            raise (ContextOverflow if overflow else ChatError)(str(exc)) from None
         (res,) = self.engine.generate_prepared([item], _StreamHooks(on_text))
         return Reply(res.text, res.num_prompt_tokens, res.num_output_tokens, res.finish_reason)
 

@@ -1,6 +1,7 @@
 """HTTP helpers shared by the clients: auth header, and the server's error JSON as one exception.
 
-Every knowlm server error is ``{"error": {"message", "type"}}`` (503s add ``Retry-After``);
+Every knowlm server error is ``{"error": {"message", "type"}}``, with ``code`` for some (e.g.
+``context_length_exceeded``; 503s add ``Retry-After``);
 ``check`` turns any non-2xx answer — or no answer at all — into a ``ServerError`` whose text a
 person can read.
 """
@@ -10,12 +11,15 @@ from typing import Any
 
 
 class ServerError(RuntimeError):
-    """The server said no (``status`` set) or could not be reached (``status`` None)."""
+    """The server said no (``status`` set) or could not be reached (``status`` None).
+
+    ``kind`` is the error's ``type``, ``code`` its machine-readable reason (None when it has none).
+    """
 
     def __init__(self, message: str, status: int | None = None, kind: str | None = None,
-                 retry_after: str | None = None):
+                 retry_after: str | None = None, code: str | None = None):
         super().__init__(message)
-        self.status, self.kind, self.retry_after = status, kind, retry_after
+        self.status, self.kind, self.retry_after, self.code = status, kind, retry_after, code
 
     def __str__(self) -> str:
         msg = self.args[0]
@@ -34,16 +38,16 @@ def check(resp) -> None:
     """Raise ``ServerError`` for a non-2xx ``requests`` response, with the server's own message."""
     if resp.status_code < 400:
         return
-    message, kind = None, None
+    message, kind, code = None, None, None
     try:
         err = resp.json().get("error")
         if isinstance(err, dict):
-            message, kind = err.get("message"), err.get("type")
+            message, kind, code = err.get("message"), err.get("type"), err.get("code")
     except (ValueError, AttributeError):
         pass
     if message is None:  # not one of ours (a proxy, a wrong URL): show what came back
         message = (resp.text or resp.reason or "no body").strip()[:300]
-    raise ServerError(message, resp.status_code, kind, resp.headers.get("Retry-After"))
+    raise ServerError(message, resp.status_code, kind, resp.headers.get("Retry-After"), code)
 
 
 def post(url: str, body: dict[str, Any], api_key: str | None, timeout: float, stream: bool = False):

@@ -18,13 +18,13 @@ names and renamed; the shards are streamed (memory-mapped), never loaded whole.
 """
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from knowlm_ray.atomic import atomic_path
 from knowlm_ray.corpus.shards import ShardReader
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -50,13 +50,12 @@ def export_megatron(corpus: str | Path, out_prefix: str | Path, vocab_size: int 
         raise ValueError(f"{corpus}: token id {max_id} does not fit vocab_size {vocab_size}")
     dtype = best_fitting_dtype(vocab_size)
     out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
     bin_path, idx_path = Path(f"{out_prefix}.bin"), Path(f"{out_prefix}.idx")
-    tmp_bin, tmp_idx = Path(f"{bin_path}.tmp"), Path(f"{idx_path}.tmp")
     lengths: list[np.ndarray] = []
     doc_ends: list[int] = []
     last_doc = None
-    try:
+    # The inner context exits first: .bin is renamed into place, then the .idx that points into it.
+    with atomic_path(idx_path) as tmp_idx, atomic_path(bin_path) as tmp_bin:
         with open(tmp_bin, "wb") as fh:
             for first, offs, vals, batch in reader.chunks():
                 vals[offs[0]:offs[-1]].astype(dtype.newbyteorder("<"), copy=False).tofile(fh)
@@ -85,11 +84,6 @@ def export_megatron(corpus: str | Path, out_prefix: str | Path, vocab_size: int 
             fh.write(seq_lengths.astype("<i4").tobytes(order="C"))
             fh.write(pointers.astype("<i8").tobytes(order="C"))
             fh.write(doc_index.astype("<i8").tobytes(order="C"))
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_idx, idx_path)
-    finally:
-        for tmp in (tmp_bin, tmp_idx):
-            tmp.unlink(missing_ok=True)
     return {"bin": str(bin_path), "idx": str(idx_path), "sequences": int(len(seq_lengths)),
             "documents": int(len(doc_index) - 1), "tokens": int(seq_lengths.sum(dtype=np.int64)),
             "dtype": dtype.name, "vocab_size": int(vocab_size)}

@@ -28,12 +28,12 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from knowlm_ray.atomic import atomic_open, atomic_path
 from knowlm_ray.config import BatchExtractConfig, ConfigError
 
 PART = "part-{:05d}.jsonl"
@@ -244,16 +244,8 @@ def extract_documents(docs: Sequence[dict], tasks: Sequence[str], schema: dict[s
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, mode) as fh:
+        write(fh)
 
 
 def process_block(block: dict[str, Any], cfg: BatchExtractConfig, schema: dict[str, Any],
@@ -313,8 +305,7 @@ def finalize(out_dir: str | Path, n_blocks: int) -> dict[str, Any]:
     seen_ids: set[str] = set()
 
     def records_and_triples(fh) -> None:
-        tmp_parquet = out / ".triples.parquet.tmp"
-        with pq.ParquetWriter(tmp_parquet, schema) as writer:
+        with atomic_path(out / "triples.parquet") as tmp_parquet, pq.ParquetWriter(tmp_parquet, schema) as writer:
             for b in range(n_blocks):
                 rows = []
                 with open(parts / PART.format(b), encoding="utf-8") as part:
@@ -339,7 +330,6 @@ def finalize(out_dir: str | Path, n_blocks: int) -> dict[str, Any]:
                     m = json.loads(meta.read_text(encoding="utf-8"))
                     totals["malformed"] += m.get("malformed", 0)
                     totals["empty"] += m.get("empty", 0)
-        os.replace(tmp_parquet, out / "triples.parquet")
 
     _write_atomic(out / "records.jsonl", records_and_triples)
     summary = {"documents": totals["documents"], "blocks": n_blocks,

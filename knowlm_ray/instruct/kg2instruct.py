@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 # The parsers (and the task / format / field names they share with this builder) live in ie.
+from knowlm_ray.atomic import atomic_open
 from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS, parse_output  # noqa: F401
 from knowlm_ray.instruct.alpaca import RecordError
 
@@ -461,18 +460,9 @@ def build_serve_instructions(records: Sequence[dict], schema: dict, tasks: Seque
 
 def write_json_atomic(obj: Any, out: str | Path) -> None:
     """Write JSON to a temp file beside ``out`` then rename: never a half-written file."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, ensure_ascii=False, indent=1)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the data file is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out) as fh:
+        json.dump(obj, fh, ensure_ascii=False, indent=1)
+        fh.write("\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,16 +22,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
+
+from knowlm_ray.atomic import atomic_dir
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -547,23 +547,8 @@ def check_out(out: str | Path, *inputs: str | Path) -> None:
             raise WeightsError(f"--out {out} is also an input ({i}): it would be replaced; choose a new directory")
 
 
-@contextlib.contextmanager
-def staged_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on failure it is removed."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            if out.is_dir() and not out.is_symlink():
-                shutil.rmtree(out)
-            else:
-                out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+# The weight tools' name for atomic_dir: a staging sibling of ``out``, published on success.
+staged_dir = atomic_dir
 
 
 def copy_side_files(src: str | Path, dst: str | Path, names: Iterable[str] = SIDE_FILES) -> list[str]:

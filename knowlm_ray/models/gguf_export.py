@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
+from knowlm_ray.atomic import atomic_path
 from knowlm_ray.models.checkpoint import ADAPTER_LAYOUTS, Checkpoint, WeightsError, single_threaded
 
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM")
@@ -179,27 +178,20 @@ def _file_type(gguf, outtype: str) -> int:
 def _write_streaming(gguf, out: Path, arch: str, add_kv, plan, produce) -> int:
     """Write ``plan`` [(gguf name, shape, qtype, source)] to ``out`` atomically; ``produce(item)``
     yields the numpy data of one tensor. Returns the file size."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    writer = gguf.GGUFWriter(tmp, arch)
-    try:
-        add_kv(writer)
-        for gname, shape, qtype, _src in plan:
-            ishape, dtype, nbytes = _nbytes(gguf, shape, qtype)
-            writer.add_tensor_info(gname, ishape, dtype, nbytes, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for item in plan:
-            writer.write_tensor_data(produce(item))
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch)
+        try:
+            add_kv(writer)
+            for gname, shape, qtype, _src in plan:
+                ishape, dtype, nbytes = _nbytes(gguf, shape, qtype)
+                writer.add_tensor_info(gname, ishape, dtype, nbytes, raw_dtype=qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for item in plan:
+                writer.write_tensor_data(produce(item))
+        finally:
+            writer.close()  # before the rename: the file is complete only once closed
     return out.stat().st_size
 
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from knowlm_ray.atomic import atomic_dir
 
 DEFAULT_CORPUS = ("data/sample/zh.jsonl", "data/sample/en.jsonl", "data/sample/en_books.txt", "data/sample/code")
 TEXT_KEYS = ("text", "content", "title", "input", "output", "instruction")
@@ -79,9 +78,7 @@ def build_tiny(out_dir: str | Path, corpus: Iterable[str | Path] = DEFAULT_CORPU
         raise ValueError(f"no text found in corpus paths {list(map(str, corpus))}")
     model_bytes = train_sentencepiece(lines, spec.vocab_size)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "tokenizer.model").write_bytes(model_bytes)
         tok = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_bos_token=True, add_eos_token=False)
         if len(tok) < 300:  # the silent 3-token failure mode of a tokenizer built from nothing
@@ -99,10 +96,4 @@ def build_tiny(out_dir: str | Path, corpus: Iterable[str | Path] = DEFAULT_CORPU
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)  # writes tokenizer.json; keep tokenizer.model beside it for GGUF
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

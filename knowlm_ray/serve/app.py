@@ -180,7 +180,7 @@ def error_for(exc: BaseException) -> JSONResponse:
     if isinstance(exc, UnknownModelError):
         return error_response(404, str(exc))
     if isinstance(exc, RequestError):
-        return error_response(400, str(exc))
+        return error_response(400, str(exc), code=exc.code)
     log.error("generation failed", exc_info=exc)  # the client gets the shape, the log the traceback
     return error_response(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from knowlm_ray.instruct.alpaca import build_prompt
-from knowlm_ray.serve.schemas import GenerateRequest, GenerationParams
+from knowlm_ray.serve.schemas import CONTEXT_LENGTH_EXCEEDED, GenerateRequest, GenerationParams
 
 log = logging.getLogger("knowlm_ray.serve")
 
@@ -41,7 +41,15 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 class RequestError(ValueError):
-    """A request the model cannot serve (e.g. longer than its context): the client's fault (400)."""
+    """A request the model cannot serve (e.g. longer than its context): the client's fault (400).
+
+    ``code`` is a machine-readable reason (OpenAI's error ``code``, e.g. ``context_length_exceeded``)
+    so callers need not read the message; None for errors that have none.
+    """
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code  # kept in __dict__, so it survives pickling across Ray
 
 
 class UnknownModelError(RequestError):
@@ -280,11 +288,12 @@ class GenerationEngine:
                     adapter: str | None = None) -> Prepared:
         if params.max_tokens > self.max_context:
             raise RequestError(f"parameters.max_tokens: {params.max_tokens} exceeds the model's "
-                               f"context of {self.max_context} tokens")
+                               f"context of {self.max_context} tokens", CONTEXT_LENGTH_EXCEEDED)
         room = self.max_context - len(ids)
         if room < 1:
             raise RequestError(f"prompt is {len(ids)} tokens; the model's context is "
-                               f"{self.max_context} tokens (instruction + input too long)")
+                               f"{self.max_context} tokens (instruction + input too long)",
+                               CONTEXT_LENGTH_EXCEEDED)
         if adapter is not None and adapter not in self.loras:
             raise UnknownModelError(f"adapter {adapter!r} is not configured")
         return Prepared(tuple(ids), params, min(params.max_tokens, room), tuple(stop), adapter)

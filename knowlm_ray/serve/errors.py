@@ -1,4 +1,5 @@
-"""FastAPI exception handlers: every error leaves as ``{"error": {"message", "type"}}``."""
+"""FastAPI exception handlers: every error leaves as ``{"error": {"message", "type"}}`` (plus
+``code`` when the error has a machine-readable one)."""
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,9 @@ from knowlm_ray.serve.schemas import error_body
 log = logging.getLogger("knowlm_ray.serve")
 
 
-def error_response(status: int, message: str, type: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(error_body(message, type), status_code=status)
+def error_response(status: int, message: str, type: str = "invalid_request_error",
+                   code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type, code), status_code=status)
 
 
 def _field(loc: tuple[Any, ...]) -> str:

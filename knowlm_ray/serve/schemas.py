@@ -76,17 +76,26 @@ ErrorType = Literal["invalid_request_error", "authentication_error", "overloaded
                     "timeout_error", "server_error"]
 
 
+# Error `code`s: machine-readable reasons, named as OpenAI names them; most errors have none.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # prompt (or max_tokens) past the context
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: ErrorType = "invalid_request_error"
+    code: str | None = None  # absent from the body when the error has none
 
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def error_body(message: str, type: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": type}}
+def error_body(message: str, type: str = "invalid_request_error", code: str | None = None
+               ) -> dict[str, Any]:
+    err = {"message": message, "type": type}
+    if code is not None:
+        err["code"] = code
+    return {"error": err}
 
 
 # ------------------------------------------------------------------------------ OpenAI-compatible

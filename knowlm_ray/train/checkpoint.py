@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from knowlm_ray.atomic import atomic_write_text
 
 STATE_FILE = "train_state.json"
 
@@ -43,11 +44,7 @@ def step_tag(step: int) -> str:
 
 
 def write_train_state(directory: str | Path, state: TrainState) -> Path:
-    p = Path(directory) / STATE_FILE
-    tmp = p.with_name(f".{STATE_FILE}.tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(Path(directory) / STATE_FILE, json.dumps(asdict(state), indent=1))
 
 
 def read_train_state(directory: str | Path) -> TrainState:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from knowlm_ray import atomic
 from knowlm_ray.models.checkpoint import TOKENIZER_FILES, copy_side_files
 
 CARRY_OVER = ("metrics.jsonl", "tensorboard")
@@ -58,14 +59,7 @@ def publish_dir(staging: str | Path, output_dir: str | Path, carry: Iterable[str
         elif (out / name).is_dir():
             shutil.copytree(out / name, staging / name)
     _readable(staging)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+    return atomic.publish_dir(staging, out)
 
 
 def saved_tensor_shapes(directory: str | Path, prefix: str = "model") -> dict[str, tuple[int, ...]]:

@@ -9,9 +9,10 @@ are not duplicated and the file always reads as one clean run.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from knowlm_ray.atomic import atomic_write_text
 
 
 def read_metrics(path: str | Path, strict: bool = False) -> list[dict]:
@@ -45,9 +46,7 @@ def truncate_metrics(path: str | Path, last_step: int) -> int:
     if not p.exists():
         return 0
     kept = [r for r in read_metrics(p) if isinstance(r.get("step"), int) and r["step"] <= last_step]
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, p)
+    atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in kept))
     return len(kept)
 
 

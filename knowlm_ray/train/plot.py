@@ -8,10 +8,10 @@ log was not cut back) the last record wins, as it is the one the run continued f
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from knowlm_ray.atomic import atomic_path
 from knowlm_ray.train.metrics import read_metrics
 
 METRICS_FILE = "metrics.jsonl"
@@ -127,14 +127,8 @@ def render(curves: Curves, out: str | Path, size: tuple[int, int] = DEFAULT_SIZE
     drawn = {line.get_label(): ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
              for ax in axes for line in ax.get_lines()}
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return drawn
 
 

@@ -157,3 +157,22 @@ def test_server_backend_hands_out_the_answer_in_pieces_as_they_stream(server, ap
     assert len(pieces) > 1 and "".join(pieces) == reply.text == ref["choices"][0]["message"]["content"]
     assert (reply.prompt_tokens, reply.completion_tokens, reply.finish_reason) == (
         ref["usage"]["prompt_tokens"], ref["usage"]["completion_tokens"], ref["choices"][0]["finish_reason"])
+
+
+def test_both_backends_know_an_overflow_by_its_code_and_nothing_else(server, api_key, tiny_model, long_tokens):
+    from knowlm_ray.clients.chat import ChatError, ContextOverflow, LocalBackend, ServerBackend
+    from knowlm_ray.clients.http import ServerError
+    from knowlm_ray.serve.schemas import GenerationParams
+
+    params, ignore = GenerationParams(max_tokens=int(MAX)), lambda _: None
+    server_side, local = ServerBackend(server, api_key), LocalBackend(str(tiny_model))
+    for backend in (server_side, local):  # two LONGs are past the 1024-token context
+        with pytest.raises(ContextOverflow, match="context"):
+            backend.complete([_u(LONG), _a("ok"), _u(LONG)], params, ignore)
+    # Other 400s are errors, not overflows: dropping history would not help them.
+    with pytest.raises(ServerError) as info:
+        server_side.complete([_u(Q1), _a("ok")], params, ignore)
+    assert info.value.status == 400 and info.value.code is None
+    with pytest.raises(ChatError) as err:
+        local.complete([_u(Q1), _a("ok")], params, ignore)
+    assert type(err.value) is ChatError

@@ -48,7 +48,7 @@ def test_diff_then_recover_round_trips_exactly_fp32(pair, tmp_path, capsys):
     index = json.loads((rec / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(want) and len(set(index["weight_map"].values())) == 2
     assert (rec / "tokenizer.model").is_file() and (rec / "checksums.sha256").is_file()
-    assert not list(tmp_path.glob(".rec.tmp.*")), "staging dir left behind"
+    assert not list(tmp_path.glob(".rec.*")), "staging dir left behind"
     model, info = AutoModelForCausalLM.from_pretrained(rec, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(rec))
@@ -90,7 +90,7 @@ def test_corrupted_diff_is_refused(pair, tmp_path):
     (diff / "checksums.sha256").unlink()
     with pytest.raises(WeightsError, match=r"recovered tensor \S+ (does not match|has NaN).*corrupted"):
         recover(raw, diff, tmp_path / "out")
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp.*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
     # a truncated shard (interrupted download) is caught before any work
     shard.write_bytes(bytes(data[:-100]))
     with pytest.raises(WeightsError, match="truncated"):

@@ -59,11 +59,12 @@ def _post(url, body, route="/generate", headers=None, timeout=60, **kw):
     return requests.post(f"{url}{route}", json=body, timeout=timeout, headers={**AUTH, **(headers or {})}, **kw)
 
 
-def _assert_error(r, status_range=(400, 499), mentions=None, type="invalid_request_error"):
+def _assert_error(r, status_range=(400, 499), mentions=None, type="invalid_request_error", code=None):
     assert status_range[0] <= r.status_code <= status_range[1], r.text
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type"}
-    assert body["error"]["type"] == type
+    keys = {"message", "type"} | ({"code"} if code else set())  # no code: no key at all
+    assert set(body) == {"error"} and set(body["error"]) == keys, body
+    assert body["error"]["type"] == type and body["error"].get("code") == code
     if mentions:
         assert mentions in body["error"]["message"], body
 
@@ -129,13 +130,20 @@ def test_invalid_requests_name_the_field(base_url, body, field):
     _assert_error(_post(base_url, body), mentions=field)
 
 
-def test_prompt_beyond_context_is_a_400(base_url):
-    r = _post(base_url, {"instruction": "知识 " * 2000})
-    _assert_error(r, (400, 400), "context")
-    r = _post(base_url, {"instruction": "x", "parameters": {"max_tokens": 100_000}})
-    _assert_error(r, (400, 400), "max_tokens")
-    r = _post(base_url, {"prompt": "知识 " * 2000, "max_tokens": 4}, "/v1/completions")
-    _assert_error(r, (400, 400), "context")
+def test_prompt_beyond_context_is_a_400_with_code_context_length_exceeded(base_url, client):
+    import openai
+
+    over = dict(status_range=(400, 400), code="context_length_exceeded")
+    _assert_error(_post(base_url, {"instruction": "知识 " * 2000}), mentions="context", **over)
+    _assert_error(_post(base_url, {"instruction": "x", "parameters": {"max_tokens": 100_000}}),
+                  mentions="max_tokens", **over)
+    _assert_error(_post(base_url, {"prompt": "知识 " * 2000, "max_tokens": 4}, "/v1/completions"),
+                  mentions="context", **over)
+    _assert_error(_post(base_url, {"messages": [{"role": "user", "content": "知识 " * 2000}]},
+                        "/v1/chat/completions"), mentions="context", **over)
+    with pytest.raises(openai.BadRequestError) as info:  # a stock client reads it as OpenAI's
+        client.completions.create(model=reference_model(client), prompt="x", max_tokens=100_000)
+    assert info.value.code == "context_length_exceeded"
 
 
 def test_unknown_route_keeps_the_error_shape(base_url):
