@@ -358,11 +358,9 @@ def tail_modes(root: Path, tokenizer: str, threshold: float, n_docs: int) -> dic
 
 # --------------------------------------------------------------------------- MinHash vs naive
 def near_benchmark(root: Path, subset: int, threshold: float, seed: int) -> dict:
-    import pyarrow as pa
-
     from knowlm_ray.config import DedupConfig
-    from knowlm_ray.corpus.dedup import (BAND_SCHEMA, band_rows, bucket_edges, connected_components, lsh_params,
-                                         shingles)
+    from knowlm_ray.corpus.dedup import (bucket_pairs, bucket_rows, connected_components, doc_signature,
+                                         lsh_params, shingles, verify)
     from knowlm_ray.corpus.filters import dedup_key, filter_reason, load_blocklist
     from knowlm_ray.corpus.sources import list_input_files, read_file_rows
 
@@ -395,11 +393,12 @@ def near_benchmark(root: Path, subset: int, threshold: float, seed: int) -> dict
 
     t0 = time.perf_counter()
     bands, rows = lsh_params(dcfg)
-    table = pa.table(band_rows(docs, dcfg, seed, bands, rows), schema=BAND_SCHEMA)
-    edges_t = bucket_edges(table, threshold, dcfg.max_bucket_compare)
-    found = {(a, b) for a, b in zip(edges_t["a"].to_pylist(), edges_t["b"].to_pylist()) if a is not None}
+    sigs = {d["doc_id"]: doc_signature(d["text"], d["lang"], dcfg, seed) for d in docs}
+    pairs_t = bucket_pairs(bucket_rows(list(sigs), None, list(sigs.values()), bands, rows), dcfg.max_bucket_compare)
+    candidates = sorted({(a, b) for a, b in zip(pairs_t["a"].to_pylist(), pairs_t["b"].to_pylist()) if a is not None})
+    found = set(verify(candidates, lambda ids: {i: sigs[i] for i in ids}, threshold))
     minhash_s = time.perf_counter() - t0
-    comparisons = edges_t["candidates"][-1].as_py()
+    comparisons = pairs_t["collisions"][-1].as_py()
 
     tp = len(found & truth)
     true_dups = set(connected_components(sorted(truth)))

@@ -1,105 +1,64 @@
-"""Deduplication on Ray Data: exact (hash of the normalised text) and near (MinHash LSH).
+"""Deduplication on Ray Data: exact (hash of the normalised text) and near (MinHash LSH), in
+one narrow shuffle.
 
-Exact: rows are grouped by ``key`` (non-ok rows carry a unique key, so they pass through
-alone) with a sort shuffle; in each group the row with the smallest ``doc_id`` stays ``ok`` and
-the others become ``exact_dup``. Which copy survives therefore does not depend on partitioning
-or task order.
+**Exact**: documents with the same ``key`` (hash of the normalised text; see filters.py) are
+duplicates; the smallest ``doc_id`` stays ``ok``, the others become ``exact_dup``.
 
-Near (``dedup.near: true``), after exact dedup, over the ``ok`` documents:
+**Near** (``dedup.near: true``), over the ``ok`` documents that survive exact dedup:
 
 1. **Shingles.** The text is NFKC-normalised, case-folded and whitespace-collapsed; alphabetic
    text gives word ``ngram``-grams (whitespace words), CJK text (CJK share of letters >= 0.5)
    and code give character ``char_ngram``-grams.
-2. **Signatures** (``map_batches``): the shingles are hashed to 32 bits in numpy
-   (``shingle_hashes``: a vectorised rolling hash instead of one SHA-1 call per shingle string),
-   then fed to a datasketch ``MinHash`` (affine32 scheme, ``num_perm`` permutations from ``seed``,
-   identity ``hashfunc``) per document, frozen as a ``LeanMinHash``; its hash values are cut
-   into ``bands`` bands of ``rows`` values, each hashed to a 64-bit bucket key. Bands and rows come
-   from datasketch's ``_optimal_param(threshold, num_perm, fp_weight, fn_weight)`` unless set.
-   Recall is favoured (weights 0.2 / 0.8) because every candidate pair is verified next.
-3. **Candidates** (a range-partitioned sort on the bucket key, one partition per block -- what
-   ``groupby().map_groups`` does under Ray's sort shuffle, but one Python call per block rather than
-   per bucket, since nearly all buckets hold one document): documents sharing a bucket are
-   candidate pairs (all pairs up to ``max_bucket_compare`` members; beyond that each member is
-   compared with the first ``max_bucket_compare`` by doc_id). A pair is an **edge** when the
-   signatures' estimated Jaccard is >= ``threshold``.
-4. **Clusters.** Only the edges (pairs of doc_ids) reach the driver: union-find gives the
-   connected components; each keeps its smallest doc_id, the others become ``near_dup``
-   ("near duplicate of <doc_id>"). The set of edges does not depend on partitioning, so neither
-   does the result.
+2. **Signatures** (``map_batches``, fused with reading and filtering): the shingles are hashed to
+   32 bits in numpy (``shingle_hashes``), then turned into datasketch ``MinHash`` values (affine32
+   scheme, ``num_perm`` permutations from ``seed``) computed on the whole array at once; they are
+   cut into ``bands`` bands of ``rows`` values, each hashed to a 64-bit bucket key. Bands and rows
+   come from datasketch's ``_optimal_param(threshold, num_perm, fp_weight, fn_weight)`` unless set.
+   Recall is favoured (weights 0.2 / 0.8) because every candidate pair is verified.
+3. **Candidates.** Every ok document gives narrow rows ``(bucket, kind, doc_id)``: one for its
+   exact key and one per band. A range-partitioned sort on ``bucket`` puts each bucket whole into
+   one block; one vectorised pass per block turns buckets with several members into pairs
+   (exact: each member with the smallest; band: all pairs up to ``max_bucket_compare`` members,
+   beyond that each member with the first ``max_bucket_compare`` by doc_id). Only the pairs
+   reach the driver. The signatures never travel through the shuffle: the driver fetches them for
+   the documents of candidate pairs only (plain tasks over the materialised blocks), and a pair is
+   an **edge** when the signatures' estimated Jaccard is >= ``threshold``.
+4. **Clusters.** Pairs touching an exact duplicate are left out (exact dedup comes first), then
+   union-find gives the connected components; each keeps its smallest doc_id, the others become
+   ``near_dup`` ("near duplicate of <doc_id>").
+
+The marks (doc_id -> status, representative) travel to the workers once through the object
+store; a ``map_batches`` pass applies them. The set of pairs does not depend on the partitioning,
+so neither does the result. The documents are materialised once (they are read twice: for the
+buckets and for the marking); only pairs, signatures of candidates and counts reach the driver.
+
+Folding both dedups into one shuffle of ~40-byte rows replaced two sorts of whole documents
+and signature-carrying band rows (each 512-byte signature copied once per band). One
+difference to running them one after the other: a band bucket of more than ``max_bucket_compare``
+members also counts exact duplicates among its first members.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-import struct
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from knowlm_ray.config import DedupConfig
 from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, NEAR_DUP, OK
 from knowlm_ray.corpus.text import cjk_ratio, normalise_for_dedup
 
-BAND_SCHEMA = pa.schema([("band", pa.int64()), ("doc_id", pa.string()), ("sig", pa.binary())])
-# One row per verified edge (a < b); plus one row per block with a = b = null carrying the
-# number of (bucket, pair) collisions in that block: a pair sharing k buckets counts k times,
-# which keeps the total independent of the partitioning.
-EDGE_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("jaccard", pa.float32()),
-                         ("candidates", pa.int64())])
-
-
-# --------------------------------------------------------------------------- exact
-def keep_first(group: pa.Table) -> pa.Table:
-    """map_groups UDF (plain Python): one key group -> the same rows, duplicates marked."""
-    if group.num_rows <= 1:
-        return group
-    group = group.sort_by([("doc_id", "ascending")])
-    rows = group.to_pylist()
-    first = rows[0]["doc_id"]
-    for row in rows[1:]:
-        if row["status"] == OK:
-            row.update(status=EXACT_DUP, reason=f"duplicate of {first}", text="")
-    return pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
-
-
-def mark_exact_block(block: pa.Table) -> pa.Table:
-    """Block-wise UDF after a sort on ``key`` (every key group lies whole in one block): in each
-    group the smallest doc_id stays, the other ok rows become ``exact_dup``. Same result as
-    ``keep_first`` per group, without one Python call per group (nearly all groups are single)."""
-    n = block.num_rows
-    if n < 2:
-        return block
-    t = block.sort_by([("key", "ascending"), ("doc_id", "ascending")])
-    keys = t["key"].to_numpy(zero_copy_only=False)
-    new_group = np.r_[True, keys[1:] != keys[:-1]]
-    if new_group.all():
-        return t
-    doc_ids = t["doc_id"].to_pylist()
-    rep_index = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
-    status = t["status"].to_pylist()
-    reason, text = t["reason"].to_pylist(), t["text"].to_pylist()
-    for i in np.flatnonzero(~new_group):
-        if status[i] == OK:
-            status[i], reason[i], text[i] = EXACT_DUP, f"duplicate of {doc_ids[rep_index[i]]}", ""
-    t = t.set_column(t.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-    t = t.set_column(t.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
-    return t.set_column(t.schema.get_field_index("text"), "text", pa.array(text, pa.string()))
-
-
-def exact_dedup(ds, num_partitions: int):
-    """Ray Data: a range-partitioned sort on ``key`` puts every key group whole into one block
-    (``num_partitions`` blocks), then one vectorised pass per block marks the duplicates. A sort
-    shuffle runs on plain tasks; Ray's hash-shuffle ``groupby`` starts aggregator actors, which
-    costs seconds per shuffle on a small cluster. The sorted blocks are then cut back into blocks
-    of ``BATCH_ROWS`` rows (a streaming split, no copy): the sort leaves ``num_partitions`` blocks of
-    unequal size, and the heavy stages after it (signatures, tokenising) run one task per block, so
-    with 2 blocks on 2 CPUs the bigger block alone set their wall time."""
-    from knowlm_ray.corpus.sources import BATCH_ROWS
-
-    return ds.repartition(num_partitions).sort("key").map_batches(
-        mark_exact_block, batch_size=None, batch_format="pyarrow").repartition(target_num_rows_per_block=BATCH_ROWS)
+EXACT, BAND = 0, 1  # bucket kinds
+BUCKET_SCHEMA = pa.schema([("bucket", pa.int64()), ("kind", pa.int8()), ("doc_id", pa.string())])
+# One row per pair (a < b) found in a bucket; plus one row per block with a = b = null carrying
+# the number of (band bucket, pair) collisions in that block: a pair sharing k band buckets counts
+# k times, which keeps the total independent of the partitioning.
+PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("kind", pa.int8()),
+                         ("collisions", pa.int64())])
+SIG_COLUMN = "sig"  # signatures ride along with the materialised documents, dropped when marked
 
 
 # --------------------------------------------------------------------------- near: plain cores
@@ -215,12 +174,18 @@ class Signer:
 
     def band_keys(self, sig: np.ndarray) -> list[int]:
         """One signed 64-bit bucket key per band (band index included in the hash)."""
-        keys = []
-        for i in range(self.bands):
-            h = hashlib.blake2b(sig[i * self.rows:(i + 1) * self.rows].tobytes(), digest_size=8,
-                                person=struct.pack("<I", i).ljust(16, b"\0"))
-            keys.append(int.from_bytes(h.digest(), "little", signed=True))
-        return keys
+        return band_keys(sig.reshape(1, -1), self.bands, self.rows)[0].tolist()
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, num_perm) uint32 signatures -> (n, bands) int64 bucket keys: each band's ``rows``
+    values folded through a 64-bit mix seeded with the band index, for all documents at once."""
+    view = sigs[:, :bands * rows].reshape(len(sigs), bands, rows).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.broadcast_to(_mix64(np.arange(1, bands + 1, dtype=np.uint64) * _MULT), view.shape[:2]).copy()
+        for r in range(rows):
+            h = _mix64(h * _MULT + view[:, :, r])
+    return h.view(np.int64)
 
 
 _SIGNERS: dict[tuple, Signer] = {}
@@ -233,81 +198,102 @@ def _signer(num_perm: int, seed: int, bands: int, rows: int) -> Signer:
     return _SIGNERS[key]
 
 
-def band_rows(docs: Iterable[dict[str, Any]], cfg: DedupConfig, seed: int,
-              bands: int | None = None, rows: int | None = None) -> dict[str, list]:
-    """Plain core: ok documents -> columns of BAND_SCHEMA (one row per document and band)."""
-    if bands is None or rows is None:
-        bands, rows = lsh_params(cfg)
-    signer = _signer(cfg.num_perm, seed, bands, rows)
-    out: dict[str, list] = {"band": [], "doc_id": [], "sig": []}
-    for doc in docs:
-        if doc["status"] != OK:
-            continue
-        hashes = shingle_hashes(doc["text"], doc["lang"], cfg.ngram, cfg.char_ngram)
-        if not len(hashes):
-            continue
-        sig = signer.signature(hashes)
-        raw = sig.tobytes()
-        for key in signer.band_keys(sig):
-            out["band"].append(key)
-            out["doc_id"].append(doc["doc_id"])
-            out["sig"].append(raw)
-    return out
+def doc_signature(text: str, lang: str, cfg: DedupConfig, seed: int) -> bytes | None:
+    """Plain core: the MinHash signature's bytes (num_perm uint32), None for text without shingles."""
+    hashes = shingle_hashes(text, lang, cfg.ngram, cfg.char_ngram)
+    if not len(hashes):
+        return None
+    return _signer(cfg.num_perm, seed, 0, 0).signature(hashes).tobytes()
 
 
-def band_rows_batch(batch: pa.Table, dedup: dict, seed: int, bands: int, rows: int) -> pa.Table:
-    """map_batches UDF: DOC_SCHEMA batch -> BAND_SCHEMA rows (bands/rows fixed on the driver)."""
+def sign_batch(batch: pa.Table, dedup: dict, seed: int) -> pa.Table:
+    """map_batches UDF: DOC_SCHEMA batch + the ``sig`` column (null unless ok with shingles)."""
     cfg = DedupConfig.model_validate(dedup)
-    cols = band_rows(batch.select(["doc_id", "lang", "text", "status"]).to_pylist(), cfg, seed, bands, rows)
-    return pa.table(cols, schema=BAND_SCHEMA)
+    status, text, lang = (batch[c].to_pylist() for c in ("status", "text", "lang"))
+    sigs = [doc_signature(t, lg, cfg, seed) if st == OK else None for st, t, lg in zip(status, text, lang)]
+    return batch.append_column(SIG_COLUMN, pa.array(sigs, pa.binary()))
 
 
-def bucket_edges(table: pa.Table, threshold: float, max_compare: int) -> pa.Table:
-    """Plain core: BAND_SCHEMA rows (whole buckets) -> EDGE_SCHEMA rows (verified pairs + one
-    candidate-count row)."""
-    out: dict[str, list] = {"a": [], "b": [], "jaccard": [], "candidates": []}
-    candidates = 0
-    if table.num_rows > 1:
-        bands = table["band"].to_numpy()
-        order = np.argsort(bands, kind="stable")
-        sorted_bands = bands[order]
-        starts = np.flatnonzero(np.r_[True, sorted_bands[1:] != sorted_bands[:-1]])
-        ends = np.r_[starts[1:], len(sorted_bands)]
-        multi = np.flatnonzero(ends - starts > 1)
-        done: set[tuple[str, str]] = set()  # a pair sharing several buckets is compared once here
-        if len(multi):
-            doc_ids = table["doc_id"]
-            sigs = table["sig"]
-            for g in multi:
-                idx = order[starts[g]:ends[g]]
-                members = sorted({doc_ids[int(i)].as_py(): sigs[int(i)].as_py() for i in idx}.items())
-                if len(members) < 2:
-                    continue
-                names = [m[0] for m in members]
-                mat = np.stack([np.frombuffer(m[1], dtype=np.uint32) for m in members])
+def key_bucket(key: str) -> int:
+    """The exact-dedup key (a hex hash) as a signed 64-bit bucket: its first 64 bits."""
+    return int.from_bytes(bytes.fromhex(key[:16]), "little", signed=True)
+
+
+def bucket_rows(doc_ids: Sequence[str], keys: Sequence[str | None] | None,
+                sigs: Sequence[bytes | None] | None, bands: int, rows: int) -> pa.Table:
+    """Plain core: BUCKET_SCHEMA rows: (exact key, EXACT) per document when ``keys`` is given,
+    (band key, BAND) per band for each document with a signature when ``sigs`` is given."""
+    buckets, kinds, ids = [], [], []
+    if keys is not None:
+        for doc_id, key in zip(doc_ids, keys):
+            if key is not None:
+                buckets.append(key_bucket(key))
+                ids.append(doc_id)
+        kinds = [EXACT] * len(ids)
+    tables = [pa.table({"bucket": pa.array(buckets, pa.int64()), "kind": pa.array(kinds, pa.int8()),
+                        "doc_id": pa.array(ids, pa.string())}, schema=BUCKET_SCHEMA)]
+    if sigs is not None:
+        signed = [i for i, sig in enumerate(sigs) if sig is not None]
+        if signed:
+            mat = np.frombuffer(b"".join(sigs[i] for i in signed), dtype=np.uint32).reshape(len(signed), -1)
+            keys_mat = band_keys(mat, bands, rows)  # (docs, bands)
+            band_ids = pa.array([doc_ids[i] for i in signed], pa.string()).take(
+                pa.array(np.repeat(np.arange(len(signed)), bands)))
+            tables.append(pa.table({"bucket": pa.array(keys_mat.reshape(-1)),
+                                    "kind": pa.array(np.full(keys_mat.size, BAND, dtype=np.int8)),
+                                    "doc_id": band_ids}, schema=BUCKET_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def bucket_rows_batch(batch: pa.Table, exact: bool, bands: int, rows: int) -> pa.Table:
+    """map_batches UDF: documents (+ ``sig`` when near dedup is on) -> BUCKET_SCHEMA rows of the
+    ok ones."""
+    ok = batch.filter(pc.equal(batch["status"], OK))
+    ids = ok["doc_id"].to_pylist()
+    keys = ok["key"].to_pylist() if exact else None
+    sigs = ok[SIG_COLUMN].to_pylist() if SIG_COLUMN in ok.column_names else None
+    return bucket_rows(ids, keys, sigs, bands, rows)
+
+
+def bucket_pairs(table: pa.Table, max_compare: int) -> pa.Table:
+    """Plain core: BUCKET_SCHEMA rows holding whole buckets -> PAIR_SCHEMA rows (pairs + one
+    collision-count row). Exact buckets pair each member with the smallest doc_id; band buckets
+    give all pairs among their first ``max_compare`` members and the rest."""
+    a: list[str] = []
+    b: list[str] = []
+    kinds: list[int] = []
+    collisions = 0
+    n = table.num_rows
+    if n > 1:
+        t = table.sort_by([("bucket", "ascending"), ("kind", "ascending"), ("doc_id", "ascending")])
+        bucket, kind = t["bucket"].to_numpy(), t["kind"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, (bucket[1:] != bucket[:-1]) | (kind[1:] != kind[:-1])])
+        ends = np.r_[starts[1:], n]
+        seen: set[tuple[str, str, int]] = set()  # a pair sharing several band buckets is sent once
+        doc_ids = t["doc_id"]
+        for g in np.flatnonzero(ends - starts > 1):
+            names = list(dict.fromkeys(doc_ids.slice(starts[g], ends[g] - starts[g]).to_pylist()))
+            k = int(kind[starts[g]])
+            if k == EXACT:
+                pairs = [(names[0], x) for x in names[1:]]
+            else:
+                pairs = []
                 for i in range(min(len(names) - 1, max_compare)):
-                    candidates += len(names) - 1 - i
-                    js = [j for j in range(i + 1, len(names)) if (names[i], names[j]) not in done]
-                    if not js:
-                        continue
-                    done.update((names[i], names[j]) for j in js)
-                    est = (mat[js] == mat[i]).mean(axis=1)
-                    for j, e in zip(js, est):
-                        if e >= threshold:
-                            out["a"].append(names[i])
-                            out["b"].append(names[j])
-                            out["jaccard"].append(float(e))
-                            out["candidates"].append(0)
-    out["a"].append(None)
-    out["b"].append(None)
-    out["jaccard"].append(None)
-    out["candidates"].append(candidates)
-    return pa.table(out, schema=EDGE_SCHEMA)
+                    collisions += len(names) - 1 - i
+                    pairs += [(names[i], y) for y in names[i + 1:]]
+            for x, y in pairs:
+                if (x, y, k) not in seen:
+                    seen.add((x, y, k))
+                    a.append(x)
+                    b.append(y)
+                    kinds.append(k)
+    return pa.table({"a": [*a, None], "b": [*b, None], "kind": [*kinds, None],
+                     "collisions": [0] * len(a) + [collisions]}, schema=PAIR_SCHEMA)
 
 
-def edges_batch(batch: pa.Table, threshold: float, max_compare: int) -> pa.Table:
-    """map_batches UDF (batch_size=None after a hash repartition on ``band``)."""
-    return bucket_edges(batch, threshold, max_compare)
+def pairs_batch(batch: pa.Table, max_compare: int) -> pa.Table:
+    """map_batches UDF (batch_size=None after the sort on ``bucket``)."""
+    return bucket_pairs(batch, max_compare)
 
 
 def connected_components(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -334,74 +320,141 @@ def connected_components(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {x: find(x) for x in parent if find(x) != x}
 
 
-def mark_near_dups(batch: pa.Table, dups: dict[str, str]) -> pa.Table:
-    """Plain core: ok rows whose doc_id is in ``dups`` become near_dup rows."""
-    if not dups:
-        return batch
+def verify(candidates: Sequence[tuple[str, str]], signatures: Callable[[set[str]], dict[str, bytes]],
+           threshold: float) -> list[tuple[str, str]]:
+    """The candidate pairs whose signatures agree in at least ``threshold`` of their values
+    (the MinHash estimate of the shingle sets' Jaccard)."""
+    if not candidates:
+        return []
+    sigs = signatures({d for pair in candidates for d in pair})
+
+    def matrix(col: int) -> np.ndarray:
+        return np.frombuffer(b"".join(sigs[p[col]] for p in candidates), dtype=np.uint32).reshape(len(candidates), -1)
+
+    estimate = (matrix(0) == matrix(1)).mean(axis=1)
+    return [pair for pair, e in zip(candidates, estimate) if e >= threshold]
+
+
+def resolve(pairs: Iterable[tuple[str, str, int]], signatures: Callable[[set[str]], dict[str, bytes]],
+            threshold: float) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+    """Plain core, on the driver: bucket pairs -> ({exact dup: rep}, {near dup: rep}, counts).
+    ``signatures(ids)`` returns the signature bytes of those documents."""
+    exact_pairs, candidates = [], set()
+    for x, y, kind in pairs:
+        if kind == EXACT:
+            exact_pairs.append((x, y))
+        else:
+            candidates.add((x, y))
+    exact = connected_components(exact_pairs)
+    candidates = sorted((x, y) for x, y in candidates if x not in exact and y not in exact)
+    edges = verify(candidates, signatures, threshold)
+    near = connected_components(edges)
+    return exact, near, {"candidate_pairs": len(candidates), "edges": len(edges),
+                         "clusters": len(set(near.values())), "near_dups": len(near)}
+
+
+def with_columns(table: pa.Table, **columns: pa.Array) -> pa.Table:
+    for name, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    return table
+
+
+def mark_duplicates(batch: pa.Table, marks: dict[str, tuple[str, str]]) -> pa.Table:
+    """Plain core: DOC_SCHEMA rows (extra columns dropped); ok rows named in ``marks``
+    ({doc_id: (status, representative)}) get that status, the reason and an empty text."""
+    batch = batch.select(DOC_SCHEMA.names)
     ids = batch["doc_id"].to_pylist()
-    if not any(i in dups for i in ids):
+    hits = [i for i, d in enumerate(ids) if d in marks]
+    if not hits:
         return batch
-    rows = batch.to_pylist()
-    for row in rows:
-        rep = dups.get(row["doc_id"])
-        if rep is not None and row["status"] == OK:
-            row.update(status=NEAR_DUP, reason=f"near duplicate of {rep}", text="")
-    return pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
+    status, reason, text = (batch[c].to_pylist() for c in ("status", "reason", "text"))
+    for i in hits:
+        if status[i] == OK:
+            status[i], rep = marks[ids[i]]
+            what = "duplicate" if status[i] == EXACT_DUP else "near duplicate"
+            reason[i], text[i] = f"{what} of {rep}", ""
+    return with_columns(batch, status=pa.array(status, pa.string()), reason=pa.array(reason, pa.string()),
+                        text=pa.array(text, pa.string()))
 
 
-_DUPS_CACHE: dict[str, dict[str, str]] = {}
+_MARKS_CACHE: dict[str, dict] = {}
 
 
-def mark_near_dups_batch(batch: pa.Table, dups_ref: list) -> pa.Table:
-    """map_batches UDF: the {doc_id: rep} map travels once per worker through the object store."""
+def mark_duplicates_batch(batch: pa.Table, marks_ref: list) -> pa.Table:
+    """map_batches UDF: the marks travel once per worker through the object store."""
     import ray
 
-    ref = dups_ref[0]
+    ref = marks_ref[0]
     key = ref.hex()
-    if key not in _DUPS_CACHE:
-        _DUPS_CACHE.clear()
-        _DUPS_CACHE[key] = ray.get(ref)
-    return mark_near_dups(batch, _DUPS_CACHE[key])
+    if key not in _MARKS_CACHE:
+        _MARKS_CACHE.clear()
+        _MARKS_CACHE[key] = ray.get(ref)
+    return mark_duplicates(batch, _MARKS_CACHE[key])
 
 
 def local_near_dups(docs: Sequence[dict[str, Any]], cfg: DedupConfig, seed: int = 0) -> dict[str, str]:
     """The whole near-dedup in one process (tests, benchmarks): {near_dup doc_id: representative}."""
-    table = pa.table(band_rows(docs, cfg, seed), schema=BAND_SCHEMA)
-    edges = bucket_edges(table, cfg.threshold, cfg.max_bucket_compare)
-    pairs = [(a, b) for a, b in zip(edges["a"].to_pylist(), edges["b"].to_pylist()) if a is not None]
-    return connected_components(pairs)
+    bands, rows = lsh_params(cfg)
+    ok = [d for d in docs if d["status"] == OK]
+    sigs = [doc_signature(d["text"], d["lang"], cfg, seed) for d in ok]
+    ids = [d["doc_id"] for d in ok]
+    pairs = bucket_pairs(bucket_rows(ids, None, sigs, bands, rows), cfg.max_bucket_compare)
+    by_id = dict(zip(ids, sigs))
+    _, near, _ = resolve(_pair_tuples(pairs), lambda want: {i: by_id[i] for i in want}, cfg.threshold)
+    return near
 
 
-# --------------------------------------------------------------------------- near: Ray Data
-def near_dedup(docs, cfg: DedupConfig, seed: int, num_partitions: int = 0):
-    """Ray Data: DOC_SCHEMA dataset -> (the same rows with near duplicates marked, stats).
+def _pair_tuples(table: pa.Table) -> Iterator[tuple[str, str, int]]:
+    for x, y, k in zip(table["a"].to_pylist(), table["b"].to_pylist(), table["kind"].to_pylist()):
+        if x is not None:
+            yield x, y, k
 
-    ``docs`` is materialised once (in the object store) because it is read twice: for the
-    signatures and for the marking. Only edges and counts come to the driver.
-    """
+
+def _block_signatures(block: pa.Table, ids: pa.Array) -> pa.Table:
+    return block.filter(pc.is_in(block["doc_id"], value_set=ids)).select(["doc_id", SIG_COLUMN])
+
+
+def fetch_signatures(materialized, ids: set[str]) -> dict[str, bytes]:
+    """Signatures of ``ids`` from the materialised documents, one task per block; only the
+    requested rows reach the driver."""
     import ray
 
-    docs = docs.materialize()
+    from knowlm_ray.runtime import map_refs
+
+    ids_ref = ray.put(pa.array(sorted(ids), pa.string()))
+    out: dict[str, bytes] = {}
+    for part in map_refs(_block_signatures, materialized.to_arrow_refs(), ids_ref):
+        out.update(zip(part["doc_id"].to_pylist(), part[SIG_COLUMN].to_pylist()))
+    return out
+
+
+# --------------------------------------------------------------------------- Ray Data
+def dedup(docs, cfg: DedupConfig, seed: int, num_partitions: int):
+    """Ray Data: DOC_SCHEMA dataset -> (the same rows with exact and near duplicates marked,
+    near-dedup stats or {} when near dedup is off). See the module doc."""
+    import ray
+
+    if not (cfg.exact or cfg.near):
+        return docs, {}
     bands, rows = lsh_params(cfg)
-    edges_ds = (docs.map_batches(band_rows_batch, batch_format="pyarrow",
-                                 fn_kwargs={"dedup": cfg.model_dump(), "seed": seed, "bands": bands, "rows": rows})
+    if cfg.near:
+        docs = docs.map_batches(sign_batch, batch_format="pyarrow",
+                                fn_kwargs={"dedup": cfg.model_dump(), "seed": seed})
+    docs = docs.materialize()
+    pairs_ds = (docs.map_batches(bucket_rows_batch, batch_format="pyarrow",
+                                 fn_kwargs={"exact": cfg.exact, "bands": bands, "rows": rows})
                 .repartition(max(1, num_partitions))  # the sort makes one partition per input block
-                .sort("band")
-                .map_batches(edges_batch, batch_size=None, batch_format="pyarrow",
-                             fn_kwargs={"threshold": cfg.threshold, "max_compare": cfg.max_bucket_compare}))
-    edges: set[tuple[str, str]] = set()
-    candidates = 0
-    for batch in edges_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for a, b, n in zip(batch["a"].to_pylist(), batch["b"].to_pylist(), batch["candidates"].to_pylist()):
-            if a is None:
-                candidates += n
-            else:
-                edges.add((a, b))
-    dups = connected_components(sorted(edges))
-    stats = {"bands": bands, "rows": rows, "bucket_pairs": candidates, "edges": len(edges),
-             "clusters": len(set(dups.values())), "near_dups": len(dups)}
-    if not dups:
-        return docs, stats
-    marked = docs.map_batches(mark_near_dups_batch, batch_format="pyarrow",
-                              fn_kwargs={"dups_ref": [ray.put(dups)]})
+                .sort("bucket")
+                .map_batches(pairs_batch, batch_size=None, batch_format="pyarrow",
+                             fn_kwargs={"max_compare": cfg.max_bucket_compare}))
+    pairs: list[tuple[str, str, int]] = []
+    collisions = 0
+    for batch in pairs_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        pairs += _pair_tuples(batch)
+        collisions += sum(batch["collisions"].to_pylist())
+    exact, near, counts = resolve(pairs, lambda ids: fetch_signatures(docs, ids), cfg.threshold)
+    marks = {d: (EXACT_DUP, rep) for d, rep in exact.items()}
+    marks.update((d, (NEAR_DUP, rep)) for d, rep in near.items())
+    marked = docs.map_batches(mark_duplicates_batch, batch_format="pyarrow", fn_kwargs={"marks_ref": [ray.put(marks)]})
+    stats = {"bands": bands, "rows": rows, "bucket_pairs": collisions, **counts} if cfg.near else {}
     return marked, stats

@@ -1,13 +1,14 @@
 """``prepare_corpus``: raw corpora -> deduplicated, split, tokenised Arrow shards + manifest.
 
-Ray Data stages, streaming into the final sort (with near dedup on, the documents are
-materialised once before it; the object store spills to disk; the driver only ever sees file
-lists, counts, dedup edges and summaries). Without near dedup the whole job is one Ray Data
-execution, with it three:
+Ray Data stages, streaming into the final sort (with dedup on, the documents are materialised
+once before it; the object store spills to disk; the driver only ever sees file lists, counts,
+dedup pairs, the signatures of candidate pairs and summaries). Without dedup the whole job is one
+Ray Data execution, with it three:
 
-    read + convert (one task per file) -> filters + dedup key -> exact dedup (sort shuffle on
-    the key) -> near dedup (MinHash signatures -> band-bucket sort shuffle -> edges to the driver
-    -> union-find -> mark; the documents are materialised once for it) -> sentence split +
+    read + convert (one task per file) -> filters + dedup key (+ MinHash signature when near
+    dedup is on) -> [materialised] -> dedup (corpus/dedup.py: narrow (bucket, doc_id) rows for the
+    exact key and each LSH band -> one sort shuffle -> pairs to the driver -> signatures of the
+    candidates fetched and verified -> union-find -> marks back to the workers) -> sentence split +
     tokenise (tasks, one cached tokenizer per worker; or an actor pool; short tails per
     ``split.tail``) -> per-source ``mix`` caps / shares (optional: per-document keys to the driver,
     documents past a source's cut marked ``capped``; see corpus/mix.py) -> one sort of every row
@@ -27,7 +28,6 @@ a 1,000-row groupby took 12-16 s with the hash shuffle, 0.3-1.8 s with the sort 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -38,8 +38,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from knowlm_ray.atomic import publish_dir
 from knowlm_ray.config import ConfigError, CorpusConfig
-from knowlm_ray.corpus.dedup import exact_dedup, near_dedup
+from knowlm_ray.corpus.dedup import dedup
 from knowlm_ray.corpus.filters import annotate_batch, load_blocklist
 from knowlm_ray.corpus.mix import apply_mix
 from knowlm_ray.corpus.samples import SampleBuilder, build_samples_batch, load_tokenizer
@@ -94,17 +95,6 @@ def _check_out_dir(out: Path) -> None:
                           "(no manifest.json); refusing to replace it")
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Swap a complete staging dir into place; a reader never sees a half-written out_dir."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _num_partitions(cfg: CorpusConfig, ray) -> int:
     # Ray's default is 200 hash partitions: seconds of overhead on a small cluster.
     if cfg.num_partitions:
@@ -114,7 +104,7 @@ def _num_partitions(cfg: CorpusConfig, ray) -> int:
 
 def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
                   blocklist: list[str] | None = None) -> tuple[Any, dict]:
-    """The streaming part: read -> filter -> exact dedup -> near dedup -> split + tokenise.
+    """The streaming part: read -> filter -> exact + near dedup -> split + tokenise.
     Returns (samples dataset, near-dedup stats)."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -122,14 +112,11 @@ def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
     docs = read_sources(cfg.inputs, files)
     docs = docs.map_batches(annotate_batch, batch_format="pyarrow",
                             fn_kwargs={"filters": cfg.filters.model_dump(), "blocklist": blocklist or []})
-    if cfg.dedup.exact:
-        docs = exact_dedup(docs, _num_partitions(cfg, ray))
-    near_stats: dict = {}
-    if cfg.dedup.near:
-        docs, near_stats = near_dedup(docs, cfg.dedup, cfg.seed, _num_partitions(cfg, ray))
+    docs, near_stats = dedup(docs, cfg.dedup, cfg.seed, _num_partitions(cfg, ray))
+    if near_stats:
         _say(f"near dedup: {near_stats['bands']} bands x {near_stats['rows']} rows, "
-             f"{near_stats['edges']} edges -> {near_stats['near_dups']} near duplicates "
-             f"in {near_stats['clusters']} clusters")
+             f"{near_stats['candidate_pairs']} candidate pairs, {near_stats['edges']} edges -> "
+             f"{near_stats['near_dups']} near duplicates in {near_stats['clusters']} clusters")
     split_kwargs = {"tail": cfg.split.tail, "short_tail": cfg.split.short_tail}
     if cfg.tokenize_with == "actors":
         max_actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -149,10 +136,9 @@ def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
 def count(refs: list, max_tokens: int = 0, short_tail: float = 0.25) -> tuple[dict, dict, dict]:
     """(stages, by_source, stats) of the sorted blocks: plain tasks over the blocks (a Ray Data
     execution would cost seconds more), only per-(source, status) sums reach the driver."""
-    import ray
+    from knowlm_ray.runtime import map_refs
 
-    task = ray.remote(num_cpus=0)(_partial_counts)
-    parts = ray.get([task.remote(ref, max_tokens, short_tail) for ref in refs])
+    parts = map_refs(_partial_counts, refs, max_tokens, short_tail)
     return summarise(row for part in parts for row in part)
 
 
@@ -244,7 +230,7 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
                                                encoding="utf-8")
-        publish(staging, out)
+        publish_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -23,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from knowlm_ray.atomic import atomic_open, atomic_path
 from knowlm_ray.corpus.schema import PACKED_SCHEMA, SHARD_SCHEMA
 
 SHARD_GLOB = "part-*.arrow"
@@ -75,21 +75,17 @@ def write_arrow_file(table: pa.Table, path: str | Path) -> dict[str, Any]:
     # take() copies into fresh buffers (offsets from 0, no validity bitmap without nulls): the bytes
     # must not depend on where in a sorted block this file's rows were sliced from
     table = table.take(pa.array(range(table.num_rows), pa.int64())) if table.num_rows else table
-    tmp = f"{path}.tmp"
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         writer.write_table(table)
-    os.replace(tmp, path)
     lengths = table["input_ids"].combine_chunks().value_lengths() if table.num_rows else None
     tokens = int(pc.sum(lengths).as_py() or 0) if lengths is not None else 0
     return {"file": Path(path).name, "rows": table.num_rows, "tokens": tokens, "sha256": _sha256(path)}
 
 
 def write_jsonl_file(table: pa.Table, path: str | Path, columns: list[str]) -> dict[str, Any]:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         for row in table.select(columns).to_pylist():
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return {"file": Path(path).name, "rows": table.num_rows, "sha256": _sha256(path)}
 
 
@@ -116,16 +112,15 @@ def sort_to_blocks(ds, order_by: list[str], num_blocks: int = 0) -> tuple[list, 
     """Sort ``ds`` (Ray Data) and return its blocks' refs, in order, with their row counts.
     ``num_blocks``: repartition into that many blocks first (the sort makes one partition per
     input block; many small blocks would make blocks x blocks shuffle pieces)."""
-    import ray
+    from knowlm_ray.runtime import map_refs
 
     if num_blocks:
         ds = ds.repartition(num_blocks)
     refs = ds.sort(order_by).to_arrow_refs()
-    num_rows = ray.remote(num_cpus=0)(_num_rows)
-    return refs, ray.get([num_rows.remote(r) for r in refs])
+    return refs, map_refs(table_rows, refs)
 
 
-def _num_rows(table: pa.Table) -> int:
+def table_rows(table: pa.Table) -> int:
     return table.num_rows
 
 
@@ -193,8 +188,10 @@ class ShardReader:
 
     ``ShardReader(out_dir)`` (or its ``shards/`` dir, or a list of shard files) opens every file
     with ``pa.memory_map`` and keeps, per record batch, the ``input_ids`` offsets and values as
-    numpy views of the mapping plus the global row where the batch starts. Row ``i`` is then one
-    binary search over the batches (O(log shards), whatever the number of rows) and a slice: the OS
+    numpy views of the mapping plus the global row where the batch starts. Row ``i`` is then found
+    in O(1): a jump table gives the batch holding row ``j * step`` (``step`` = the median batch
+    size, so a table of rows / step entries), and from there at most a step or two forward
+    when batches are even, as the shard writers make them. Then a slice: the OS
     pages in just the bytes it touches, so an 8 M-sample corpus costs address space, not memory
     (and no open files: a mapping outlives its file handle).
 
@@ -257,6 +254,9 @@ class ShardReader:
         self.has_labels = "labels" in self.columns
         self._first = np.array(first_rows, dtype=np.int64)
         self._len = total
+        sizes = np.diff(np.r_[self._first, total])
+        self._step = max(1, int(np.median(sizes))) if len(sizes) else 1
+        self._jump = np.searchsorted(self._first, np.arange(0, total, self._step), side="right") - 1
         self._sources: tuple[list[str], np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -267,8 +267,11 @@ class ShardReader:
             i += self._len
         if not 0 <= i < self._len:
             raise IndexError(f"row {i} outside 0..{self._len - 1}")
-        k = int(np.searchsorted(self._first, i, side="right")) - 1
-        return k, i - int(self._first[k])
+        k = int(self._jump[i // self._step])
+        first, last = self._first, len(self._first) - 1
+        while k < last and first[k + 1] <= i:  # the batches that start inside this step
+            k += 1
+        return k, i - int(first[k])
 
     def input_ids(self, i: int) -> np.ndarray:
         k, r = self._locate(i)

@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
 
-from knowlm_ray.corpus.shards import _sha256, gather, plan_files
+from knowlm_ray.atomic import atomic_dir, atomic_path
+from knowlm_ray.corpus.shards import _sha256, gather, plan_files, table_rows
 from knowlm_ray.instruct.alpaca import (IGNORE_INDEX, RecordError, alpaca_files, tokenize_record,
                                         validate_record)
 
@@ -198,10 +196,9 @@ def write_instruction_part(path: str, slices: list[tuple[int, int, int]], *block
     import pyarrow.compute as pc
 
     table = gather(slices, list(blocks)).select(INSTRUCTION_SCHEMA.names).cast(INSTRUCTION_SCHEMA)
-    tmp = f"{path}.tmp"
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, INSTRUCTION_SCHEMA) as writer:
+    with (atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink,
+          pa.ipc.new_file(sink, INSTRUCTION_SCHEMA) as writer):
         writer.write_table(table)
-    os.replace(tmp, path)
     tokens = int(pc.sum(pc.list_value_length(table["input_ids"])).as_py() or 0)
     flat = pc.list_flatten(table["labels"])
     label_tokens = int(pc.sum(pc.not_equal(flat, IGNORE_INDEX)).as_py() or 0) if len(flat) else 0
@@ -212,6 +209,8 @@ def write_instruction_part(path: str, slices: list[tuple[int, int, int]], *block
 def tokenize_and_write(rows: list[dict], cfg, tmp: Path) -> tuple[dict, list[dict]]:
     import ray
     import ray.data
+
+    from knowlm_ray.runtime import map_refs
 
     splits = {s: {"rows": 0, "tokens": 0, "label_tokens": 0} for s in SPLITS}
     shards: list[dict] = []
@@ -225,9 +224,8 @@ def tokenize_and_write(rows: list[dict], cfg, tmp: Path) -> tuple[dict, list[dic
                         batch_format="pyarrow", batch_size=256,
                         compute=ray.data.ActorPoolStrategy(size=cfg.num_tokenizers))
     refs = ds.sort(["split", "id"]).to_arrow_refs()  # "train" < "validation": train rows first
-    n_rows = ray.remote(num_cpus=0)(lambda t: t.num_rows)
-    counts = ray.get([n_rows.remote(r) for r in refs])
-    n_train = sum(ray.get([ray.remote(num_cpus=0)(_count_train).remote(r) for r in refs]))
+    counts = map_refs(table_rows, refs)
+    n_train = sum(map_refs(_count_train, refs))
     task = ray.remote(num_cpus=1)(write_instruction_part)
     pending = []
     for split, (start, stop) in zip(SPLITS, [(0, n_train), (n_train, sum(counts))]):
@@ -264,10 +262,7 @@ def run(cfg) -> dict:
     records = [r for r in records if not r.get("empty")]
     rows = assign(records, cfg.val_set_size, cfg.seed)
 
-    out = Path(cfg.out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(cfg.out_dir) as tmp:
         splits, shards = tokenize_and_write(rows, cfg, tmp)
         (tmp / "quarantine").mkdir()
         if bad:
@@ -283,15 +278,4 @@ def run(cfg) -> dict:
             "config": cfg.model_dump(by_alias=True),
         }
         _write_json(manifest, tmp / "manifest.json")
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from knowlm_ray.config import FilterConfig, SourceConfig
-from knowlm_ray.corpus.dedup import keep_first
+from knowlm_ray.corpus.dedup import EXACT, bucket_pairs, bucket_rows, mark_duplicates, resolve
 from knowlm_ray.corpus.filters import FILTER_NAMES, annotate_batch, dedup_key, filter_reason, symbol_ratio
 from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, FILTERED, MALFORMED, OK, SAMPLE_SCHEMA, SHARD_SCHEMA
 from knowlm_ray.corpus.shards import iter_samples, plan_files, read_shards, write_arrow_file
@@ -90,14 +90,20 @@ def _doc(doc_id, text, status=OK):
             "status": status, "reason": None, "raw": None, "key": None}
 
 
-def test_annotate_and_keep_first():
+def test_annotate_then_exact_dedup_keeps_the_first():
     batch = pa.Table.from_pylist([_doc("s/f:3", "the same text, long enough"), _doc("s/f:1", "the  same text, long enough"),
                                   _doc("s/f:2", "tiny"), _doc("s/f:4", "", MALFORMED)], schema=DOC_SCHEMA)
     rows = annotate_batch(batch, FilterConfig(min_chars=10).model_dump()).to_pylist()
     assert [r["status"] for r in rows] == [OK, OK, FILTERED, MALFORMED]
     assert rows[0]["key"] == rows[1]["key"] and rows[2]["key"] == "~s/f:2" and rows[2]["text"] == ""
-    group = pa.Table.from_pylist(rows[:2], schema=DOC_SCHEMA)
-    marked = keep_first(group).to_pylist()
+    table = pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
+    ok = [r for r in rows if r["status"] == OK]
+    buckets = bucket_rows([r["doc_id"] for r in ok], [r["key"] for r in ok], None, 12, 10)
+    pairs = [(r["a"], r["b"], r["kind"]) for r in bucket_pairs(buckets, 64).to_pylist() if r["a"]]
+    assert pairs == [("s/f:1", "s/f:3", EXACT)]
+    exact, _, _ = resolve(pairs, dict, 0.8)
+    marked = sorted(mark_duplicates(table, {d: (EXACT_DUP, rep) for d, rep in exact.items()}).to_pylist()[:2],
+                    key=lambda r: r["doc_id"])
     assert [(r["doc_id"], r["status"]) for r in marked] == [("s/f:1", OK), ("s/f:3", EXACT_DUP)]
     assert marked[1]["reason"] == "duplicate of s/f:1"
 

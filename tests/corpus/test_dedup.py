@@ -5,16 +5,17 @@ import random
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
 from knowlm_ray.config import ConfigError, CorpusConfig, DedupConfig, load_config
-from knowlm_ray.corpus.dedup import (BAND_SCHEMA, Signer, band_rows, bucket_edges, connected_components, jaccard,
-                                     local_near_dups, lsh_params, mark_near_dups, shingle_hashes, shingle_mode,
-                                     shingles)
+from knowlm_ray.corpus.dedup import (BAND, EXACT, Signer, bucket_pairs, bucket_rows, connected_components,
+                                     doc_signature, jaccard, local_near_dups, lsh_params, mark_duplicates, resolve,
+                                     shingle_hashes, shingle_mode, shingles)
 from knowlm_ray.corpus.filters import dedup_key, filter_reason, load_blocklist
-from knowlm_ray.corpus.schema import DOC_SCHEMA, NEAR_DUP, OK
+from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, NEAR_DUP, OK
 
 from .conftest import SAMPLE_NEAR_DUPS, TINY_CORPUS, tiny_corpus_config
 
@@ -84,22 +85,52 @@ def _edit(text, rng, n):
     return " ".join(words)
 
 
-def test_bucket_edges_verifies_and_connected_components_pick_smallest_id():
+def _buckets(docs, cfg, seed=0, exact=False):
+    """BUCKET_SCHEMA rows of the ok documents, and their signatures by doc_id."""
+    ok = [d for d in docs if d["status"] == OK]
+    sigs = {d["doc_id"]: doc_signature(d["text"], d["lang"], cfg, seed) for d in ok}
+    keys = [dedup_key(d["text"]) for d in ok] if exact else None
+    bands, rows = lsh_params(cfg)
+    return bucket_rows([d["doc_id"] for d in ok], keys, list(sigs.values()), bands, rows), sigs
+
+
+def _pairs(table):
+    return [(r["a"], r["b"], r["kind"]) for r in table.to_pylist() if r["a"] is not None]
+
+
+def test_bucket_pairs_verified_into_components_with_the_smallest_id():
     rng = random.Random(0)
     docs = [_doc("d/3", BASE), _doc("d/1", _edit(BASE, rng, 1)), _doc("d/2", _edit(BASE, rng, 1)),
             _doc("d/9", "An unrelated document about bread, flour, water, salt and yeast, baked in an oven."),
             _doc("d/5", BASE, status="filtered")]  # not ok: never signed
     cfg = DedupConfig(near=True)
-    table = pa.table(band_rows(docs, cfg, seed=0), schema=BAND_SCHEMA)
+    table, sigs = _buckets(docs, cfg)
     assert table.num_rows == 4 * 12 and "d/5" not in table["doc_id"].to_pylist()
-    edges = bucket_edges(table, cfg.threshold, cfg.max_bucket_compare).to_pylist()
-    summary = [e for e in edges if e["a"] is None]
-    pairs = {(e["a"], e["b"]) for e in edges if e["a"] is not None}
-    assert len(summary) == 1 and summary[0]["candidates"] >= len(edges) - 1
-    assert pairs <= {("d/1", "d/2"), ("d/1", "d/3"), ("d/2", "d/3")} and len(pairs) >= 2
-    assert all(e["jaccard"] >= 0.8 for e in edges if e["a"] is not None)
-    assert local_near_dups(docs, cfg) == {"d/2": "d/1", "d/3": "d/1"}
-    assert bucket_edges(table, 1.01, 64).num_rows == 1  # nothing verified above 1
+    assert set(table["kind"].to_pylist()) == {BAND}
+    out = bucket_pairs(table, cfg.max_bucket_compare)
+    pairs = _pairs(out)
+    assert out["collisions"][-1].as_py() >= len(pairs) and len(pairs) == len(set(pairs))
+    assert {(a, b) for a, b, _ in pairs} <= {("d/1", "d/2"), ("d/1", "d/3"), ("d/2", "d/3")} and len(pairs) >= 2
+    exact, near, counts = resolve(pairs, lambda ids: {i: sigs[i] for i in ids}, cfg.threshold)
+    assert exact == {} and near == {"d/2": "d/1", "d/3": "d/1"} and counts["near_dups"] == 2
+    assert counts["candidate_pairs"] == len(pairs) >= counts["edges"] >= 2 and counts["clusters"] == 1
+    assert local_near_dups(docs, cfg) == near
+    assert resolve(pairs, lambda ids: {i: sigs[i] for i in ids}, 1.01)[1] == {}  # nothing verified above 1
+
+
+def test_exact_pairs_come_first_and_candidates_touching_them_are_left_out():
+    rng = random.Random(1)
+    near_copy = _edit(BASE, rng, 1)
+    docs = [_doc("d/4", BASE), _doc("d/2", "  " + BASE.replace(" ", "\n ", 3)),  # exact copy of d/4
+            _doc("d/7", near_copy), _doc("d/8", "Bread is made of flour, water, salt and yeast, then baked.")]
+    cfg = DedupConfig(near=True)
+    table, sigs = _buckets(docs, cfg, exact=True)
+    assert table["kind"].to_pylist().count(EXACT) == 4
+    pairs = _pairs(bucket_pairs(table, cfg.max_bucket_compare))
+    assert ("d/2", "d/4", EXACT) in pairs and ("d/2", "d/4", BAND) in pairs  # same text: every band too
+    exact, near, counts = resolve(pairs, lambda ids: {i: sigs[i] for i in ids}, cfg.threshold)
+    # d/4 is an exact copy of d/2; d/7 is near d/2 (d/4 is out of the near graph: no d/4-d/7 pair)
+    assert exact == {"d/4": "d/2"} and near == {"d/7": "d/2"} and counts["candidate_pairs"] == 1
 
 
 def test_connected_components_order_independent():
@@ -114,19 +145,24 @@ def test_connected_components_order_independent():
 def test_large_bucket_is_compared_against_its_first_members():
     docs = [_doc(f"d/{i:03d}", BASE) for i in range(40)]
     cfg = DedupConfig(near=True, max_bucket_compare=3)
-    table = pa.table(band_rows(docs, cfg, seed=0), schema=BAND_SCHEMA)
-    edges = bucket_edges(table, cfg.threshold, cfg.max_bucket_compare)
-    assert edges.num_rows - 1 == 39 + 38 + 37  # bounded work: 3 members compared, each pair once
-    assert edges["candidates"][-1].as_py() == 12 * (39 + 38 + 37)  # (bucket, pair) collisions
+    table, _ = _buckets(docs, cfg)
+    out = bucket_pairs(table, cfg.max_bucket_compare)
+    assert len(_pairs(out)) == 39 + 38 + 37  # bounded work: 3 members compared, each pair once
+    assert out["collisions"][-1].as_py() == 12 * (39 + 38 + 37)  # (bucket, pair) collisions
     assert local_near_dups(docs, cfg) == {f"d/{i:03d}": "d/000" for i in range(1, 40)}
 
 
-def test_mark_near_dups_only_touches_listed_ok_rows():
-    batch = pa.Table.from_pylist([_doc("a", "x"), _doc("b", "y"), _doc("c", "z", status="exact_dup")], schema=DOC_SCHEMA)
-    out = mark_near_dups(batch, {"b": "a", "c": "a"}).to_pylist()
-    assert [(r["status"], r["reason"]) for r in out] == [(OK, None), (NEAR_DUP, "near duplicate of a"),
-                                                         ("exact_dup", None)]
-    assert out[1]["text"] == "" and mark_near_dups(batch, {}) is batch
+def test_mark_duplicates_only_touches_listed_ok_rows_and_drops_extra_columns():
+    batch = pa.Table.from_pylist([_doc("a", "x"), _doc("b", "y"), _doc("c", "z", status="filtered"),
+                                  _doc("d", "w")], schema=DOC_SCHEMA)
+    batch = batch.append_column("sig", pa.array([b"1", b"2", None, b"4"], pa.binary()))
+    marks = {"b": (NEAR_DUP, "a"), "c": (NEAR_DUP, "a"), "d": (EXACT_DUP, "a")}
+    out = mark_duplicates(batch, marks)
+    assert out.schema == DOC_SCHEMA
+    assert [(r["status"], r["reason"], r["text"]) for r in out.to_pylist()] == [
+        (OK, None, "x"), (NEAR_DUP, "near duplicate of a", ""), ("filtered", None, "z"),
+        (EXACT_DUP, "duplicate of a", "")]
+    assert mark_duplicates(batch, {}).to_pylist() == batch.select(DOC_SCHEMA.names).to_pylist()
 
 
 def test_jaccard_helper():
@@ -156,44 +192,39 @@ def test_sample_near_dups_found_and_nothing_else(sample_survivors, seed):
     assert local_near_dups(docs, cfg.dedup, seed) == SAMPLE_NEAR_DUPS
 
 
-def test_mark_exact_block_equals_keep_first_per_group():
-    from knowlm_ray.corpus.dedup import keep_first, mark_exact_block
-
+def test_exact_groups_keep_their_smallest_doc_id():
     rng = random.Random(5)
-    rows = []
-    for i in range(300):
-        status = OK if rng.random() < 0.8 else "filtered"
-        key = f"k{rng.randint(0, 60)}" if status == OK else f"~s/{i:04d}"
-        rows.append({**_doc(f"s/{rng.randint(0, 9999):04d}-{i}", f"text {key}", status=status), "key": key})
-    table = pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
-    got = {r["doc_id"]: (r["status"], r["reason"], r["text"]) for r in mark_exact_block(table).to_pylist()}
+    docs = [_doc(f"s/{rng.randint(0, 9999):04d}-{i}", f"text number {rng.randint(0, 60)}") for i in range(300)]
+    cfg = DedupConfig()
+    table, _ = _buckets(docs, cfg, exact=True)
+    pairs = _pairs(bucket_pairs(table.filter(pc.equal(table["kind"], EXACT)), cfg.max_bucket_compare))
+    exact, near, _ = resolve(pairs, lambda ids: {}, cfg.threshold)
     want = {}
-    for key in {r["key"] for r in rows}:
-        group = pa.Table.from_pylist([r for r in rows if r["key"] == key], schema=DOC_SCHEMA)
-        want.update({r["doc_id"]: (r["status"], r["reason"], r["text"]) for r in keep_first(group).to_pylist()})
-    assert got == want and sum(v[0] == "exact_dup" for v in got.values()) > 100
+    for text in {d["text"] for d in docs}:
+        group = sorted(d["doc_id"] for d in docs if d["text"] == text)
+        want.update({d: group[0] for d in group[1:]})
+    assert exact == want and near == {} and len(want) > 200
 
 
-def test_edges_do_not_depend_on_the_partitioning(sample_survivors):
-    """What the Ray sort shuffle does: band rows range-partitioned on the bucket key, bucket_edges
-    per partition. Any partitioning gives the same edges and the same collision count."""
+def test_pairs_do_not_depend_on_the_partitioning(sample_survivors):
+    """What the Ray sort shuffle does: bucket rows range-partitioned on the bucket key,
+    bucket_pairs per partition. Any partitioning gives the same pairs and collision count."""
     cfg, docs = sample_survivors
-    table = pa.table(band_rows(docs, cfg.dedup, 0), schema=BAND_SCHEMA).sort_by("band")
+    table = _buckets(docs, cfg.dedup, exact=True)[0].sort_by("bucket")
 
     def summary(tables):
-        edges, count = set(), 0
+        pairs, count = set(), 0
         for t in tables:
-            for row in bucket_edges(t, cfg.dedup.threshold, cfg.dedup.max_bucket_compare).to_pylist():
-                if row["a"] is None:
-                    count += row["candidates"]
-                else:
-                    edges.add((row["a"], row["b"]))
-        return edges, count
+            out = bucket_pairs(t, cfg.dedup.max_bucket_compare)
+            pairs.update(_pairs(out))
+            count += sum(out["collisions"].to_pylist())
+        return pairs, count
 
     want = summary([table])
-    bands = table["band"].to_numpy()
+    buckets = table["bucket"].to_numpy()
     for k in (2, 3, 7):
-        cuts = [0] + [int(np.searchsorted(bands, b, side="left")) for b in np.quantile(bands, np.arange(1, k) / k)]
-        cuts.append(len(bands))
+        cuts = [0] + [int(np.searchsorted(buckets, b, side="left"))
+                      for b in np.quantile(buckets, np.arange(1, k) / k).astype(np.int64)]
+        cuts.append(len(buckets))
         assert summary([table.slice(a, b - a) for a, b in zip(cuts, cuts[1:])]) == want
-    assert len(want[0]) == len(SAMPLE_NEAR_DUPS) and want[1] > 0
+    assert len({(a, b) for a, b, k in want[0] if k == BAND}) >= len(SAMPLE_NEAR_DUPS) and want[1] > 0

@@ -186,8 +186,11 @@ def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokeni
     assert [bs["code"][k] for k in ("filtered", "documents")] == [1, 9] and bs["code"]["filters"]["code"] == 1
     assert manifest["filters"] == {"length": 6, "char_ratio": 4, "language": 0, "repetition": 2, "code": 1,
                                    "blocklist": 0}
-    assert manifest["near_dedup"] | {"bucket_pairs": 0} == {"bands": 18, "rows": 7, "bucket_pairs": 0,
-                                                            "edges": 8, "clusters": 8, "near_dups": 8}
+    near = manifest["near_dedup"]
+    assert near | {"bucket_pairs": 0, "candidate_pairs": 0} == {"bands": 18, "rows": 7, "bucket_pairs": 0,
+                                                                "candidate_pairs": 0, "edges": 8, "clusters": 8,
+                                                                "near_dups": 8}
+    assert near["bucket_pairs"] >= near["candidate_pairs"] >= near["edges"]
     assert [b["file"] for b in manifest["blocklists"]] == ["builtin:zh", "builtin:en"]
     quarantined = [ln for f in (base / "out" / "quarantine").glob("*.jsonl")
                    for ln in f.read_text(encoding="utf-8").splitlines()]
