@@ -161,25 +161,34 @@ def _top_ngram_frac(ids: np.ndarray, lengths: np.ndarray, n: int, total: int) ->
     return count * float(lengths[start:start + n].sum()) / total
 
 
+def _block_stats(text: str) -> dict[str, float]:
+    """Duplicate lines and paragraphs (count and character shares): the cheap Gopher rules."""
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    dl, dlc = _dup_stats(lines)
+    dp, dpc = _dup_stats(paras)
+    return {"dup_line_frac": dl / len(lines) if lines else 0.0,
+            "dup_line_char_frac": dlc / (sum(map(len, lines)) or 1),
+            "dup_para_frac": dp / len(paras) if paras else 0.0,
+            "dup_para_char_frac": dpc / (sum(map(len, paras)) or 1)}
+
+
+def _word_arrays(ws: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(word ids in order of first appearance, word lengths, total word characters)."""
+    vocab: dict[str, int] = {}
+    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in ws), dtype=np.int64, count=len(ws))
+    lengths = np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
+    return ids, lengths, int(lengths.sum()) or 1
+
+
 def repetition_stats(text: str, top_ns: Sequence[int] = (2, 3, 4),
                      dup_ns: Sequence[int] = (5, 6, 7, 8, 9, 10)) -> dict[str, Any]:
     """Gopher repetition statistics of ``text`` (see ``RepetitionFilter``)."""
-    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
-    paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    line_chars = sum(map(len, lines)) or 1
-    para_chars = sum(map(len, paras)) or 1
-    dl, dlc = _dup_stats(lines)
-    dp, dpc = _dup_stats(paras)
     ws = words(text)
-    vocab: dict[str, int] = {}
-    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in ws), dtype=np.int64, count=len(ws))
-    lengths = np.fromiter((len(w) for w in ws), dtype=np.int64, count=len(ws))
-    total = int(lengths.sum()) or 1
+    ids, lengths, total = _word_arrays(ws)
     top = {n: _top_ngram_frac(ids, lengths, n, total) for n in top_ns}
     dup = {n: _dup_ngram_frac(ids, lengths, n, total) for n in dup_ns}
-    return {"words": len(ws), "dup_line_frac": dl / len(lines) if lines else 0.0,
-            "dup_line_char_frac": dlc / line_chars, "dup_para_frac": dp / len(paras) if paras else 0.0,
-            "dup_para_char_frac": dpc / para_chars, "top_ngram_char_frac": top, "dup_ngram_char_frac": dup}
+    return {"words": len(ws), **_block_stats(text), "top_ngram_char_frac": top, "dup_ngram_char_frac": dup}
 
 
 # --------------------------------------------------------------------------- the filters
@@ -217,17 +226,14 @@ def _language(c: dict[str, int], lang: str, cfg) -> str | None:
 
 
 def _repetition(text: str, cfg) -> str | None:
-    s = repetition_stats(text, (), ())  # line and paragraph rules first: they are cheap
+    s = _block_stats(text)  # line and paragraph rules first: they are cheap
     for key in ("dup_line_frac", "dup_line_char_frac", "dup_para_frac", "dup_para_char_frac"):
         if s[key] > getattr(cfg, f"max_{key}"):
             return f"{key} {s[key]:.2f} > {getattr(cfg, f'max_{key}')}"
     ws = words(text)
     if len(ws) < cfg.min_words:
         return None
-    vocab: dict[str, int] = {}
-    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in ws), dtype=np.int64, count=len(ws))
-    lengths = np.fromiter((len(w) for w in ws), dtype=np.int64, count=len(ws))
-    total = int(lengths.sum()) or 1
+    ids, lengths, total = _word_arrays(ws)
     for n, limit in sorted(cfg.max_top_ngram_char_frac.items()):
         if (frac := _top_ngram_frac(ids, lengths, n, total)) > limit:
             return f"top_ngram_char_frac[{n}] {frac:.2f} > {limit}"
