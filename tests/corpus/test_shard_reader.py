@@ -109,3 +109,25 @@ def test_mapped_shards_hold_no_open_files(tmp_path):
     reader = ShardReader(tmp_path / "c")  # thousands of shards must not hit the open-file limit
     assert len(os.listdir("/proc/self/fd")) - before < 5
     assert [reader[k]["input_ids"].tolist() for k in (0, 49)] == [[0, 1], [49, 1]]
+
+
+def test_uneven_record_batches_are_found_in_constant_steps(tmp_path):
+    """Batches of very different sizes (a writer other than ours): every row still found, the
+    jump table stays small (rows / median batch size entries)."""
+    rng = np.random.default_rng(3)
+    sizes = [[1, 50, 3, 200, 7], [64, 64, 64, 5], [1], [300, 2, 2, 2, 90]]
+    expected = []
+    for k, batch_sizes in enumerate(sizes):
+        schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_id", pa.string()), ("source", pa.string())])
+        with pa.OSFile(str(tmp_path / f"part-{k:05d}.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+            for n in batch_sizes:
+                rows = [{"input_ids": rng.integers(0, 9, int(rng.integers(1, 5))).tolist(),
+                         "doc_id": f"d{len(expected) + j}", "source": "s"} for j in range(n)]
+                w.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+                expected += rows
+    reader = ShardReader(sorted(tmp_path.glob("*.arrow")))
+    assert len(reader) == len(expected) == sum(map(sum, sizes))
+    assert len(reader._jump) <= len(expected) // 7 + 1  # median batch: 7 rows
+    for i in np.random.default_rng(0).permutation(len(expected)):
+        assert reader[int(i)]["doc_id"] == expected[i]["doc_id"]
+        assert reader.input_ids(int(i)).tolist() == expected[i]["input_ids"]
