@@ -1,6 +1,6 @@
 """``prepare_corpus``: raw corpora -> deduplicated, split, tokenised Arrow shards + manifest.
 
-Ray Data stages, streaming into the final sort (with dedup on, the documents are materialised
+Ray Data stages, streaming to the writers (with dedup on, the documents are materialised
 once before it; the object store spills to disk; the driver only ever sees file lists, counts,
 dedup pairs, the signatures of candidate pairs and summaries). Without dedup the whole job is one
 Ray Data execution, with it three:
@@ -11,15 +11,18 @@ Ray Data execution, with it three:
     candidates fetched and verified -> union-find -> marks back to the workers) -> sentence split +
     tokenise (tasks, one cached tokenizer per worker; or an actor pool; short tails per
     ``split.tail``) -> per-source ``mix`` caps / shares (optional: per-document keys to the driver,
-    documents past a source's cut marked ``capped``; see corpus/mix.py) -> one sort of every row
-    by (rank, doc_id, sample) -> counts (one task per sorted block) -> quarantine/ (malformed
+    documents past a source's cut marked ``capped``; see corpus/mix.py) -> the output blocks, in
+    input order, each split by output and counted (one task per block) -> quarantine/ (malformed
     lines) + dropped/ (one line per filtered or duplicate document and per short sample, with the
     reason: an audit trail) + shards/ (packed by the shard writers when pack.mode is greedy)
 
 Rows are never dropped on the way, only given a status, so the counts in the manifest are
 exact. Output goes to a hidden staging dir next to ``out_dir`` that replaces ``out_dir`` only
 when complete (on a cluster, ``out_dir`` must be on storage every node sees). Same input and
-config give byte-identical shards, quarantine, dropped/ and manifest, whatever the partitioning.
+config give byte-identical shards, quarantine, dropped/ and manifest, whatever the partitioning:
+every execution keeps its blocks in input order (Ray Data's ``preserve_order``), and the outputs
+are cut from that stream by row counts, never by block boundaries. (A sort of every row by
+doc_id did the same at the price of a shuffle of all tokens: ~15 % of a 20k-document run.)
 
 Shuffles are sorts (range partitioning on plain tasks), not Ray's hash-shuffle ``groupby``:
 that starts aggregator actors per shuffle, seconds each on a small cluster (measured here:
@@ -45,18 +48,18 @@ from knowlm_ray.corpus.filters import annotate_batch, load_blocklist
 from knowlm_ray.corpus.mix import apply_mix
 from knowlm_ray.corpus.samples import SampleBuilder, build_samples_batch, load_tokenizer
 from knowlm_ray.corpus.schema import DROPPED_COLUMNS, MALFORMED, OK, QUARANTINE_COLUMNS
-from knowlm_ray.corpus.shards import sort_to_blocks, write_files
+from knowlm_ray.corpus.shards import write_files
 from knowlm_ray.corpus.sources import list_input_files, read_sources
 from knowlm_ray.corpus.stats import partial_counts, summarise
 
 QUARANTINE_ROWS_PER_FILE = 100_000
 TOKENIZE_BATCH = 64  # documents per tokenizer call
-ORDER = ["rank", "doc_id", "sample"]
 COUNT_COLUMNS = ["status", "source", "reason", "sample", "n_tokens", "sentences_cut", "tail", "backfill"]
 OUTPUT_COLUMNS = ["rank", "doc_id", "input_ids", *COUNT_COLUMNS, *QUARANTINE_COLUMNS, *DROPPED_COLUMNS]
 # Sort rank of each output: quarantine (malformed lines), dropped/ (audit of filtered and
 # duplicate documents and of short samples), shards (ok samples).
 RANK_QUARANTINE, RANK_DROPPED, RANK_SHARDS = 0, 1, 2
+RANKS = (RANK_QUARANTINE, RANK_DROPPED, RANK_SHARDS)
 
 
 def select_output(batch: pa.Table) -> pa.Table:
@@ -68,8 +71,25 @@ def select_output(batch: pa.Table) -> pa.Table:
     return batch.select(list(dict.fromkeys(OUTPUT_COLUMNS)))
 
 
-def _partial_counts(table: pa.Table, max_tokens: int, short_tail: float) -> list[dict]:
-    return partial_counts(table, max_tokens, short_tail).to_pylist()
+def _split_block(table: pa.Table, max_tokens: int, short_tail: float):
+    """One output block -> its rows for quarantine/, dropped/ and shards/ (in order), their
+    numbers, and the block's partial counts (the body of a Ray task with five returns)."""
+    parts = [table.filter(pc.equal(table["rank"], rank)) for rank in RANKS]
+    return (*parts, [p.num_rows for p in parts], partial_counts(table, max_tokens, short_tail).to_pylist())
+
+
+def split_outputs(refs: list, max_tokens: int, short_tail: float) -> tuple[list[list], list[list[int]], list]:
+    """Output blocks (in input order) -> per output (quarantine, dropped, shards): its block refs
+    and their row counts; plus every block's partial counts. Plain tasks, one per block; only the
+    numbers reach the driver."""
+    import ray
+
+    task = ray.remote(num_returns=len(RANKS) + 2)(_split_block)
+    out = [task.remote(ref, max_tokens, short_tail) for ref in refs]
+    sizes = ray.get([o[len(RANKS)] for o in out])
+    partials = [row for part in ray.get([o[len(RANKS) + 1] for o in out]) for row in part]
+    return ([[o[k] for o in out] for k in range(len(RANKS))],
+            [[size[k] for size in sizes] for k in range(len(RANKS))], partials)
 
 
 def _entry(folder: str, info: dict) -> dict:
@@ -110,6 +130,9 @@ def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
     from ray.data import ActorPoolStrategy
 
     docs = read_sources(cfg.inputs, files)
+    # Every execution keeps its blocks in input order (the datasets derived from this one copy its
+    # context), so the outputs come out in a deterministic order without a sort of every row.
+    docs.context.execution_options.preserve_order = True
     docs = docs.map_batches(annotate_batch, batch_format="pyarrow",
                             fn_kwargs={"filters": cfg.filters.model_dump(), "blocklist": blocklist or []})
     docs, near_stats = dedup(docs, cfg.dedup, cfg.seed, _num_partitions(cfg, ray))
@@ -133,36 +156,25 @@ def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
     return samples, near_stats
 
 
-def count(refs: list, max_tokens: int = 0, short_tail: float = 0.25) -> tuple[dict, dict, dict]:
-    """(stages, by_source, stats) of the sorted blocks: plain tasks over the blocks (a Ray Data
-    execution would cost seconds more), only per-(source, status) sums reach the driver."""
-    from knowlm_ray.runtime import map_refs
-
-    parts = map_refs(_partial_counts, refs, max_tokens, short_tail)
-    return summarise(row for part in parts for row in part)
-
-
-def write_outputs(refs: list, counts: list[int], stages: dict, stats: dict, staging: Path,
+def write_outputs(refs: list[list], counts: list[list[int]], stages: dict, stats: dict, staging: Path,
                   cfg: CorpusConfig) -> tuple[list, list, list]:
-    """Quarantine, dropped/ and shards from the blocks sorted by (rank, doc_id, sample)."""
-    n_bad, n_ok = stages["malformed"], stages["samples"]
+    """Quarantine, dropped/ and shards, each from its own blocks (``split_outputs``)."""
     n_drop = (stages["filtered"] + stages["exact_dups"] + stages["near_dups"] + stats["short_dropped"]
               + stats["capped_samples"])
-    if sum(counts) != n_bad + n_drop + n_ok:
-        raise RuntimeError(f"sorted {sum(counts)} rows, expected {n_bad} + {n_drop} + {n_ok}")
-    quarantine = write_files(refs, counts, staging / "quarantine", kind="jsonl", order_by=ORDER,
-                             rows_per_file=QUARANTINE_ROWS_PER_FILE, start=0, stop=n_bad,
-                             columns=list(QUARANTINE_COLUMNS))
-    dropped = write_files(refs, counts, staging / "dropped", kind="jsonl", order_by=ORDER,
-                          rows_per_file=QUARANTINE_ROWS_PER_FILE, start=n_bad, stop=n_bad + n_drop,
+    for name, got, want in zip(("quarantine", "dropped", "shards"), counts,
+                               (stages["malformed"], n_drop, stages["samples"])):
+        if sum(got) != want:
+            raise RuntimeError(f"{name}: {sum(got)} rows, the counts say {want}")
+    q_refs, d_refs, s_refs = refs
+    q_counts, d_counts, s_counts = counts
+    quarantine = write_files(q_refs, q_counts, staging / "quarantine", kind="jsonl",
+                             rows_per_file=QUARANTINE_ROWS_PER_FILE, columns=list(QUARANTINE_COLUMNS))
+    dropped = write_files(d_refs, d_counts, staging / "dropped", kind="jsonl",
+                          rows_per_file=QUARANTINE_ROWS_PER_FILE,
                           columns=list(DROPPED_COLUMNS)) if cfg.write_dropped and n_drop else []
-    shards = write_files(refs, counts, staging / "shards", kind="arrow", order_by=ORDER,
-                         rows_per_file=cfg.rows_per_shard, start=n_bad + n_drop, stop=n_bad + n_drop + n_ok,
+    shards = write_files(s_refs, s_counts, staging / "shards", kind="arrow", rows_per_file=cfg.rows_per_shard,
                          pack_max_tokens=cfg.max_tokens if cfg.pack.mode == "greedy" else None,
                          pack_split=cfg.pack.split_samples)
-    for written, rank in ((quarantine, RANK_QUARANTINE), (dropped, RANK_DROPPED), (shards, RANK_SHARDS)):
-        if any(f["first"][0] != rank or f["last"][0] != rank for f in written):
-            raise RuntimeError(f"an output file of rank {rank} holds rows of another rank")
     return quarantine, dropped, shards
 
 
@@ -171,7 +183,7 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     from knowlm_ray.runtime import init_ray
 
     t0 = time.time()
-    ray = init_ray()
+    init_ray()
     out = Path(cfg.out_dir).expanduser().resolve()
     _check_out_dir(out)
     tokenizer = cfg.tokenizer
@@ -198,11 +210,11 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
             samples, mix = apply_mix(samples, cfg.mix, cfg.seed)
             _say("mix: " + ", ".join(f"{s} {v['documents_before']} -> {v['documents_after']} documents"
                                      for s, v in mix["sources"].items()))
-        # one execution: tokenise, then sort every row by (rank, doc_id, sample); the counts come
-        # from the sorted blocks, the outputs are slices of them
-        refs, counts = sort_to_blocks(samples.map_batches(select_output, batch_format="pyarrow"), ORDER,
-                                      _num_partitions(cfg, ray))
-        stages, by_source, stats = count(refs, cfg.max_tokens, cfg.split.short_tail)
+        # one execution: tokenise; its blocks come back in input order (preserve_order), split by
+        # output; the counts come from the same tasks
+        blocks = samples.map_batches(select_output, batch_format="pyarrow").to_arrow_refs()
+        refs, counts, partials = split_outputs(blocks, cfg.max_tokens, cfg.split.short_tail)
+        stages, by_source, stats = summarise(partials)
         filters = stats.pop("filters")
         for src in cfg.inputs:  # the sampling weight training mixes sources by (first input wins)
             by_source.get(src.source, {}).setdefault("weight", src.weight)
@@ -225,7 +237,7 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
             "quarantine": [_entry("quarantine", q) for q in quarantine],
             "dropped": [_entry("dropped", d) for d in dropped],
             "format": {"shards": "arrow-ipc-file", "columns": _columns(cfg),
-                       "order": "doc_id, sample", "pack": cfg.pack.mode},
+                       "order": "input (sources as listed, files by name, lines), sample", "pack": cfg.pack.mode},
             "config": cfg.model_dump(mode="json"),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",

@@ -93,7 +93,7 @@ def write_part(kind: str, path: str, slices: list[tuple[int, int, int]], options
                *blocks: pa.Table) -> dict[str, Any]:
     """One output file from its slices of the sorted blocks (the body of the Ray task)."""
     table = gather(slices, list(blocks))
-    keys = options["order_by"]
+    keys = options["order_by"] or []
     first = [table[k][0].as_py() for k in keys]
     last = [table[k][-1].as_py() for k in keys]
     if kind == "arrow":
@@ -108,29 +108,19 @@ def write_part(kind: str, path: str, slices: list[tuple[int, int, int]], options
 
 
 # --------------------------------------------------------------------------- Ray-facing
-def sort_to_blocks(ds, order_by: list[str], num_blocks: int = 0) -> tuple[list, list[int]]:
-    """Sort ``ds`` (Ray Data) and return its blocks' refs, in order, with their row counts.
-    ``num_blocks``: repartition into that many blocks first (the sort makes one partition per
-    input block; many small blocks would make blocks x blocks shuffle pieces)."""
-    from knowlm_ray.runtime import map_refs
-
-    if num_blocks:
-        ds = ds.repartition(num_blocks)
-    refs = ds.sort(order_by).to_arrow_refs()
-    return refs, map_refs(table_rows, refs)
-
-
 def table_rows(table: pa.Table) -> int:
     return table.num_rows
 
 
 def write_files(refs: list, counts: list[int], out_dir: str | Path, *, kind: str, rows_per_file: int,
-                order_by: list[str], start: int = 0, stop: int | None = None,
+                order_by: list[str] | None = None, start: int = 0, stop: int | None = None,
                 columns: list[str] | None = None, pack_max_tokens: int | None = None,
                 pack_split: bool = True) -> list[dict]:
-    """Write sorted rows ``[start, stop)`` as ``out_dir/part-NNNNN.{arrow,jsonl}``, one Ray task
-    per file. Returns per file ``{file, rows, tokens (arrow), sha256, first, last}`` in order.
-    """
+    """Write rows ``[start, stop)`` of the blocks (in block order) as
+    ``out_dir/part-NNNNN.{arrow,jsonl}``, one Ray task per file. Returns per file ``{file, rows,
+    tokens (arrow), sha256, first, last}`` in order; ``first``/``last`` hold the ``order_by`` columns
+    of a file's first and last row, and when given, the files are checked to follow each other in
+    that order."""
     import ray
 
     out_dir = Path(out_dir)
@@ -146,7 +136,7 @@ def write_files(refs: list, counts: list[int], out_dir: str | Path, *, kind: str
         pending.append(task.remote(kind, str(out_dir / f"part-{i:05d}.{ext}"), local, options,
                                    *[refs[b] for b in used]))
     infos = ray.get(pending)
-    for a, b in zip(infos, infos[1:]):  # cheap guard on the one thing determinism rests on
+    for a, b in zip(infos, infos[1:]) if order_by else ():  # cheap guard on sorted input
         if a["last"] > b["first"]:
             raise RuntimeError(f"sorted blocks came back out of order ({a['file']} ends at "
                                f"{a['last']}, {b['file']} starts at {b['first']})")

@@ -105,6 +105,15 @@ def first_run(ray_local, corpus_tokenizer, tmp_path_factory):
     return base, cfg, manifest, expected, files
 
 
+def input_order(inputs):
+    """Sort key of the outputs' order: sources as the config lists them, then doc_id (files by
+    name, zero-padded lines)."""
+    first: dict[str, int] = {}
+    for i, src in enumerate(inputs):
+        first.setdefault(src["source"] if isinstance(src, dict) else src.source, i)
+    return lambda doc_id: (first[doc_id.split("/")[0]], doc_id)
+
+
 def test_manifest_counts(first_run, corpus_tokenizer):
     base, cfg, manifest, expected, _ = first_run
     assert manifest == json.loads((base / "out" / "manifest.json").read_text())
@@ -147,7 +156,7 @@ def test_shards_decode_to_the_documents(first_run, corpus_tokenizer):
         assert 0 < len(row["input_ids"]) <= cfg.max_tokens
         assert row["source"] == row["doc_id"].split("/")[0]
         by_doc.setdefault(row["doc_id"], []).append(row["input_ids"])
-    assert list(by_doc) == sorted(expected["docs"])  # sorted by doc_id, duplicates gone
+    assert list(by_doc) == sorted(expected["docs"], key=input_order(cfg.inputs))  # duplicates gone
     for doc_id, samples in by_doc.items():
         flat = [t for s in samples for t in s]
         assert [s[0] == tok.bos_token_id for s in samples] == [True] + [False] * (len(samples) - 1)
@@ -200,7 +209,8 @@ def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokeni
                for ln in f.read_text(encoding="utf-8").splitlines()]
     assert [f"dropped/{p.name}" for p in sorted((base / "out" / "dropped").glob("*.jsonl"))] == \
         [d["file"] for d in manifest["dropped"]]
-    assert len(dropped) == 13 + 9 + 8 and [d["doc_id"] for d in dropped] == sorted(d["doc_id"] for d in dropped)
+    ids = [d["doc_id"] for d in dropped]
+    assert len(dropped) == 13 + 9 + 8 and ids == sorted(ids, key=input_order(manifest["config"]["inputs"]))
     near = {d["doc_id"]: d["reason"] for d in dropped if d["status"] == "near_dup"}
     assert near == {k: f"near duplicate of {v}" for k, v in SAMPLE_NEAR_DUPS.items()}
     assert {d["reason"].split(":")[0] for d in dropped if d["status"] == "filtered"} == {
