@@ -13,14 +13,17 @@ pass is so cheap that HTTP and Serve overhead bound a replica, and ``compute`` (
 dominates as it does for a 13B model on a GPU — the representative case for batching.
 
 Every request is greedy with the same ``max_tokens`` (random weights rarely emit EOS, so each
-generates the full budget). Both Serve apps (``/continuous``, ``/dynamic``; one replica each,
-0.5 CPU = 1 torch thread, ``max_batch_size`` rows) are deployed side by side and measured
+generates the full budget). Both Serve apps (``/continuous``, ``/dynamic``; ``--replicas`` each
+(default 1), 0.5 CPU = 1 torch thread, ``max_batch_size`` rows) are deployed side by side and measured
 alternately at every level, ``--repeats`` times, so a busy machine's swings hit both alike: the
 table gives the median throughput over the repeats (per-repeat values in brackets) and latency
 percentiles over all their requests. The naive baseline runs in the benchmark process with 1 torch
 thread, like a replica, once per repeat between the 16-client Serve runs (the Serve replicas idle
-meanwhile), so all three see the same machine. The goal the issue sets (issue 7): at 16 clients, >= 5x the
-baseline's requests/s with p99 latency no worse than 16 sequential requests (16 x its mean).
+meanwhile), so all three see the same machine. Around the top level's Serve runs the CPU time of
+the client threads, Serve's proxy and the app's replicas (and of the continuous replica's decoding
+thread) is read per process: CPU per request, by where it is spent; a third app, ``/floor``, answers
+at once with no model, for what Serve itself costs. The goal the issue sets (issue 7): at 16 clients,
+>= 5x the baseline's requests/s with p99 latency no worse than 16 sequential requests (16 x its mean).
 
 Memory per replica: a fresh process loads the engine (fp32, then torch dynamic int8) and runs
 one batch; the table gives its resident memory after loading minus after the imports, and its
@@ -109,19 +112,56 @@ def closed_loop(items: list, clients: int, call) -> dict:
 
 
 def run_level(url: str, bodies: list[dict], clients: int, max_tokens: int) -> dict:
-    """One concurrency level over HTTP: ``clients`` threads share ``bodies``."""
-    import requests
+    """One concurrency level over HTTP: ``clients`` threads share ``bodies``, one keep-alive
+    connection each. Plain ``http.client``: the clients share this machine's two cores with the
+    server, and it costs them 0.3 ms of CPU a request where ``requests`` costs 1.0 ms."""
+    import http.client
+    from urllib.parse import urlsplit
 
-    sessions = threading.local()
+    parts = urlsplit(url)
+    conns = threading.local()
 
     def call(body):
-        if not hasattr(sessions, "s"):
-            sessions.s = requests.Session()
-        r = sessions.s.post(f"{url}/generate", json={**body, "parameters": {"max_tokens": max_tokens}},
-                            timeout=600)
-        return r.json()["num_output_tokens_cf"] if r.status_code == 200 else None
+        conn = getattr(conns, "c", None)
+        if conn is None:
+            conn = conns.c = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+        payload = json.dumps({**body, "parameters": {"max_tokens": max_tokens}}).encode()
+        conn.request("POST", f"{parts.path}/generate", payload, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = r.read()
+        return json.loads(data)["num_output_tokens_cf"] if r.status == 200 else None
 
     return closed_loop(bodies, clients, call)
+
+
+def serve_processes(app: str) -> dict[str, list]:
+    """The processes a request through Serve costs CPU in: this one (the HTTP clients), Serve's
+    HTTP proxy and the app's replicas, found by the titles Ray gives its workers."""
+    import psutil
+
+    found: dict[str, list] = {"client": [psutil.Process()], "proxy": [], "replica": []}
+    for p in psutil.process_iter(["cmdline"]):
+        title = " ".join(p.info["cmdline"] or ())
+        if title.startswith("ray::ProxyActor"):
+            found["proxy"].append(p)
+        elif title.startswith(f"ray::ServeReplica:{app}:"):
+            found["replica"].append(p)
+    return found
+
+
+def cpu_seconds(procs: dict[str, list]) -> dict[str, float]:
+    import psutil
+
+    out = {}
+    for key, group in procs.items():
+        out[key] = 0.0
+        for p in group:
+            try:
+                t = p.cpu_times()
+                out[key] += t.user + t.system
+            except psutil.Error:  # a replica restarted: its time is lost, not double counted
+                pass
+    return out
 
 
 def in_process_level(batcher, rows: list, clients: int) -> dict:
@@ -269,6 +309,32 @@ def _numel(shape) -> int:
     return n
 
 
+def floor_app(max_tokens: int):
+    """Serve's own cost, no model: a FastAPI ingress that answers ``/generate`` at once. Measured
+    like the real apps, it is the most any replica behind this proxy could serve on this box."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    # No CPU reserved: Ray's figure only schedules (it caps nothing), and two apps of two 0.5-CPU
+    # replicas fill this box. Access log to its file only, as the KnowLM replicas have it.
+    actor = {"num_cpus": 0, "runtime_env": {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0"}}}
+
+    @serve.deployment(name="Floor", num_replicas=1, ray_actor_options=actor, max_ongoing_requests=64)
+    @serve.ingress(api)
+    class Floor:
+        @api.get("/healthz")
+        async def healthz(self) -> dict:
+            return {"status": "ok"}
+
+        @api.post("/generate")
+        async def generate(self, body: dict) -> dict:
+            return {"generated_text": "", "num_output_tokens_cf": max_tokens}
+
+    return Floor.bind()
+
+
 def bench_model(name: str, model: str, args, port: int) -> dict:
     from ray import serve
 
@@ -280,11 +346,13 @@ def bench_model(name: str, model: str, args, port: int) -> dict:
     bodies = _prompts(requests_n)
     t0 = time.perf_counter()
     for setup in SETUPS:
-        serve.run(build_app({"model": model, "num_replicas": 1, "batching": setup, "max_batch_size": args.batch_size,
+        serve.run(build_app({"model": model, "num_replicas": args.replicas, "batching": setup,
+                             "max_batch_size": args.batch_size,
                              "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 64, "max_waiting_requests": 64,
                              "request_timeout_s": 600}),
                   name=setup, route_prefix=f"/{setup}", blocking=False)
-    for setup in SETUPS:
+    serve.run(floor_app(max_tokens), name="floor", route_prefix="/floor", blocking=False)
+    for setup in (*SETUPS, "floor"):
         wait_ready(f"http://127.0.0.1:{port}/{setup}")
         run_level(f"http://127.0.0.1:{port}/{setup}", bodies[:4], 2, max_tokens)  # warm-up
     print(f"[{name}] both apps ready in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -301,14 +369,31 @@ def bench_model(name: str, model: str, args, port: int) -> dict:
     local_runs: list[dict] = []
     load0 = os.getloadavg()
     results: dict[str, list[dict]] = {s: [] for s in SETUPS}
+    procs = {setup: serve_processes(setup) for setup in (*SETUPS, "floor")}
+    # CPU seconds per process over the top level's runs (and the continuous replica's decoding
+    # thread): where a request's CPU goes on its way through Serve
+    cpu: dict[str, dict[str, float]] = {s: {"requests": 0} for s in (*SETUPS, "floor")}
+    floor_runs: list[dict] = []
     for c in args.clients:
-        runs: dict[str, list[dict]] = {s: [] for s in SETUPS}
+        top = c == max(args.clients)
+        runs: dict[str, list[dict]] = {s: [] for s in (*SETUPS, "floor")}
         for _ in range(args.repeats):
-            for setup in SETUPS:
+            for setup in (*SETUPS, "floor") if top else SETUPS:
+                if top:
+                    before, eng0 = cpu_seconds(procs[setup]), _engine_cpu_s(setup)
                 runs[setup].append(run_level(f"http://127.0.0.1:{port}/{setup}", bodies, c, max_tokens))
-            if c == max(args.clients):  # interleaved with the Serve runs: the same load hits them all
+                if top:
+                    after, eng1 = cpu_seconds(procs[setup]), _engine_cpu_s(setup)
+                    for key in before:
+                        cpu[setup][key] = cpu[setup].get(key, 0.0) + after[key] - before[key]
+                    if eng0 is not None and eng1 is not None and args.replicas == 1:  # one replica's thread
+                        cpu[setup]["engine"] = cpu[setup].get("engine", 0.0) + eng1 - eng0
+                    cpu[setup]["requests"] += len(runs[setup][-1]["latencies"])
+            if top:  # interleaved with the Serve runs: the same load hits them all
                 naive_runs.append(naive_engine.run(bodies, max_tokens))
                 local_runs.append(in_process_level(batcher, rows, c))
+        if top:
+            floor_runs = runs["floor"]
         for setup in SETUPS:
             res = combine(runs[setup])
             results[setup].append(res)
@@ -317,7 +402,7 @@ def bench_model(name: str, model: str, args, port: int) -> dict:
     load1 = os.getloadavg()
     batcher.close()
     steps = serve.get_app_handle("continuous").get_stats.remote().result()["batcher"]
-    for setup in SETUPS:
+    for setup in (*SETUPS, "floor"):
         serve.delete(setup)
     naive = combine(naive_runs)
     print(f"  [{name}] naive: {naive['rps']:.2f} req/s {naive['runs']}, mean {naive['mean_ms']:.0f} ms", flush=True)
@@ -327,8 +412,19 @@ def bench_model(name: str, model: str, args, port: int) -> dict:
     memory = measure_memory(model, args.batch_size, max_tokens)
     print(f"  [{name}] memory: {memory}", flush=True)
     return {"name": name, "model": model, "requests": requests_n, "max_tokens": max_tokens, "results": results,
-            "naive": naive, "local": local, "steps": steps, "memory": memory, "load": (load0[0], load1[0]),
+            "naive": naive, "local": local, "steps": steps, "cpu": cpu, "floor": combine(floor_runs),
+            "memory": memory, "load": (load0[0], load1[0]),
             "prompt_tokens": statistics.fmean(len(r.input_ids) for r in rows)}
+
+
+def _engine_cpu_s(app: str) -> float | None:
+    """CPU seconds of the app's continuous decoding thread (None: not continuous)."""
+    from ray import serve
+
+    if app not in SETUPS:
+        return None
+    batcher = serve.get_app_handle(app).get_stats.remote().result()["batcher"]
+    return None if batcher is None else batcher["thread_cpu_s"]
 
 
 def report(b: dict, args, cmd: str) -> list[str]:
@@ -372,6 +468,23 @@ def report(b: dict, args, cmd: str) -> list[str]:
                      f"decode step over {one} row(s) {by_rows[one]:.1f} ms, over {most} rows {by_rows[most]:.1f} ms "
                      f"({by_rows[most] / by_rows[one]:.1f}x the time for {most / one:.0f}x the tokens); prefill "
                      f"{b['steps']['prefill_ms_per_token']:.2f} ms per prompt token.\n")
+    top = max(args.clients)
+    parts = []
+    for setup in (*SETUPS, "floor"):
+        c = b["cpu"][setup]
+        n = max(c["requests"], 1)
+        ms = {k: 1000 * v / n for k, v in c.items() if k != "requests"}
+        fwd = f" (its decoding thread {ms['engine']:.1f})" if "engine" in ms else ""
+        replicas = "replicas" if args.replicas > 1 and setup in SETUPS else "replica"
+        parts.append(f"{setup}: client {ms['client']:.1f}, proxy {ms['proxy']:.1f}, {replicas} {ms['replica']:.1f}{fwd} "
+                     f"= {ms['client'] + ms['proxy'] + ms['replica']:.1f}")
+    lines.append(f"CPU per request at {top} clients, ms (process CPU time over those runs / requests): "
+                 + "; ".join(parts) + f". The naive baseline: {naive['mean_ms']:.1f} ms of one core, in-process.\n")
+    floor = b["floor"]
+    lines.append(f"Serve's floor (`floor`: a FastAPI ingress that answers `/generate` at once, no model, 1 replica, "
+                 f"measured alternately with the apps above): {floor['rps']:.0f} req/s {floor['runs']} at {top} clients "
+                 f"= {floor['rps'] / naive['rps']:.1f}x the naive baseline, p50 {floor['p50_ms']:.0f} ms — the most "
+                 "any one replica behind this proxy can answer on this machine.\n")
     lines += ["\nMemory per replica (a fresh process holding only the engine; Python + torch + transformers "
               "alone take most of it at these sizes):\n",
               "| precision | weights in memory | process RSS after load (private) | process peak RSS (load + "
@@ -402,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="new tokens per request, other models (KnowLM's scripts allow 512)")
     ap.add_argument("--batch-size", type=int, default=16, help="max_batch_size of both Serve apps")
     ap.add_argument("--repeats", type=int, default=2, help="alternating measurements per level")
+    ap.add_argument("--replicas", type=int, default=1, help="replicas per Serve app (fixed, no autoscaling)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/serve.md"))
     args = ap.parse_args(argv)
     if "given" in args.models and not args.model:
@@ -431,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\n## serve — {time.strftime('%Y-%m-%d %H:%M')}\n",
         f"`{cmd.strip()}`\n",
         f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), no GPU, shared with "
-        "other engineers' jobs during the run (load averages below). One replica per app (0.5 CPU, 1 torch "
-        f"thread), both apps measured alternately, {args.repeats} repeats (req/s = median, per-repeat values in "
+        "other engineers' jobs during the run (load averages below). "
+        f"{'One replica' if args.replicas == 1 else f'{args.replicas} replicas'} per app (0.5 CPU, 1 torch "
+        f"thread each), both apps measured alternately, {args.repeats} repeats (req/s = median, per-repeat values in "
         "brackets); p50/p99 over all requests of all repeats; client threads on the same machine.",
     ]
     for b in benches:

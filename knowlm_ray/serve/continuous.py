@@ -156,6 +156,10 @@ class ContinuousBatcher:
         self.max_active = 0  # most rows decoded in one step so far
         self._step_time: dict[int, list[float]] = {}  # rows in a decode step -> [steps, seconds]
         self._prefill_time = [0, 0.0]  # prompt tokens prefilled (padding excluded), seconds
+        # A decode step's query is each row's last token, so its mask is just "not padding": handed
+        # to SDPA as a ready 4-D bool mask, transformers skips rebuilding one every step (~10% of a
+        # small model's step). Eager attention adds masks (floats), flash attention wants 2-D.
+        self._mask_4d = getattr(engine.model.config, "_attn_implementation", None) == "sdpa"
 
     # -- the caller's side ------------------------------------------------------------------
     def submit(self, rows: Sequence[Prepared], hooks: RowHooks | None = None,
@@ -184,10 +188,22 @@ class ContinuousBatcher:
         """Decode steps and their mean time by batch size (what batching costs on this device),
         and prefill time per prompt token."""
         tokens, seconds = self._prefill_time
+        steps = sorted(dict(self._step_time).items())  # dict(): an atomic copy (GIL)
         return {"decode_steps": self.steps, "max_active_rows": self.max_active, "active_rows": self.active,
-                "decode_step_ms_by_rows": {n: round(1000 * t / c, 2)  # dict(): an atomic copy (GIL)
-                                           for n, (c, t) in sorted(dict(self._step_time).items())},
-                "prefill_tokens": tokens, "prefill_ms_per_token": round(1000 * seconds / tokens, 3) if tokens else None}
+                "decode_step_ms_by_rows": {n: round(1000 * t / c, 2) for n, (c, t) in steps},
+                "prefill_tokens": tokens, "prefill_ms_per_token": round(1000 * seconds / tokens, 3) if tokens else None,
+                "thread_cpu_s": self.thread_cpu_s()}
+
+    def thread_cpu_s(self) -> float:
+        """CPU seconds the decoding thread has used (forward passes, token picking, cache
+        surgery): the engine's share of its process, apart from the request handling around it."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return 0.0
+        try:
+            return round(time.clock_gettime(time.pthread_getcpuclockid(thread.ident)), 4)
+        except (AttributeError, OSError):  # no per-thread CPU clocks on this platform
+            return 0.0
 
     def generate(self, rows: Sequence[Prepared], hooks: RowHooks | None = None) -> list[GenerationResult]:
         return self.submit(rows, hooks).result()
@@ -307,8 +323,8 @@ class ContinuousBatcher:
         positions = torch.tensor([[r.position] for r in self._rows], device=device)
         mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
         t0 = time.perf_counter()
-        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions,
-                               past_key_values=self._cache)
+        logits = self._forward(input_ids=ids, attention_mask=mask.bool()[:, None, None, :] if self._mask_4d else mask,
+                               position_ids=positions, past_key_values=self._cache)
         n = len(self._rows)
         timing = self._step_time.setdefault(n, [0, 0.0])
         timing[0] += 1
