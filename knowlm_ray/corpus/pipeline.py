@@ -31,17 +31,15 @@ a 1,000-row groupby took 12-16 s with the hash shuffle, 0.3-1.8 s with the sort 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from knowlm_ray.atomic import publish_dir
+from knowlm_ray.atomic import atomic_dir
 from knowlm_ray.config import ConfigError, CorpusConfig
 from knowlm_ray.corpus.dedup import dedup
 from knowlm_ray.corpus.filters import annotate_batch, load_blocklist
@@ -200,10 +198,7 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         blocklist, blocklist_info = load_blocklist(cfg.filters.blocklist.files)
     _say(f"{len(files)} input files from {len(cfg.inputs)} sources")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    with atomic_dir(out) as staging:  # published as out_dir only when complete
         samples, near_stats = build_samples(cfg, files, tokenizer, blocklist)
         mix = None
         if cfg.mix.active:  # per-source caps / shares: documents past the cut become "capped"
@@ -242,9 +237,5 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
                                                encoding="utf-8")
-        publish_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     _say(f"wrote {len(shards)} shards, {stages['tokens']} tokens to {out} ({time.time() - t0:.1f}s)")
     return manifest
