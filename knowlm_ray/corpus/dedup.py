@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from knowlm_ray.config import DedupConfig
-from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, NEAR_DUP, OK
+from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, NEAR_DUP, OK, with_columns
 from knowlm_ray.corpus.text import cjk_ratio, normalise_for_dedup
 
 EXACT, BAND = 0, 1  # bucket kinds
@@ -149,10 +149,10 @@ def _identity(x) -> int:
 class Signer:
     """MinHash signatures with one set of permutations (built once per process)."""
 
-    def __init__(self, num_perm: int, seed: int, bands: int, rows: int):
+    def __init__(self, num_perm: int, seed: int):
         from datasketch import MinHash
 
-        self.num_perm, self.seed, self.bands, self.rows = num_perm, seed, bands, rows
+        self.num_perm, self.seed = num_perm, seed
         # the shingles arrive already hashed to 32 bits (shingle_hashes): identity hash function
         self._template = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme="affine32")
 
@@ -172,11 +172,6 @@ class Signer:
             phv = _fmix(hv, _SCHEME_WIDTHS[t.scheme]) * a + b
         return np.minimum(t.hashvalues, phv.min(axis=0)).astype(np.uint32)
 
-    def band_keys(self, sig: np.ndarray) -> list[int]:
-        """One signed 64-bit bucket key per band (band index included in the hash)."""
-        return band_keys(sig.reshape(1, -1), self.bands, self.rows)[0].tolist()
-
-
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n, num_perm) uint32 signatures -> (n, bands) int64 bucket keys: each band's ``rows``
     values folded through a 64-bit mix seeded with the band index, for all documents at once."""
@@ -191,8 +186,8 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
 _SIGNERS: dict[tuple, Signer] = {}
 
 
-def _signer(num_perm: int, seed: int, bands: int, rows: int) -> Signer:
-    key = (num_perm, seed, bands, rows)
+def _signer(num_perm: int, seed: int) -> Signer:
+    key = (num_perm, seed)
     if key not in _SIGNERS:
         _SIGNERS[key] = Signer(*key)
     return _SIGNERS[key]
@@ -203,7 +198,7 @@ def doc_signature(text: str, lang: str, cfg: DedupConfig, seed: int) -> bytes | 
     hashes = shingle_hashes(text, lang, cfg.ngram, cfg.char_ngram)
     if not len(hashes):
         return None
-    return _signer(cfg.num_perm, seed, 0, 0).signature(hashes).tobytes()
+    return _signer(cfg.num_perm, seed).signature(hashes).tobytes()
 
 
 def sign_batch(batch: pa.Table, dedup: dict, seed: int) -> pa.Table:
@@ -351,12 +346,6 @@ def resolve(pairs: Iterable[tuple[str, str, int]], signatures: Callable[[set[str
     near = connected_components(edges)
     return exact, near, {"candidate_pairs": len(candidates), "edges": len(edges),
                          "clusters": len(set(near.values())), "near_dups": len(near)}
-
-
-def with_columns(table: pa.Table, **columns: pa.Array) -> pa.Table:
-    for name, values in columns.items():
-        table = table.set_column(table.schema.get_field_index(name), name, values)
-    return table
 
 
 def mark_duplicates(batch: pa.Table, marks: dict[str, tuple[str, str]]) -> pa.Table:

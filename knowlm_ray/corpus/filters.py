@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from knowlm_ray.config import ConfigError, FilterConfig
-from knowlm_ray.corpus.schema import DOC_SCHEMA, FILTERED, OK
+from knowlm_ray.corpus.schema import DOC_SCHEMA, FILTERED, OK, with_columns
 from knowlm_ray.corpus.text import char_classes, normalise_for_dedup, words, unicodedata_nfkc
 
 FILTER_NAMES = ("length", "char_ratio", "language", "repetition", "code", "blocklist")
@@ -318,6 +318,6 @@ def annotate_batch(batch: pa.Table, filters: dict, blocklist: Sequence[str] = ()
             key[i] = dedup_key(text[i])
         else:
             status[i], reason[i], text[i], key[i] = FILTERED, why, "", "~" + doc_id[i]
-    for name, values in (("status", status), ("text", text), ("reason", reason), ("key", key)):
-        batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    batch = with_columns(batch, **{name: pa.array(values, pa.string()) for name, values in
+                                   (("status", status), ("text", text), ("reason", reason), ("key", key))})
     return batch.cast(DOC_SCHEMA)

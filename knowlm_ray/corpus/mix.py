@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from knowlm_ray.config import MixConfig
-from knowlm_ray.corpus.schema import CAPPED, OK, SHORT
+from knowlm_ray.corpus.schema import CAPPED, OK, SHORT, with_columns
 
 SUMMARY_SCHEMA = pa.schema([("source", pa.string()), ("key", pa.uint64()), ("tokens", pa.int64())])
 NO_CUT = (1 << 64) - 1  # threshold that keeps every document (keys are below 2**64 - 1)
@@ -102,9 +102,7 @@ def mark_batch(batch: pa.Table, thresholds: dict[str, int], seed: int, unit: str
     status = pc.if_else(mask, CAPPED, batch["status"])
     reason = pc.if_else(mask, pa.scalar(f"mix: over the source's {unit} cap"), batch["reason"])
     ids = pc.if_else(mask, pa.scalar([], batch.schema.field("input_ids").type), batch["input_ids"])
-    batch = batch.set_column(batch.schema.get_field_index("status"), "status", status)
-    batch = batch.set_column(batch.schema.get_field_index("reason"), "reason", reason)
-    return batch.set_column(batch.schema.get_field_index("input_ids"), "input_ids", ids)
+    return with_columns(batch, status=status, reason=reason, input_ids=ids)
 
 
 def apply_mix(samples, mix: MixConfig, seed: int) -> tuple[Any, dict[str, Any]]:

@@ -60,3 +60,10 @@ QUARANTINE_COLUMNS = ("file", "line", "source", "reason", "raw")
 # out_dir/dropped/*.jsonl: why each document (or short sample) did not reach the shards.
 DROPPED_COLUMNS = ("doc_id", "source", "file", "line", "sample", "status", "reason")
 
+
+
+def with_columns(table: pa.Table, **columns: pa.Array) -> pa.Table:
+    """``table`` with the named columns replaced (same positions)."""
+    for name, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    return table

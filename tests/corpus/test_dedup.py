@@ -11,7 +11,7 @@ from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
 from knowlm_ray.config import ConfigError, CorpusConfig, DedupConfig, load_config
-from knowlm_ray.corpus.dedup import (BAND, EXACT, Signer, bucket_pairs, bucket_rows, connected_components,
+from knowlm_ray.corpus.dedup import (BAND, EXACT, Signer, band_keys, bucket_pairs, bucket_rows, connected_components,
                                      doc_signature, jaccard, local_near_dups, lsh_params, mark_duplicates, resolve,
                                      shingle_hashes, shingle_mode, shingles)
 from knowlm_ray.corpus.filters import dedup_key, filter_reason, load_blocklist
@@ -54,14 +54,14 @@ def test_shingle_hashes_match_the_shingles(text, lang):
 
 def test_signatures_are_datasketch_minhash_and_deterministic():
     items = shingle_hashes("The quick brown fox jumps over the lazy dog again and again", "en")
-    signer = Signer(128, seed=3, bands=12, rows=10)
+    signer = Signer(128, seed=3)
     sig = signer.signature(items)
     ref = MinHash(num_perm=128, seed=3, hashfunc=int)
     ref.update_batch(items.tolist())
     assert sig.dtype == np.uint32 and np.array_equal(sig, ref.hashvalues)
-    assert np.array_equal(Signer(128, 3, 12, 10).signature(items), sig)
-    assert not np.array_equal(Signer(128, 4, 12, 10).signature(items), sig)
-    keys = signer.band_keys(sig)
+    assert np.array_equal(Signer(128, 3).signature(items), sig)
+    assert not np.array_equal(Signer(128, 4).signature(items), sig)
+    keys = band_keys(sig.reshape(1, -1), 12, 10)[0].tolist()
     assert len(keys) == 12 and len(set(keys)) == 12  # the band index is part of the key
 
 
