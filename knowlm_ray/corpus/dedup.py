@@ -16,8 +16,9 @@ duplicates; the smallest ``doc_id`` stays ``ok``, the others become ``exact_dup`
    come from datasketch's ``_optimal_param(threshold, num_perm, fp_weight, fn_weight)`` unless set.
    Recall is favoured (weights 0.2 / 0.8) because every candidate pair is verified.
 3. **Candidates.** Every ok document gives narrow rows ``(bucket, kind, doc_id)``: one for its
-   exact key and one per band. A range-partitioned sort on ``bucket`` puts each bucket whole into
-   one block; one vectorised pass per block turns buckets with several members into pairs
+   exact key and one per band. A hash shuffle on plain Ray tasks (``shuffle_pairs``: bucket
+   modulo the number of parts) puts each bucket whole into one part; one vectorised pass per part
+   turns buckets with several members into pairs
    (exact: each member with the smallest; band: all pairs up to ``max_bucket_compare`` members,
    beyond that each member with the first ``max_bucket_compare`` by doc_id). Only the pairs
    reach the driver. The signatures never travel through the shuffle: the driver fetches them for
@@ -286,9 +287,41 @@ def bucket_pairs(table: pa.Table, max_compare: int) -> pa.Table:
                      "collisions": [0] * len(a) + [collisions]}, schema=PAIR_SCHEMA)
 
 
-def pairs_batch(batch: pa.Table, max_compare: int) -> pa.Table:
-    """map_batches UDF (batch_size=None after the sort on ``bucket``)."""
-    return bucket_pairs(batch, max_compare)
+def partition_buckets(blocks: Sequence[pa.Table], exact: bool, bands: int, rows: int,
+                      parts: int) -> list[pa.Table]:
+    """Map side of the bucket shuffle: documents -> their BUCKET_SCHEMA rows cut into ``parts``
+    tables by ``bucket`` modulo ``parts`` (every bucket lands whole in one part)."""
+    table = pa.concat_tables([bucket_rows_batch(b, exact, bands, rows) for b in blocks])
+    part = table["bucket"].to_numpy() % parts
+    return [table.filter(pa.array(part == k)) for k in range(parts)]
+
+
+def _map_task(exact: bool, bands: int, rows: int, parts: int, *blocks: pa.Table):
+    out = partition_buckets(blocks, exact, bands, rows, parts)
+    return out[0] if parts == 1 else tuple(out)
+
+
+def _reduce_task(max_compare: int, *tables: pa.Table) -> pa.Table:
+    return bucket_pairs(pa.concat_tables(tables), max_compare)
+
+
+def shuffle_pairs(block_refs: list, cfg: DedupConfig, bands: int, rows: int, parts: int) -> list[pa.Table]:
+    """The bucket shuffle on plain Ray tasks: map tasks over groups of document blocks, one
+    reduce task per part turning its buckets into pairs (PAIR_SCHEMA tables, to the driver).
+
+    Not Ray Data's sort: it runs its map and reduce tasks in worker pools of their own (new
+    processes, ~1.5 s of start-up each) and starts Ray Data executions twice more; the rows need
+    no order, only whole buckets."""
+    import ray
+
+    per_task = max(1, -(-len(block_refs) // (4 * parts)))
+    groups = [block_refs[i:i + per_task] for i in range(0, len(block_refs), per_task)]
+    mapper = ray.remote(num_returns=parts)(_map_task)
+    maps = [mapper.remote(cfg.exact, bands, rows, parts, *group) for group in groups]
+    if parts == 1:
+        maps = [[m] for m in maps]
+    reducer = ray.remote(_reduce_task)
+    return ray.get([reducer.remote(cfg.max_bucket_compare, *[m[k] for m in maps]) for k in range(parts)])
 
 
 def connected_components(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -430,17 +463,11 @@ def dedup(docs, cfg: DedupConfig, seed: int, num_partitions: int):
         docs = docs.map_batches(sign_batch, batch_format="pyarrow",
                                 fn_kwargs={"dedup": cfg.model_dump(), "seed": seed})
     docs = docs.materialize()
-    pairs_ds = (docs.map_batches(bucket_rows_batch, batch_format="pyarrow",
-                                 fn_kwargs={"exact": cfg.exact, "bands": bands, "rows": rows})
-                .repartition(max(1, num_partitions))  # the sort makes one partition per input block
-                .sort("bucket")
-                .map_batches(pairs_batch, batch_size=None, batch_format="pyarrow",
-                             fn_kwargs={"max_compare": cfg.max_bucket_compare}))
     pairs: list[tuple[str, str, int]] = []
     collisions = 0
-    for batch in pairs_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        pairs += _pair_tuples(batch)
-        collisions += sum(batch["collisions"].to_pylist())
+    for table in shuffle_pairs(docs.to_arrow_refs(), cfg, bands, rows, max(1, num_partitions)):
+        pairs += _pair_tuples(table)
+        collisions += sum(table["collisions"].to_pylist())
     exact, near, counts = resolve(pairs, lambda ids: fetch_signatures(docs, ids), cfg.threshold)
     marks = {d: (EXACT_DUP, rep) for d, rep in exact.items()}
     marks.update((d, (NEAR_DUP, rep)) for d, rep in near.items())

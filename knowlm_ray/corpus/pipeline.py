@@ -5,9 +5,9 @@ once before it; the object store spills to disk; the driver only ever sees file 
 dedup pairs, the signatures of candidate pairs and summaries). Without dedup the whole job is one
 Ray Data execution, with it three:
 
-    read + convert (one task per file) -> filters + dedup key (+ MinHash signature when near
-    dedup is on) -> [materialised] -> dedup (corpus/dedup.py: narrow (bucket, doc_id) rows for the
-    exact key and each LSH band -> one sort shuffle -> pairs to the driver -> signatures of the
+    read + convert (tasks of ~2 MiB of input: byte ranges of big files) -> filters + dedup key
+    (+ MinHash signature when near dedup is on; all three fused in one task) -> [materialised] -> dedup (corpus/dedup.py: narrow (bucket, doc_id) rows for the
+    exact key and each LSH band -> one hash shuffle on plain tasks -> pairs to the driver -> signatures of the
     candidates fetched and verified -> union-find -> marks back to the workers) -> sentence split +
     tokenise (tasks, one cached tokenizer per worker; or an actor pool; short tails per
     ``split.tail``) -> per-source ``mix`` caps / shares (optional: per-document keys to the driver,
@@ -24,9 +24,9 @@ every execution keeps its blocks in input order (Ray Data's ``preserve_order``),
 are cut from that stream by row counts, never by block boundaries. (A sort of every row by
 doc_id did the same at the price of a shuffle of all tokens: ~15 % of a 20k-document run.)
 
-Shuffles are sorts (range partitioning on plain tasks), not Ray's hash-shuffle ``groupby``:
-that starts aggregator actors per shuffle, seconds each on a small cluster (measured here:
-a 1,000-row groupby took 12-16 s with the hash shuffle, 0.3-1.8 s with the sort shuffle).
+The one shuffle (dedup's buckets) runs on plain Ray tasks, not Ray Data's: its hash-shuffle
+``groupby`` starts aggregator actors (a 1,000-row groupby took 12-16 s here), and its sort starts
+worker pools of its own for the map and the reduce tasks (new processes, ~1.5 s each to start).
 """
 from __future__ import annotations
 

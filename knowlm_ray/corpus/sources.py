@@ -4,8 +4,10 @@ zstd (``.zst``/``.zstd``) compressed, recognised by extension and decompressed w
 Each document's text then goes through its source's converter (``text.convert``: whitespace,
 full-width folding, wiki/baike markup).
 
-Files are listed on the driver (paths only) and read in parallel, one Ray task per file. Each
-document gets a stable ``doc_id`` = ``source/relative-file:line`` (line zero-padded, so string
+Files are listed on the driver (paths only) and read in parallel tasks of about ``CHUNK_BYTES``
+of input (``plan_reads``): an uncompressed jsonl or text file is cut into byte ranges, each range
+owning the lines that start in it; compressed files (a stream cannot be entered mid-way), parquet
+and whole files are read whole, small ones several to a task. Each document gets a stable ``doc_id`` = ``source/relative-file:line`` (line zero-padded, so string
 order is file order; whole files have no line part). A line that cannot be read as a document
 (bad JSON, not an object, a missing or non-string text field, invalid UTF-8) is not fatal: it
 becomes a ``malformed`` row carrying the reason and the raw line (first ``MAX_RAW`` characters),
@@ -28,8 +30,11 @@ from knowlm_ray.corpus.text import convert
 
 MAX_RAW = 4096
 BATCH_ROWS = 2048  # rows per yielded block while streaming a large file
-MAX_READ_TASKS = 1024
-READ_TASK_BYTES = 32 * 2**20  # input bytes per read task, about
+MAX_READ_TASKS = 4096
+# Input bytes per read task, about: the filters and signatures run in the same task, ~1-2 s per
+# 2 MiB on one core, so tasks are short enough to balance two CPUs and long enough that Ray's
+# per-task cost (~10 ms) stays small.
+CHUNK_BYTES = 2 * 2**20
 
 
 def list_input_files(inputs: list[SourceConfig]) -> list[dict[str, Any]]:
@@ -57,6 +62,82 @@ def list_input_files(inputs: list[SourceConfig]) -> list[dict[str, Any]]:
             files.append({"input": index, "path": str(path.resolve()), "rel": rel, "display": display,
                           "size": path.stat().st_size})
     return files
+
+
+def splittable(entry: dict[str, Any], src: SourceConfig) -> bool:
+    """Can the file be read in byte ranges? Lines of an uncompressed jsonl or text file."""
+    return src.format in ("jsonl", "text") and compression(entry["path"]) is None
+
+
+def count_newlines(path: str, ranges: list[tuple[int, int]], block: int = 1 << 20) -> list[int]:
+    """Newlines in each byte range [start, end) of the file."""
+    counts = []
+    with open(path, "rb") as fh:
+        for start, end in ranges:
+            fh.seek(start)
+            n, left = 0, end - start
+            while left > 0:
+                data = fh.read(min(block, left))
+                if not data:
+                    break
+                n += data.count(b"\n")
+                left -= len(data)
+            counts.append(n)
+    return counts
+
+
+def plan_reads(inputs: list[SourceConfig], files: list[dict[str, Any]],
+               chunk_bytes: int = CHUNK_BYTES) -> list[list[dict[str, Any]]]:
+    """The read tasks, in input order: each a list of file pieces of about ``chunk_bytes`` in all.
+    A piece is a file entry with ``start``/``end`` (bytes; ``end`` None = to the end of the file)
+    and ``line0``, the number of lines before ``start``; it owns the lines that start in
+    [start, end). Line numbers of the ranges come from counting newlines in parallel Ray tasks,
+    one per file cut, so the driver never reads the corpus."""
+    import ray
+
+    chunk = max(chunk_bytes, -(-sum(f["size"] for f in files) // MAX_READ_TASKS))
+    pieces: list[dict[str, Any]] = []
+    cuts: list[tuple[int, list[tuple[int, int]]]] = []  # (index of the first piece, ranges)
+    for entry in files:
+        if splittable(entry, inputs[entry["input"]]) and entry["size"] > chunk:
+            n = -(-entry["size"] // chunk)
+            bounds = [entry["size"] * i // n for i in range(n + 1)]
+            cuts.append((len(pieces), list(zip(bounds, bounds[1:]))))
+            pieces += [{**entry, "start": a, "end": b, "line0": 0} for a, b in zip(bounds, bounds[1:])]
+        else:
+            pieces.append({**entry, "start": 0, "end": None, "line0": 0})
+    if cuts:
+        task = ray.remote(count_newlines)
+        counts = ray.get([task.remote(pieces[first]["path"], ranges) for first, ranges in cuts])
+        for (first, _), per_range in zip(cuts, counts):
+            before = 0
+            for k, n in enumerate(per_range):
+                pieces[first + k]["line0"] = before
+                before += n
+    tasks: list[list[dict[str, Any]]] = []
+    size = chunk
+    for piece in pieces:
+        if size >= chunk:
+            tasks.append([])
+            size = 0
+        tasks[-1].append(piece)
+        size += (piece["end"] if piece["end"] is not None else piece["size"]) - piece["start"]
+    return tasks
+
+
+def _lines(fh: IO[bytes], start: int, end: int | None, line0: int) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) of the lines of ``fh`` that start in [start, end)."""
+    number, pos = line0, start
+    if start > 0:  # skip the rest of a line that began before start (a previous range's)
+        fh.seek(start - 1)
+        pos = start - 1 + len(fh.readline())
+        number += pos > start  # the newline that ended it lies in [start, pos)
+    for raw in fh:
+        if end is not None and pos >= end:
+            return
+        number += 1
+        pos += len(raw)
+        yield number, raw
 
 
 def doc_id(source: str, rel: str, line: int | None) -> str:
@@ -216,7 +297,7 @@ def read_file_rows(entry: dict[str, Any], src: SourceConfig) -> Iterator[dict[st
     lineno = 0
     try:
         with open_binary(path) as fh:
-            for lineno, raw_bytes in enumerate(fh, start=1):
+            for lineno, raw_bytes in _lines(fh, entry.get("start", 0), entry.get("end"), entry.get("line0", 0)):
                 try:
                     line = raw_bytes.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as exc:
@@ -249,21 +330,20 @@ def read_files_batch(batch: pa.Table, inputs: list[dict[str, Any]]) -> Iterator[
 
 
 def read_sources(inputs: list[SourceConfig], files: list[dict[str, Any]] | None = None,
-                 rows_per_block: int = BATCH_ROWS):
-    """Ray Data: every input file -> DOC_SCHEMA rows (ok or malformed), in blocks of at most
-    ``rows_per_block`` rows so the stages after the read (filters, ...) spread a big file over
-    many tasks. Files are grouped into read tasks of about ``READ_TASK_BYTES`` (a code tree of
-    thousands of small files does not become thousands of tasks)."""
+                 rows_per_block: int = BATCH_ROWS, chunk_bytes: int = CHUNK_BYTES):
+    """Ray Data: every input file -> DOC_SCHEMA rows (ok or malformed), one task per read task of
+    ``plan_reads``, streaming blocks of at most ``rows_per_block`` rows. The map stages that
+    follow (filters, signatures) fuse into the same tasks, so the raw text never passes through
+    the object store. Only when a task holds a big piece it cannot cut (a compressed or parquet
+    file over ``chunk_bytes``) are the rows re-cut into blocks first, so the filters spread that
+    file over many tasks instead of running in its read task."""
     import ray
 
     files = files if files is not None else list_input_files(inputs)
-    total = sum(f.get("size", 0) for f in files)
-    tasks = max(1, min(len(files), MAX_READ_TASKS, -(-total // READ_TASK_BYTES)))
-    ds = ray.data.from_items(files, override_num_blocks=tasks)
-    # num_cpus=0.5: reading is light, and a resource request unlike the next stage's keeps Ray
-    # Data from fusing the (heavy) filters into the read task, where one task would filter a
-    # whole big file; apart, the filter tasks share its blocks out
-    ds = ds.map_batches(read_files_batch, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+    tasks = plan_reads(inputs, files, chunk_bytes)
+    ds = ray.data.from_arrow([pa.Table.from_pylist(task) for task in tasks])  # one block per task
+    ds = ds.map_batches(read_files_batch, batch_size=None, batch_format="pyarrow",
                         fn_kwargs={"inputs": [s.model_dump() for s in inputs]})
-    # Ray Data merges what a task yields into blocks of up to 128 MiB: cut them again
-    return ds.repartition(target_num_rows_per_block=rows_per_block)
+    if any(p["end"] is None and p["size"] > chunk_bytes for task in tasks for p in task):
+        ds = ds.repartition(target_num_rows_per_block=rows_per_block)
+    return ds

@@ -12,8 +12,8 @@ from datasketch.lsh import _optimal_param
 
 from knowlm_ray.config import ConfigError, CorpusConfig, DedupConfig, load_config
 from knowlm_ray.corpus.dedup import (BAND, EXACT, Signer, band_keys, bucket_pairs, bucket_rows, connected_components,
-                                     doc_signature, jaccard, local_near_dups, lsh_params, mark_duplicates, resolve,
-                                     shingle_hashes, shingle_mode, shingles)
+                                     SIG_COLUMN, doc_signature, jaccard, local_near_dups, lsh_params, mark_duplicates,
+                                     partition_buckets, resolve, shingle_hashes, shingle_mode, shingles)
 from knowlm_ray.corpus.filters import dedup_key, filter_reason, load_blocklist
 from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, NEAR_DUP, OK
 
@@ -207,24 +207,25 @@ def test_exact_groups_keep_their_smallest_doc_id():
 
 
 def test_pairs_do_not_depend_on_the_partitioning(sample_survivors):
-    """What the Ray sort shuffle does: bucket rows range-partitioned on the bucket key,
-    bucket_pairs per partition. Any partitioning gives the same pairs and collision count."""
+    """The bucket shuffle (partition_buckets on any grouping of the document blocks, then
+    bucket_pairs per part) gives the same pairs and collision count for any number of parts."""
     cfg, docs = sample_survivors
-    table = _buckets(docs, cfg.dedup, exact=True)[0].sort_by("bucket")
+    bands, rows = lsh_params(cfg.dedup)
+    sigs = [doc_signature(d["text"], d["lang"], cfg.dedup, 0) for d in docs]
+    rows_with_keys = [{**d, "key": dedup_key(d["text"])} for d in docs]
+    block = pa.Table.from_pylist(rows_with_keys, schema=DOC_SCHEMA).append_column(SIG_COLUMN, pa.array(sigs, pa.binary()))
 
-    def summary(tables):
+    def summary(blocks, parts):
         pairs, count = set(), 0
-        for t in tables:
-            out = bucket_pairs(t, cfg.dedup.max_bucket_compare)
+        for k in range(parts):
+            out = bucket_pairs(pa.concat_tables([partition_buckets([b], True, bands, rows, parts)[k] for b in blocks]),
+                               cfg.dedup.max_bucket_compare)
             pairs.update(_pairs(out))
             count += sum(out["collisions"].to_pylist())
         return pairs, count
 
-    want = summary([table])
-    buckets = table["bucket"].to_numpy()
-    for k in (2, 3, 7):
-        cuts = [0] + [int(np.searchsorted(buckets, b, side="left"))
-                      for b in np.quantile(buckets, np.arange(1, k) / k).astype(np.int64)]
-        cuts.append(len(buckets))
-        assert summary([table.slice(a, b - a) for a, b in zip(cuts, cuts[1:])]) == want
+    want = summary([block], 1)
+    for parts, size in ((2, 7), (3, 50), (7, 1000)):
+        blocks = [block.slice(i, size) for i in range(0, block.num_rows, size)]
+        assert summary(blocks, parts) == want
     assert len({(a, b) for a, b, k in want[0] if k == BAND}) >= len(SAMPLE_NEAR_DUPS) and want[1] > 0
