@@ -34,7 +34,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,10 +76,10 @@ def _split_block(table: pa.Table, max_tokens: int, short_tail: float):
     return (*parts, [p.num_rows for p in parts], partial_counts(table, max_tokens, short_tail).to_pylist())
 
 
-def split_outputs(refs: list, max_tokens: int, short_tail: float) -> tuple[list[list], list[list[int]], list]:
-    """Output blocks (in input order) -> per output (quarantine, dropped, shards): its block refs
-    and their row counts; plus every block's partial counts. Plain tasks, one per block; only the
-    numbers reach the driver."""
+def split_outputs(refs: Iterable, max_tokens: int, short_tail: float) -> tuple[list[list], list[list[int]], list]:
+    """Output blocks (in input order; an iterator of refs is consumed as it yields) -> per output
+    (quarantine, dropped, shards): its block refs and their row counts; plus every block's partial
+    counts. Plain tasks, one per block; only the numbers reach the driver."""
     import ray
 
     task = ray.remote(num_returns=len(RANKS) + 2)(_split_block)
@@ -205,9 +205,10 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
             samples, mix = apply_mix(samples, cfg.mix, cfg.seed)
             _say("mix: " + ", ".join(f"{s} {v['documents_before']} -> {v['documents_after']} documents"
                                      for s, v in mix["sources"].items()))
-        # one execution: tokenise; its blocks come back in input order (preserve_order), split by
-        # output; the counts come from the same tasks
-        blocks = samples.map_batches(select_output, batch_format="pyarrow").to_arrow_refs()
+        # one execution: tokenise; its blocks stream back in input order (preserve_order), each
+        # split by output as soon as it is made; the counts come from the same tasks
+        blocks = (ref for bundle in samples.map_batches(select_output, batch_format="pyarrow")
+                  .iter_internal_ref_bundles() for ref in bundle.block_refs)
         refs, counts, partials = split_outputs(blocks, cfg.max_tokens, cfg.split.short_tail)
         stages, by_source, stats = summarise(partials)
         filters = stats.pop("filters")
