@@ -244,6 +244,8 @@ def bucket_rows(doc_ids: Sequence[str], keys: Sequence[str | None] | None,
 def bucket_rows_batch(batch: pa.Table, exact: bool, bands: int, rows: int) -> pa.Table:
     """map_batches UDF: documents (+ ``sig`` when near dedup is on) -> BUCKET_SCHEMA rows of the
     ok ones."""
+    if not batch.num_rows:  # an empty block may come without columns (a read range with no line)
+        return BUCKET_SCHEMA.empty_table()
     ok = batch.filter(pc.equal(batch["status"], OK))
     ids = ok["doc_id"].to_pylist()
     keys = ok["key"].to_pylist() if exact else None
@@ -433,6 +435,8 @@ def _pair_tuples(table: pa.Table) -> Iterator[tuple[str, str, int]]:
 
 
 def _block_signatures(block: pa.Table, ids: pa.Array) -> pa.Table:
+    if not block.num_rows:
+        return pa.table({"doc_id": pa.array([], pa.string()), SIG_COLUMN: pa.array([], pa.binary())})
     return block.filter(pc.is_in(block["doc_id"], value_set=ids)).select(["doc_id", SIG_COLUMN])
 
 

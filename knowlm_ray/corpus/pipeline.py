@@ -72,6 +72,8 @@ def select_output(batch: pa.Table) -> pa.Table:
 def _split_block(table: pa.Table, max_tokens: int, short_tail: float):
     """One output block -> its rows for quarantine/, dropped/ and shards/ (in order), their
     numbers, and the block's partial counts (the body of a Ray task with five returns)."""
+    if not table.num_rows:  # an empty block may come without columns; no file reads from it
+        return (*[table] * len(RANKS), [0] * len(RANKS), [])
     parts = [table.filter(pc.equal(table["rank"], rank)) for rank in RANKS]
     return (*parts, [p.num_rows for p in parts], partial_counts(table, max_tokens, short_tail).to_pylist())
 

@@ -35,6 +35,10 @@ MAX_READ_TASKS = 4096
 # 2 MiB on one core, so tasks are short enough to balance two CPUs and long enough that Ray's
 # per-task cost (~10 ms) stays small.
 CHUNK_BYTES = 2 * 2**20
+# A read task's pieces as a Ray Data block (explicit: a task of whole files has no ``end`` values)
+PIECE_SCHEMA = pa.schema([("input", pa.int64()), ("path", pa.string()), ("rel", pa.string()),
+                          ("display", pa.string()), ("size", pa.int64()), ("start", pa.int64()),
+                          ("end", pa.int64()), ("line0", pa.int64())])
 
 
 def list_input_files(inputs: list[SourceConfig]) -> list[dict[str, Any]]:
@@ -87,7 +91,7 @@ def count_newlines(path: str, ranges: list[tuple[int, int]], block: int = 1 << 2
 
 
 def plan_reads(inputs: list[SourceConfig], files: list[dict[str, Any]],
-               chunk_bytes: int = CHUNK_BYTES) -> list[list[dict[str, Any]]]:
+               chunk_bytes: int | None = None) -> list[list[dict[str, Any]]]:
     """The read tasks, in input order: each a list of file pieces of about ``chunk_bytes`` in all.
     A piece is a file entry with ``start``/``end`` (bytes; ``end`` None = to the end of the file)
     and ``line0``, the number of lines before ``start``; it owns the lines that start in
@@ -95,7 +99,7 @@ def plan_reads(inputs: list[SourceConfig], files: list[dict[str, Any]],
     one per file cut, so the driver never reads the corpus."""
     import ray
 
-    chunk = max(chunk_bytes, -(-sum(f["size"] for f in files) // MAX_READ_TASKS))
+    chunk = max(chunk_bytes or CHUNK_BYTES, -(-sum(f["size"] for f in files) // MAX_READ_TASKS))
     pieces: list[dict[str, Any]] = []
     cuts: list[tuple[int, list[tuple[int, int]]]] = []  # (index of the first piece, ranges)
     for entry in files:
@@ -330,7 +334,7 @@ def read_files_batch(batch: pa.Table, inputs: list[dict[str, Any]]) -> Iterator[
 
 
 def read_sources(inputs: list[SourceConfig], files: list[dict[str, Any]] | None = None,
-                 rows_per_block: int = BATCH_ROWS, chunk_bytes: int = CHUNK_BYTES):
+                 rows_per_block: int = BATCH_ROWS, chunk_bytes: int | None = None):
     """Ray Data: every input file -> DOC_SCHEMA rows (ok or malformed), one task per read task of
     ``plan_reads``, streaming blocks of at most ``rows_per_block`` rows. The map stages that
     follow (filters, signatures) fuse into the same tasks, so the raw text never passes through
@@ -340,8 +344,9 @@ def read_sources(inputs: list[SourceConfig], files: list[dict[str, Any]] | None 
     import ray
 
     files = files if files is not None else list_input_files(inputs)
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     tasks = plan_reads(inputs, files, chunk_bytes)
-    ds = ray.data.from_arrow([pa.Table.from_pylist(task) for task in tasks])  # one block per task
+    ds = ray.data.from_arrow([pa.Table.from_pylist(task, schema=PIECE_SCHEMA) for task in tasks])  # a block each
     ds = ds.map_batches(read_files_batch, batch_size=None, batch_format="pyarrow",
                         fn_kwargs={"inputs": [s.model_dump() for s in inputs]})
     if any(p["end"] is None and p["size"] > chunk_bytes for task in tasks for p in task):

@@ -176,6 +176,36 @@ def test_second_run_is_byte_identical(first_run):
     assert [p.name for p in base.iterdir() if p.name.startswith(".")] == []  # no staging left
 
 
+def test_files_cut_into_byte_ranges_give_the_same_bytes(first_run, monkeypatch):
+    """Read tasks of 40 bytes: every jsonl and text file is cut into many ranges (cuts inside
+    lines, next to malformed ones), tasks mix ranges and whole files; outputs stay byte-identical."""
+    import knowlm_ray.corpus.sources as sources
+    from knowlm_ray.corpus.pipeline import run
+
+    base, cfg, manifest, _, files = first_run
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 40)
+    pieces = [p for task in sources.plan_reads(cfg.inputs, sources.list_input_files(cfg.inputs)) for p in task]
+    assert sum(p["end"] is not None for p in pieces) > 20 and any(p["end"] is None for p in pieces)
+    quarantine = (base / "out" / "quarantine" / "part-00000.jsonl").read_bytes()
+    again = run(cfg)
+    assert {k: v for k, v in again.items() if k != "config"} == {k: v for k, v in manifest.items() if k != "config"}
+    assert {p.name: p.read_bytes() for p in sorted((base / "out" / "shards").iterdir())} == files
+    assert (base / "out" / "quarantine" / "part-00000.jsonl").read_bytes() == quarantine
+
+
+def test_an_empty_block_without_columns_splits_into_nothing():
+    """A read range that holds no line start gives a block with no rows and, in Ray Data, no
+    columns; every plain task over blocks takes it."""
+    import pyarrow as pa
+
+    from knowlm_ray.corpus.dedup import BUCKET_SCHEMA, _block_signatures, bucket_rows_batch
+    from knowlm_ray.corpus.pipeline import _split_block
+
+    assert _split_block(pa.table({}), 24, 0.25)[3:] == ([0, 0, 0], [])
+    assert bucket_rows_batch(pa.table({}), True, 12, 10).schema == BUCKET_SCHEMA
+    assert _block_signatures(pa.table({}), pa.array(["x"])).num_rows == 0
+
+
 def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokenizer):
     """data/sample through tiny_corpus.yaml (near dedup on) with greedy packing, written over the
     first run's out_dir: the counts of data/sample/README.md, exactly."""
