@@ -3,18 +3,20 @@
 Ray Data stages, streaming to the writers (with dedup on, the documents are materialised
 once before it; the object store spills to disk; the driver only ever sees file lists, counts,
 dedup pairs, the signatures of candidate pairs and summaries). Without dedup the whole job is one
-Ray Data execution, with it three:
+Ray Data execution, with it two and plain Ray tasks between them (a ``mix`` adds one):
 
     read + convert (tasks of ~2 MiB of input: byte ranges of big files) -> filters + dedup key
-    (+ MinHash signature when near dedup is on; all three fused in one task) -> [materialised] -> dedup (corpus/dedup.py: narrow (bucket, doc_id) rows for the
-    exact key and each LSH band -> one hash shuffle on plain tasks -> pairs to the driver -> signatures of the
-    candidates fetched and verified -> union-find -> marks back to the workers) -> sentence split +
+    (+ MinHash signature when near dedup is on; all three fused in one task) -> [materialised]
+    -> dedup (corpus/dedup.py: narrow (bucket, doc_id) rows for the exact key and each LSH band
+    -> one hash shuffle on plain tasks -> pairs to the driver -> signatures of the candidates
+    fetched and verified -> union-find -> marks back to the workers) -> sentence split +
     tokenise (tasks, one cached tokenizer per worker; or an actor pool; short tails per
     ``split.tail``) -> per-source ``mix`` caps / shares (optional: per-document keys to the driver,
     documents past a source's cut marked ``capped``; see corpus/mix.py) -> the output blocks, in
-    input order, each split by output and counted (one task per block) -> quarantine/ (malformed
-    lines) + dropped/ (one line per filtered or duplicate document and per short sample, with the
-    reason: an audit trail) + shards/ (packed by the shard writers when pack.mode is greedy)
+    input order, each split by output and counted as it streams out (one task per block) ->
+    quarantine/ (malformed lines) + dropped/ (one line per filtered or duplicate document and per
+    short sample, with the reason: an audit trail) + shards/ (packed by the shard writers when
+    pack.mode is greedy)
 
 Rows are never dropped on the way, only given a status, so the counts in the manifest are
 exact. Output goes to a hidden staging dir next to ``out_dir`` that replaces ``out_dir`` only
