@@ -7,11 +7,12 @@ full-width folding, wiki/baike markup).
 Files are listed on the driver (paths only) and read in parallel tasks of about ``CHUNK_BYTES``
 of input (``plan_reads``): an uncompressed jsonl or text file is cut into byte ranges, each range
 owning the lines that start in it; compressed files (a stream cannot be entered mid-way), parquet
-and whole files are read whole, small ones several to a task. Each document gets a stable ``doc_id`` = ``source/relative-file:line`` (line zero-padded, so string
-order is file order; whole files have no line part). A line that cannot be read as a document
-(bad JSON, not an object, a missing or non-string text field, invalid UTF-8) is not fatal: it
-becomes a ``malformed`` row carrying the reason and the raw line (first ``MAX_RAW`` characters),
-later written to ``out_dir/quarantine/``. Blank lines are not documents and are not counted.
+and whole files are read whole, small ones several to a task. Each document gets a stable
+``doc_id`` = ``source/relative-file:line`` (line zero-padded, so string order is file order;
+whole files have no line part). A line that cannot be read as a document (bad JSON, not an
+object, a missing or non-string text field, invalid UTF-8) is not fatal: it becomes a
+``malformed`` row carrying the reason and the raw line (first ``MAX_RAW`` characters), later
+written to ``out_dir/quarantine/``. Blank lines are not documents and are not counted.
 """
 from __future__ import annotations
 
@@ -346,7 +347,7 @@ def read_sources(inputs: list[SourceConfig], files: list[dict[str, Any]] | None 
     files = files if files is not None else list_input_files(inputs)
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     tasks = plan_reads(inputs, files, chunk_bytes)
-    ds = ray.data.from_arrow([pa.Table.from_pylist(task, schema=PIECE_SCHEMA) for task in tasks])  # a block each
+    ds = ray.data.from_arrow([pa.Table.from_pylist(task, schema=PIECE_SCHEMA) for task in tasks])  # one block each
     ds = ds.map_batches(read_files_batch, batch_size=None, batch_format="pyarrow",
                         fn_kwargs={"inputs": [s.model_dump() for s in inputs]})
     if any(p["end"] is None and p["size"] > chunk_bytes for task in tasks for p in task):

@@ -213,7 +213,8 @@ def test_pairs_do_not_depend_on_the_partitioning(sample_survivors):
     bands, rows = lsh_params(cfg.dedup)
     sigs = [doc_signature(d["text"], d["lang"], cfg.dedup, 0) for d in docs]
     rows_with_keys = [{**d, "key": dedup_key(d["text"])} for d in docs]
-    block = pa.Table.from_pylist(rows_with_keys, schema=DOC_SCHEMA).append_column(SIG_COLUMN, pa.array(sigs, pa.binary()))
+    block = pa.Table.from_pylist(rows_with_keys, schema=DOC_SCHEMA)
+    block = block.append_column(SIG_COLUMN, pa.array(sigs, pa.binary()))
 
     def summary(blocks, parts):
         pairs, count = set(), 0
