@@ -266,6 +266,22 @@ def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokeni
     assert not set(table["doc_id"].to_pylist()) & set(SAMPLE_NEAR_DUPS)
 
 
+@pytest.mark.parametrize("kind", ["missing", "not a tokenizer"])
+def test_a_bad_tokenizer_is_one_clear_error_and_leaves_nothing(ray_local, tmp_path, kind):
+    from knowlm_ray.corpus.pipeline import run
+
+    write_corpus(tmp_path / "raw")
+    tok = tmp_path / "tok"
+    if kind != "missing":
+        tok.mkdir()
+        (tok / "tokenizer_config.json").write_text("{not json")
+    problem = "no such directory" if kind == "missing" else "cannot be loaded"
+    with pytest.raises(ConfigError, match=f"tokenizer '{tok}': {problem}"):
+        run(make_cfg(tmp_path / "raw", tok, tmp_path / "out"))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (["raw"] if kind == "missing" else ["raw", "tok"])  # no out_dir, no staging
+
+
 def test_refuses_to_replace_a_foreign_directory(ray_local, corpus_tokenizer, tmp_path):
     from knowlm_ray.corpus.pipeline import run
 
