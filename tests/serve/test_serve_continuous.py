@@ -46,11 +46,16 @@ def test_staggered_greedy_rows_with_different_params_each_equal_their_sequential
               P(max_tokens=21, repetition_penalty=1.1), P(max_tokens=9)]
     rows = [engine.prepare_prompt(p, q) for p, q in zip(PROMPTS, params)]
     sequential = [engine.generate_prepared([r])[0] for r in rows]
-    futures = []
-    for r in rows:  # arrive while earlier ones decode: they join at the next step
-        futures.append(batcher.submit([r]))
-        time.sleep(0.02)
-    assert [f.result(timeout=60)[0] for f in futures] == sequential
+    # Each row arrives once the batcher has stepped since the previous one, the longest first, so
+    # every later row joins while earlier ones decode (counted in steps, not in sleeps: on a quiet
+    # box a 6-token row finishes within a 20 ms sleep)
+    futures = {}
+    for i in (3, 2, 1, 4, 0):
+        start = batcher.steps
+        futures[i] = batcher.submit([rows[i]])
+        while batcher.steps <= start and not futures[i].done():
+            time.sleep(0.0005)
+    assert [futures[i].result(timeout=60)[0] for i in range(len(rows))] == sequential
     assert [r.num_output_tokens for r in sequential] == [6, 11, 16, 21, 9]
     assert batcher.max_active > 1  # rows really shared forward passes
     assert batcher.steps < sum(r.num_output_tokens for r in sequential)
