@@ -35,8 +35,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
