@@ -5,6 +5,7 @@ in-process, no HTTP. Same model, same prompts, same run; plus memory per replica
 
     .venv/bin/python benchmarks/serve.py                          # tiny + compute-bound model
     .venv/bin/python benchmarks/serve.py --models tiny --clients 16 --repeats 3
+    .venv/bin/python benchmarks/serve.py --ingress haproxy         # Serve behind HAProxy
     .venv/bin/python benchmarks/serve.py --model artifacts/demo/merged --models given
 
 Two models, built into a temp dir: ``tiny`` (the test suite's: hidden 64, 2 layers), whose forward
@@ -136,13 +137,14 @@ def run_level(url: str, bodies: list[dict], clients: int, max_tokens: int) -> di
 
 def serve_processes(app: str) -> dict[str, list]:
     """The processes a request through Serve costs CPU in: this one (the HTTP clients), Serve's
-    HTTP proxy and the app's replicas, found by the titles Ray gives its workers."""
+    HTTP front (its Python proxy, or HAProxy and the actor that manages it) and the app's
+    replicas, found by the titles Ray gives its workers."""
     import psutil
 
     found: dict[str, list] = {"client": [psutil.Process()], "proxy": [], "replica": []}
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter(["cmdline", "name"]):
         title = " ".join(p.info["cmdline"] or ())
-        if title.startswith("ray::ProxyActor"):
+        if title.startswith(("ray::ProxyActor", "ray::HAProxyManager")) or p.info["name"] == "haproxy":
             found["proxy"].append(p)
         elif title.startswith(f"ray::ServeReplica:{app}:"):
             found["replica"].append(p)
@@ -476,7 +478,7 @@ def report(b: dict, args, cmd: str) -> list[str]:
         ms = {k: 1000 * v / n for k, v in c.items() if k != "requests"}
         fwd = f" (its decoding thread {ms['engine']:.1f})" if "engine" in ms else ""
         replicas = "replicas" if args.replicas > 1 and setup in SETUPS else "replica"
-        parts.append(f"{setup}: client {ms['client']:.1f}, proxy {ms['proxy']:.1f}, {replicas} {ms['replica']:.1f}{fwd} "
+        parts.append(f"{setup}: client {ms['client']:.1f}, {args.ingress} {ms['proxy']:.1f}, {replicas} {ms['replica']:.1f}{fwd} "
                      f"= {ms['client'] + ms['proxy'] + ms['replica']:.1f}")
     lines.append(f"CPU per request at {top} clients, ms (process CPU time over those runs / requests): "
                  + "; ".join(parts) + f". The naive baseline: {naive['mean_ms']:.1f} ms of one core, in-process.\n")
@@ -484,7 +486,7 @@ def report(b: dict, args, cmd: str) -> list[str]:
     lines.append(f"Serve's floor (`floor`: a FastAPI ingress that answers `/generate` at once, no model, 1 replica, "
                  f"measured alternately with the apps above): {floor['rps']:.0f} req/s {floor['runs']} at {top} clients "
                  f"= {floor['rps'] / naive['rps']:.1f}x the naive baseline, p50 {floor['p50_ms']:.0f} ms — the most "
-                 "any one replica behind this proxy can answer on this machine.\n")
+                 "any one replica behind this ingress can answer on this machine.\n")
     lines += ["\nMemory per replica (a fresh process holding only the engine; Python + torch + transformers "
               "alone take most of it at these sizes):\n",
               "| precision | weights in memory | process RSS after load (private) | process peak RSS (load + "
@@ -516,14 +518,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="max_batch_size of both Serve apps")
     ap.add_argument("--repeats", type=int, default=2, help="alternating measurements per level")
     ap.add_argument("--replicas", type=int, default=1, help="replicas per Serve app (fixed, no autoscaling)")
+    ap.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
+                    help="Serve's HTTP front: Ray's Python proxy or HAProxy (knowlm_ray/serve/ingress.py)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/serve.md"))
     args = ap.parse_args(argv)
     if "given" in args.models and not args.model:
         ap.error("--models given needs --model DIR")
 
     from knowlm_ray.runtime import init_ray, set_default_env
+    from knowlm_ray.serve.ingress import use_ingress
 
     set_default_env()
+    use_ingress(args.ingress)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     models = {kind: (args.model if kind == "given" else build_model(tmp, kind, args.compute_hidden, args.compute_layers))
               for kind in args.models}
@@ -547,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), no GPU, shared with "
         "other engineers' jobs during the run (load averages below). "
         f"{'One replica' if args.replicas == 1 else f'{args.replicas} replicas'} per app (0.5 CPU, 1 torch "
-        f"thread each), both apps measured alternately, {args.repeats} repeats (req/s = median, per-repeat values in "
+        f"thread each) behind Serve's {'HAProxy ingress' if args.ingress == 'haproxy' else 'Python proxy'} "
+        f"(`--ingress {args.ingress}`), both apps measured alternately, {args.repeats} repeats (req/s = median, per-repeat values in "
         "brackets); p50/p99 over all requests of all repeats; client threads on the same machine.",
     ]
     for b in benches:

@@ -11,7 +11,7 @@
     knowlm weights merge-lora --base B --lora L1 [--lora L2 ...] --out M
     knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
     knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
-    knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P]
+    knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
     knowlm chat (--server URL | --model-dir DIR)
     knowlm web --server URL
     knowlm demo
@@ -53,7 +53,19 @@ def _serve(a: argparse.Namespace) -> None:
     from knowlm_ray.serve.launch import serve_blocking
 
     loras = dict(_name_eq_dir(x) for x in a.lora)
-    serve_blocking(model=a.model, loras=loras, host=a.host, port=a.port)
+    serve_blocking(model=a.model, loras=loras, host=a.host, port=a.port, ingress=a.ingress,
+                   **dict(_app_arg(x) for x in a.set))
+
+
+def _app_arg(text: str) -> tuple[str, object]:
+    """``--set KEY=VALUE`` for the app's options: the value is read as YAML (numbers, booleans),
+    and the app's own config model checks both."""
+    import yaml
+
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise SystemExit(f"error: --set expects KEY=VALUE (e.g. max_batch_size=32), got {text!r}")
+    return key.strip(), yaml.safe_load(value)
 
 
 def _name_eq_dir(text: str) -> tuple[str, str]:
@@ -108,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an app option (knowlm_ray/serve/app.py AppArgs), e.g. --set num_replicas=2")
+    p.add_argument("--ingress", choices=["proxy", "haproxy"], default=None,
+                   help="HTTP front of the Ray this starts: Ray's Python proxy (default) or HAProxy, which "
+                        "costs ~10x less CPU per request (BENCHMARKS.md); on a running cluster it is set "
+                        "at `ray start` (RAY_SERVE_ENABLE_HA_PROXY=1)")
     p.set_defaults(fn=_serve)
 
     p = sub.add_parser("demo", help="the whole chain on the embedded default")

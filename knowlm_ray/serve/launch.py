@@ -116,15 +116,21 @@ def stop() -> None:
 
 
 def serve_blocking(model: str, loras: dict[str, str] | None = None, host: str = "127.0.0.1",
-                   port: int = 8000, **app_args: Any) -> None:
+                   port: int = 8000, ingress: str | None = None, **app_args: Any) -> None:
     """``knowlm serve``: serve until SIGINT/SIGTERM, then shut Serve (and our Ray) down.
 
-    ``app_args`` are further ``AppArgs``; an API key comes from ``$KNOWLM_API_KEY`` if set.
+    ``ingress`` (proxy | haproxy; None: what the environment says) is set up for the Ray this
+    starts (see ``ingress.py``). ``app_args`` are further ``AppArgs``; an API key comes from
+    ``$KNOWLM_API_KEY`` if set.
     """
     import ray
 
     from knowlm_ray.runtime import init_ray
+    from knowlm_ray.serve.ingress import current_ingress, use_ingress
 
+    build_app({"model": model, "loras": dict(loras or {}), **app_args})  # a bad option fails before Ray starts
+    if ingress is not None:
+        use_ingress(ingress)
     owns_ray = not ray.is_initialized()
     init_ray()
     # After ray.init: Ray's core installs a SIGTERM handler that dumps a stack and aborts the
@@ -136,7 +142,7 @@ def serve_blocking(model: str, loras: dict[str, str] | None = None, host: str = 
         url = start(model, loras, host=host, port=port, **app_args)
         adapters = f"; adapters: {', '.join(sorted(loras))}" if loras else ""
         print(f"serving {model} at {url} (POST /generate, /v1/completions, /v1/chat/completions; "
-              f"GET /v1/models, /healthz){adapters}; ready in {time.perf_counter() - t0:.1f}s; "
+              f"GET /v1/models, /healthz){adapters}; ingress {current_ingress()}; ready in {time.perf_counter() - t0:.1f}s; "
               "Ctrl-C to stop", flush=True)
         while not done.wait(1.0):  # wait with a timeout so signals are handled promptly
             pass

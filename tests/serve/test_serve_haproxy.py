@@ -1,0 +1,127 @@
+"""`knowlm serve --ingress haproxy`, started as a user starts it: a CLI process with its own Ray,
+Serve's HAProxy ingress in front of one replica. The same answers, streaming, errors and
+overload behaviour as behind Ray's Python proxy, and nothing left running after SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _haproxies(ray_pid: int) -> list:
+    """HAProxy processes under this server's process tree (Serve's manager actor starts them)."""
+    import psutil
+
+    return [p for p in psutil.Process(ray_pid).children(recursive=True) if p.name() == "haproxy"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO),
+               # HAProxy's stats and metrics listeners have fixed default ports: free ones here
+               RAY_SERVE_HAPROXY_STATS_PORT=str(_free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()))
+    env.pop("RAY_ADDRESS", None)
+    log_path = tmp_path_factory.mktemp("haproxy") / "serve.log"
+    log = open(log_path, "w")
+    limits = ["num_replicas=1", "max_batch_size=4", "max_waiting_requests=4", "max_ongoing_requests=8",
+              "max_queued_requests=4", "retry_after_s=1"]
+    cmd = [str(BIN / "knowlm"), "serve", "--model", str(tiny_model), "--port", str(port), "--ingress", "haproxy"]
+    proc = subprocess.Popen(cmd + [a for kv in limits for a in ("--set", kv)], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        try:
+            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("knowlm serve --ingress haproxy never became healthy:\n" + log_path.read_text()[-3000:])
+    yield base, proc
+    haproxies = _haproxies(proc.pid)
+    proc.send_signal(signal.SIGTERM)  # to the CLI alone: it shuts down Serve and the Ray it started
+    try:
+        code = proc.wait(timeout=25)  # ~7 s; Ray's 30 s replica draining period would overrun it
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("knowlm serve --ingress haproxy took over 25 s to stop after SIGTERM")
+    finally:
+        log.close()
+    assert code == 0, log_path.read_text()[-3000:]
+    for p in haproxies:  # Ray's shutdown must take HAProxy with it
+        try:
+            p.wait(timeout=30)
+        except Exception:
+            pytest.fail(f"HAProxy (pid {p.pid}) still runs after the server stopped")
+
+
+def test_port_is_served_by_haproxy(server):
+    base, proc = server
+    port = int(base.rsplit(":", 1)[1])
+    listening = {c.laddr.port for p in _haproxies(proc.pid) for c in p.net_connections("tcp") if c.status == "LISTEN"}
+    assert port in listening, f"HAProxy listens on {sorted(listening)}, not {port}"
+
+
+def test_generate_equals_plain_transformers_and_errors_are_json(server, reference):
+    base, _ = server
+    r = requests.post(f"{base}/generate", timeout=60, json={
+        "instruction": "介绍一下浙江大学", "parameters": {"max_tokens": 12}})
+    assert r.status_code == 200, r.text
+    assert (r.json()["generated_text"], r.json()["num_output_tokens_cf"]) == reference("介绍一下浙江大学", max_tokens=12)
+    bad = requests.post(f"{base}/generate", data="{not json", timeout=10, headers={"content-type": "application/json"})
+    assert 400 <= bad.status_code < 500 and set(bad.json()["error"]) == {"message", "type"}
+
+
+def test_streaming_chat_through_haproxy(server, tiny_model):
+    from openai import OpenAI
+
+    base, _ = server
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "你好"}]
+    whole = client.chat.completions.create(model=tiny_model.name, messages=messages, max_tokens=10, temperature=0)
+    chunks = list(client.chat.completions.create(model=tiny_model.name, messages=messages, max_tokens=10, temperature=0,
+                                                 stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) >= 3 and text == whole.choices[0].message.content
+
+
+def test_overload_burst_gets_only_200s_and_503s(server):
+    base, _ = server
+    body = {"instruction": "写一段关于知识图谱的介绍。", "parameters": {"max_tokens": 48}}
+
+    def call(_):
+        try:
+            return requests.post(f"{base}/generate", json=body, timeout=60)
+        except requests.RequestException as exc:  # a hang would end here
+            return exc
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(call, range(32)))
+    codes = [getattr(r, "status_code", r) for r in answers]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 4 and codes.count(503) >= 1, codes
+    assert all(int(r.headers["retry-after"]) >= 1 for r in answers if r.status_code == 503)
