@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from knowlm_ray.config import ConfigError, FilterConfig
 from knowlm_ray.corpus.schema import DOC_SCHEMA, FILTERED, OK, with_columns
@@ -118,6 +119,9 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
 
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
+# Documents whose n-grams are grouped together: enough to spread numpy's per-call cost thin, few
+# enough that the arrays stay in cache (20k documents: 128 -> 4.7 s, 2000 -> 5.9 s, one by one 7.1 s)
+NGRAM_BATCH = 128
 
 
 def _ngram_groups(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +185,122 @@ def _word_arrays(ws: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
     return ids, lengths, int(lengths.sum()) or 1
 
 
+class _WordBatch:
+    """The words of many documents end to end: ids (equal words, equal ids), character lengths,
+    each word's document, and each document's first word and total word characters."""
+
+    def __init__(self, ids: np.ndarray, lengths: np.ndarray, doc: np.ndarray, n_docs: int):
+        self.ids, self.lengths, self.doc, self.n_docs = ids, lengths, doc, n_docs
+        counts = np.bincount(doc, minlength=n_docs)
+        self.start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.end = self.start + counts
+        total = np.bincount(doc, weights=lengths, minlength=n_docs).astype(np.int64)
+        self.total = np.where(total == 0, 1, total)  # as _word_arrays: `or 1`
+        self.prefix = np.concatenate([[0], np.cumsum(lengths)])
+
+    @classmethod
+    def of(cls, word_lists: Sequence[list[str]]) -> "_WordBatch":
+        flat = pa.array([w for ws in word_lists for w in ws], pa.string())
+        ids = pc.dictionary_encode(flat).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths = pc.utf8_length(flat).to_numpy(zero_copy_only=False).astype(np.int64)  # = len(str)
+        doc = np.repeat(np.arange(len(word_lists)), [len(ws) for ws in word_lists])
+        return cls(ids, lengths, doc, len(word_lists))
+
+    def subset(self, docs: np.ndarray) -> tuple["_WordBatch", np.ndarray]:
+        """The batch of these documents only (and, for each, its index here)."""
+        keep = np.zeros(self.n_docs, dtype=bool)
+        keep[docs] = True
+        words = keep[self.doc]
+        renumber = np.cumsum(keep) - 1
+        return _WordBatch(self.ids[words], self.lengths[words], renumber[self.doc[words]], len(docs)), docs
+
+    def ngrams(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions where an n-gram starts inside one document, each one's first occurrence in
+        its document, each one's count in its document): ``_ngram_groups`` for all at once."""
+        m = len(self.ids) - n + 1
+        if m <= 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        pos = np.arange(m)
+        pos = pos[pos + n <= self.end[self.doc[:m]]]
+        h = np.zeros(len(pos), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                h = h * _MULT + self.ids[pos + k].astype(np.uint64) + np.uint64(1)
+            h = h * _MULT + self.doc[pos].astype(np.uint64)  # n-grams group within their document
+        # Arrow's hash table numbers the distinct n-grams in order of first appearance (np.unique
+        # would sort: 2-3x slower), so group g first appears where g exceeds all groups before it
+        group = pc.dictionary_encode(pa.array(h)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        new = np.empty(len(group), dtype=bool)
+        new[0] = True
+        new[1:] = group[1:] > np.maximum.accumulate(group)[:-1]
+        return pos, pos[new][group], np.bincount(group)[group]
+
+    def top_ngram_frac(self, n: int) -> np.ndarray:
+        """``_top_ngram_frac`` of every document."""
+        out = np.zeros(self.n_docs)
+        pos, _, counts = self.ngrams(n)
+        if not len(pos):
+            return out
+        doc = self.doc[pos]
+        best = np.zeros(self.n_docs, dtype=np.int64)
+        np.maximum.at(best, doc, counts)
+        # the earliest position holding a most frequent n-gram is that n-gram's first occurrence
+        cand = np.flatnonzero(counts == best[doc])
+        docs, first = np.unique(doc[cand], return_index=True)
+        start = pos[cand[first]]
+        count = best[docs]
+        chars = (self.prefix[start + n] - self.prefix[start]).astype(np.float64)
+        out[docs] = np.where(count >= 2, count * chars / self.total[docs], 0.0)
+        return out
+
+    def dup_ngram_frac(self, n: int) -> np.ndarray:
+        """``_dup_ngram_frac`` of every document."""
+        pos, first, _ = self.ngrams(n)
+        starts = pos[first != pos]
+        if not len(starts):
+            return np.zeros(self.n_docs)
+        cover = np.zeros(len(self.ids) + 1, dtype=np.int32)  # an n-gram never crosses a document end
+        np.add.at(cover, starts, 1)
+        np.add.at(cover, starts + n, -1)
+        covered = np.cumsum(cover[:-1]) > 0
+        chars = np.bincount(self.doc[covered], weights=self.lengths[covered], minlength=self.n_docs)
+        return chars / self.total
+
+
+def _ngram_reasons(word_lists: Sequence[list[str]], cfg) -> list[str | None]:
+    """``_ngram_reason`` of many documents' words at once, the same rules in the same order."""
+    out: list[str | None] = [None] * len(word_lists)
+    if not word_lists:
+        return out
+    full = _WordBatch.of(word_lists)
+    active = np.arange(len(word_lists))
+
+    def apply(frac: np.ndarray, idx: np.ndarray, n: int, limit: float, name: str) -> np.ndarray:
+        over = frac > limit
+        for j in np.flatnonzero(over):
+            out[int(idx[j])] = f"{name}[{n}] {frac[j]:.2f} > {limit}"
+        return ~over
+
+    for n, limit in sorted(cfg.max_top_ngram_char_frac.items()):
+        batch, idx = full.subset(active)
+        active = idx[apply(batch.top_ngram_frac(n), idx, n, limit, "top_ngram_char_frac")]
+    dup = sorted(cfg.max_dup_ngram_char_frac.items())
+    for i, (n, limit) in enumerate(dup):
+        if not len(active):
+            break
+        batch, idx = full.subset(active)
+        frac = batch.dup_ngram_frac(n)
+        go_on = apply(frac, idx, n, limit, "dup_ngram_char_frac")
+        later = [lim for _, lim in dup[i + 1:]]
+        if later:  # as _ngram_reason: stop where no later limit can be exceeded
+            go_on &= frac > min(later)
+        else:
+            go_on[:] = False
+        active = idx[go_on]
+    return out
+
+
 def repetition_stats(text: str, top_ns: Sequence[int] = (2, 3, 4),
                      dup_ns: Sequence[int] = (5, 6, 7, 8, 9, 10)) -> dict[str, Any]:
     """Gopher repetition statistics of ``text`` (see ``RepetitionFilter``)."""
@@ -225,15 +345,16 @@ def _language(c: dict[str, int], lang: str, cfg) -> str | None:
     return None
 
 
-def _repetition(text: str, cfg) -> str | None:
+def _block_reason(text: str, cfg) -> str | None:
     s = _block_stats(text)  # line and paragraph rules first: they are cheap
     for key in ("dup_line_frac", "dup_line_char_frac", "dup_para_frac", "dup_para_char_frac"):
         if s[key] > getattr(cfg, f"max_{key}"):
             return f"{key} {s[key]:.2f} > {getattr(cfg, f'max_{key}')}"
-    ws = words(text)
-    if len(ws) < cfg.min_words:
-        return None
-    ids, lengths, total = _word_arrays(ws)
+    return None
+
+
+def _ngram_reason(ids: np.ndarray, lengths: np.ndarray, total: int, cfg) -> str | None:
+    """The n-gram repetition rules of one document's words (see ``_ngram_reasons`` for a batch)."""
     for n, limit in sorted(cfg.max_top_ngram_char_frac.items()):
         if (frac := _top_ngram_frac(ids, lengths, n, total)) > limit:
             return f"top_ngram_char_frac[{n}] {frac:.2f} > {limit}"
@@ -267,30 +388,78 @@ def _code(text: str, cfg) -> str | None:
     return None
 
 
-def filter_reason(text: str, cfg: FilterConfig, lang: str = "en",
-                  blocklist: Blocklist | Sequence[str] | None = None) -> str | None:
-    """Why ``text`` is rejected, as ``"<filter>: <detail>"``, or None to keep it."""
+def _head_reason(text: str, cfg: FilterConfig, lang: str) -> tuple[str | None, list[str] | None]:
+    """The filters up to the n-gram repetition rules, in order: ``(reason, None)``, or ``(None,
+    words)`` when the n-gram rules still have to look at the document's words."""
     if cfg.length.enabled and (why := _length(text, cfg.length)):
-        return f"length: {why}"
-    if not text:
-        return None
-    prose = lang != "code"
-    if prose and (cfg.char_ratio.enabled or cfg.language.enabled):
+        return f"length: {why}", None
+    if not text or lang == "code":
+        return None, None
+    if cfg.char_ratio.enabled or cfg.language.enabled:
         c = char_classes(text)
         if cfg.char_ratio.enabled and (why := _char_ratio(c, cfg.char_ratio)):
-            return f"char_ratio: {why}"
+            return f"char_ratio: {why}", None
         if cfg.language.enabled and (why := _language(c, lang, cfg.language)):
-            return f"language: {why}"
-    if prose and cfg.repetition.enabled and (why := _repetition(text, cfg.repetition)):
-        return f"repetition: {why}"
-    if not prose and cfg.code.enabled and (why := _code(text, cfg.code)):
+            return f"language: {why}", None
+    if cfg.repetition.enabled:
+        if why := _block_reason(text, cfg.repetition):
+            return f"repetition: {why}", None
+        ws = words(text)
+        if len(ws) >= cfg.repetition.min_words:
+            return None, ws
+    return None, None
+
+
+def _tail_reason(text: str, cfg: FilterConfig, lang: str, blocklist: Blocklist | None) -> str | None:
+    """The filters after the repetition rules (code rules, block-list), for a non-empty text."""
+    if lang == "code" and cfg.code.enabled and (why := _code(text, cfg.code)):
         return f"code: {why}"
     if cfg.blocklist.enabled and blocklist is not None:
-        bl = blocklist if isinstance(blocklist, Blocklist) else _blocklist(tuple(blocklist))
-        found = bl.hits(text)
+        found = blocklist.hits(text)
         if len(found) >= cfg.blocklist.min_hits:
             return f"blocklist: {len(found)} hit(s) >= {cfg.blocklist.min_hits} ({', '.join(sorted(set(found))[:3])})"
     return None
+
+
+def _as_blocklist(blocklist: Blocklist | Sequence[str] | None) -> Blocklist | None:
+    if blocklist is None or isinstance(blocklist, Blocklist):
+        return blocklist
+    return _blocklist(tuple(blocklist))
+
+
+def filter_reason(text: str, cfg: FilterConfig, lang: str = "en",
+                  blocklist: Blocklist | Sequence[str] | None = None) -> str | None:
+    """Why ``text`` is rejected, as ``"<filter>: <detail>"``, or None to keep it. One document
+    at a time; ``filter_reasons`` gives the same answers for a batch, faster."""
+    why, ws = _head_reason(text, cfg, lang)
+    if ws is not None:
+        ids, lengths, total = _word_arrays(ws)
+        if ngram := _ngram_reason(ids, lengths, total, cfg.repetition):
+            return f"repetition: {ngram}"
+    if why is None and text:
+        why = _tail_reason(text, cfg, lang, _as_blocklist(blocklist))
+    return why
+
+
+def filter_reasons(texts: Sequence[str], cfg: FilterConfig, langs: Sequence[str],
+                   blocklist: Blocklist | Sequence[str] | None = None) -> list[str | None]:
+    """``filter_reason`` of every text (the same answers, tested), with the n-gram repetition
+    rules run over ``NGRAM_BATCH`` documents at a time: word ids from one Arrow dictionary
+    encoding instead of a Python dict per document, and one hash grouping per n over all their
+    n-grams instead of one ``np.unique`` per document. Filtering costs ~1/3 less CPU."""
+    heads = [_head_reason(t, cfg, lang) for t, lang in zip(texts, langs)]
+    out = [why for why, _ in heads]
+    pending = [i for i, (_, ws) in enumerate(heads) if ws is not None]
+    for c in range(0, len(pending), NGRAM_BATCH):
+        chunk = pending[c:c + NGRAM_BATCH]
+        for i, why in zip(chunk, _ngram_reasons([heads[i][1] for i in chunk], cfg.repetition)):
+            if why:
+                out[i] = f"repetition: {why}"
+    terms = _as_blocklist(blocklist)
+    for i, text in enumerate(texts):
+        if out[i] is None and text:
+            out[i] = _tail_reason(text, cfg, langs[i], terms)
+    return out
 
 
 def filter_name(reason: str | None) -> str | None:
@@ -310,10 +479,8 @@ def annotate_batch(batch: pa.Table, filters: dict, blocklist: Sequence[str] = ()
     terms = _blocklist(tuple(blocklist)) if blocklist else None
     status, text, reason, key = (batch[c].to_pylist() for c in ("status", "text", "reason", "key"))
     lang, doc_id = batch["lang"].to_pylist(), batch["doc_id"].to_pylist()
-    for i, st in enumerate(status):
-        if st != OK:
-            continue
-        why = filter_reason(text[i], cfg, lang[i], terms)
+    ok = [i for i, st in enumerate(status) if st == OK]
+    for i, why in zip(ok, filter_reasons([text[i] for i in ok], cfg, [lang[i] for i in ok], terms)):
         if why is None:
             key[i] = dedup_key(text[i])
         else:

@@ -111,11 +111,14 @@ def test_chat_in_a_terminal_prompts_answers_and_quits_on_ctrl_c(server, api_key,
     import os
     import pty
     import select
+    import signal
     import sys
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: knowlm chat on a terminal
         try:
+            # as in a terminal: a shell's background job (nohup cmd &) inherits SIGINT ignored
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execv(sys.executable, [sys.executable, "-m", "knowlm_ray.cli", "chat", "--server", server,
                                       "--api-key", api_key, "--max-tokens", MAX])
         finally:
@@ -139,7 +142,14 @@ def test_chat_in_a_terminal_prompts_answers_and_quits_on_ctrl_c(server, api_key,
         os.write(fd, f"{Q1}\n".encode())
         read_until("you> ", 2)
         os.write(fd, b"\x03")  # Ctrl-C at the prompt
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + 60
+        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = done[1]
+        if not done[0]:  # still running: fail, don't hang the suite
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"knowlm chat did not quit on Ctrl-C: {seen!r}")
     finally:
         os.close(fd)
     (a1, _), = _answers(server_post, [_u(Q1)])

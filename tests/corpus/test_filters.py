@@ -5,8 +5,9 @@ import pyarrow as pa
 import pytest
 
 from knowlm_ray.config import ConfigError, CorpusConfig, FilterConfig
+from knowlm_ray.corpus import filters
 from knowlm_ray.corpus.filters import (FILTER_NAMES, Blocklist, annotate_batch, filter_name, filter_reason,
-                                       load_blocklist, repetition_stats)
+                                       filter_reasons, load_blocklist, repetition_stats)
 from knowlm_ray.corpus.schema import DOC_SCHEMA, FILTERED, OK
 
 from .conftest import SAMPLE_GENERATED_CODE, SAMPLE_JUNK
@@ -149,3 +150,37 @@ def test_sample_junk_and_generated_code_dropped_nothing_else(sample_rows):
     assert filter_name(dropped[SAMPLE_GENERATED_CODE]) == "code"
     assert filter_name(dropped["baike/zh.jsonl:000000050"]) == filter_name(dropped["wiki/en.jsonl:000000037"]) \
         == "repetition"
+
+
+def _repetitive_documents() -> list[tuple[str, str]]:
+    """Documents that trip each n-gram rule, and ones just under: (lang, text)."""
+    rng = __import__("random").Random(3)
+    vocab = EN.replace(",", "").replace(".", "").split()
+    docs = [("en", EN), ("zh", ZH), ("code", CODE), ("en", ""), ("en", "short text only"), ("zh", "点击这里" * 3)]
+    for reps in (2, 3, 5, 8, 15):
+        for n in (2, 3, 4, 5, 7, 10):
+            gram = " ".join(rng.choice(vocab) for _ in range(n))
+            filler = " ".join(rng.choice(vocab) for _ in range(rng.randint(10, 120)))
+            docs.append(("en", " ".join([gram] * reps) + " " + filler + ". " + EN))
+            docs.append(("zh", "这是一段" * reps + ZH[:rng.randint(20, 120)]))
+    return docs + [("en", EN + " Online casino bonus."), ("en", "\n".join(["Same line, again and again."] * 6))]
+
+
+@pytest.mark.parametrize("cfg", [
+    CFG,
+    # later dup limits below earlier ones: the early stop must not skip them
+    FilterConfig.model_validate({"repetition": {"max_dup_ngram_char_frac": {5: 0.9, 6: 0.05, 10: 0.01},
+                                                "max_top_ngram_char_frac": {3: 0.05}}}),
+    FilterConfig.model_validate({"repetition": {"min_words": 0}, "length": {"min_chars": 0}}),
+])
+def test_batched_filters_equal_one_at_a_time(cfg, sample_rows, monkeypatch):
+    """filter_reasons (the pipeline's, n-grams grouped over many documents) gives exactly
+    filter_reason's answer for every document, in batches that cut groups anywhere."""
+    docs = _repetitive_documents() + [(r["lang"], r["text"]) for r in sample_rows if r["status"] == OK]
+    texts, langs = [t for _, t in docs], [lang for lang, _ in docs]
+    bl = Blocklist(load_blocklist(["builtin:zh", "builtin:en"])[0])
+    want = [filter_reason(t, cfg, lang, bl) for t, lang in zip(texts, langs)]
+    assert sum(1 for w in want if w and "ngram" in w) >= 10  # the n-gram rules are really exercised
+    for size in (1, 7, 128):
+        monkeypatch.setattr(filters, "NGRAM_BATCH", size)
+        assert filter_reasons(texts, cfg, langs, bl) == want
