@@ -63,9 +63,13 @@ def _app_arg(text: str) -> tuple[str, object]:
     import yaml
 
     key, eq, value = text.partition("=")
-    if not eq or not key.strip():
+    key = key.strip()
+    if not eq or not key:
         raise SystemExit(f"error: --set expects KEY=VALUE (e.g. max_batch_size=32), got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    if key in ("model", "loras", "host", "port", "ingress"):
+        flag = "--lora" if key == "loras" else f"--{key}"
+        raise SystemExit(f"error: --set {key}=...: use {flag} for that")
+    return key, yaml.safe_load(value)
 
 
 def _name_eq_dir(text: str) -> tuple[str, str]:

@@ -142,8 +142,8 @@ def serve_blocking(model: str, loras: dict[str, str] | None = None, host: str = 
         url = start(model, loras, host=host, port=port, **app_args)
         adapters = f"; adapters: {', '.join(sorted(loras))}" if loras else ""
         print(f"serving {model} at {url} (POST /generate, /v1/completions, /v1/chat/completions; "
-              f"GET /v1/models, /healthz){adapters}; ingress {current_ingress()}; ready in {time.perf_counter() - t0:.1f}s; "
-              "Ctrl-C to stop", flush=True)
+              f"GET /v1/models, /healthz){adapters}; ingress {current_ingress()}; "
+              f"ready in {time.perf_counter() - t0:.1f}s; Ctrl-C to stop", flush=True)
         while not done.wait(1.0):  # wait with a timeout so signals are handled promptly
             pass
         print("shutting down ...", flush=True)

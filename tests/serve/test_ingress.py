@@ -55,3 +55,6 @@ def test_cli_set_rejects_unknown_app_options(tiny_model):
     out = subprocess.run([sys.executable, "-m", "knowlm_ray.cli", "serve", "--model", str(tiny_model), "--set",
                           "max_batch_sze=3"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "max_batch_sze: unknown key" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "knowlm_ray.cli", "serve", "--model", str(tiny_model), "--set",
+                          "port=9"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--set port=...: use --port" in out.stderr and "Traceback" not in out.stderr
