@@ -28,10 +28,30 @@ def _free_port() -> int:
 
 
 def _haproxies(ray_pid: int) -> list:
-    """HAProxy processes under this server's process tree (Serve's manager actor starts them)."""
+    """HAProxy processes under this server's process tree (Serve's manager actor starts them;
+    each config reload starts a new one and ends the old, so any may be gone a moment later)."""
     import psutil
 
-    return [p for p in psutil.Process(ray_pid).children(recursive=True) if p.name() == "haproxy"]
+    found = []
+    for p in psutil.Process(ray_pid).children(recursive=True):
+        try:
+            if p.name() == "haproxy":
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _haproxy_ports(ray_pid: int) -> set[int]:
+    import psutil
+
+    ports = set()
+    for p in _haproxies(ray_pid):
+        try:
+            ports |= {c.laddr.port for c in p.net_connections("tcp") if c.status == "LISTEN"}
+        except psutil.NoSuchProcess:  # replaced by a reload meanwhile
+            pass
+    return ports
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +102,9 @@ def server(tiny_model, tmp_path_factory):
 def test_port_is_served_by_haproxy(server):
     base, proc = server
     port = int(base.rsplit(":", 1)[1])
-    listening = {c.laddr.port for p in _haproxies(proc.pid) for c in p.net_connections("tcp") if c.status == "LISTEN"}
+    deadline = time.monotonic() + 15
+    while port not in (listening := _haproxy_ports(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # between a reload's new process and the old one's exit
     assert port in listening, f"HAProxy listens on {sorted(listening)}, not {port}"
 
 
