@@ -187,13 +187,12 @@ def _word_arrays(ws: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
 
 class _WordBatch:
     """The words of many documents end to end: ids (equal words, equal ids), character lengths,
-    each word's document, and each document's first word and total word characters."""
+    each word's document, and each document's end (one past its last word) and total word
+    characters."""
 
     def __init__(self, ids: np.ndarray, lengths: np.ndarray, doc: np.ndarray, n_docs: int):
         self.ids, self.lengths, self.doc, self.n_docs = ids, lengths, doc, n_docs
-        counts = np.bincount(doc, minlength=n_docs)
-        self.start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        self.end = self.start + counts
+        self.end = np.cumsum(np.bincount(doc, minlength=n_docs))
         total = np.bincount(doc, weights=lengths, minlength=n_docs).astype(np.int64)
         self.total = np.where(total == 0, 1, total)  # as _word_arrays: `or 1`
         self.prefix = np.concatenate([[0], np.cumsum(lengths)])

@@ -18,6 +18,7 @@ only (terminate TLS in front of it). Ray documents it as its high-throughput ser
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 from knowlm_ray.config import ConfigError
 
@@ -33,7 +34,7 @@ def ingress_env(ingress: str) -> dict[str, str]:
     return {HAPROXY_FLAG: "1" if ingress == "haproxy" else "0"}
 
 
-def current_ingress(environ: os._Environ | dict | None = None) -> str:
+def current_ingress(environ: Mapping[str, str] | None = None) -> str:
     """The ingress a Ray started from this environment would use."""
     env = os.environ if environ is None else environ
     return "haproxy" if env.get(HAPROXY_FLAG, "0") == "1" else "proxy"
