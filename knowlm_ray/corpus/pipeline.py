@@ -33,21 +33,22 @@ worker pools of its own for the map and the reduce tasks (new processes, ~1.5 s 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from tokenizers import Tokenizer
 
 from knowlm_ray.atomic import atomic_dir
 from knowlm_ray.config import ConfigError, CorpusConfig
 from knowlm_ray.corpus.dedup import dedup
 from knowlm_ray.corpus.filters import annotate_batch, load_blocklist
 from knowlm_ray.corpus.mix import apply_mix
-from knowlm_ray.corpus.samples import SampleBuilder, build_samples_batch, load_tokenizer
+from knowlm_ray.corpus.samples import SampleBuilder, build_samples_batch
 from knowlm_ray.corpus.schema import DROPPED_COLUMNS, MALFORMED, OK, QUARANTINE_COLUMNS
 from knowlm_ray.corpus.shards import write_files
 from knowlm_ray.corpus.sources import list_input_files, read_sources
@@ -126,16 +127,14 @@ def _num_partitions(cfg: CorpusConfig, ray) -> int:
 
 
 def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
-                  blocklist: list[str] | None = None, ready: Callable[[], Any] | None = None) -> tuple[Any, dict]:
+                  blocklist: list[str] | None = None) -> tuple[Any, dict]:
     """The streaming part: read -> filter -> exact + near dedup -> split + tokenise.
-    Returns (samples dataset, near-dedup stats). ``ready`` is called once the reads are planned,
-    before any Ray Data execution starts (``run`` waits for its tokenizer check there)."""
+    Returns (samples dataset, near-dedup stats); with dedup on, the documents are read and
+    deduplicated by then, the tokenising is left to the caller's execution."""
     import ray
     from ray.data import ActorPoolStrategy
 
     docs = read_sources(cfg.inputs, files)
-    if ready is not None:
-        ready()
     # Every execution keeps its blocks in input order (the datasets derived from this one copy its
     # context), so the outputs come out in a deterministic order without a sort of every row.
     docs.context.execution_options.preserve_order = True
@@ -184,31 +183,69 @@ def write_outputs(refs: list[list], counts: list[list[int]], stages: dict, stats
     return quarantine, dropped, shards
 
 
-def _check_tokenizer(tokenizer: str, given: str) -> None:
-    try:
-        load_tokenizer(tokenizer)
-    except Exception as exc:
-        problem = "cannot be loaded" if Path(tokenizer).exists() else "no such directory"
-        raise ConfigError(f"tokenizer {given!r}: {problem} ({exc})") from exc
+# Files a tokenizer directory holds one or more of (transformers' fast, SentencePiece and
+# vocabulary formats).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "spiece.model")
+
+
+def _precheck_tokenizer(tokenizer: str, given: str) -> None:
+    """What the driver can check without importing transformers (and torch: ~1.5 s of CPU): the
+    directory, its tokenizer files, and that its JSON files parse."""
+    path = Path(tokenizer)
+    if not path.is_dir():
+        raise ConfigError(f"tokenizer {given!r}: no such directory ({tokenizer})")
+    found = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+    if not found:
+        raise ConfigError(f"tokenizer {given!r}: cannot be loaded (it holds none of {', '.join(TOKENIZER_FILES)})")
+    for name in found:
+        try:
+            if name == "tokenizer.json":  # the fast tokenizer itself (the tokenizers library: ms to import)
+                Tokenizer.from_file(str(path / name))
+            elif name.endswith(".json"):
+                json.loads((path / name).read_text(encoding="utf-8"))
+        except Exception as exc:
+            raise ConfigError(f"tokenizer {given!r}: cannot be loaded ({name}: {exc})") from None
+
+
+def _config_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError behind an error from a Ray Data task. On its way to the driver it is
+    wrapped (RayTaskError, UserCodeException) and its own object lost, but its line stays in the
+    remote traceback the error carries."""
+    if isinstance(exc, ConfigError) and getattr(exc, "cause", None) is None:
+        return exc
+    found = re.findall(r"^knowlm_ray\.config\.ConfigError: (.+)$", str(exc), flags=re.MULTILINE)
+    return ConfigError(found[-1]) if found else None
 
 
 def run(cfg: CorpusConfig) -> dict[str, Any]:
-    """Run the whole pipeline; returns the manifest (also written to ``out_dir/manifest.json``)."""
-    from knowlm_ray.runtime import init_ray
+    """Run the whole pipeline; returns the manifest (also written to ``out_dir/manifest.json``).
+    A ConfigError raised in a task (a tokenizer that does not load) comes out as itself."""
+    try:
+        return _run(cfg)
+    except Exception as exc:
+        err = _config_error(exc)
+        if err is None or err is exc:
+            raise
+        raise ConfigError(str(err)) from None
+
+
+def _run(cfg: CorpusConfig) -> dict[str, Any]:
+    from knowlm_ray.runtime import init_ray, start_data_actors
 
     t0 = time.time()
     init_ray()
+    start_data_actors()
     out = Path(cfg.out_dir).expanduser().resolve()
     _check_out_dir(out)
     tokenizer = cfg.tokenizer
     if Path(tokenizer).expanduser().exists():  # workers may run elsewhere: pass an absolute path
         tokenizer = str(Path(tokenizer).expanduser().resolve())
-    # The tokenizer is loaded once here, so a bad one fails with one clear error before any Ray
-    # Data execution, not inside a task; on a thread (importing transformers alone takes ~1.5 s)
-    # while the inputs are listed and the reads planned, and waited for before the first execution.
-    pool = ThreadPoolExecutor(1)
-    checked = pool.submit(_check_tokenizer, tokenizer, cfg.tokenizer)
-    pool.shutdown(wait=False)
+    # A bad tokenizer is one clear error: the driver checks its files before any Ray work; one that
+    # still fails to load fails the first tokenising task, with a ConfigError shown as it is. The
+    # driver never imports transformers: on the driver (even on a thread) its ~1.5 s of imports
+    # delayed the first reads.
+    _precheck_tokenizer(tokenizer, cfg.tokenizer)
     files = list_input_files(cfg.inputs)  # a bad path fails before any Ray work starts
     blocklist, blocklist_info = ([], [])
     if cfg.filters.blocklist.enabled:
@@ -216,7 +253,7 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     _say(f"{len(files)} input files from {len(cfg.inputs)} sources")
 
     with atomic_dir(out) as staging:  # published as out_dir only when complete
-        samples, near_stats = build_samples(cfg, files, tokenizer, blocklist, ready=checked.result)
+        samples, near_stats = build_samples(cfg, files, tokenizer, blocklist)
         mix = None
         if cfg.mix.active:  # per-source caps / shares: documents past the cut become "capped"
             samples, mix = apply_mix(samples, cfg.mix, cfg.seed)

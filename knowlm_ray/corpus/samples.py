@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
+from knowlm_ray.config import ConfigError
 from knowlm_ray.corpus.schema import OK, SAMPLE_SCHEMA, SHORT
 from knowlm_ray.corpus.split import (build_samples, encode_documents, encode_sentences, short_tail_tokens,
                                      split_sentences)
@@ -79,10 +80,14 @@ _TOKENIZERS: dict[str, Any] = {}
 
 
 def cached_tokenizer(path: str):
-    """One tokenizer per worker process (Ray reuses worker processes across tasks)."""
+    """One tokenizer per worker process (Ray reuses worker processes across tasks). One that
+    cannot be loaded is a ConfigError naming it (``prepare_corpus`` shows it as it is)."""
     if path not in _TOKENIZERS:
         _TOKENIZERS.clear()
-        _TOKENIZERS[path] = load_tokenizer(path)
+        try:
+            _TOKENIZERS[path] = load_tokenizer(path)
+        except Exception as exc:
+            raise ConfigError(f"tokenizer {path!r}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
     return _TOKENIZERS[path]
 
 

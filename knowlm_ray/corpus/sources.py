@@ -16,8 +16,10 @@ written to ``out_dir/quarantine/``. Blank lines are not documents and are not co
 """
 from __future__ import annotations
 
+import bisect
 import gzip
 import io
+import itertools
 import json
 import zlib
 from pathlib import Path
@@ -32,10 +34,11 @@ from knowlm_ray.corpus.text import convert
 MAX_RAW = 4096
 BATCH_ROWS = 2048  # rows per yielded block while streaming a large file
 MAX_READ_TASKS = 4096
-# Input bytes per read task, about: the filters and signatures run in the same task, ~1-2 s per
-# 2 MiB on one core, so tasks are short enough to balance two CPUs and long enough that Ray's
-# per-task cost (~10 ms) stays small.
-CHUNK_BYTES = 2 * 2**20
+# Input bytes per read task (the last few get less: read_task_sizes). The filters and signatures
+# run in the same task, ~5 s per 8 MiB on one core here.
+CHUNK_BYTES = 8 * 2**20
+# Up to this many bytes of cut files, the driver counts their newlines itself (_newline_counts).
+DRIVER_COUNT_BYTES = 2**30
 # A read task's pieces as a Ray Data block (explicit: a task of whole files has no ``end`` values)
 PIECE_SCHEMA = pa.schema([("input", pa.int64()), ("path", pa.string()), ("rel", pa.string()),
                           ("display", pa.string()), ("size", pa.int64()), ("start", pa.int64()),
@@ -91,43 +94,66 @@ def count_newlines(path: str, ranges: list[tuple[int, int]], block: int = 1 << 2
     return counts
 
 
-def plan_reads(inputs: list[SourceConfig], files: list[dict[str, Any]],
-               chunk_bytes: int | None = None) -> list[list[dict[str, Any]]]:
-    """The read tasks, in input order: each a list of file pieces of about ``chunk_bytes`` in all.
-    A piece is a file entry with ``start``/``end`` (bytes; ``end`` None = to the end of the file)
-    and ``line0``, the number of lines before ``start``; it owns the lines that start in
-    [start, end). Line numbers of the ranges come from counting newlines in parallel Ray tasks,
-    one per file cut, so the driver never reads the corpus."""
+def read_task_sizes(total: int, chunk: int, workers: int) -> list[int]:
+    """Input bytes of each read task, in order, summing to ``total``: ``chunk`` each except the
+    last ones, which shrink (the last ``workers`` tasks get a quarter of it, the ``workers`` before
+    them half) so that all workers run dry at about the same time: a stage ends with its slowest
+    task. Big tasks elsewhere, because Ray Data notices a finished task only on its next 0.1 s
+    poll once two or more run at a time (~0.15 s of a worker per task here at 2 CPUs;
+    ray-project/ray#45934)."""
+    sizes: list[int] = []
+    left = total
+    while left > 0:
+        size = max(1, chunk >> max(0, 2 - len(sizes) // max(1, workers)))
+        sizes.append(min(size, left))
+        left -= size
+    return sizes[::-1]
+
+
+def _newline_counts(cuts: list[tuple[str, list[tuple[int, int]]]]) -> list[list[int]]:
+    """Newlines in each byte range of each cut file: on the driver (page-cache speed, ~1 GB/s
+    here) up to DRIVER_COUNT_BYTES, beyond that in parallel Ray tasks (one per file), whose first
+    run costs ~1.5 s of worker start-up on the job's critical path."""
+    if sum(ranges[-1][1] for _, ranges in cuts if ranges) <= DRIVER_COUNT_BYTES:
+        return [count_newlines(path, ranges) for path, ranges in cuts]
     import ray
 
-    chunk = max(chunk_bytes or CHUNK_BYTES, -(-sum(f["size"] for f in files) // MAX_READ_TASKS))
-    pieces: list[dict[str, Any]] = []
-    cuts: list[tuple[int, list[tuple[int, int]]]] = []  # (index of the first piece, ranges)
+    task = ray.remote(count_newlines)
+    return ray.get([task.remote(path, ranges) for path, ranges in cuts])
+
+
+def plan_reads(inputs: list[SourceConfig], files: list[dict[str, Any]], chunk_bytes: int | None = None,
+               workers: int = 1) -> list[list[dict[str, Any]]]:
+    """The read tasks, in input order: each a list of file pieces, of ``read_task_sizes`` bytes
+    in all. The files are laid end to end and cut at the task boundaries: an uncompressed jsonl or
+    text file into byte ranges, one per task it spans; a file that cannot be entered mid-way
+    (compressed, parquet, whole files) goes whole to the task its first byte falls in (tasks it
+    covers entirely stay empty and are left out). A piece is a file entry with ``start``/``end``
+    (bytes; ``end`` None = to the end of the file) and ``line0``, the number of lines before
+    ``start``; it owns the lines that start in [start, end)."""
+    total = sum(f["size"] for f in files)
+    chunk = max(chunk_bytes or CHUNK_BYTES, -(-total // MAX_READ_TASKS))
+    ends = list(itertools.accumulate(read_task_sizes(total, chunk, workers))) or [0]
+    tasks: list[list[dict[str, Any]]] = [[] for _ in ends]
+    cuts: list[tuple[list[dict[str, Any]], list[tuple[int, int]]]] = []  # (pieces, byte ranges) per cut file
+    pos = 0  # where the file starts in the stream of all input bytes
     for entry in files:
-        if splittable(entry, inputs[entry["input"]]) and entry["size"] > chunk:
-            n = -(-entry["size"] // chunk)
-            bounds = [entry["size"] * i // n for i in range(n + 1)]
-            cuts.append((len(pieces), list(zip(bounds, bounds[1:]))))
-            pieces += [{**entry, "start": a, "end": b, "line0": 0} for a, b in zip(bounds, bounds[1:])]
+        size = entry["size"]
+        k = min(bisect.bisect_right(ends, pos), len(tasks) - 1)  # the task this file's first byte is in
+        if not (splittable(entry, inputs[entry["input"]]) and pos + size > ends[k]):
+            tasks[k].append({**entry, "start": 0, "end": None, "line0": 0})
         else:
-            pieces.append({**entry, "start": 0, "end": None, "line0": 0})
-    if cuts:
-        task = ray.remote(count_newlines)
-        counts = ray.get([task.remote(pieces[first]["path"], ranges) for first, ranges in cuts])
-        for (first, _), per_range in zip(cuts, counts):
-            before = 0
-            for k, n in enumerate(per_range):
-                pieces[first + k]["line0"] = before
-                before += n
-    tasks: list[list[dict[str, Any]]] = []
-    size = chunk
-    for piece in pieces:
-        if size >= chunk:
-            tasks.append([])
-            size = 0
-        tasks[-1].append(piece)
-        size += (piece["end"] if piece["end"] is not None else piece["size"]) - piece["start"]
-    return tasks
+            bounds = [0] + [e - pos for e in ends[k:] if e < pos + size] + [size]
+            pieces = [{**entry, "start": a, "end": b, "line0": 0} for a, b in zip(bounds, bounds[1:])]
+            for j, piece in enumerate(pieces):
+                tasks[k + j].append(piece)
+            cuts.append((pieces, list(zip(bounds, bounds[1:-1]))))  # the last range's count is not needed
+        pos += size
+    counts = _newline_counts([(pieces[0]["path"], ranges) for pieces, ranges in cuts])
+    for (pieces, _), per_range in zip(cuts, counts):
+        for piece, before in zip(pieces, itertools.accumulate([0, *per_range])):
+            piece["line0"] = before
+    return [task for task in tasks if task]
 
 
 def _lines(fh: IO[bytes], start: int, end: int | None, line0: int) -> Iterator[tuple[int, bytes]]:
@@ -346,7 +372,7 @@ def read_sources(inputs: list[SourceConfig], files: list[dict[str, Any]] | None 
 
     files = files if files is not None else list_input_files(inputs)
     chunk_bytes = chunk_bytes or CHUNK_BYTES
-    tasks = plan_reads(inputs, files, chunk_bytes)
+    tasks = plan_reads(inputs, files, chunk_bytes, workers=max(1, int(ray.cluster_resources().get("CPU", 1))))
     ds = ray.data.from_arrow([pa.Table.from_pylist(task, schema=PIECE_SCHEMA) for task in tasks])  # one block each
     ds = ds.map_batches(read_files_batch, batch_size=None, batch_format="pyarrow",
                         fn_kwargs={"inputs": [s.model_dump() for s in inputs]})

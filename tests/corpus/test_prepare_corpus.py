@@ -266,18 +266,27 @@ def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokeni
     assert not set(table["doc_id"].to_pylist()) & set(SAMPLE_NEAR_DUPS)
 
 
-@pytest.mark.parametrize("kind", ["missing", "not a tokenizer"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "bad json", "bad tokenizer.json", "loads nowhere"])
 def test_a_bad_tokenizer_is_one_clear_error_and_leaves_nothing(ray_local, tmp_path, kind):
+    """The driver checks the tokenizer's files before any Ray work; one whose files look right
+    but that transformers cannot load fails the first tokenising task: the same one-line error."""
     from knowlm_ray.corpus.pipeline import run
 
     write_corpus(tmp_path / "raw")
     tok = tmp_path / "tok"
     if kind != "missing":
         tok.mkdir()
+    if kind == "bad json":
         (tok / "tokenizer_config.json").write_text("{not json")
+    if kind == "bad tokenizer.json":
+        (tok / "tokenizer.json").write_text("{}")
+    if kind == "loads nowhere":  # valid JSON, a tokenizer.model that is no SentencePiece model
+        (tok / "tokenizer_config.json").write_text("{}")
+        (tok / "tokenizer.model").write_text("garbage")
     problem = "no such directory" if kind == "missing" else "cannot be loaded"
-    with pytest.raises(ConfigError, match=f"tokenizer '{tok}': {problem}"):
+    with pytest.raises(ConfigError, match=f"^tokenizer '{tok}': {problem}") as err:
         run(make_cfg(tmp_path / "raw", tok, tmp_path / "out"))
+    assert "\n" not in str(err.value)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == (["raw"] if kind == "missing" else ["raw", "tok"])  # no out_dir, no staging
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from itertools import accumulate
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -114,11 +115,12 @@ AWKWARD = (b'{"text": "first"}\r\n\r\n{"text": "second, CRLF"}\r\n{not json}\n\n
            + b'\xff\xfe bad utf-8\n{"text": "last, no newline"}')
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("chunk", [1, 2, 7, 16, 64, 333, 10_000])
-def test_byte_ranges_give_the_rows_of_the_whole_file(tmp_path, ray_local, chunk):
+def test_byte_ranges_give_the_rows_of_the_whole_file(tmp_path, chunk, workers):
     """A file cut into byte ranges (a range owns the lines that start in it) reads exactly as the
     whole file does: same rows, same line numbers, none lost or doubled at a cut."""
-    from knowlm_ray.corpus.sources import plan_reads
+    from knowlm_ray.corpus.sources import plan_reads, read_task_sizes
 
     path = tmp_path / "d.jsonl"
     path.write_bytes(AWKWARD)
@@ -126,15 +128,39 @@ def test_byte_ranges_give_the_rows_of_the_whole_file(tmp_path, ray_local, chunk)
     files = list_input_files([cfg])
     whole = [r for e in files for r in read_file_rows(e, cfg)]
     assert [r["line"] for r in whole] == [1, 3, 4, 7, 8, 9]
-    tasks = plan_reads([cfg], files, chunk_bytes=chunk)
+    tasks = plan_reads([cfg], files, chunk_bytes=chunk, workers=workers)
     pieces = [p for task in tasks for p in task]
-    assert len(pieces) == -(-len(AWKWARD) // chunk) if chunk < len(AWKWARD) else len(pieces) == 1
+    ends = list(accumulate(read_task_sizes(len(AWKWARD), chunk, workers)))
+    if len(ends) > 1:  # cut at the task boundaries: one range per task, tiling the file
+        assert [(p["start"], p["end"]) for p in pieces] == list(zip([0, *ends], ends))
+    else:
+        assert [(p["start"], p["end"]) for p in pieces] == [(0, None)]
     assert [r for p in pieces for r in read_file_rows(p, cfg)] == whole
 
 
-def test_plan_reads_groups_small_files_and_keeps_input_order(tmp_path, ray_local):
-    from knowlm_ray.corpus.sources import plan_reads
+@pytest.mark.parametrize("total,chunk,workers", [(0, 8, 2), (5, 8, 2), (100, 8, 1), (100, 8, 2), (1000, 64, 3),
+                                                 (10, 1, 4), (33, 3, 2)])
+def test_read_task_sizes_end_with_smaller_tasks(total, chunk, workers):
+    """Every byte in exactly one task; ``chunk`` each, except the last ``workers`` (a quarter) and
+    the ``workers`` before them (half), and the first, which takes what is left."""
+    from knowlm_ray.corpus.sources import read_task_sizes
 
+    sizes = read_task_sizes(total, chunk, workers)
+    assert sum(sizes) == total and all(s > 0 for s in sizes)
+    full = [max(1, chunk // 4)] * workers + [max(1, chunk // 2)] * workers + [chunk] * len(sizes)
+    assert sizes[::-1][:-1] == full[:max(0, len(sizes) - 1)]
+    assert not sizes or 0 < sizes[0] <= full[len(sizes) - 1]
+
+
+@pytest.mark.parametrize("on", ["driver", "tasks"])
+def test_plan_reads_groups_small_files_and_keeps_input_order(tmp_path, ray_local, monkeypatch, on):
+    """Files laid end to end, cut at the task boundaries: small files share a task, a big text
+    file is cut into ranges, a compressed one stays whole; its line numbers (counted on the
+    driver or, for big inputs, in Ray tasks) are right either way."""
+    import knowlm_ray.corpus.sources as sources
+
+    if on == "tasks":
+        monkeypatch.setattr(sources, "DRIVER_COUNT_BYTES", 0)
     tree = tmp_path / "code"
     tree.mkdir()
     for i in range(6):
@@ -147,13 +173,24 @@ def test_plan_reads_groups_small_files_and_keeps_input_order(tmp_path, ray_local
               SourceConfig(path=str(big), source="t", lang="en", format="text"),
               SourceConfig(path=str(gz), source="g", lang="en", format="text")]
     files = list_input_files(inputs)
-    tasks = plan_reads(inputs, files, chunk_bytes=1000)
-    assert [len(t) for t in tasks[:2]] == [4, 3]  # 4 x 300 bytes reach 1,000; 2 more + the first range
-    assert [p["rel"] for p in tasks[0]] == ["m0.py", "m1.py", "m2.py", "m3.py"]
+    total = sum(f["size"] for f in files)
+    tasks = sources.plan_reads(inputs, files, chunk_bytes=1000, workers=2)
+    ends = list(accumulate(sources.read_task_sizes(total, 1000, 2)))
+    # each small file in the task its first byte falls in, several to a task
+    starts = list(accumulate([0] + [300] * 5))
+    where = [next(k for k, e in enumerate(ends) if s < e) for s in starts]
+    assert [[p["rel"] for p in t if p["rel"].endswith(".py")] for t in tasks[:where[-1] + 1]] == \
+        [[f"m{i}.py" for i, w in enumerate(where) if w == k] for k in range(where[-1] + 1)]
+    assert len(set(where)) < 6
     ranges = [p for t in tasks for p in t if p["rel"] == "big.txt"]
-    assert len(ranges) == 9 and ranges[0]["start"] == 0 and ranges[-1]["end"] == big.stat().st_size
+    assert [1800 + p["end"] for p in ranges[:-1]] == [e for e in ends if 1800 < e < 1800 + 8890]
+    assert ranges[0]["start"] == 0 and ranges[-1]["end"] == big.stat().st_size
+    assert all(a["end"] == b["start"] for a, b in zip(ranges, ranges[1:]))
     assert [p for t in tasks for p in t if p["rel"] == "big.txt.gz"][0]["end"] is None  # a stream: whole
+    assert tasks[-1][-1]["rel"] == "big.txt.gz" and all(tasks)  # the tasks it covers are left out
+    assert len(tasks) < len(ends)
     rows = [r for t in tasks for p in t for r in read_file_rows(p, inputs[p["input"]])]
     assert [r["text"] for r in rows if r["source"] == "t"] == [f"line {i}" for i in range(1000)]
     assert [r["line"] for r in rows if r["source"] == "t"] == list(range(1, 1001))
     assert rows == [r for e in files for r in read_file_rows(e, inputs[e["input"]])]  # input order
+
