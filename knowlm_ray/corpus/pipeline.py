@@ -5,7 +5,7 @@ once before it; the object store spills to disk; the driver only ever sees file 
 dedup pairs, the signatures of candidate pairs and summaries). Without dedup the whole job is one
 Ray Data execution, with it two and plain Ray tasks between them (a ``mix`` adds one):
 
-    read + convert (tasks of ~2 MiB of input: byte ranges of big files) -> filters + dedup key
+    read + convert (tasks of ~8 MiB of input, smaller at the end: byte ranges of big files) -> filters + dedup key
     (+ MinHash signature when near dedup is on; all three fused in one task) -> [materialised]
     -> dedup (corpus/dedup.py: narrow (bucket, doc_id) rows for the exact key and each LSH band
     -> one hash shuffle on plain tasks -> pairs to the driver -> signatures of the candidates
@@ -50,7 +50,7 @@ from knowlm_ray.corpus.filters import annotate_batch, load_blocklist
 from knowlm_ray.corpus.mix import apply_mix
 from knowlm_ray.corpus.samples import SampleBuilder, build_samples_batch
 from knowlm_ray.corpus.schema import DROPPED_COLUMNS, MALFORMED, OK, QUARANTINE_COLUMNS
-from knowlm_ray.corpus.shards import write_files
+from knowlm_ray.corpus.shards import FileWriter
 from knowlm_ray.corpus.sources import list_input_files, read_sources
 from knowlm_ray.corpus.stats import partial_counts, summarise
 
@@ -82,23 +82,35 @@ def _split_block(table: pa.Table, max_tokens: int, short_tail: float):
     return (*parts, [p.num_rows for p in parts], partial_counts(table, max_tokens, short_tail).to_pylist())
 
 
-def split_outputs(refs: Iterable, max_tokens: int, short_tail: float) -> tuple[list[list], list[list[int]], list]:
-    """Output blocks (in input order; an iterator of refs is consumed as it yields) -> per output
-    (quarantine, dropped, shards): its block refs and their row counts; plus every block's partial
-    counts. Plain tasks, one per block; only the numbers reach the driver."""
+def split_outputs(refs: Iterable, max_tokens: int, short_tail: float, writers: list[FileWriter | None]) -> list:
+    """Output blocks (in input order; an iterator of refs is consumed as it yields) -> each block's
+    rows for quarantine, dropped and shards handed to that output's writer (None: not written) as
+    soon as its counts are in, so files are written while the execution runs; returns every
+    block's partial counts. Plain tasks, one per block; only the numbers reach the driver."""
     import ray
 
     task = ray.remote(num_returns=len(RANKS) + 2)(_split_block)
-    out = [task.remote(ref, max_tokens, short_tail) for ref in refs]
-    sizes = ray.get([o[len(RANKS)] for o in out])
-    partials = [row for part in ray.get([o[len(RANKS) + 1] for o in out]) for row in part]
-    return ([[o[k] for o in out] for k in range(len(RANKS))],
-            [[size[k] for size in sizes] for k in range(len(RANKS))], partials)
+    out: list = []
+    fed = 0
+
+    def feed(wait: bool) -> int:
+        done = fed
+        while done < len(out) and (wait or ray.wait([out[done][len(RANKS)]], timeout=0)[0]):
+            for part, rows, writer in zip(out[done], ray.get(out[done][len(RANKS)]), writers):
+                if writer is not None:
+                    writer.add(part, rows)
+            done += 1
+        return done
+
+    for ref in refs:
+        out.append(task.remote(ref, max_tokens, short_tail))
+        fed = feed(wait=False)
+    feed(wait=True)
+    return [row for part in ray.get([o[len(RANKS) + 1] for o in out]) for row in part]
 
 
 def _entry(folder: str, info: dict) -> dict:
-    return {"file": f"{folder}/{info['file']}", **{k: v for k, v in info.items()
-                                                    if k not in ("file", "first", "last")}}
+    return {"file": f"{folder}/{info['file']}", **{k: v for k, v in info.items() if k != "file"}}
 
 
 def _columns(cfg: CorpusConfig) -> dict[str, str]:
@@ -161,26 +173,29 @@ def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
     return samples, near_stats
 
 
-def write_outputs(refs: list[list], counts: list[list[int]], stages: dict, stats: dict, staging: Path,
-                  cfg: CorpusConfig) -> tuple[list, list, list]:
-    """Quarantine, dropped/ and shards, each from its own blocks (``split_outputs``)."""
+def output_writers(staging: Path, cfg: CorpusConfig) -> list[FileWriter | None]:
+    """Writers of quarantine/, dropped/ (None when ``write_dropped`` is off) and shards/."""
+    for name in ("quarantine", "shards"):  # there even when empty
+        (staging / name).mkdir()
+    return [FileWriter(staging / "quarantine", kind="jsonl", rows_per_file=QUARANTINE_ROWS_PER_FILE,
+                       columns=list(QUARANTINE_COLUMNS)),
+            FileWriter(staging / "dropped", kind="jsonl", rows_per_file=QUARANTINE_ROWS_PER_FILE,
+                       columns=list(DROPPED_COLUMNS)) if cfg.write_dropped else None,
+            FileWriter(staging / "shards", kind="arrow", rows_per_file=cfg.rows_per_shard,
+                       pack_max_tokens=cfg.max_tokens if cfg.pack.mode == "greedy" else None,
+                       pack_split=cfg.pack.split_samples)]
+
+
+def finish_outputs(writers: list[FileWriter | None], stages: dict, stats: dict) -> list[list[dict]]:
+    """The files of quarantine/, dropped/ and shards/, once all are written; their rows checked
+    against the counts."""
     n_drop = (stages["filtered"] + stages["exact_dups"] + stages["near_dups"] + stats["short_dropped"]
               + stats["capped_samples"])
-    for name, got, want in zip(("quarantine", "dropped", "shards"), counts,
-                               (stages["malformed"], n_drop, stages["samples"])):
-        if sum(got) != want:
-            raise RuntimeError(f"{name}: {sum(got)} rows, the counts say {want}")
-    q_refs, d_refs, s_refs = refs
-    q_counts, d_counts, s_counts = counts
-    quarantine = write_files(q_refs, q_counts, staging / "quarantine", kind="jsonl",
-                             rows_per_file=QUARANTINE_ROWS_PER_FILE, columns=list(QUARANTINE_COLUMNS))
-    dropped = write_files(d_refs, d_counts, staging / "dropped", kind="jsonl",
-                          rows_per_file=QUARANTINE_ROWS_PER_FILE,
-                          columns=list(DROPPED_COLUMNS)) if cfg.write_dropped and n_drop else []
-    shards = write_files(s_refs, s_counts, staging / "shards", kind="arrow", rows_per_file=cfg.rows_per_shard,
-                         pack_max_tokens=cfg.max_tokens if cfg.pack.mode == "greedy" else None,
-                         pack_split=cfg.pack.split_samples)
-    return quarantine, dropped, shards
+    for name, writer, want in zip(("quarantine", "dropped", "shards"), writers,
+                                  (stages["malformed"], n_drop, stages["samples"])):
+        if writer is not None and writer.rows != want:
+            raise RuntimeError(f"{name}: {writer.rows} rows, the counts say {want}")
+    return [writer.finish() if writer is not None else [] for writer in writers]
 
 
 # Files a tokenizer directory holds one or more of (transformers' fast, SentencePiece and
@@ -260,10 +275,12 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
             _say("mix: " + ", ".join(f"{s} {v['documents_before']} -> {v['documents_after']} documents"
                                      for s, v in mix["sources"].items()))
         # one execution: tokenise; its blocks stream back in input order (preserve_order), each
-        # split by output as soon as it is made; the counts come from the same tasks
+        # split by output as soon as it is made, the files written as their rows come in; the
+        # counts come from the same tasks
         blocks = (ref for bundle in samples.map_batches(select_output, batch_format="pyarrow")
                   .iter_internal_ref_bundles() for ref in bundle.block_refs)
-        refs, counts, partials = split_outputs(blocks, cfg.max_tokens, cfg.split.short_tail)
+        writers = output_writers(staging, cfg)
+        partials = split_outputs(blocks, cfg.max_tokens, cfg.split.short_tail, writers)
         stages, by_source, stats = summarise(partials)
         filters = stats.pop("filters")
         for src in cfg.inputs:  # the sampling weight training mixes sources by (first input wins)
@@ -273,7 +290,7 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
              f"filtered, {stages['exact_dups']} exact + {stages['near_dups']} near duplicates"
              f"{capped} -> "
              f"{stages['documents']} documents, {stages['samples']} samples ({time.time() - t0:.1f}s)")
-        quarantine, dropped, shards = write_outputs(refs, counts, stages, stats, staging, cfg)
+        quarantine, dropped, shards = finish_outputs(writers, stages, stats)
         stats["rows"] = sum(s["rows"] for s in shards)  # == samples unless packed
         manifest = {
             "stages": stages,

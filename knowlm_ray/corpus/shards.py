@@ -91,11 +91,8 @@ def write_jsonl_file(table: pa.Table, path: str | Path, columns: list[str]) -> d
 
 def write_part(kind: str, path: str, slices: list[tuple[int, int, int]], options: dict[str, Any],
                *blocks: pa.Table) -> dict[str, Any]:
-    """One output file from its slices of the sorted blocks (the body of the Ray task)."""
+    """One output file from its slices of the blocks (the body of the Ray task)."""
     table = gather(slices, list(blocks))
-    keys = options["order_by"] or []
-    first = [table[k][0].as_py() for k in keys]
-    last = [table[k][-1].as_py() for k in keys]
     if kind == "arrow":
         if options.get("pack_max_tokens"):
             from knowlm_ray.corpus.pack import pack_greedy
@@ -104,7 +101,7 @@ def write_part(kind: str, path: str, slices: list[tuple[int, int, int]], options
         info = write_arrow_file(table, path)
     else:
         info = write_jsonl_file(table, path, options["columns"])
-    return {**info, "first": first, "last": last}
+    return info
 
 
 # --------------------------------------------------------------------------- Ray-facing
@@ -112,35 +109,54 @@ def table_rows(table: pa.Table) -> int:
     return table.num_rows
 
 
-def write_files(refs: list, counts: list[int], out_dir: str | Path, *, kind: str, rows_per_file: int,
-                order_by: list[str] | None = None, start: int = 0, stop: int | None = None,
-                columns: list[str] | None = None, pack_max_tokens: int | None = None,
-                pack_split: bool = True) -> list[dict]:
-    """Write rows ``[start, stop)`` of the blocks (in block order) as
-    ``out_dir/part-NNNNN.{arrow,jsonl}``, one Ray task per file. Returns per file ``{file, rows,
-    tokens (arrow), sha256, first, last}`` in order; ``first``/``last`` hold the ``order_by`` columns
-    of a file's first and last row, and when given, the files are checked to follow each other in
-    that order."""
-    import ray
+class FileWriter:
+    """Rows of blocks that arrive in order (with their row counts) -> ``out_dir/part-NNNNN.{arrow,
+    jsonl}`` files of ``rows_per_file`` rows, one Ray task per file, each started as soon as its
+    rows have arrived: most files are written while the execution that makes the blocks still
+    runs. ``finish`` writes the last, shorter file and returns per file ``{file, rows, tokens
+    (arrow), sha256}`` in order. No rows, no files (and no ``out_dir``)."""
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    task = ray.remote(num_cpus=1)(write_part)
-    options = {"order_by": order_by, "columns": columns, "pack_max_tokens": pack_max_tokens,
-               "pack_split": pack_split}
-    ext = "arrow" if kind == "arrow" else "jsonl"
-    pending = []
-    for i, slices in enumerate(plan_files(counts, rows_per_file, start, stop)):
+    def __init__(self, out_dir: str | Path, *, kind: str, rows_per_file: int, columns: list[str] | None = None,
+                 pack_max_tokens: int | None = None, pack_split: bool = True):
+        import ray
+
+        self.out_dir, self.kind, self.rows_per_file = Path(out_dir), kind, rows_per_file
+        self.options = {"columns": columns, "pack_max_tokens": pack_max_tokens, "pack_split": pack_split}
+        self.task = ray.remote(num_cpus=1)(write_part)
+        self.refs: list = []  # None once every row of the block is in a submitted file
+        self.counts: list[int] = []
+        self.pending: list = []
+        self.rows = self.written = 0  # rows added; rows given to files
+        self._held = 0  # the first block still referenced
+
+    def add(self, ref, rows: int) -> None:
+        self.refs.append(ref)
+        self.counts.append(rows)
+        self.rows += rows
+        while self.rows - self.written >= self.rows_per_file:
+            self._submit(self.written + self.rows_per_file)
+
+    def finish(self) -> list[dict]:
+        import ray
+
+        if self.rows > self.written:
+            self._submit(self.rows)
+        return ray.get(self.pending)
+
+    def _submit(self, stop: int) -> None:
+        [slices] = plan_files(self.counts, self.rows_per_file, self.written, stop)
         used = sorted({b for b, _, _ in slices})
         local = [(used.index(b), lo, hi) for b, lo, hi in slices]
-        pending.append(task.remote(kind, str(out_dir / f"part-{i:05d}.{ext}"), local, options,
-                                   *[refs[b] for b in used]))
-    infos = ray.get(pending)
-    for a, b in zip(infos, infos[1:]) if order_by else ():  # cheap guard on sorted input
-        if a["last"] > b["first"]:
-            raise RuntimeError(f"sorted blocks came back out of order ({a['file']} ends at "
-                               f"{a['last']}, {b['file']} starts at {b['first']})")
-    return infos
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"part-{len(self.pending):05d}.{'arrow' if self.kind == 'arrow' else 'jsonl'}"
+        self.pending.append(self.task.remote(self.kind, str(path), local, self.options,
+                                             *[self.refs[b] for b in used]))
+        self.written = stop
+        end = sum(self.counts[:self._held])
+        while self._held < len(self.refs) and end + self.counts[self._held] <= stop:  # let go of written blocks
+            end += self.counts[self._held]
+            self.refs[self._held] = None
+            self._held += 1
 
 
 # --------------------------------------------------------------------------- reading

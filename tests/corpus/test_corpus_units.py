@@ -114,6 +114,40 @@ def test_plan_files_cuts_fixed_size_files():
     assert plan_files([5], 10, start=5, stop=5) == []
 
 
+@pytest.mark.parametrize("kind", ["arrow", "jsonl"])
+def test_file_writer_writes_each_file_once_its_rows_are_in(tmp_path, ray_local, kind):
+    """Blocks fed one by one (with empty ones): a file is started as soon as its rows are in, a
+    block is let go once all its rows are in started files; the files hold exactly the rows in
+    order, whatever the blocks, and the same bytes as one block would give."""
+    import ray
+
+    from knowlm_ray.corpus.shards import FileWriter
+
+    rows = [{"input_ids": list(range(i % 7)), "doc_id": f"d{i:03d}", "source": "s"} for i in range(23)]
+    table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+    cols = ["doc_id", "source"] if kind == "jsonl" else None
+
+    def write(sizes, out):
+        writer = FileWriter(out, kind=kind, rows_per_file=5, columns=cols)
+        started, held, at = [], [], 0
+        for n in sizes:
+            writer.add(ray.put(table.slice(at, n)), n)
+            at += n
+            started.append(len(writer.pending))
+            held.append(sum(r is not None for r in writer.refs))
+        return writer.finish(), started, held
+
+    infos, started, held = write([3, 0, 4, 6, 2, 1, 7], tmp_path / "a")
+    assert started == [0, 0, 1, 2, 3, 3, 4] and [i["rows"] for i in infos] == [5, 5, 5, 5, 3]
+    assert held == [1, 2, 1, 1, 0, 1, 1]  # only blocks with rows not yet in a started file
+    one, _, _ = write([23], tmp_path / "b")
+    assert [i["sha256"] for i in infos] == [i["sha256"] for i in one]
+    if kind == "arrow":
+        assert [r["doc_id"] for r in read_shards(tmp_path / "a").to_pylist()] == [r["doc_id"] for r in rows]
+    none, _, _ = write([0, 0], tmp_path / "c")
+    assert none == [] and not (tmp_path / "c").exists()
+
+
 def test_arrow_shards_roundtrip_and_bytes_do_not_depend_on_chunking(tmp_path):
     rows = [{"input_ids": list(range(i, i + 3)), "doc_id": f"d{i}", "source": "s"} for i in range(5)]
     whole = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
