@@ -250,7 +250,6 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
 
     t0 = time.time()
     init_ray()
-    start_data_actors()
     out = Path(cfg.out_dir).expanduser().resolve()
     _check_out_dir(out)
     tokenizer = cfg.tokenizer
@@ -266,6 +265,7 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
     if cfg.filters.blocklist.enabled:
         blocklist, blocklist_info = load_blocklist(cfg.filters.blocklist.files)
     _say(f"{len(files)} input files from {len(cfg.inputs)} sources")
+    start_data_actors()  # the config is good: start Ray Data's actors while the reads are planned
 
     with atomic_dir(out) as staging:  # published as out_dir only when complete
         samples, near_stats = build_samples(cfg, files, tokenizer, blocklist)
