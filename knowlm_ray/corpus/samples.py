@@ -104,7 +104,7 @@ class SampleBuilder:
 
     def __init__(self, tokenizer: str, max_tokens: int, min_tokens: int, tail: str = "keep",
                  short_tail: float = 0.25):
-        self.tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = cached_tokenizer(tokenizer)
         self.max_tokens, self.min_tokens = max_tokens, min_tokens
         self.tail, self.short_tail = tail, short_tail
 

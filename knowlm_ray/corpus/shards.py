@@ -127,7 +127,7 @@ class FileWriter:
         self.counts: list[int] = []
         self.pending: list = []
         self.rows = self.written = 0  # rows added; rows given to files
-        self._held = 0  # the first block still referenced
+        self._held = self._held_at = 0  # the first block still referenced, and the rows before it
 
     def add(self, ref, rows: int) -> None:
         self.refs.append(ref)
@@ -144,17 +144,18 @@ class FileWriter:
         return ray.get(self.pending)
 
     def _submit(self, stop: int) -> None:
-        [slices] = plan_files(self.counts, self.rows_per_file, self.written, stop)
+        first = self._held  # blocks before it are all in started files
+        [slices] = plan_files(self.counts[first:], self.rows_per_file, self.written - self._held_at,
+                              stop - self._held_at)
         used = sorted({b for b, _, _ in slices})
         local = [(used.index(b), lo, hi) for b, lo, hi in slices]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"part-{len(self.pending):05d}.{'arrow' if self.kind == 'arrow' else 'jsonl'}"
         self.pending.append(self.task.remote(self.kind, str(path), local, self.options,
-                                             *[self.refs[b] for b in used]))
+                                             *[self.refs[first + b] for b in used]))
         self.written = stop
-        end = sum(self.counts[:self._held])
-        while self._held < len(self.refs) and end + self.counts[self._held] <= stop:  # let go of written blocks
-            end += self.counts[self._held]
+        while self._held < len(self.refs) and self._held_at + self.counts[self._held] <= stop:  # let go of written blocks
+            self._held_at += self.counts[self._held]
             self.refs[self._held] = None
             self._held += 1
 

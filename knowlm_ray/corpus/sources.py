@@ -114,7 +114,7 @@ def _newline_counts(cuts: list[tuple[str, list[tuple[int, int]]]]) -> list[list[
     """Newlines in each byte range of each cut file: on the driver (page-cache speed, ~1 GB/s
     here) up to DRIVER_COUNT_BYTES, beyond that in parallel Ray tasks (one per file), whose first
     run costs ~1.5 s of worker start-up on the job's critical path."""
-    if sum(ranges[-1][1] for _, ranges in cuts if ranges) <= DRIVER_COUNT_BYTES:
+    if sum(ranges[-1][1] for _, ranges in cuts) <= DRIVER_COUNT_BYTES:
         return [count_newlines(path, ranges) for path, ranges in cuts]
     import ray
 
