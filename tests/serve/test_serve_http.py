@@ -294,7 +294,8 @@ def test_request_timeout_is_a_504_and_stops_the_work(base_url):
               headers={"X-KnowLM-Timeout-S": "0.3"})
     _assert_error(r, (504, 504), "timed out", type="timeout_error")
     assert time.perf_counter() - t0 < 10
-    r = _post(base_url, {"prompt": "x", "max_tokens": 900, "stream": True}, "/v1/completions",
+    # greedy: OpenAI's default temperature 1.0 samples, and a sampled EOS first ends the stream early
+    r = _post(base_url, {"prompt": "浙江大学", "max_tokens": 900, "temperature": 0, "stream": True}, "/v1/completions",
               headers={"X-KnowLM-Timeout-S": "0.3"})
     assert r.status_code == 200 and '"timeout_error"' in r.text and r.text.endswith("data: [DONE]\n\n")
     _assert_error(_post(base_url, {"instruction": "x"}, headers={"X-KnowLM-Timeout-S": "soon"}), (400, 400))
