@@ -14,12 +14,10 @@ import sys
 
 from knowlm_ray.config import ConfigError, CorpusConfig, parse_job_args
 from knowlm_ray.corpus.pipeline import run
-from knowlm_ray.runtime import init_ray
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_job_args(CorpusConfig, argv, description=__doc__)
-    init_ray()
     try:
         manifest = run(cfg)
     except (ConfigError, FileNotFoundError) as exc:  # user-caused: one line, no traceback
