@@ -1,6 +1,7 @@
 """Process-wide defaults and a Ray start-up that works both on a laptop and attached to a cluster."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
@@ -66,6 +67,20 @@ def start_data_actors() -> None:
         return
     get_or_create_stats_actor()
     get_or_create_autoscaling_coordinator()
+
+
+class _BusyCpuWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not have any available CPUs" not in record.getMessage()
+
+
+def quiet_busy_cpu_warning() -> None:
+    """Drop Ray Data's "no available CPUs ... the Dataset job will hang" warning from now on. Call
+    it once this job's own tasks may hold the CPUs when an execution starts (they end; nothing
+    hangs). Before that, on a cluster whose CPUs other work holds, the warning is left to be seen."""
+    logger = logging.getLogger("ray.data.dataset")
+    if not any(isinstance(f, _BusyCpuWarning) for f in logger.filters):
+        logger.addFilter(_BusyCpuWarning())
 
 
 def map_refs(fn, refs: list, *args) -> list:

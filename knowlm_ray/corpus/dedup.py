@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 from knowlm_ray.config import DedupConfig
 from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, NEAR_DUP, OK, with_columns
 from knowlm_ray.corpus.text import cjk_ratio, normalise_for_dedup
+from knowlm_ray.runtime import quiet_busy_cpu_warning
 
 EXACT, BAND = 0, 1  # bucket kinds
 BUCKET_SCHEMA = pa.schema([("bucket", pa.int64()), ("kind", pa.int8()), ("doc_id", pa.string())])
@@ -467,6 +468,7 @@ def dedup(docs, cfg: DedupConfig, seed: int, num_partitions: int):
         docs = docs.map_batches(sign_batch, batch_format="pyarrow",
                                 fn_kwargs={"dedup": cfg.model_dump(), "seed": seed})
     docs = docs.materialize()
+    quiet_busy_cpu_warning()  # from here our own shuffle and write tasks may hold every CPU
     pairs: list[tuple[str, str, int]] = []
     collisions = 0
     for table in shuffle_pairs(docs.to_arrow_refs(), cfg, bands, rows, max(1, num_partitions)):

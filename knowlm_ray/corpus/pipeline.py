@@ -33,7 +33,6 @@ worker pools of its own for the map and the reduce tasks (new processes, ~1.5 s 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import sys
 import time
@@ -246,20 +245,6 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         raise ConfigError(str(err)) from None
 
 
-class _BusyCpuWarning(logging.Filter):
-    """Drops Ray Data's "no available CPUs ... will hang" warning. Our own write and dedup tasks
-    hold the CPUs when an execution starts; they end, and it never hangs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "does not have any available CPUs" not in record.getMessage()
-
-
-def _quiet_busy_cpu_warning() -> None:
-    logger = logging.getLogger("ray.data.dataset")
-    if not any(isinstance(f, _BusyCpuWarning) for f in logger.filters):
-        logger.addFilter(_BusyCpuWarning())
-
-
 def _run(cfg: CorpusConfig) -> dict[str, Any]:
     from knowlm_ray.runtime import init_ray, start_data_actors
 
@@ -280,7 +265,6 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
         blocklist, blocklist_info = load_blocklist(cfg.filters.blocklist.files)
     _say(f"{len(files)} input files from {len(cfg.inputs)} sources")
     init_ray()  # after the checks above: a bad config fails in a second, not after Ray's start-up
-    _quiet_busy_cpu_warning()
     start_data_actors()  # the config is good: start Ray Data's actors while the reads are planned
 
     with atomic_dir(out) as staging:  # published as out_dir only when complete
