@@ -86,12 +86,12 @@ def test_job_script_rejects_bad_config_naming_the_key(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_prepare_corpus_missing_input_fails_before_ray_starts(tmp_path):
+def test_prepare_corpus_missing_input_fails_before_ray_starts(tiny_model, tmp_path):
     """A wrong input path is one line naming the input, exit 2, and no Ray started for it."""
     out = subprocess.run([sys.executable, "jobs/prepare_corpus.py", "--config", "jobs/configs/tiny_corpus.yaml",
                           f"inputs=[{{path: {tmp_path}/nope.jsonl.gz, source: baike, lang: zh}}]",
-                          f"out_dir={tmp_path}/out"], cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=120)
+                          f"tokenizer={tiny_model}", f"out_dir={tmp_path}/out"], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert f"input 0 (source 'baike'): path not found: {tmp_path}/nope.jsonl.gz" in out.stderr
     assert "Traceback" not in out.stderr and "Ray instance" not in out.stdout + out.stderr
