@@ -149,7 +149,8 @@ class FileWriter:
                               stop - self._held_at)
         used = sorted({b for b, _, _ in slices})
         local = [(used.index(b), lo, hi) for b, lo, hi in slices]
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not self.pending:  # the first file: out_dir only with rows
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"part-{len(self.pending):05d}.{'arrow' if self.kind == 'arrow' else 'jsonl'}"
         self.pending.append(self.task.remote(self.kind, str(path), local, self.options,
                                              *[self.refs[first + b] for b in used]))
