@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from knowlm_ray.paths import JobPathError, check_job_paths, enter_root
+
 
 class ConfigError(ValueError):
     """A user-caused config problem; the message names the file and key."""
@@ -434,8 +436,9 @@ def parse_job_args(cls: type[ConfigT], argv: list[str] | None = None, descriptio
     ap.add_argument("overrides", nargs="*", help="key.path=value overrides, value parsed as YAML")
     args = ap.parse_args(argv)
     try:
-        return load_config(cls, args.config, args.overrides)
-    except ConfigError as exc:
+        enter_root()  # knowlm_ray/paths.py: relative paths under `ray job submit --working-dir`
+        return check_job_paths(load_config(cls, args.config, args.overrides))
+    except (ConfigError, JobPathError) as exc:
         ap.exit(2, f"error: {exc}\n")
 
 
