@@ -5,8 +5,8 @@ import logging
 import os
 import shutil
 
-# Values measured on a 2-core box (../shared/reference/platform-notes.md). setdefault: a user's
-# own environment always wins.
+# Defaults for a quiet, offline run: no progress bars or print patching in workers, no Hugging
+# Face hub access, and a faster Ray Train poll. setdefault: a user's own environment always wins.
 QUIET_ENV = {
     "RAY_AUTH_MODE": "disabled",  # Ray 2.60 turns token auth on; one mode for driver, jobs and CLI
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
