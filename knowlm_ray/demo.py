@@ -19,6 +19,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from knowlm_ray.console import quiet_console, say, show_tail
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "jobs" / "configs"
 
@@ -59,24 +61,39 @@ def entity_recall(gold: dict, predicted: dict) -> tuple[int, int, int]:
 
 @contextmanager
 def _stage(n: int, total: int, title: str):
-    print(f"\n[{n}/{total}] {title} ...", flush=True)
+    say(f"\n[{n}/{total}] {title} ...")
     t0 = time.perf_counter()
-    yield
-    print(f"[{n}/{total}] {title}: done in {time.perf_counter() - t0:.1f}s", flush=True)
+    try:
+        yield
+    except BaseException:
+        show_tail(f"[{n}/{total}] {title}: FAILED after {time.perf_counter() - t0:.1f}s")
+        raise
+    say(f"[{n}/{total}] {title}: done in {time.perf_counter() - t0:.1f}s")
+
+
+# Shown on the terminal from the log: the training loops' own progress lines (knowlm_ray.train.loop)
+PROGRESS = r"^\[\w+\] step \d+"
 
 
 def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int = 8000) -> dict:
-    import requests
-
-    from knowlm_ray import config as C
-    from knowlm_ray.runtime import init_ray
-
+    """The chain, with Ray's, Serve's and the libraries' output in ``WORKDIR/demo.log`` and the
+    steps, their progress and results on the terminal (knowlm_ray.console)."""
     if not CONFIGS.is_dir():
         raise FileNotFoundError(f"demo presets not found at {CONFIGS}: run from a source checkout")
     work = Path(workdir).resolve()
     if work.exists():
         shutil.rmtree(work)  # a demo is a fresh run: no resume from an older one
     work.mkdir(parents=True)
+    with quiet_console(work / "demo.log", progress=PROGRESS):
+        return _run_chain(work, steps, port)
+
+
+def _run_chain(work: Path, steps: int, port: int) -> dict:
+    import requests
+
+    from knowlm_ray import config as C
+    from knowlm_ray.runtime import init_ray
+
     paths = {k: str(work / k) for k in ("tiny", "corpus", "pretrained", "instructions", "lora", "merged",
                                         "ray_results")}
     t_start = time.perf_counter()
@@ -86,6 +103,7 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
         from knowlm_ray.models.tiny import DEFAULT_CORPUS, build_tiny
 
         build_tiny(paths["tiny"], [REPO / p for p in DEFAULT_CORPUS])
+        say(f"tokenizer + model -> {paths['tiny']}")
 
     init_ray()
     with _stage(2, total, "prepare_corpus on Ray Data: read, filter, dedup, split, tokenize, shard"):
@@ -95,7 +113,7 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
                             [f"tokenizer={paths['tiny']}", f"out_dir={paths['corpus']}"])
         cfg.inputs = [s.model_copy(update={"path": str(REPO / s.path)}) for s in cfg.inputs]
         manifest = prepare_corpus(cfg)
-        print("stages:", json.dumps(manifest["stages"]))
+        say("stages:", json.dumps(manifest["stages"]))
 
     with _stage(3, total, f"pretrain on Ray Train: DeepSpeed ZeRO-3, 2 workers, {steps} steps"):
         from knowlm_ray.train.pretrain import run as pretrain
@@ -103,7 +121,7 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
         cfg = C.load_config(C.PretrainConfig, CONFIGS / "tiny.yaml", [
             f"model={paths['tiny']}", f"data={paths['corpus']}", f"output_dir={paths['pretrained']}",
             f"storage_path={paths['ray_results']}", f"max_steps={steps}"])
-        print(json.dumps(pretrain(cfg), default=str))
+        say(json.dumps(pretrain(cfg), default=str))
 
     records, schema = demo_ie_records()
     with _stage(4, total, f"kg2instruct --serve-prompt + prepare_instructions on Ray Data: {DEMO_TASK} "
@@ -112,13 +130,13 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
 
         source = work / f"ie_{DEMO_TASK}_{DEMO_LANG}.json"
         n = write_demo_instructions(source, records, schema)
-        print(f"{n} instructions in /extract's prompt -> {source}")
+        say(f"{n} instructions in /extract's prompt -> {source}")
         # val_set_size 0: every record is trained on, and the demo asks about one of them
         cfg = C.load_config(C.InstructionsConfig, CONFIGS / "tiny_instructions.yaml", [
             f"inputs={json.dumps([str(source)])}", f"tokenizer={paths['pretrained']}",
             f"out_dir={paths['instructions']}", "val_set_size=0"])
         manifest = prepare_instructions(cfg)
-        print("splits:", json.dumps(manifest["splits"]))
+        say("splits:", json.dumps(manifest["splits"]))
 
     with _stage(5, total, "finetune_lora on Ray Train: peft LoRA (+ lm_head) on the prepared shards"):
         from knowlm_ray.train.lora import run as finetune
@@ -126,12 +144,13 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
         cfg = C.load_config(C.FinetuneConfig, CONFIGS / "tiny_lora.yaml", [
             f"model={paths['pretrained']}", f"data={paths['instructions']}",
             f"output_dir={paths['lora']}", f"storage_path={paths['ray_results']}"])
-        print(json.dumps(finetune(cfg), default=str))
+        say(json.dumps(finetune(cfg), default=str))
 
     with _stage(6, total, "knowlm weights merge-lora"):
         from knowlm_ray.models.lora import merge_lora
 
         merge_lora(paths["pretrained"], paths["lora"], paths["merged"])
+        say(f"{paths['pretrained']} + {paths['lora']} -> {paths['merged']}")
 
     with _stage(7, total, f"Ray Serve on 127.0.0.1:{port}: POST /generate and POST /extract"):
         from knowlm_ray.serve import launch
@@ -139,9 +158,9 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
         base = launch.start(model=paths["merged"], host="127.0.0.1", port=port)
         try:
             resp = requests.post(f"{base}/generate", json=DEMO_REQUEST, timeout=120)
-            print(f"POST {base}/generate -> {resp.status_code}")
+            say(f"POST {base}/generate -> {resp.status_code}")
             body = resp.json()
-            print(json.dumps(body, ensure_ascii=False, indent=2))
+            say(json.dumps(body, ensure_ascii=False, indent=2))
             resp.raise_for_status()
             body["extract"] = extract_demo(base, records, schema[DEMO_TASK])
         finally:
@@ -150,7 +169,7 @@ def run_demo(workdir: str | Path = "artifacts/demo", steps: int = 200, port: int
     import ray
 
     ray.shutdown()
-    print(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s; artifacts in {work}")
+    say(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s; artifacts in {work}; full log: {work / 'demo.log'}")
     return body
 
 
@@ -166,15 +185,15 @@ def extract_demo(base: str, records: list[dict], labels: list[str]) -> dict:
         return resp.json()
 
     first = records[0]
-    print(f"\nPOST {base}/extract on {first['id']}, one of the {len(records)} texts the LoRA was trained on "
-          "(a demo of the chain, not of generalisation):")
+    say(f"\nPOST {base}/extract on {first['id']}, one of the {len(records)} texts the LoRA was trained on "
+        "(a demo of the chain, not of generalisation):")
     out = extract(first["text"])
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+    say(json.dumps(out, ensure_ascii=False, indent=2))
     found, gold, extra = entity_recall(first, out)
-    print(f"gold entities recovered: {found}/{gold} ({extra} extra)")
+    say(f"gold entities recovered: {found}/{gold} ({extra} extra)")
     totals = [entity_recall(r, extract(r["text"])) for r in records[1:]]
     found += sum(t[0] for t in totals)
     gold += sum(t[1] for t in totals)
-    print(f"over all {len(records)} training texts: {found}/{gold} gold entities recovered, "
-          f"{extra + sum(t[2] for t in totals)} extra")
+    say(f"over all {len(records)} training texts: {found}/{gold} gold entities recovered, "
+        f"{extra + sum(t[2] for t in totals)} extra")
     return out

@@ -1,0 +1,131 @@
+"""A quiet console for a long command: its own steps on the terminal, everything else in a log file.
+
+Inside ``quiet_console(log)`` file descriptors 1 and 2 point at ``log``, so whatever the process
+writes lands there: Python's prints and logging, Ray's start-up lines, the worker lines Ray
+forwards to the driver, Ray Data's and Train's messages, C++ core logs, progress bars, and the
+output of any subprocess started meanwhile. ``say()`` writes to the terminal (and to the log, so
+the log reads as the whole story). A failing step calls ``show_tail()``: the log's last lines go
+to the terminal; the traceback goes to the log and, once the descriptors are back, to the
+terminal as usual. A leaf module: it imports nothing of the package.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+_console: IO[str] | None = None
+_log_path: Path | None = None
+_lock = threading.Lock()  # the progress thread and the main thread both write to the terminal
+
+
+def say(*parts: object) -> None:
+    """Print to the terminal; inside ``quiet_console`` also a copy to its log."""
+    if _console is None:
+        print(*parts, flush=True)
+        return
+    with _lock:
+        print(*parts, file=_console, flush=True)
+    print(*parts, flush=True)  # fd 1: the log
+
+
+def log_path() -> Path | None:
+    return _log_path
+
+
+def show_tail(title: str, lines: int = 40) -> None:
+    """``title`` and the last ``lines`` lines of the log, on the terminal."""
+    if _console is None or _log_path is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(_log_path, encoding="utf-8", errors="replace") as f:
+        last = deque(f, maxlen=lines)
+    with _lock:
+        print(f"{title}; the last {len(last)} lines of {_log_path}:", file=_console)
+        for line in last:
+            _console.write("    " + line.rstrip("\n") + "\n")
+        _console.flush()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAY_PREFIX = re.compile(r"^\((\w+) pid=\d+(?:, ip=[\d.]+)?\)\s*")
+
+
+def _echo_progress(path: Path, pattern: re.Pattern, every_s: float, stop: threading.Event) -> None:
+    """Follow the log; a line matching ``pattern`` goes to the terminal when ``every_s`` seconds
+    have passed since the last one shown (the others stay in the log only)."""
+    last_said = -every_s
+    with open(path, encoding="utf-8", errors="replace") as f:
+        f.seek(0, os.SEEK_END)
+        while True:
+            line = f.readline()
+            if not line:
+                if stop.is_set():
+                    return
+                time.sleep(0.2)
+                continue
+            text = _RAY_PREFIX.sub("", _ANSI.sub("", line).strip())
+            if pattern.search(text) and time.monotonic() - last_said >= every_s:
+                say_console("    " + text)
+                last_said = time.monotonic()
+
+
+def say_console(text: str) -> None:
+    """One line on the terminal only (the log already holds it)."""
+    with _lock:
+        if _console is not None:
+            print(text, file=_console, flush=True)
+
+
+@contextmanager
+def quiet_console(log: str | Path, progress: str | None = None, every_s: float = 15.0) -> Iterator[Path]:
+    """Send file descriptors 1 and 2 to ``log`` (appended) for the duration; the path is said once.
+    ``progress``: a regular expression; log lines that match it (Ray's ``(Actor pid=N)`` prefix
+    taken off) are shown on the terminal too, at most one per ``every_s`` seconds."""
+    global _console, _log_path
+    if _console is not None:  # nested: the outer log already holds everything
+        yield _log_path  # type: ignore[misc]
+        return
+    path = Path(log).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    _console = os.fdopen(os.dup(saved_out), "w", buffering=1, encoding="utf-8", errors="replace")
+    _log_path = path
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    say(f"full log: {path}")
+    stop = threading.Event()
+    follower = None
+    if progress:
+        follower = threading.Thread(target=_echo_progress, args=(path, re.compile(progress), every_s, stop),
+                                    name="knowlm-progress", daemon=True)
+        follower.start()
+    try:
+        yield path
+    except BaseException:
+        traceback.print_exc()  # into the log; the terminal gets it when it propagates
+        raise
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        stop.set()
+        if follower is not None:
+            follower.join(timeout=5)
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        _console.close()
+        _console, _log_path = None, None
