@@ -10,13 +10,11 @@ changed settings on a re-run is one line and exit status 2.
 """
 from __future__ import annotations
 
-from knowlm_ray.config import BatchExtractConfig
-from knowlm_ray.ie.batch import run
-from knowlm_ray.runtime import run_job
+from knowlm_ray.entry import run_job
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run_job(BatchExtractConfig, run, argv, description=__doc__)
+def main(argv: list[str] | None = None):
+    return run_job("batch-extract", argv, description=__doc__)  # knowlm_ray/entry.py: JOBS["batch-extract"]
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ A bad model, gold, schema or shards path is one line naming the key and exit sta
 """
 from __future__ import annotations
 
-from knowlm_ray.config import EvaluateConfig
-from knowlm_ray.ie.evaluate import run
-from knowlm_ray.runtime import run_job
+from knowlm_ray.entry import run_job
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run_job(EvaluateConfig, run, argv, description=__doc__, ray=False)  # one process: no Ray
+def main(argv: list[str] | None = None):
+    return run_job("evaluate", argv, description=__doc__)  # knowlm_ray/entry.py: JOBS["evaluate"]
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ same command resumes. The peft adapter (+ tokenizer) goes to output_dir; merge i
 """
 from __future__ import annotations
 
-from knowlm_ray.config import FinetuneConfig
-from knowlm_ray.runtime import run_job
-from knowlm_ray.train.lora import run
+from knowlm_ray.entry import run_job
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run_job(FinetuneConfig, run, argv, description=__doc__)
+def main(argv: list[str] | None = None):
+    return run_job("finetune-lora", argv, description=__doc__)  # knowlm_ray/entry.py: JOBS["finetune-lora"]
 
 
 if __name__ == "__main__":

@@ -10,28 +10,11 @@ shards and manifest.
 """
 from __future__ import annotations
 
-import sys
-
-from knowlm_ray.config import ConfigError, CorpusConfig, parse_job_args
-from knowlm_ray.corpus.pipeline import run
+from knowlm_ray.entry import run_job
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_job_args(CorpusConfig, argv, description=__doc__)
-    try:
-        manifest = run(cfg)
-    except (ConfigError, FileNotFoundError) as exc:  # user-caused: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    s = manifest["stages"]
-    by_filter = ", ".join(f"{k} {v}" for k, v in manifest["filters"].items() if v)
-    capped = f", {s['capped']} over mix caps" if s.get("capped") else ""
-    print(f"prepare_corpus: {s['read']} read, {s['malformed']} malformed, {s['filtered']} filtered"
-          f"{f' ({by_filter})' if by_filter else ''}, {s['exact_dups']} exact dups, {s['near_dups']} near dups"
-          f"{capped} "
-          f"-> {s['documents']} documents, {s['samples']} samples, {s['tokens']} tokens in "
-          f"{len(manifest['shards'])} shards at {cfg.out_dir}")
-    return manifest
+def main(argv: list[str] | None = None):
+    return run_job("prepare-corpus", argv, description=__doc__)  # knowlm_ray/entry.py: JOBS["prepare-corpus"]
 
 
 if __name__ == "__main__":

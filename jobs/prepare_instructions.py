@@ -9,27 +9,11 @@ byte-identical output.
 """
 from __future__ import annotations
 
-import sys
-
-from knowlm_ray.config import ConfigError, InstructionsConfig, parse_job_args
-from knowlm_ray.instruct.prepare import run
-from knowlm_ray.runtime import init_ray
+from knowlm_ray.entry import run_job
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_job_args(InstructionsConfig, argv, description=__doc__)
-    init_ray()
-    try:
-        manifest = run(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:  # user-caused: one line
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    s, d = manifest["splits"], manifest["dropped"]
-    print(f"prepare_instructions: {manifest['read']} read, {d['malformed']} malformed, "
-          f"{d['empty_response']} empty responses, {d['cut_off']} cut off -> train {s['train']['rows']} rows "
-          f"({s['train']['tokens']} tokens, {s['train']['label_tokens']} learned), validation "
-          f"{s['validation']['rows']} rows in {len(manifest['shards'])} shards at {cfg.out_dir}")
-    return manifest
+def main(argv: list[str] | None = None):
+    return run_job("prepare-instructions", argv, description=__doc__)  # knowlm_ray/entry.py: JOBS["prepare-instructions"]
 
 
 if __name__ == "__main__":

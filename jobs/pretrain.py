@@ -11,13 +11,11 @@ The 13B recipe on 3 x 8 V100: jobs/configs/zhixi-13b-v100.yaml on cluster/v100.y
 """
 from __future__ import annotations
 
-from knowlm_ray.config import PretrainConfig
-from knowlm_ray.runtime import run_job
-from knowlm_ray.train.pretrain import run
+from knowlm_ray.entry import run_job
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run_job(PretrainConfig, run, argv, description=__doc__)
+def main(argv: list[str] | None = None):
+    return run_job("pretrain", argv, description=__doc__)  # knowlm_ray/entry.py: JOBS["pretrain"]
 
 
 if __name__ == "__main__":

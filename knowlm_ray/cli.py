@@ -3,7 +3,11 @@
     knowlm init-tiny --out artifacts/tiny
     knowlm prepare-corpus --config jobs/configs/tiny_corpus.yaml [key=value ...]
     knowlm pretrain --config jobs/configs/tiny.yaml [key=value ...]
+    knowlm prepare-instructions --config jobs/configs/tiny_instructions.yaml [key=value ...]
     knowlm finetune-lora --config jobs/configs/tiny_lora.yaml [key=value ...]
+    knowlm batch-extract --config jobs/configs/tiny_extract.yaml [key=value ...]
+    knowlm evaluate --config jobs/configs/tiny_eval.yaml [key=value ...]
+    knowlm config show JOB          (a job's config keys as commented YAML; JOB: a job above or serve)
     knowlm kg2instruct --records R --schema S --out O [--seed N]
     knowlm plot RUN_DIR [--out PNG]
     knowlm corpus inspect DIR [--samples N]
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
+from knowlm_ray.entry import add_job_commands, user_errors
+from knowlm_ray.errors import InputError
 from knowlm_ray.runtime import set_default_env
 
 COMMAND_MODULES = ("knowlm_ray.models.weights_cli", "knowlm_ray.ie.cli", "knowlm_ray.corpus.cli",
@@ -36,17 +41,6 @@ def _init_tiny(a: argparse.Namespace) -> None:
                     intermediate=a.intermediate or int(a.hidden * 8 / 3 + 0.5), seed=a.seed)
     out = build_tiny(a.out, a.corpus or DEFAULT_CORPUS, spec)
     print(f"tiny model written to {out}")
-
-
-def _job(module: str, cfg_cls: str):
-    def run(a: argparse.Namespace) -> None:
-        from knowlm_ray import config
-
-        cfg = config.load_config(getattr(config, cfg_cls), a.config, a.overrides)
-        result = importlib.import_module(module).run(cfg)
-        if result is not None:
-            print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
-    return run
 
 
 def _serve(a: argparse.Namespace) -> None:
@@ -65,16 +59,16 @@ def _app_arg(text: str) -> tuple[str, object]:
     key, eq, value = text.partition("=")
     key = key.strip()
     if not eq or not key:
-        raise SystemExit(f"error: --set expects KEY=VALUE (e.g. max_batch_size=32), got {text!r}")
+        raise InputError(f"--set expects KEY=VALUE (e.g. max_batch_size=32), got {text!r}")
     if key in ("model", "loras", "host", "port", "ingress"):
         flag = "--lora" if key == "loras" else f"--{key}"
-        raise SystemExit(f"error: --set {key}=...: use {flag} for that")
+        raise InputError(f"--set {key}=...: use {flag} for that")
     return key, yaml.safe_load(value)
 
 
 def _name_eq_dir(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise SystemExit(f"error: --lora expects NAME=DIR, got {text!r}")
+        raise InputError(f"--lora expects NAME=DIR, got {text!r}")
     name, path = text.split("=", 1)
     return name, path
 
@@ -101,15 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_init_tiny)
 
-    for name, module, cls, hlp in (
-        ("prepare-corpus", "knowlm_ray.corpus.pipeline", "CorpusConfig", "Ray Data corpus -> Arrow shards"),
-        ("pretrain", "knowlm_ray.train.pretrain", "PretrainConfig", "DeepSpeed pretraining on Ray Train"),
-        ("finetune-lora", "knowlm_ray.train.lora", "FinetuneConfig", "LoRA instruction tuning on Ray Train"),
-    ):
-        p = sub.add_parser(name, help=hlp)
-        p.add_argument("--config", required=True)
-        p.add_argument("overrides", nargs="*", help="key.path=value")
-        p.set_defaults(fn=_job(module, cls))
+    # Every job (jobs/*.py) and `knowlm config show JOB`: knowlm_ray/entry.py.
+    add_job_commands(sub)
 
     # Listed for --help; main() hands its arguments to the module's own parser.
     sub.add_parser("kg2instruct", add_help=False,
@@ -145,15 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["kg2instruct"]:
         from knowlm_ray.instruct.kg2instruct import main as kg2instruct
 
-        raise SystemExit(kg2instruct(argv[1:]))
+        with user_errors():
+            raise SystemExit(kg2instruct(argv[1:]))
     args = build_parser().parse_args(argv)
-    from knowlm_ray.config import ConfigError
-
-    try:
+    with user_errors():  # the one boundary: a user error is one line and exit 2, a bug a traceback
         args.fn(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -93,26 +93,3 @@ def map_refs(fn, refs: list, *args) -> list:
     task = ray.remote(fn)
     return ray.get([task.remote(ref, *args) for ref in refs])
 
-
-def run_job(cfg_cls, run, argv: list[str] | None = None, description: str = "", ray: bool = True) -> dict:
-    """The body of every recipe in jobs/: parse the config, start Ray (unless ``ray`` is False:
-    a job that runs in this process alone), run, print.
-
-    A ConfigError raised by ``run`` (bad path, bad data, bad DeepSpeed config) is one line on
-    stderr and exit status 2, never a traceback.
-    """
-    import json
-    import sys
-
-    from knowlm_ray.config import ConfigError, parse_job_args
-
-    cfg = parse_job_args(cfg_cls, argv, description=description)
-    if ray:
-        init_ray()
-    try:
-        summary = run(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
-    return summary

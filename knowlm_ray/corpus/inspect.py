@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from knowlm_ray.corpus.shards import ShardReader, read_manifest_of
+from knowlm_ray.errors import MissingPathError
 
 STAGES = ("read", "malformed", "filtered", "exact_dups", "near_dups", "capped", "documents", "samples", "tokens")
 DROPPED = ("malformed", "filtered", "exact_dups", "near_dups", "capped", "documents")
@@ -18,7 +19,7 @@ DROPPED = ("malformed", "filtered", "exact_dups", "near_dups", "capped", "docume
 def load_manifest(corpus: str | Path) -> dict:
     manifest = read_manifest_of(corpus)
     if manifest is None:
-        raise FileNotFoundError(f"no manifest.json in {corpus} (not a prepare_corpus out_dir)")
+        raise MissingPathError(f"no manifest.json in {corpus} (not a prepare_corpus out_dir)")
     return manifest
 
 

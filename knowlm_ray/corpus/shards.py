@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from knowlm_ray.atomic import atomic_open, atomic_path
 from knowlm_ray.corpus.schema import PACKED_SCHEMA, SHARD_SCHEMA
+from knowlm_ray.errors import MissingPathError, UserError
 
 SHARD_GLOB = "part-*.arrow"
 
@@ -162,7 +163,7 @@ class FileWriter:
 
 
 # --------------------------------------------------------------------------- reading
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """Shards that cannot be read (missing, not Arrow IPC, wrong columns, checksum mismatch);
     the message names the file."""
 
@@ -173,7 +174,7 @@ def shard_files(path: str | Path) -> list[Path]:
     if (p / "shards").is_dir():
         p = p / "shards"
     if not p.is_dir():
-        raise FileNotFoundError(f"no shard directory at {path}")
+        raise MissingPathError(f"no shard directory at {path}")
     return sorted(p.glob(SHARD_GLOB))
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 from knowlm_ray.config import ConfigError, SourceConfig
 from knowlm_ray.corpus.schema import DOC_SCHEMA, MALFORMED, OK
 from knowlm_ray.corpus.text import convert
+from knowlm_ray.errors import MissingPathError
 
 MAX_RAW = 4096
 BATCH_ROWS = 2048  # rows per yielded block while streaming a large file
@@ -57,10 +58,10 @@ def list_input_files(inputs: list[SourceConfig]) -> list[dict[str, Any]]:
             found = sorted(((p, p.relative_to(root).as_posix()) for p in root.glob(src.glob) if p.is_file()),
                            key=lambda x: x[1])
             if not found:
-                raise FileNotFoundError(f"input {index} (source {src.source!r}): no files match "
-                                        f"glob {src.glob!r} under {src.path}")
+                raise MissingPathError(f"input {index} (source {src.source!r}): no files match "
+                                      f"glob {src.glob!r} under {src.path}")
         else:
-            raise FileNotFoundError(f"input {index} (source {src.source!r}): path not found: {src.path}")
+            raise MissingPathError(f"input {index} (source {src.source!r}): path not found: {src.path}")
         for path, rel in found:
             if (src.source, rel) in seen:  # two inputs would produce the same doc_ids
                 raise ConfigError(f"input {index} (source {src.source!r}): {rel} clashes with "

@@ -16,12 +16,13 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, Iterable
 
+from knowlm_ray.errors import UserError
 from knowlm_ray.ie.parsers import TASKS
 
 Schema = list[str] | dict[str, list[str] | None]
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A schema the caller got wrong (a 400 for the HTTP route); the message says what."""
 
 

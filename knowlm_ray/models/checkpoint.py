@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from knowlm_ray.atomic import atomic_dir
+from knowlm_ray.errors import UserError
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -59,7 +60,7 @@ ADAPTER_LAYOUTS = (("adapter_model.safetensors.index.json", "adapter_model.safet
                    (None, "adapter_model.bin"))
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A problem with user-supplied weights; the message names the file or tensor."""
 
 

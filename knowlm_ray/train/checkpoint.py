@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from knowlm_ray.atomic import atomic_write_text
+from knowlm_ray.errors import UserError
 
 STATE_FILE = "train_state.json"
 
@@ -74,7 +75,7 @@ def latest_local_checkpoint(run_dir: str | Path) -> Path | None:
     return max(found, key=lambda p: read_train_state(p).step, default=None)
 
 
-class IncompatibleCheckpoint(ValueError):
+class IncompatibleCheckpoint(UserError, ValueError):
     pass
 
 

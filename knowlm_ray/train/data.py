@@ -19,11 +19,13 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from knowlm_ray.errors import UserError
+
 IGNORE_INDEX = -100
 Row = tuple[np.ndarray, "np.ndarray | None"]  # (input_ids, labels or None = learn every token)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Training data that cannot be used; the message names the path."""
 
 

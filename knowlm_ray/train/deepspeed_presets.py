@@ -25,6 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from knowlm_ray.errors import UserError
+
 # KnowLM's configs/config.json (pretrain/), zero_optimization block, key for key. The "auto"
 # sizes are what HF Trainer fills from the model's hidden size (see fill_auto_from_model).
 # max_live / max_reuse 0 release every gathered parameter right after use: the least memory,
@@ -59,7 +61,7 @@ PRESETS: dict[str, dict[str, Any] | None] = {
 COMMON = {"steps_per_print": 10**9, "wall_clock_breakdown": False}
 
 
-class DeepSpeedConfigError(ValueError):
+class DeepSpeedConfigError(UserError, ValueError):
     """A DeepSpeed config that cannot work; the message names the numbers or key at fault."""
 
 

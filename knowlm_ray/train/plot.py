@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from knowlm_ray.atomic import atomic_path
+from knowlm_ray.errors import UserError
 from knowlm_ray.train.metrics import read_metrics
 
 METRICS_FILE = "metrics.jsonl"
@@ -19,7 +20,7 @@ DEFAULT_SIZE = (1200, 900)  # pixels
 DPI = 100
 
 
-class PlotError(ValueError):
+class PlotError(UserError, ValueError):
     pass
 
 
