@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from knowlm_ray.errors import UserError
 from knowlm_ray.ie.offsets import SpanLocator
 from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS, item_key, parse_answer
 from knowlm_ray.ie.prompts import DEFAULT_MAX_CHARS, SERVE_TEMPLATE, prompt_pairs
@@ -34,7 +35,7 @@ from knowlm_ray.instruct.kg2instruct import LANGS, guess_lang
 GenerateFn = Callable[[list[tuple[str, str]]], list[str]]
 
 
-class IERequestError(ValueError):
+class IERequestError(UserError, ValueError):
     """An extraction request the caller got wrong (bad task, empty text, bad schema): a 400."""
 
 

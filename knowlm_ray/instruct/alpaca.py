@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from knowlm_ray.errors import UserError
+
 IGNORE_INDEX = -100  # label value torch's cross-entropy skips
 
 # KnowLM's templates/alpaca.json (the same wording tloen/alpaca-lora uses).
@@ -18,7 +20,7 @@ PROMPT_NO_INPUT = (
 RESPONSE_SPLIT = "### Response:"
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     pass
 
 

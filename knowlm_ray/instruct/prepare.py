@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from knowlm_ray.atomic import atomic_dir, atomic_path
 from knowlm_ray.corpus.shards import _sha256, gather, plan_files, table_rows
+from knowlm_ray.errors import MissingPathError
 from knowlm_ray.instruct.alpaca import (IGNORE_INDEX, RecordError, alpaca_files, tokenize_record,
                                         validate_record)
 
@@ -252,6 +253,8 @@ def _write_json(obj: Any, path: Path) -> None:
 
 def run(cfg) -> dict:
     """Prepare ``cfg`` (an ``InstructionsConfig``); returns the manifest. Needs Ray initialised."""
+    if not Path(cfg.tokenizer).is_dir():  # checked here: the actors would fail with a remote traceback
+        raise MissingPathError(f"tokenizer: no such directory: {cfg.tokenizer}")
     bad: list[dict] = []
     records: list[dict] = []
     for path in cfg.inputs:

@@ -20,10 +20,12 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from knowlm_ray.errors import UserError
+
 NORMAL, USER_DEFINED = 1, 4  # sentencepiece ModelProto.SentencePiece.Type
 
 
-class VocabError(ValueError):
+class VocabError(UserError, ValueError):
     """Inputs that cannot be merged; the message names the file."""
 
 

@@ -68,37 +68,52 @@ class AppArgs(Strict):
     ``max_queued_requests`` wait for a replica (both with ``Retry-After``).
     """
 
-    model: str  # HF dir; a relative path resolves against the current working directory
-    model_id: str | None = None  # name reported by /healthz and /v1/models; default: the dir's name
-    loras: dict[str, str] = Field(default_factory=dict)  # adapter name -> peft adapter dir
-    max_loras_per_replica: int = Field(4, ge=1)  # LRU bound on adapters held in one replica
-    # engine
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the replica has a GPU
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    quantization: Literal["none", "int8"] = "none"
-    device_map: str | dict[str, int | str] | None = None
-    max_memory: dict[int | str, int | str] | None = None  # {0: "20GiB", 1: "20GiB", "cpu": "30GiB"}
-    # Runs Python shipped with the model directory: only for sources you trust. Strict bool.
-    trust_remote_code: bool = Field(False, strict=True)
-    num_threads: int | None = Field(None, ge=1)  # torch threads per replica; default: Ray's OMP setting
-    # batching and robustness. continuous: requests join the running batch at the next decode
-    # step, each row with its own parameters (beam search runs apart); dynamic: @serve.batch
-    # collects up to max_batch_size requests and runs them to the end as one generate per
-    # parameter group. max_batch_size bounds the rows decoded together either way.
-    batching: Literal["continuous", "dynamic"] = "continuous"
-    max_batch_size: int = Field(16, ge=1, le=64)
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=1)  # dynamic only
-    max_waiting_requests: int = Field(16, ge=1)
-    request_timeout_s: float = Field(300.0, gt=0)
-    retry_after_s: float = Field(1.0, ge=0)
-    api_key: str | None = None  # default: $KNOWLM_API_KEY; unset: no auth
-    # Deployment options; a config file's `deployments:` entry overrides them.
-    num_cpus: float = Field(0.5, gt=0)
-    num_gpus: float = Field(0, ge=0)
-    max_ongoing_requests: int = Field(32, ge=1)
-    max_queued_requests: int = Field(64, ge=-1)  # -1: unbounded (Serve's default; not advised)
-    num_replicas: int | None = Field(None, ge=1)  # a fixed count turns autoscaling off
-    autoscaling_config: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_AUTOSCALING))
+    model: str = Field(description="HF model directory; a relative path resolves against the current "
+                                   "working directory.")
+    model_id: str | None = Field(None, description="Name reported by /healthz and /v1/models (and chosen with "
+                                                   "a request's model); null: the directory's name.")
+    loras: dict[str, str] = Field(default_factory=dict, description="Adapter name -> peft adapter directory; "
+                                  "a request selects one with \"model\": NAME.")
+    max_loras_per_replica: int = Field(4, ge=1, description="LRU bound on the adapters held in one replica.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica has a GPU.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Weights' dtype; float16 is GPU only (an error on CPU, by choice).")
+    quantization: Literal["none", "int8"] = Field(
+        "none", description="int8: bitsandbytes 8-bit on CUDA (the quant extra), torch dynamic int8 on CPU.")
+    device_map: str | dict[str, int | str] | None = Field(
+        None, description="Spread one replica over num_gpus GPUs: auto, balanced, balanced_low_0, sequential or "
+                          "a module -> device dict (KnowLM's --multi_gpu).")
+    max_memory: dict[int | str, int | str] | None = Field(
+        None, description="With device_map: memory cap per device, e.g. {0: 20GiB, 1: 20GiB, cpu: 30GiB} "
+                          "(KnowLM's --allocate).")
+    trust_remote_code: bool = Field(False, strict=True, description="Run Python shipped with the model "
+                                    "directory: only for sources you trust (a strict bool).")
+    num_threads: int | None = Field(None, ge=1, description="torch threads per replica; null: Ray's "
+                                                            "OMP_NUM_THREADS.")
+    batching: Literal["continuous", "dynamic"] = Field(
+        "continuous", description="continuous: requests join the running batch at the next decode step, each "
+        "row with its own parameters (beam search runs apart); dynamic: @serve.batch collects up to "
+        "max_batch_size requests and runs them to the end as one generate per parameter group.")
+    max_batch_size: int = Field(16, ge=1, le=64, description="Rows decoded together (either batching).")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=1, description="dynamic only: how long a batch waits "
+                                                                      "to fill.")
+    max_waiting_requests: int = Field(16, ge=1, description="Requests waiting for a batch in one replica; "
+                                                            "more get 503 + Retry-After.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Then 504; a client may ask for less with "
+                                                              "X-KnowLM-Timeout-S.")
+    retry_after_s: float = Field(1.0, ge=0, description="The Retry-After of a 503.")
+    api_key: str | None = Field(None, description="Bearer token clients must send; null: $KNOWLM_API_KEY, and "
+                                                  "unset there too: no auth.")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per replica (a config file's deployments: entry "
+                                                   "overrides this and the deployment options below).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica.")
+    max_ongoing_requests: int = Field(32, ge=1, description="Requests one replica holds at once (Serve).")
+    max_queued_requests: int = Field(64, ge=-1, description="Requests waiting for a replica before Serve "
+                                                            "answers 503 itself; -1: unbounded (not advised).")
+    num_replicas: int | None = Field(None, ge=1, description="A fixed replica count (turns autoscaling off); "
+                                                             "null: autoscaling_config.")
+    autoscaling_config: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_AUTOSCALING),
+                                                      description="Serve's autoscaling_config for the deployment.")
 
     @field_validator("loras")
     @classmethod
