@@ -46,7 +46,7 @@ def _sequential(cfg, threads: int) -> tuple[dict, list[dict]]:
 
     from knowlm_ray.ie.batch import extract_documents, load_schema_spec, plan_blocks, read_block
     from knowlm_ray.ie.extract import engine_generate_fn
-    from knowlm_ray.serve.engine import GenerationEngine
+    from knowlm_ray.generation.engine import GenerationEngine
 
     before = torch.get_num_threads()
     t0 = time.perf_counter()

@@ -198,7 +198,7 @@ class NaiveBaseline:
     def run(self, bodies: list[dict], max_tokens: int) -> dict:
         import torch
 
-        from knowlm_ray.instruct.alpaca import build_prompt
+        from knowlm_ray.alpaca import build_prompt
 
         tok = self.tok
         latencies, tokens = [], 0
@@ -221,9 +221,9 @@ def memory_probe(model_dir: str, quantization: str, batch: int, max_tokens: int)
     import torch
 
     torch.set_num_threads(1)
-    from knowlm_ray.serve.continuous import ContinuousBatcher
-    from knowlm_ray.serve.engine import GenerationEngine
-    from knowlm_ray.serve.schemas import GenerationParams
+    from knowlm_ray.generation.continuous import ContinuousBatcher
+    from knowlm_ray.generation.engine import GenerationEngine
+    from knowlm_ray.generation.params import GenerationParams
 
     engine = GenerationEngine(model_dir, device="cpu", quantization=quantization)
     loaded = _rss()
@@ -263,7 +263,7 @@ def _rss() -> dict[str, int]:
 
 
 def _requests(n: int, max_tokens: int):
-    from knowlm_ray.serve.schemas import GenerateRequest
+    from knowlm_ray.generation.params import GenerateRequest
 
     return [GenerateRequest(instruction=b["instruction"], input=b["input"], parameters={"max_tokens": max_tokens})
             for b in _prompts(n)]
@@ -358,8 +358,8 @@ def bench_model(name: str, model: str, args, port: int) -> dict:
         wait_ready(f"http://127.0.0.1:{port}/{setup}")
         run_level(f"http://127.0.0.1:{port}/{setup}", bodies[:4], 2, max_tokens)  # warm-up
     print(f"[{name}] both apps ready in {time.perf_counter() - t0:.1f}s", flush=True)
-    from knowlm_ray.serve.continuous import ContinuousBatcher
-    from knowlm_ray.serve.engine import GenerationEngine
+    from knowlm_ray.generation.continuous import ContinuousBatcher
+    from knowlm_ray.generation.engine import GenerationEngine
 
     naive_engine = NaiveBaseline(model)  # sets 1 torch thread for this process
     naive_engine.run(bodies[:1], max_tokens)  # warm-up

@@ -16,11 +16,12 @@ out): hidden, unique per writer, and matched by ``.*.tmp`` sweeps of what a kill
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 PathLike = str | os.PathLike
 
@@ -114,3 +115,10 @@ def atomic_dir(out: PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(staging)
         raise
+
+
+def write_json_atomic(obj: Any, out: PathLike) -> None:
+    """Write JSON to a temp file beside ``out`` then rename: never a half-written file."""
+    with atomic_open(out) as fh:
+        json.dump(obj, fh, ensure_ascii=False, indent=1)
+        fh.write("\n")

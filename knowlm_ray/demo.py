@@ -35,7 +35,7 @@ DEMO_LANG, DEMO_TASK, DEMO_RECORDS = "zh", "ner", 12  # the LoRA's training set:
 
 def demo_ie_records(n: int = DEMO_RECORDS, lang: str = DEMO_LANG) -> tuple[list[dict], dict]:
     """The first ``n`` IE records of ``lang`` in data/sample/ie, and that language's schema."""
-    from knowlm_ray.instruct.kg2instruct import load_ie_records, load_schema
+    from knowlm_ray.ie.records import load_ie_records, load_schema
 
     records = [r for r in load_ie_records(IE_DIR / "records.jsonl") if r["lang"] == lang][:n]
     return records, load_schema(IE_DIR / "schema.json")[lang]
@@ -45,7 +45,8 @@ def write_demo_instructions(out: str | Path, records: list[dict], schema: dict, 
                             task: str = DEMO_TASK) -> int:
     """``knowlm kg2instruct --serve-prompt --tasks TASK --lang LANG --limit N``: rows written.
     ``schema``: the ``lang`` section of the label schema."""
-    from knowlm_ray.instruct.kg2instruct import build_serve_instructions, write_json_atomic
+    from knowlm_ray.atomic import write_json_atomic
+    from knowlm_ray.instruct.kg2instruct import build_serve_instructions
 
     rows = build_serve_instructions(records, {lang: schema}, (task,))
     write_json_atomic(rows, out)

@@ -5,7 +5,7 @@ Two backends answer the same list of OpenAI-style messages:
 - ``ServerBackend``: ``POST /v1/chat/completions`` with ``stream: true``; tokens print as the
   server-sent events arrive, and the last event carries ``usage``.
 - ``LocalBackend``: ``GenerationEngine`` in this process (no Ray); the prompt is made by the
-  server's own ``openai_api.render_chat``, so a conversation reads the same to the model in
+  server's own ``knowlm_ray.generation.chat.render_chat``, so a conversation reads the same to the model in
   both modes.
 
 ``ChatSession`` keeps the history bounded to the model's context: before a turn (local mode,
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO
 
 from knowlm_ray.clients.http import ServerError, post
-from knowlm_ray.serve.schemas import CHAT_DEFAULT_MAX_TOKENS, CONTEXT_LENGTH_EXCEEDED, GenerationParams
+from knowlm_ray.generation.errors import CONTEXT_LENGTH_EXCEEDED
+from knowlm_ray.generation.params import GenerationParams
 
 Messages = list[dict[str, str]]
 OnText = Callable[[str], None]
@@ -45,8 +46,7 @@ class Reply:
 
 def render_prompt(messages: Messages) -> str:
     """The text the model reads for ``messages``: the server's own chat rendering."""
-    from knowlm_ray.serve.openai_api import render_chat
-    from knowlm_ray.serve.schemas import ChatMessage
+    from knowlm_ray.generation.chat import ChatMessage, render_chat
 
     return render_chat([ChatMessage.model_validate(m) for m in messages])
 
@@ -146,7 +146,7 @@ class LocalBackend:
 
     def __init__(self, model_dir: str, device: str = "cpu", dtype: str = "float32",
                  lora: str | None = None):
-        from knowlm_ray.serve.engine import GenerationEngine
+        from knowlm_ray.generation.engine import GenerationEngine
 
         self.engine = GenerationEngine(model_dir, device=device, dtype=dtype,
                                        loras={self.ADAPTER: lora} if lora else None)
@@ -157,7 +157,7 @@ class LocalBackend:
         return len(self.engine.tokenizer(render_prompt(messages), add_special_tokens=True)["input_ids"])
 
     def complete(self, messages: Messages, params: GenerationParams, on_text: OnText) -> Reply:
-        from knowlm_ray.serve.engine import RequestError
+        from knowlm_ray.generation.errors import RequestError
 
         try:
             item = self.engine.prepare_prompt(render_prompt(messages), params, adapter=self.adapter)

@@ -1,8 +1,10 @@
-"""``knowlm chat`` and ``knowlm web``: clients of a knowlm server (chat also runs a local model).
+"""``knowlm chat``, ``knowlm web`` and ``knowlm extract``: clients of a knowlm server (chat and
+extract also run a local model).
 
     knowlm chat --server http://127.0.0.1:8000 [--model ADAPTER] [--api-key KEY]
     knowlm chat --model-dir artifacts/tiny [--lora DIR]
     knowlm web --server http://127.0.0.1:8000 [--host 127.0.0.1] [--port 7860]
+    knowlm extract --task T --schema LABEL ... (--text S | --file F) (--server URL | --model DIR)
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def _chat(a: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from knowlm_ray.clients.chat import ChatSession, LocalBackend, ServerBackend, run_repl
-    from knowlm_ray.serve.schemas import GenerationParams
+    from knowlm_ray.generation.params import GenerationParams
 
     try:  # the server's own limits, checked before a model loads or a request goes out
         params = GenerationParams(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
@@ -51,7 +53,10 @@ def _web(a: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's subcommands to `knowlm`."""
-    from knowlm_ray.serve.schemas import CHAT_DEFAULT_MAX_TOKENS
+    from knowlm_ray.clients.extract import register as register_extract
+    from knowlm_ray.generation.params import CHAT_DEFAULT_MAX_TOKENS
+
+    register_extract(sub)
 
     p = sub.add_parser("chat", help="interactive terminal chat with a server or a local model",
                        description="Multi-turn chat. Commands: /reset, /history, /exit (or Ctrl-D / Ctrl-C); "

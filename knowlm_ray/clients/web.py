@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from knowlm_ray.clients.http import ServerError, headers, post
-from knowlm_ray.serve.schemas import GenerationParams
+from knowlm_ray.generation.params import GenerationParams
 
 # Upper ends for fields the server leaves open (top_k, max_tokens); KnowLM's UI stopped at 2000.
 OPEN_BOUNDS = {"top_k": 100, "max_tokens": 2048}

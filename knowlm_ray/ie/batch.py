@@ -44,7 +44,7 @@ STATE_KEYS = ("input", "input_format", "text_field", "id_field", "lang", "tasks"
 # ------------------------------------------------------------------------------- schemas
 def load_schema_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
     """The schema from the config: a dict, or a JSON file's contents."""
-    from knowlm_ray.instruct.kg2instruct import read_json_object
+    from knowlm_ray.ie.records import read_json_object
 
     if isinstance(spec, dict):
         return spec
@@ -169,7 +169,7 @@ def _line_end(path: Path, start: int) -> int:
 
 def read_block(block: dict[str, Any], cfg: BatchExtractConfig, tokenizer: Any = None) -> tuple[list[dict], dict]:
     """The documents of one block (``{"id", "text", "lang"}``) and counts of what was skipped."""
-    from knowlm_ray.instruct.kg2instruct import guess_lang
+    from knowlm_ray.ie.templates import guess_lang
 
     docs, skipped = [], Counter()
     if block["kind"] == "shards":
@@ -348,7 +348,7 @@ class ExtractWorker:
 
     def __init__(self, cfg: dict[str, Any]):
         from knowlm_ray.ie.extract import engine_generate_fn
-        from knowlm_ray.serve.engine import GenerationEngine
+        from knowlm_ray.generation.engine import GenerationEngine
 
         self.cfg = BatchExtractConfig.model_validate(cfg)
         device = "cuda" if self.cfg.use_gpu else self.cfg.device

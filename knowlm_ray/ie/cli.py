@@ -1,20 +1,14 @@
 """`knowlm` subcommands for knowledge extraction (registered by knowlm_ray.cli).
 
     knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl [--match set|count] [--out F]
-    knowlm extract --task T --schema LABEL [LABEL ...] [--lang zh|en] (--text S | --file F)
-                   [--server URL | --model DIR] [--format json|tuple] [--max-tokens N]
 
-``extract --schema``: labels as separate words; for events ``TYPE=ROLE,ROLE`` (or a JSON schema
-as one word). ``--file``: a ``.jsonl`` file of ``{"id"?, "text"}`` records (one output line each)
-or any other text file, read as one document.
+(``knowlm extract``, which asks a server or a local model, is a client: ``knowlm_ray.clients.extract``.)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
 
 
 def _fail(msg: str) -> None:
@@ -24,8 +18,8 @@ def _fail(msg: str) -> None:
 
 # --------------------------------------------------------------------------------- ie-score
 def _ie_score(a: argparse.Namespace) -> None:
+    from knowlm_ray.atomic import write_json_atomic
     from knowlm_ray.ie.scorer import score_files
-    from knowlm_ray.instruct.kg2instruct import write_json_atomic
 
     try:
         result = score_files(a.task, a.gold, a.pred, a.match)
@@ -36,104 +30,8 @@ def _ie_score(a: argparse.Namespace) -> None:
     print(json.dumps(result, ensure_ascii=False, indent=1))
 
 
-# ---------------------------------------------------------------------------------- extract
-def parse_schema_args(task: str, words: list[str]) -> Any:
-    """``--schema`` words → a schema: JSON as one word, ``TYPE=ROLE,ROLE`` for events, else labels."""
-    if len(words) == 1 and words[0].lstrip()[:1] in ("[", "{"):
-        try:
-            return json.loads(words[0])
-        except json.JSONDecodeError as exc:
-            _fail(f"--schema: not valid JSON: {exc.msg}")
-    if task == "ee" and any("=" in w for w in words):
-        out: dict[str, list[str] | None] = {}
-        for w in words:
-            etype, _, roles = w.partition("=")
-            out[etype] = [r.strip() for r in roles.split(",") if r.strip()] if roles else None
-        return out
-    return words
-
-
-def read_documents(text: str | None, file: str | None) -> list[dict[str, Any]]:
-    if text is not None:
-        return [{"text": text}]
-    p = Path(file)  # type: ignore[arg-type]
-    if not p.is_file():
-        _fail(f"--file: not found: {p}")
-    if p.suffix != ".jsonl":
-        return [{"text": p.read_text(encoding="utf-8")}]
-    docs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            _fail(f"{p}:{n}: invalid JSON: {exc.msg}")
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            _fail(f"{p}:{n}: expected an object with a 'text' string")
-        docs.append({"text": obj["text"], **({"id": str(obj["id"])} if "id" in obj else {})})
-    return docs
-
-
-def post_extract(server: str, body: dict[str, Any], timeout: float = 300.0,
-                 api_key: str | None = None) -> dict[str, Any]:
-    """``POST {server}/extract``; a missing route, an HTTP error or no server is one clear error."""
-    from knowlm_ray.clients.http import ServerError, post
-
-    url = server.rstrip("/") + "/extract"
-    try:
-        resp = post(url, body, api_key, timeout)
-    except ServerError as exc:
-        if exc.status in (404, 405):
-            raise RuntimeError(f"the server at {server} has no POST /extract route (HTTP {exc.status}); "
-                               f"is it a knowlm server with extraction enabled?") from None
-        raise RuntimeError(f"{url}: {exc}") from None
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise RuntimeError(f"{url} did not answer with a JSON object")
-    return data
-
-
-def _extract(a: argparse.Namespace) -> None:
-    from knowlm_ray.ie.extract import IERequestError, engine_generate_fn, extract_many, plan_extraction
-
-    schema = parse_schema_args(a.task, a.schema)
-    docs = read_documents(a.text, a.file)
-    requests_ = [{"task": a.task, "text": d["text"], "schema": schema, "lang": a.lang,
-                  **({"id": d["id"]} if "id" in d else {})} for d in docs]
-    try:
-        for r in requests_:  # check every request before loading a model or calling a server
-            plan_extraction(r["task"], r["text"], r["schema"], r["lang"], fmt=a.format)
-    except IERequestError as exc:
-        _fail(str(exc))
-    records: list[dict] = []
-    if a.server:
-        params = {"max_tokens": a.max_tokens} if a.max_tokens else None
-        try:
-            for r in requests_:
-                body = {k: v for k, v in r.items() if v is not None}
-                body.update({"format": a.format} if a.format != "json" else {})
-                records.append(post_extract(a.server, {**body, **({"parameters": params} if params else {})}))
-        except RuntimeError as exc:
-            _fail(str(exc))
-    else:
-        from knowlm_ray.serve.engine import GenerationEngine
-
-        engine = GenerationEngine(a.model)
-        gen = engine_generate_fn(engine, {"max_tokens": a.max_tokens or 256})
-        records = extract_many(gen, requests_, fmt=a.format)
-    if len(records) == 1 and a.text is not None:
-        print(json.dumps(records[0], ensure_ascii=False, indent=1))
-    else:
-        for rec in records:
-            print(json.dumps(rec, ensure_ascii=False))
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the IE subcommands (ie-score, extract) to the `knowlm` parser."""
+    """Add the IE subcommand (ie-score) to the `knowlm` parser."""
     p = sub.add_parser("ie-score", help="precision / recall / F1 of IE records against gold")
     p.add_argument("--task", required=True, choices=("ner", "re", "ee"))
     p.add_argument("--gold", required=True, help="gold IE records (jsonl)")
@@ -142,18 +40,3 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="set: de-duplicate per document; count: one-to-one multiset matching")
     p.add_argument("--out", help="also write the scores to this JSON file")
     p.set_defaults(fn=_ie_score)
-
-    p = sub.add_parser("extract", help="schema-driven NER / RE / EE on a text (in-process or via a server)")
-    p.add_argument("--task", required=True, choices=("ner", "re", "ee"))
-    p.add_argument("--schema", required=True, nargs="+", metavar="LABEL",
-                   help="labels; events as TYPE=ROLE,ROLE; or one JSON schema")
-    p.add_argument("--lang", choices=("zh", "en"), default=None, help="default: guessed from the text")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text")
-    src.add_argument("--file", help=".jsonl of {id?, text} records, or a text file (one document)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", help="base URL of a running `knowlm serve` (POST URL/extract)")
-    where.add_argument("--model", help="HF model directory, run in this process")
-    p.add_argument("--format", default="json", choices=("json", "tuple"), help="answer format asked for")
-    p.add_argument("--max-tokens", type=int, default=None, help="new tokens per prompt (default 256 in-process)")
-    p.set_defaults(fn=_extract)

@@ -71,9 +71,9 @@ def perplexity(model: Any, rows: Sequence[Sequence[int]], *, batch_size: int = 8
 def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
     from knowlm_ray.ie.batch import _write_atomic, load_schema_spec, schema_from_gold
     from knowlm_ray.ie.extract import engine_generate_fn
-    from knowlm_ray.serve.engine import GenerationEngine
+    from knowlm_ray.generation.engine import GenerationEngine
 
-    from knowlm_ray.instruct.kg2instruct import load_ie_records
+    from knowlm_ray.ie.records import load_ie_records
 
     t0 = time.perf_counter()
     with _inputs("model"):

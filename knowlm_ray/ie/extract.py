@@ -30,7 +30,7 @@ from knowlm_ray.ie.offsets import SpanLocator
 from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS, item_key, parse_answer
 from knowlm_ray.ie.prompts import DEFAULT_MAX_CHARS, SERVE_TEMPLATE, prompt_pairs
 from knowlm_ray.ie.schema import Schema, SchemaChecker, SchemaError, normalize_schema
-from knowlm_ray.instruct.kg2instruct import LANGS, guess_lang
+from knowlm_ray.ie.templates import LANGS, guess_lang
 
 GenerateFn = Callable[[list[tuple[str, str]]], list[str]]
 
@@ -194,14 +194,14 @@ def merge_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- engine and HTTP
 def engine_generate_fn(engine: Any, parameters: Any = None) -> Callable[..., list[str]]:
-    """A generate_fn over a ``knowlm_ray.serve.engine.GenerationEngine`` (in-process, no Ray).
+    """A generate_fn over a ``knowlm_ray.generation.engine.GenerationEngine`` (in-process, no Ray).
 
     ``parameters``: a GenerationParams or its dict (default: greedy, 128 new tokens). A prompt the
     model's context cannot hold is answered with "" (so it parses as nothing) instead of failing
     the whole batch. The returned function also takes ``parameters=`` per call.
     """
-    from knowlm_ray.serve.engine import RequestError
-    from knowlm_ray.serve.schemas import GenerateRequest, GenerationParams
+    from knowlm_ray.generation.errors import RequestError
+    from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 
     def as_params(p: Any) -> GenerationParams:
         if p is None:
@@ -256,7 +256,7 @@ def parse_extract_request(body: Any) -> ExtractRequest:
     if not req.text.strip():
         raise IERequestError("text: must not be blank")
     if req.parameters is not None:
-        from knowlm_ray.serve.schemas import GenerationParams
+        from knowlm_ray.generation.params import GenerationParams
 
         try:
             GenerationParams.model_validate(req.parameters)

@@ -1,9 +1,10 @@
 """Prompts for schema-driven extraction: instruction text, schema batches, text chunks.
 
-The instruction wording and answer-format sentences are the instruction builder's
-(``knowlm_ray.instruct.kg2instruct``), so a LoRA trained on its output is asked the way it was
-taught. Training draws a template at random; serving and batch extraction use one fixed template
-(``SERVE_TEMPLATE``) and the caller's label order, so the same request always gives the same prompt.
+The instruction wording and answer-format sentences are ``knowlm_ray.ie.templates``', which the
+instruction builder (``knowlm_ray.instruct.kg2instruct``) writes its training data with, so a
+LoRA trained on its output is asked the way it was taught. Training draws a template at random;
+serving and batch extraction use one fixed template (``SERVE_TEMPLATE``) and the caller's label
+order, so the same request always gives the same prompt.
 
 Long schemas are cut into batches as IEPile does (``split_num``: NER 6, RE / EE 4 labels per
 prompt; a remainder smaller than ``max(1, split_num // 2)`` joins the last batch, else it is a
@@ -16,9 +17,9 @@ import json
 from typing import Any
 
 from knowlm_ray.corpus.split import split_sentences
-from knowlm_ray.instruct.kg2instruct import FORMAT_TEXT, LANGS, TEMPLATES, guess_lang, render_output
 from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS
 from knowlm_ray.ie.schema import Schema
+from knowlm_ray.ie.templates import FORMAT_TEXT, LANGS, TEMPLATES, guess_lang, render_output
 
 SPLIT_NUM = {"ner": 6, "re": 4, "ee": 4}  # IEPile's labels per prompt
 SERVE_TEMPLATE = 0  # the fixed template index for serving / batch extraction

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from knowlm_ray.ie.parsers import FIELD, TASKS
-from knowlm_ray.instruct.alpaca import RecordError
+from knowlm_ray.alpaca import RecordError
 
 MATCHES = ("set", "count")
 KINDS = {"ner": ("entity",), "re": ("relation",), "ee": ("trigger", "argument")}

@@ -35,7 +35,7 @@ import pyarrow as pa
 from knowlm_ray.atomic import atomic_dir, atomic_path
 from knowlm_ray.corpus.shards import _sha256, gather, plan_files, table_rows
 from knowlm_ray.errors import MissingPathError
-from knowlm_ray.instruct.alpaca import (IGNORE_INDEX, RecordError, alpaca_files, tokenize_record,
+from knowlm_ray.alpaca import (IGNORE_INDEX, RecordError, alpaca_files, tokenize_record,
                                         validate_record)
 
 INSTRUCTION_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
@@ -112,7 +112,8 @@ def _content_id(rec: dict) -> str:
 def read_ie(records_path: str | Path, schema_path: str | Path, seed: int, neg_ratio: float,
             bad: list[dict]) -> list[dict]:
     """IE records built into instructions (kg2instruct); bad records go to ``bad``."""
-    from knowlm_ray.instruct.kg2instruct import build_instructions, iter_ie_records, load_schema
+    from knowlm_ray.ie.records import iter_ie_records, load_schema
+    from knowlm_ray.instruct.kg2instruct import build_instructions
 
     schema = load_schema(schema_path)
     good = []

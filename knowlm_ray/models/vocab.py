@@ -104,7 +104,7 @@ def expand_vocab(base_dir: str | Path, extra: str | Path | Iterable[str | Path],
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaTokenizer
 
-    from knowlm_ray.train.export import publish_dir, staging_dir
+    from knowlm_ray.models.publish import publish_dir, staging_dir
 
     base = Path(base_dir)
     sp_file = base / "tokenizer.model"

@@ -28,18 +28,19 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, field_validator, model_validator
 from ray import serve
 
+from knowlm_ray.alpaca import build_prompt
 from knowlm_ray.config import ConfigError, Strict, load_config
+from knowlm_ray.generation.chat import render_chat
+from knowlm_ray.generation.continuous import ContinuousBatcher
+from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared
+from knowlm_ray.generation.errors import RequestError, UnknownModelError
+from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 from knowlm_ray.ie.extract import IERequestError, assemble, parse_extract_request, plan_extraction
-from knowlm_ray.instruct.alpaca import build_prompt
 from knowlm_ray.serve import metrics as serve_metrics
 from knowlm_ray.serve import openai_api as oai
-from knowlm_ray.serve.continuous import ContinuousBatcher
-from knowlm_ray.serve.engine import (GenerationEngine, GenerationResult, Prepared, RequestError,
-                                     UnknownModelError)
 from knowlm_ray.serve.errors import error_response, install_error_handlers
 from knowlm_ray.serve.runner import Job, Overloaded, RequestTimeout, Runner, continuous_submit
-from knowlm_ray.serve.schemas import (ChatCompletionRequest, CompletionRequest, ErrorResponse,
-                                      GenerateRequest, GenerateResponse, GenerationParams)
+from knowlm_ray.serve.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, GenerateResponse
 
 log = logging.getLogger("knowlm_ray.serve")
 
@@ -342,7 +343,7 @@ class KnowLMServer:
                 raise RequestError(msg)
             adapter = self._adapter(request.model)
             params = request.generation_params(request.max_new_tokens)
-            prompt = oai.render_chat(request.messages)
+            prompt = render_chat(request.messages)
             row = self.engine.prepare_prompt(prompt, params, stop=request.stop_list, adapter=adapter)
             return await self._answer([row] * request.n, request, "/v1/chat/completions", http)
         except Exception as exc:

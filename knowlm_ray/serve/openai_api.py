@@ -1,17 +1,6 @@
-"""OpenAI-compatible pieces without Ray: chat rendering, model names, response and SSE bodies.
+"""OpenAI-compatible pieces without Ray: model names, response and SSE bodies.
 
-Chat → KnowLM prompt (``render_chat``). ZhiXi is an alpaca-style instruction model with no chat
-template, so a conversation becomes alpaca blocks:
-
-- ``system`` (and ``developer``) messages, joined by newlines, are prepended to the first user
-  message: ``instruction = system + "\\n\\n" + user``;
-- each earlier user → assistant exchange is rendered as its alpaca prompt followed by the
-  assistant's answer and a blank line (the way Chinese-LLaMA-Alpaca chained turns);
-- the last message must be from the user; its alpaca prompt (no ``### Input`` section) ends the
-  text, and the model writes the response.
-
-A single ``{"role": "user", "content": I}`` therefore gives exactly ``/generate``'s prompt for
-``{"instruction": I}``. Consecutive user messages are joined with a blank line.
+Chat messages become KnowLM's alpaca prompt in ``knowlm_ray.generation.chat.render_chat``;
 ``/v1/completions`` sends its prompt to the model as it is (no template), as OpenAI does.
 """
 from __future__ import annotations
@@ -21,34 +10,8 @@ import time
 import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
-from knowlm_ray.instruct.alpaca import build_prompt
-from knowlm_ray.serve.engine import GenerationResult, RequestError, UnknownModelError
-from knowlm_ray.serve.schemas import ChatMessage
-
-
-def render_chat(messages: Sequence[ChatMessage]) -> str:
-    system = "\n".join(m.text for m in messages if m.role in ("system", "developer") and m.text)
-    turns: list[list[str | None]] = []  # [user, assistant or None]
-    for m in messages:
-        if m.role in ("system", "developer"):
-            continue
-        if m.role == "user":
-            if turns and turns[-1][1] is None:
-                turns[-1][0] = f"{turns[-1][0]}\n\n{m.text}"
-            else:
-                turns.append([m.text, None])
-        else:
-            if not turns:
-                raise RequestError("messages: an assistant message comes before any user message")
-            turns[-1][1] = m.text if turns[-1][1] is None else f"{turns[-1][1]}\n\n{m.text}"
-    if not turns or turns[-1][1] is not None:
-        raise RequestError("messages: the last message must be from the user")
-    if not (turns[-1][0] or "").strip():
-        raise RequestError("messages: the last user message is empty")
-    if system:
-        turns[0][0] = f"{system}\n\n{turns[0][0]}"
-    history = "".join(build_prompt(u or "") + (a or "") + "\n\n" for u, a in turns[:-1])
-    return history + build_prompt(turns[-1][0] or "")
+from knowlm_ray.generation.engine import GenerationResult
+from knowlm_ray.generation.errors import UnknownModelError
 
 
 def resolve_model(requested: str | None, base_id: str, adapters: Iterable[str]) -> str | None:

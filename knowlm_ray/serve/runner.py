@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
 
-from knowlm_ray.serve.engine import GenerationEngine, GenerationResult, Prepared
+from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared
 
 if TYPE_CHECKING:
-    from knowlm_ray.serve.continuous import ContinuousBatcher
+    from knowlm_ray.generation.continuous import ContinuousBatcher
 
 
 class Overloaded(Exception):

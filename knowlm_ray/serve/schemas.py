@@ -8,61 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from knowlm_ray.generation.chat import ChatMessage
+from knowlm_ray.generation.params import CHAT_DEFAULT_MAX_TOKENS, GenerationParams
+
 # Strict: a string "0.5" is not a temperature and `true` is not a token count.
 _STRICT = ConfigDict(extra="forbid", strict=True)
-
-
-class GenerationParams(BaseModel):
-    """Decoding parameters; every field is optional.
-
-    Defaults are chosen for a CPU server and for reproducible answers, not copied from one source:
-
-    - ``temperature`` 0.0 → greedy decoding (deterministic). Sampling happens only when
-      temperature > 0 (and ``do_sample`` is not false). KnowLM's generate_lora.py uses 0.2 but
-      never sets do_sample, so its temperature is inert there too.
-    - ``top_p`` 1.0 and ``top_k`` 0 (0 = off): no truncation unless asked; used only when sampling.
-    - ``num_beams`` 1. KnowLM's scripts use 2–4 beams; beams multiply CPU time, so opt in.
-    - ``max_tokens`` 128 new tokens (KnowLM: 512, vLLM's server: 16). At most the model's context;
-      a prompt that leaves less room than ``max_tokens`` is answered up to the context's end.
-    - ``repetition_penalty`` 1.0 = none (KnowLM recommends 1.3 for ZhiXi-13B; ask for it).
-
-    Generation always stops at the tokenizer's end-of-sequence token.
-    """
-
-    model_config = _STRICT
-
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    num_beams: int = Field(1, ge=1, le=8)
-    max_tokens: int = Field(128, ge=1)
-    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0)
-    do_sample: bool | None = Field(None, description="false forces greedy even with temperature > 0")
-
-    @property
-    def sampling(self) -> bool:
-        return self.temperature > 0 and self.do_sample is not False
-
-
-class GenerateRequest(BaseModel):
-    """KnowLM's body: the alpaca prompt is built from ``instruction`` and ``input`` server-side."""
-
-    model_config = _STRICT
-
-    instruction: str = Field(min_length=1)
-    input: str = ""
-    parameters: GenerationParams = Field(default_factory=GenerationParams)
-    # Which weights answer: the base model's id or a configured adapter's name (as the OpenAI
-    # `model` field); `adapter` names an adapter only. Omitted: the base model.
-    model: str | None = None
-    adapter: str | None = None
-
-    @field_validator("instruction")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("instruction must not be blank")
-        return v
 
 
 class GenerateResponse(BaseModel):
@@ -74,10 +24,6 @@ class GenerateResponse(BaseModel):
 # 4xx (also 404 for an unknown model, as OpenAI) are invalid_request_error, except 401.
 ErrorType = Literal["invalid_request_error", "authentication_error", "overloaded_error",
                     "timeout_error", "server_error"]
-
-
-# Error `code`s: machine-readable reasons, named as OpenAI names them; most errors have none.
-CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # prompt (or max_tokens) past the context
 
 
 class ErrorDetail(BaseModel):
@@ -199,30 +145,9 @@ class CompletionRequest(_OpenAISampling):
         return super().unsupported()
 
 
-class ContentPart(BaseModel):
-    model_config = _STRICT
-
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = _STRICT
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
-    name: str | None = None
-
-    @property
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
-
-
 class ChatCompletionRequest(_OpenAISampling):
     """``POST /v1/chat/completions``: messages are rendered into KnowLM's alpaca prompt
-    (see ``knowlm_ray.serve.openai_api.render_chat``)."""
+    (see ``knowlm_ray.generation.chat.render_chat``)."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -237,8 +162,3 @@ class ChatCompletionRequest(_OpenAISampling):
     @property
     def max_new_tokens(self) -> int:
         return self.max_completion_tokens or self.max_tokens or CHAT_DEFAULT_MAX_TOKENS
-
-
-# Chat has no OpenAI default (it runs to the context's end); on CPU that could be minutes, so
-# the same 128 as /generate. Ask for more with max_tokens.
-CHAT_DEFAULT_MAX_TOKENS = 128

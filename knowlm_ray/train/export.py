@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterable
 
-from knowlm_ray import atomic
 from knowlm_ray.models.checkpoint import TOKENIZER_FILES, copy_side_files
-
-CARRY_OVER = ("metrics.jsonl", "tensorboard")
+from knowlm_ray.models.publish import publish_dir, staging_dir
 
 
 class ExportError(RuntimeError):
@@ -30,36 +25,6 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> list[str]:
     if not copied:
         raise ExportError(f"no tokenizer files in {src} (expected tokenizer.json or tokenizer.model)")
     return copied
-
-
-def staging_dir(output_dir: str | Path) -> Path:
-    out = Path(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-
-
-def _readable(directory: Path) -> None:
-    """mkdtemp and atomic writers create 0700/0600: give the published model the usual modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for f in directory.iterdir():
-        if f.is_file():
-            os.chmod(f, 0o666 & ~umask)
-
-
-def publish_dir(staging: str | Path, output_dir: str | Path, carry: Iterable[str] = CARRY_OVER) -> Path:
-    """Swap ``staging`` in as ``output_dir`` (keeping ``carry`` files of the old one)."""
-    staging, out = Path(staging), Path(output_dir)
-    for name in carry:
-        if (staging / name).exists():
-            continue
-        if (out / name).is_file():
-            shutil.copy2(out / name, staging / name)
-        elif (out / name).is_dir():
-            shutil.copytree(out / name, staging / name)
-    _readable(staging)
-    return atomic.publish_dir(staging, out)
 
 
 def saved_tensor_shapes(directory: str | Path, prefix: str = "model") -> dict[str, tuple[int, ...]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from knowlm_ray.config import ConfigError, FinetuneConfig
-from knowlm_ray.instruct.alpaca import RecordError, load_alpaca, tokenize_records
+from knowlm_ray.alpaca import RecordError, load_alpaca, tokenize_records
 from knowlm_ray.train.checkpoint import IncompatibleCheckpoint
 from knowlm_ray.train.data import (DataError, RecordRows, Rows, ShardRows, find_shards, find_validation_shards)
 from knowlm_ray.train.deepspeed_presets import DeepSpeedConfigError, resolve_preset

@@ -159,7 +159,7 @@ def test_chat_in_a_terminal_prompts_answers_and_quits_on_ctrl_c(server, api_key,
 
 def test_server_backend_hands_out_the_answer_in_pieces_as_they_stream(server, api_key, server_post):
     from knowlm_ray.clients.chat import ServerBackend
-    from knowlm_ray.serve.schemas import GenerationParams
+    from knowlm_ray.generation.params import GenerationParams
 
     pieces: list[str] = []
     reply = ServerBackend(server, api_key).complete([_u(Q1)], GenerationParams(max_tokens=int(MAX)), pieces.append)
@@ -172,7 +172,7 @@ def test_server_backend_hands_out_the_answer_in_pieces_as_they_stream(server, ap
 def test_both_backends_know_an_overflow_by_its_code_and_nothing_else(server, api_key, tiny_model, long_tokens):
     from knowlm_ray.clients.chat import ChatError, ContextOverflow, LocalBackend, ServerBackend
     from knowlm_ray.clients.http import ServerError
-    from knowlm_ray.serve.schemas import GenerationParams
+    from knowlm_ray.generation.params import GenerationParams
 
     params, ignore = GenerationParams(max_tokens=int(MAX)), lambda _: None
     server_side, local = ServerBackend(server, api_key), LocalBackend(str(tiny_model))

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from knowlm_ray.clients.web import SLIDERS, ask, generate_body, slider_bounds
-from knowlm_ray.serve.schemas import GenerateRequest, GenerationParams
+from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; `make setup` installs it under CI
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

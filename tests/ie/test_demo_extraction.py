@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_lora_on_serve_prompt_instructions_recovers_the_gold_entities(ray_local, tiny_model, tmp_path):
     from knowlm_ray.models.lora import merge_lora
-    from knowlm_ray.serve.engine import GenerationEngine
+    from knowlm_ray.generation.engine import GenerationEngine
     from knowlm_ray.train.lora import run as finetune
 
     records, schema = demo_ie_records(4)

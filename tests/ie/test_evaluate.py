@@ -11,7 +11,9 @@ import pytest
 
 from knowlm_ray.ie.batch import schema_from_gold
 from knowlm_ray.ie.evaluate import evaluate_extraction, perplexity
-from knowlm_ray.instruct.kg2instruct import FIELD, TEMPLATES, load_ie_records, load_schema, render_output
+from knowlm_ray.ie.parsers import FIELD
+from knowlm_ray.ie.records import load_ie_records, load_schema
+from knowlm_ray.ie.templates import TEMPLATES, render_output
 
 REPO = Path(__file__).resolve().parents[2]
 IE = REPO / "data" / "sample" / "ie"
@@ -40,7 +42,7 @@ class GoldOracle:
 def test_oracle_scores_perfectly_through_the_whole_path(fmt):
     gold = load_ie_records(IE / "records.jsonl")[:40]
     if fmt == "tuple":  # the tuple format cannot hold spans with commas or brackets
-        from knowlm_ray.instruct.kg2instruct import tuple_safe
+        from knowlm_ray.ie.templates import tuple_safe
         gold = [g for g in gold if all(tuple_safe(g[f]) for f in FIELD.values())]
     schema = load_schema(IE / "schema.json")
     preds, scores = evaluate_extraction(gold, schema, GoldOracle(gold, fmt), docs_per_call=16)

@@ -209,7 +209,7 @@ def test_extract_many_one_call_and_merge():
 @pytest.mark.slow
 def test_real_engine_plumbing(tiny_model):
     """The tiny random model writes gibberish: check the path runs and the record has its shape."""
-    from knowlm_ray.serve.engine import GenerationEngine
+    from knowlm_ray.generation.engine import GenerationEngine
 
     gen = engine_generate_fn(GenerationEngine(tiny_model), {"max_tokens": 8})
     schema = {"获奖": ["获奖者", "奖项"]}

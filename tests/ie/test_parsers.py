@@ -10,7 +10,7 @@ from knowlm_ray.ie.parsers import detect_format, parse_answer
 from knowlm_ray.ie.prompts import (SPLIT_NUM, build_instruction, split_schema, split_sizes,
                                    split_text)
 from knowlm_ray.ie.schema import SchemaError, check_items, normalize_schema
-from knowlm_ray.instruct.kg2instruct import TEMPLATES
+from knowlm_ray.ie.templates import TEMPLATES
 
 
 def E(text, type_):

@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from knowlm_ray.ie.scorer import normalize, score_files, score_records
-from knowlm_ray.instruct.alpaca import RecordError
+from knowlm_ray.alpaca import RecordError
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
 

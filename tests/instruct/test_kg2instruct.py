@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from knowlm_ray.instruct.alpaca import RecordError, load_alpaca
-from knowlm_ray.instruct.kg2instruct import (FIELD, FORMATS, LANGS, NONE_ANSWER, TASKS,
-                                             build_instructions, build_serve_instructions, load_ie_records,
-                                             load_schema, main, parse_output, render_output, tuple_safe)
+from knowlm_ray.alpaca import RecordError, load_alpaca
+from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS, parse_output
+from knowlm_ray.ie.records import load_ie_records, load_schema
+from knowlm_ray.ie.templates import LANGS, NONE_ANSWER, render_output, tuple_safe
+from knowlm_ray.instruct.kg2instruct import build_instructions, build_serve_instructions, main
 
 IE = Path(__file__).resolve().parents[2] / "data" / "sample" / "ie"
 RECORDS, SCHEMA, INSTRUCTIONS = IE / "records.jsonl", IE / "schema.json", IE / "instructions.json"

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from knowlm_ray.config import InstructionsConfig, load_config
-from knowlm_ray.instruct.alpaca import IGNORE_INDEX, build_prompt
+from knowlm_ray.alpaca import IGNORE_INDEX, build_prompt
 from knowlm_ray.instruct.prepare import INSTRUCTION_SCHEMA, assign, read_alpaca, run, split_groups
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,8 @@ def _read(path: Path) -> pa.Table:
 def test_prepare_on_ray(ray_local, tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
-    from knowlm_ray.instruct.kg2instruct import build_instructions, load_ie_records, load_schema
+    from knowlm_ray.ie.records import load_ie_records, load_schema
+    from knowlm_ray.instruct.kg2instruct import build_instructions
 
     jl, js, ie = _alpaca_inputs(tmp_path / "in")
     cfg = InstructionsConfig(inputs=[str(jl), str(js)], ie_records=str(ie), schema=str(IE / "schema.json"),

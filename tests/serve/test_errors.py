@@ -7,9 +7,11 @@ import pickle
 
 import pytest
 
+from knowlm_ray.generation.engine import GenerationEngine
+from knowlm_ray.generation.errors import CONTEXT_LENGTH_EXCEEDED, RequestError, UnknownModelError
+from knowlm_ray.generation.params import GenerateRequest
 from knowlm_ray.serve.app import error_for
-from knowlm_ray.serve.engine import GenerationEngine, RequestError, UnknownModelError
-from knowlm_ray.serve.schemas import CONTEXT_LENGTH_EXCEEDED, GenerateRequest, error_body
+from knowlm_ray.serve.schemas import error_body
 
 
 @pytest.fixture(scope="module")

@@ -244,7 +244,7 @@ def test_malformed_openai_requests(base_url, route, body, status, mentions):
 
 # ------------------------------------------------------------------------------------ adapters
 def test_adapter_chosen_per_request_equals_peft(client, base_url, tiny_model, lora_dirs, reference, reference_cls):
-    from knowlm_ray.instruct.alpaca import build_prompt
+    from knowlm_ray.alpaca import build_prompt
 
     body = {"instruction": "请抽取实体。", "input": "浙江大学位于杭州。", "parameters": {"max_tokens": 12}}
     base = _post(base_url, body).json()

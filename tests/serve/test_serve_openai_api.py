@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from knowlm_ray.instruct.alpaca import build_prompt
+from knowlm_ray.alpaca import build_prompt
+from knowlm_ray.generation.chat import render_chat
+from knowlm_ray.generation.engine import GenerationResult
+from knowlm_ray.generation.errors import RequestError, UnknownModelError
 from knowlm_ray.serve import openai_api as oai
-from knowlm_ray.serve.engine import GenerationResult, RequestError, UnknownModelError
 from knowlm_ray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -16,15 +18,15 @@ def _chat(*messages):
 
 
 def test_one_user_message_gives_the_generate_prompt():
-    assert oai.render_chat(_chat(("user", "介绍一下浙江大学"))) == build_prompt("介绍一下浙江大学")
+    assert render_chat(_chat(("user", "介绍一下浙江大学"))) == build_prompt("介绍一下浙江大学")
 
 
 def test_system_joins_the_instruction_and_history_chains_alpaca_blocks():
     msgs = _chat(("system", "你是知识抽取助手。"), ("user", "Q1"), ("assistant", "A1"), ("user", "Q2"))
-    assert oai.render_chat(msgs) == (build_prompt("你是知识抽取助手。\n\nQ1") + "A1\n\n" + build_prompt("Q2"))
+    assert render_chat(msgs) == (build_prompt("你是知识抽取助手。\n\nQ1") + "A1\n\n" + build_prompt("Q2"))
     parts = ChatCompletionRequest.model_validate(
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
-    assert oai.render_chat(parts.messages) == build_prompt("ab")
+    assert render_chat(parts.messages) == build_prompt("ab")
 
 
 @pytest.mark.parametrize("messages, match", [
@@ -35,7 +37,7 @@ def test_system_joins_the_instruction_and_history_chains_alpaca_blocks():
 ])
 def test_unanswerable_conversations_are_request_errors(messages, match):
     with pytest.raises(RequestError, match=match):
-        oai.render_chat(_chat(*messages))
+        render_chat(_chat(*messages))
 
 
 def test_model_names_resolve_to_adapters_only_from_the_configured_set():

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from knowlm_ray.serve.continuous import ContinuousBatcher
-from knowlm_ray.serve.engine import GenerationEngine
+from knowlm_ray.generation.continuous import ContinuousBatcher
+from knowlm_ray.generation.engine import GenerationEngine
+from knowlm_ray.generation.params import GenerationParams
 from knowlm_ray.serve.runner import Overloaded, RequestTimeout, Runner, continuous_submit
-from knowlm_ray.serve.schemas import GenerationParams
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from knowlm_ray.config import FinetuneConfig
-from knowlm_ray.instruct.alpaca import IGNORE_INDEX, build_prompt
+from knowlm_ray.alpaca import IGNORE_INDEX, build_prompt
 from knowlm_ray.train import lora
 from knowlm_ray.train.metrics import read_metrics
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from knowlm_ray.config import ConfigError, FinetuneConfig
-from knowlm_ray.instruct.alpaca import IGNORE_INDEX, build_prompt
+from knowlm_ray.alpaca import IGNORE_INDEX, build_prompt
 from knowlm_ray.train import lora
 from knowlm_ray.train.loop import WorkerContext, run_worker
 from knowlm_ray.train.metrics import read_metrics

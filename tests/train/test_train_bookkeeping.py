@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
+from knowlm_ray.models.publish import publish_dir
 from knowlm_ray.train.checkpoint import TrainState, read_train_state, step_tag, write_train_state
-from knowlm_ray.train.export import ExportError, check_full_model, check_nonempty, copy_tokenizer, publish_dir
+from knowlm_ray.train.export import ExportError, check_full_model, check_nonempty, copy_tokenizer
 from knowlm_ray.train.metrics import MetricsLog, read_metrics, truncate_metrics
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from knowlm_ray.instruct.alpaca import (IGNORE_INDEX, RecordError, build_prompt, extract_response,
+from knowlm_ray.alpaca import (IGNORE_INDEX, RecordError, build_prompt, extract_response,
                                         load_alpaca, tokenize_record, tokenize_records)
 
 # Written out literally (not imported) so a drift in alpaca.py's constants fails here.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from knowlm_ray.serve.engine import (EngineConfigError, GenerationEngine, UnknownModelError,
-                                     check_engine_options, find_stop, safe_text_end)
-from knowlm_ray.serve.schemas import GenerationParams
+from knowlm_ray.generation.engine import (EngineConfigError, GenerationEngine, check_engine_options, find_stop,
+                                          safe_text_end)
+from knowlm_ray.generation.errors import UnknownModelError
+from knowlm_ray.generation.params import GenerationParams
 
 GREEDY = GenerationParams(max_tokens=24)
 
@@ -73,7 +74,7 @@ def test_a_cancelled_row_stops_and_the_others_are_unchanged(engine):
 
 def test_adapter_output_equals_peft_and_base_is_unchanged(engine, tiny_model, lora_dirs, reference,
                                                           reference_cls):
-    from knowlm_ray.instruct.alpaca import build_prompt
+    from knowlm_ray.alpaca import build_prompt
 
     prompt = build_prompt("请抽取实体。", "浙江大学位于杭州。")
     base_before = engine.generate_prepared([engine.prepare_prompt(prompt, GREEDY)])[0]

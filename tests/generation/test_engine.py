@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from knowlm_ray.serve.engine import GenerationEngine, Prepared, RequestError
-from knowlm_ray.serve.schemas import GenerateRequest, GenerationParams
+from knowlm_ray.generation.engine import GenerationEngine, Prepared
+from knowlm_ray.generation.errors import RequestError
+from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 
 PROMPTS = [
     ("请从下面的句子中抽取实体。", "浙江大学位于浙江省杭州市。"),

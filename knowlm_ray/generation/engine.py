@@ -30,30 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from knowlm_ray.instruct.alpaca import build_prompt
-from knowlm_ray.serve.schemas import CONTEXT_LENGTH_EXCEEDED, GenerateRequest, GenerationParams
+from knowlm_ray.alpaca import build_prompt
+from knowlm_ray.generation.errors import CONTEXT_LENGTH_EXCEEDED, RequestError, UnknownModelError
+from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 
-log = logging.getLogger("knowlm_ray.serve")
+log = logging.getLogger("knowlm_ray.generation")
 
 DTYPES = ("float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "int8")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class RequestError(ValueError):
-    """A request the model cannot serve (e.g. longer than its context): the client's fault (400).
-
-    ``code`` is a machine-readable reason (OpenAI's error ``code``, e.g. ``context_length_exceeded``)
-    so callers need not read the message; None for errors that have none.
-    """
-
-    def __init__(self, message: str, code: str | None = None):
-        super().__init__(message)
-        self.code = code  # kept in __dict__, so it survives pickling across Ray
-
-
-class UnknownModelError(RequestError):
-    """A request named a model/adapter that is not configured (404)."""
 
 
 class EngineConfigError(ValueError):

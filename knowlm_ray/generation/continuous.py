@@ -28,9 +28,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from knowlm_ray.serve.engine import GenerationEngine, GenerationResult, Prepared, RowHooks, RowState
+from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared, RowHooks, RowState
 
-log = logging.getLogger("knowlm_ray.serve")
+log = logging.getLogger("knowlm_ray.generation")
 
 
 @dataclass(eq=False)

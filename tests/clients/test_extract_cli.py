@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from knowlm_ray.cli import main
-from knowlm_ray.ie.cli import parse_schema_args
+from knowlm_ray.clients.extract import parse_schema_args
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from knowlm_ray.serve.continuous import ContinuousBatcher
-from knowlm_ray.serve.engine import GenerationEngine
-from knowlm_ray.serve.schemas import GenerationParams as P
+from knowlm_ray.generation.continuous import ContinuousBatcher
+from knowlm_ray.generation.engine import GenerationEngine
+from knowlm_ray.generation.params import GenerationParams as P
 
 PROMPTS = ["浙江大学位于", "Name the capital of France.", "写一首关于知识图谱的短诗，" * 6,
            "Marie Curie was born in Warsaw and worked in Paris. " * 4, "信息抽取"]
