@@ -5,40 +5,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-
-def _fail(exc: Exception) -> None:
-    print(f"error: {exc}", file=sys.stderr)
-    raise SystemExit(2) from None
+# User errors (ShardError, MissingPathError, InputError) end in knowlm_ray.entry.user_errors.
 
 
 def _inspect(a: argparse.Namespace) -> None:
     from knowlm_ray.corpus.inspect import render, summary
-    from knowlm_ray.corpus.shards import ShardError
 
-    try:
-        if a.json:
-            print(json.dumps(summary(a.dir), ensure_ascii=False, indent=2))
-        else:
-            print(render(a.dir, samples=a.samples, tokenizer=a.tokenizer, max_chars=a.max_chars))
-    except (ShardError, FileNotFoundError, OSError) as exc:
-        _fail(exc)
+    if a.json:
+        print(json.dumps(summary(a.dir), ensure_ascii=False, indent=2))
+    else:
+        print(render(a.dir, samples=a.samples, tokenizer=a.tokenizer, max_chars=a.max_chars))
 
 
 def _export_megatron(a: argparse.Namespace) -> None:
     from knowlm_ray.corpus.inspect import resolve_tokenizer
     from knowlm_ray.corpus.megatron import export_megatron
-    from knowlm_ray.corpus.shards import ShardError
 
-    try:
-        vocab = a.vocab_size
-        if vocab is None:
-            tok, _ = resolve_tokenizer(a.dir, a.tokenizer)
-            vocab = len(tok) if tok is not None else None  # None: largest token id + 1
-        info = export_megatron(a.dir, a.out_prefix, vocab_size=vocab)
-    except (ShardError, FileNotFoundError, OSError, ValueError) as exc:
-        _fail(exc)
+    vocab = a.vocab_size
+    if vocab is None:
+        tok, _ = resolve_tokenizer(a.dir, a.tokenizer)
+        vocab = len(tok) if tok is not None else None  # None: largest token id + 1
+    info = export_megatron(a.dir, a.out_prefix, vocab_size=vocab)
     print(f"wrote {info['bin']} and {info['idx']}: {info['sequences']:,} sequences, {info['documents']:,} "
           f"documents, {info['tokens']:,} tokens as {info['dtype']} (vocab {info['vocab_size']:,})")
 

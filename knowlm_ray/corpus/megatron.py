@@ -26,6 +26,7 @@ import numpy as np
 
 from knowlm_ray.atomic import atomic_path
 from knowlm_ray.corpus.shards import ShardReader
+from knowlm_ray.errors import InputError
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -47,7 +48,7 @@ def export_megatron(corpus: str | Path, out_prefix: str | Path, vocab_size: int 
     if vocab_size is None:
         vocab_size = max_id + 1
     elif max_id >= vocab_size:
-        raise ValueError(f"{corpus}: token id {max_id} does not fit vocab_size {vocab_size}")
+        raise InputError(f"{corpus}: token id {max_id} does not fit vocab_size {vocab_size}")
     dtype = best_fitting_dtype(vocab_size)
     out_prefix = Path(out_prefix)
     bin_path, idx_path = Path(f"{out_prefix}.bin"), Path(f"{out_prefix}.idx")

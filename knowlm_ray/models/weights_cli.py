@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from knowlm_ray.errors import InputError
 
 DTYPES = ["float32", "float16", "bfloat16"]
 
@@ -19,19 +20,6 @@ DTYPES = ["float32", "float16", "bfloat16"]
 def _report(summary: dict, line: str) -> None:
     print(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
     print(line)
-
-
-def _guard(fn):
-    """User-caused weight problems end with one clear line on stderr and exit status 2."""
-    def run(a: argparse.Namespace) -> None:
-        from knowlm_ray.models.checkpoint import WeightsError
-
-        try:
-            fn(a)
-        except WeightsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-    return run
 
 
 def _merge_lora(a: argparse.Namespace) -> None:
@@ -81,13 +69,9 @@ def _download(a: argparse.Namespace) -> None:
 def _expand_vocab(a: argparse.Namespace) -> None:
     import json
 
-    from knowlm_ray.models.vocab import VocabError, expand_vocab
+    from knowlm_ray.models.vocab import expand_vocab
 
-    try:
-        summary = expand_vocab(a.base, a.sp_model or a.corpus, a.out, vocab_size=a.vocab_size)
-    except VocabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    summary = expand_vocab(a.base, a.sp_model or a.corpus, a.out, vocab_size=a.vocab_size)
     print(json.dumps(summary, indent=2))
 
 
@@ -98,7 +82,7 @@ def _export_gguf(a: argparse.Namespace) -> None:
 
     if (Path(a.model) / "adapter_config.json").is_file():
         if not a.base:
-            raise SystemExit("error: --model is a LoRA adapter: pass --base (the model it was trained on) too")
+            raise InputError("--model is a LoRA adapter: pass --base (the model it was trained on) too")
         s = export_lora_gguf(a.model, a.base, a.out, outtype=a.outtype if a.outtype != "q8_0" else "f16")
         _report(s, f"llama.cpp adapter GGUF written to {s['out']} ({s['tensors']} tensors; load it with --lora "
                    "next to the base model's GGUF)")
@@ -119,14 +103,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default="float32", choices=DTYPES + ["auto"],
                    help="output dtype (auto: keep the base model's)")
-    p.set_defaults(fn=_guard(_merge_lora))
+    p.set_defaults(fn=_merge_lora)
 
     p = w.add_parser("diff", help="publish a fine-tuned model as tuned - raw (KnowLM's weight-diff convention)")
     p.add_argument("--raw", required=True, help="base model directory")
     p.add_argument("--tuned", required=True, help="fine-tuned model directory")
     p.add_argument("--out", required=True, help="diff directory to write")
     p.add_argument("--dtype", choices=DTYPES, help="dtype of the diff tensors (default: the tuned model's)")
-    p.set_defaults(fn=_guard(_diff))
+    p.set_defaults(fn=_diff)
 
     p = w.add_parser("recover", help="tuned = raw + diff, tensor by tensor, with integrity checks")
     p.add_argument("--raw", required=True, help="base model directory (e.g. LLaMA-13B in HF format)")
@@ -137,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sum-tol", type=float, help="absolute tolerance of --expect-sum (default 1e-2 + 2e-6*|X|)")
     p.add_argument("--dtype", choices=DTYPES, help="output dtype (default: the tuned model's)")
     p.add_argument("--no-checksums", action="store_true", help="skip re-hashing the diff against checksums.sha256")
-    p.set_defaults(fn=_guard(_recover))
+    p.set_defaults(fn=_recover)
 
     p = w.add_parser("verify", help="check a model dir: loads, vocab sizes agree, checksums; prints size/params")
     p.add_argument("dir")
@@ -148,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-padded-vocab", action="store_true",
                    help="accept config vocab_size > tokenizer size (embeddings padded on purpose)")
     p.add_argument("--trust-remote-code", action="store_true")
-    p.set_defaults(fn=_guard(_verify))
+    p.set_defaults(fn=_verify)
 
     p = w.add_parser("download", help="fetch a hub repo (resumes partial files) and verify sizes/sha256")
     p.add_argument("--repo", required=True, help="e.g. zjunlp/knowlm-13b-zhixi")
@@ -160,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repo-type", default="model", choices=["model", "dataset"])
     p.add_argument("--max-workers", type=int, default=8)
     p.add_argument("--offline", action="store_true", help="no network: use and verify what is already there")
-    p.set_defaults(fn=_guard(_download))
+    p.set_defaults(fn=_download)
 
     p = w.add_parser("export-gguf", help="LLaMA HF dir (or LoRA adapter) -> GGUF for llama.cpp (needs the gguf extra)")
     p.add_argument("--model", required=True, help="HF model directory, or a peft LoRA adapter directory")
@@ -168,7 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outtype", default="f16", choices=["f16", "q8_0", "f32"])
     p.add_argument("--base", help="for a LoRA adapter: the base model directory (for its shapes and heads)")
     p.add_argument("--name", help="general.name in the file (default: the directory name)")
-    p.set_defaults(fn=_guard(_export_gguf))
+    p.set_defaults(fn=_export_gguf)
 
     p = w.add_parser("expand-vocab", help="merge a second sentencepiece vocabulary into a model "
                                           "(Chinese-LLaMA-Alpaca style) and resize its embeddings")
@@ -178,4 +162,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--corpus", nargs="+", help="text files/dirs to train the extra vocabulary on")
     p.add_argument("--vocab-size", type=int, default=20000, help="size of the vocabulary trained on --corpus")
     p.add_argument("--out", required=True)
-    p.set_defaults(fn=_guard(_expand_vocab))
+    p.set_defaults(fn=_expand_vocab)

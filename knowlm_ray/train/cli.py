@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -17,13 +16,9 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _plot(a: argparse.Namespace) -> None:
-    from knowlm_ray.train.plot import PlotError, plot_run
+    from knowlm_ray.train.plot import plot_run
 
-    try:
-        out, drawn = plot_run(a.run_dir, a.out, size=a.size)
-    except PlotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    out, drawn = plot_run(a.run_dir, a.out, size=a.size)  # a PlotError: knowlm_ray.entry.user_errors
     steps = drawn["loss"][0]
     print(f"{len(steps)} steps ({int(steps[0])}..{int(steps[-1])}) plotted to {out}")
 
