@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from knowlm_ray.errors import UserError
+from knowlm_ray.errors import UserError, user_errors
 from knowlm_ray.paths import JobPathError, check_job_paths, enter_root
 
 
@@ -509,8 +509,6 @@ def config_from_args(cls: type[ConfigT], args: argparse.Namespace) -> ConfigT:
 def parse_job_args(cls: type[ConfigT], argv: list[str] | None = None, description: str = "",
                    job: str | None = None, prog: str | None = None) -> ConfigT:
     """``--config FILE [key.path=value ...]`` -> a validated config (exits 2 on a bad config)."""
-    from knowlm_ray.entry import user_errors
-
     ap = argparse.ArgumentParser(prog=prog, description=description)
     add_job_arguments(ap, cls, job)
     args = ap.parse_args(argv)

@@ -15,27 +15,12 @@ the library function that runs it, whether Ray starts before it, and how its res
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
-import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from knowlm_ray.errors import user_error_of
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """A user error inside: ``error: <message>`` on stderr and SystemExit(2); a bug: raised as is."""
-    try:
-        yield
-    except Exception as exc:
-        err = user_error_of(exc)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+from knowlm_ray.errors import user_errors
 
 
 def _print_json(summary: Any, cfg: Any) -> None:

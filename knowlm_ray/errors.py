@@ -2,7 +2,7 @@
 
 A bad config, a path that does not exist, input data that cannot be used. Every such exception
 derives from ``UserError`` and says what is wrong and where (the config key, the file and line),
-so ``knowlm_ray.entry.user_errors`` can print it as one line, ``error: <message>``, and exit with
+so ``user_errors`` can print it as one line, ``error: <message>``, and exit with
 status 2. Everything else is a bug and keeps its traceback. This module imports nothing of the
 package: every layer may raise these.
 
@@ -18,6 +18,10 @@ A plain ``FileNotFoundError`` / ``OSError`` / ``ValueError`` is *not* one: raise
 it. Code that checks a user's path raises ``MissingPathError`` (still a ``FileNotFoundError``).
 """
 from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
 
 
 class UserError(Exception):
@@ -39,3 +43,16 @@ def user_error_of(exc: BaseException) -> UserError | None:
         return None
     cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError
     return cause if isinstance(cause, UserError) else exc
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """A user error inside: ``error: <message>`` on stderr and SystemExit(2); a bug: raised as is."""
+    try:
+        yield
+    except Exception as exc:
+        err = user_error_of(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

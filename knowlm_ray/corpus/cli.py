@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-# User errors (ShardError, MissingPathError, InputError) end in knowlm_ray.entry.user_errors.
+# User errors (ShardError, MissingPathError, InputError) end in knowlm_ray.errors.user_errors.
 
 
 def _inspect(a: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ def _size(text: str) -> tuple[int, int]:
 def _plot(a: argparse.Namespace) -> None:
     from knowlm_ray.train.plot import plot_run
 
-    out, drawn = plot_run(a.run_dir, a.out, size=a.size)  # a PlotError: knowlm_ray.entry.user_errors
+    out, drawn = plot_run(a.run_dir, a.out, size=a.size)  # a PlotError: knowlm_ray.errors.user_errors
     steps = drawn["loss"][0]
     print(f"{len(steps)} steps ({int(steps[0])}..{int(steps[-1])}) plotted to {out}")
 
