@@ -106,13 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
 
-    p = sub.add_parser("serve", help="serve a model over HTTP with Ray Serve (blocks)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    from knowlm_ray.config import keys_help
+    from knowlm_ray.serve.options import AppArgs
+
+    p = sub.add_parser("serve", help="serve a model over HTTP with Ray Serve (blocks)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=keys_help(AppArgs, "serve", title="app options (--set KEY=VALUE; in a serve "
+                                        "config file: applications[].args):"))
+    p.add_argument("--model", required=True, help="HF model directory")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="a peft adapter to serve")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (loopback unless told otherwise)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an app option (knowlm_ray/serve/app.py AppArgs), e.g. --set num_replicas=2")
+                   help="an app option (listed below), e.g. --set num_replicas=2")
     p.add_argument("--ingress", choices=["proxy", "haproxy"], default=None,
                    help="HTTP front of the Ray this starts: Ray's Python proxy (default) or HAProxy, which "
                         "costs ~10x less CPU per request (BENCHMARKS.md); on a running cluster it is set "

@@ -607,10 +607,11 @@ def yaml_value(value: Any) -> str:
     return text[:-3].rstrip() if text.endswith("\n...") else text
 
 
-def keys_help(cls: type[BaseModel], job: str | None = None, width: int = 100) -> str:
+def keys_help(cls: type[BaseModel], job: str | None = None, width: int = 100,
+              title: str = "config keys (in the --config file, or as key.path=value overrides):") -> str:
     """The keys of ``cls`` for an argparse epilog: one key per line (type, default), its
     description wrapped below it."""
-    lines = ["config keys (in the --config file, or as key.path=value overrides):"]
+    lines = [title]
     if job:
         lines.insert(0, f"`knowlm config show {job}` prints these keys as a commented YAML file.\n")
     for k in config_keys(cls):

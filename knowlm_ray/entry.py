@@ -81,7 +81,7 @@ JOBS: dict[str, JobSpec] = {j.name: j for j in (
             "knowlm_ray.ie.batch:run", "knowledge-graph extraction over a corpus (Ray Data actor pool)"),
     JobSpec("evaluate", "evaluate.py", "knowlm_ray.config:EvaluateConfig", "knowlm_ray.ie.evaluate:run",
             "extraction P/R/F1 on gold records and / or perplexity on shards", ray=False),  # one process
-    JobSpec("serve", None, "knowlm_ray.serve.app:AppArgs", None,
+    JobSpec("serve", None, "knowlm_ray.serve.options:AppArgs", None,
             "the Serve application's args (serve run CONFIG, knowlm serve --set KEY=VALUE)"),
 )}
 

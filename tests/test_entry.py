@@ -11,7 +11,8 @@ import yaml
 
 from knowlm_ray.cli import main as knowlm
 from knowlm_ray.config import ConfigError, config_keys, load_config
-from knowlm_ray.entry import JOBS, user_errors
+from knowlm_ray.entry import JOBS
+from knowlm_ray.errors import user_errors
 from knowlm_ray.errors import MissingPathError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,17 @@ def test_job_help_lists_every_key(name, capsys):
         assert f"  {k.key}  (" in text, f"{name} --help lacks {k.key}"
         if k.description:
             assert k.description.split()[0] in text
+
+
+def test_serve_help_lists_every_app_option(capsys):
+    from knowlm_ray.serve.options import AppArgs
+
+    with pytest.raises(SystemExit) as exc:
+        knowlm(["serve", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for k in config_keys(AppArgs):
+        assert f"  {k.key}  (" in text, f"serve --help lacks {k.key}"
 
 
 def test_job_script_help_is_the_subcommand_help():

@@ -39,7 +39,7 @@ def test_job_config_header_names_its_command_and_validates(path):
 
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
 def test_serve_config_header_names_its_command_and_args_validate(path):
-    from knowlm_ray.serve.app import AppArgs
+    from knowlm_ray.serve.options import AppArgs
 
     cmd = _command(path)
     assert cmd[:2] == ["serve", "run"] and (REPO / cmd[2]).resolve() == path, cmd

@@ -18,18 +18,16 @@ import contextlib
 import logging
 import math
 import os
-import re
 import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import Field, field_validator, model_validator
 from ray import serve
 
 from knowlm_ray.alpaca import build_prompt
-from knowlm_ray.config import ConfigError, Strict, load_config
+from knowlm_ray.config import ConfigError, load_config
 from knowlm_ray.generation.chat import render_chat
 from knowlm_ray.generation.continuous import ContinuousBatcher
 from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared
@@ -39,6 +37,7 @@ from knowlm_ray.ie.extract import IERequestError, assemble, parse_extract_reques
 from knowlm_ray.serve import metrics as serve_metrics
 from knowlm_ray.serve import openai_api as oai
 from knowlm_ray.serve.errors import error_response, install_error_handlers
+from knowlm_ray.serve.options import DEFAULT_AUTOSCALING, AppArgs
 from knowlm_ray.serve.runner import Job, Overloaded, RequestTimeout, Runner, continuous_submit
 from knowlm_ray.serve.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, GenerateResponse
 
@@ -48,133 +47,6 @@ APP_NAME = "knowlm"
 DEPLOYMENT_NAME = "KnowLMServer"
 API_KEY_ENV = "KNOWLM_API_KEY"
 TIMEOUT_HEADER = "x-knowlm-timeout-s"  # a client may shorten (never lengthen) request_timeout_s
-# Measured on 2 cores (platform-notes §6): 0.5 CPU per replica leaves room for the proxy and a
-# second replica; scale on queue depth, back down after a quiet 30 s.
-DEFAULT_AUTOSCALING: dict[str, Any] = {
-    "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
-    "upscale_delay_s": 2, "downscale_delay_s": 30}
-_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)$")
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
-class AppArgs(Strict):
-    """``args`` of the Serve application (config file ``applications[].args`` or ``launch``).
-
-    Engine: ``dtype`` float32 (default) | float16 (GPU only: an error on CPU, by choice) |
-    bfloat16; ``quantization`` none | int8 (bitsandbytes 8-bit on CUDA — the ``quant`` extra —
-    and torch dynamic int8 on CPU); ``device_map`` + ``max_memory`` spread one replica over
-    ``num_gpus`` GPUs (KnowLM's ``--multi_gpu --allocate``). Overload: a replica answers 503 when
-    ``max_waiting_requests`` already wait for a batch; Serve answers 503 itself when
-    ``max_queued_requests`` wait for a replica (both with ``Retry-After``).
-    """
-
-    model: str = Field(description="HF model directory; a relative path resolves against the current "
-                                   "working directory.")
-    model_id: str | None = Field(None, description="Name reported by /healthz and /v1/models (and chosen with "
-                                                   "a request's model); null: the directory's name.")
-    loras: dict[str, str] = Field(default_factory=dict, description="Adapter name -> peft adapter directory; "
-                                  "a request selects one with \"model\": NAME.")
-    max_loras_per_replica: int = Field(4, ge=1, description="LRU bound on the adapters held in one replica.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica has a GPU.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Weights' dtype; float16 is GPU only (an error on CPU, by choice).")
-    quantization: Literal["none", "int8"] = Field(
-        "none", description="int8: bitsandbytes 8-bit on CUDA (the quant extra), torch dynamic int8 on CPU.")
-    device_map: str | dict[str, int | str] | None = Field(
-        None, description="Spread one replica over num_gpus GPUs: auto, balanced, balanced_low_0, sequential or "
-                          "a module -> device dict (KnowLM's --multi_gpu).")
-    max_memory: dict[int | str, int | str] | None = Field(
-        None, description="With device_map: memory cap per device, e.g. {0: 20GiB, 1: 20GiB, cpu: 30GiB} "
-                          "(KnowLM's --allocate).")
-    trust_remote_code: bool = Field(False, strict=True, description="Run Python shipped with the model "
-                                    "directory: only for sources you trust (a strict bool).")
-    num_threads: int | None = Field(None, ge=1, description="torch threads per replica; null: Ray's "
-                                                            "OMP_NUM_THREADS.")
-    batching: Literal["continuous", "dynamic"] = Field(
-        "continuous", description="continuous: requests join the running batch at the next decode step, each "
-        "row with its own parameters (beam search runs apart); dynamic: @serve.batch collects up to "
-        "max_batch_size requests and runs them to the end as one generate per parameter group.")
-    max_batch_size: int = Field(16, ge=1, le=64, description="Rows decoded together (either batching).")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=1, description="dynamic only: how long a batch waits "
-                                                                      "to fill.")
-    max_waiting_requests: int = Field(16, ge=1, description="Requests waiting for a batch in one replica; "
-                                                            "more get 503 + Retry-After.")
-    request_timeout_s: float = Field(300.0, gt=0, description="Then 504; a client may ask for less with "
-                                                              "X-KnowLM-Timeout-S.")
-    retry_after_s: float = Field(1.0, ge=0, description="The Retry-After of a 503.")
-    api_key: str | None = Field(None, description="Bearer token clients must send; null: $KNOWLM_API_KEY, and "
-                                                  "unset there too: no auth.")
-    num_cpus: float = Field(0.5, gt=0, description="CPUs per replica (a config file's deployments: entry "
-                                                   "overrides this and the deployment options below).")
-    num_gpus: float = Field(0, ge=0, description="GPUs per replica.")
-    max_ongoing_requests: int = Field(32, ge=1, description="Requests one replica holds at once (Serve).")
-    max_queued_requests: int = Field(64, ge=-1, description="Requests waiting for a replica before Serve "
-                                                            "answers 503 itself; -1: unbounded (not advised).")
-    num_replicas: int | None = Field(None, ge=1, description="A fixed replica count (turns autoscaling off); "
-                                                             "null: autoscaling_config.")
-    autoscaling_config: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_AUTOSCALING),
-                                                      description="Serve's autoscaling_config for the deployment.")
-
-    @field_validator("loras")
-    @classmethod
-    def _lora_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if not _ADAPTER_NAME.match(name):
-                raise ValueError(f"adapter name {name!r}: use letters, digits, '_', '-', '.' (at most 64)")
-        return v
-
-    @field_validator("device_map")
-    @classmethod
-    def _device_map(cls, v):
-        if isinstance(v, str) and v not in DEVICE_MAPS:
-            raise ValueError(f"device_map must be one of {', '.join(DEVICE_MAPS)} or a module->device dict")
-        return v
-
-    @field_validator("max_memory")
-    @classmethod
-    def _max_memory(cls, v):
-        if v is None:
-            return v
-        out: dict[int | str, int | str] = {}
-        for key, size in v.items():
-            if isinstance(key, str) and key.isdigit():
-                key = int(key)
-            if not (isinstance(key, int) and key >= 0) and key not in ("cpu", "disk"):
-                raise ValueError(f"max_memory key {key!r}: a GPU index (0, 1, ...), 'cpu' or 'disk'")
-            if isinstance(size, int):
-                if size <= 0:
-                    raise ValueError(f"max_memory[{key!r}]: bytes must be > 0")
-            elif not _MEMORY.match(size.strip()):
-                raise ValueError(f"max_memory[{key!r}] = {size!r}: write a size like '20GiB' or '512MiB'")
-            out[key] = size
-        return out
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.model_id is not None and self.model_id in self.loras:
-            raise ValueError(f"loras: adapter name {self.model_id!r} is the base model's id")
-        gpus = [k for k in (self.max_memory or {}) if isinstance(k, int)]
-        if self.max_memory and self.device_map is None:
-            raise ValueError("max_memory needs device_map (e.g. device_map: auto)")
-        if gpus and max(gpus) + 1 > self.num_gpus:
-            raise ValueError(f"max_memory names GPU {max(gpus)} but num_gpus is {self.num_gpus:g} "
-                             "(a replica sees GPUs 0..num_gpus-1)")
-        on_cpu = self.device == "cpu" or (self.device == "auto" and self.num_gpus == 0)
-        if self.device == "cuda" and self.num_gpus == 0:
-            raise ValueError("device cuda needs num_gpus >= 1 (Ray gives a replica no GPU otherwise)")
-        if on_cpu and self.dtype == "float16":
-            raise ValueError("dtype float16 needs a GPU (num_gpus >= 1); on CPU use float32 or bfloat16")
-        if on_cpu and self.quantization == "int8":
-            if self.dtype != "float32":
-                raise ValueError("quantization int8 on CPU (torch dynamic int8) computes in float32: "
-                                 "set dtype float32")
-            if self.loras:
-                raise ValueError("LoRA adapters cannot sit on torch's dynamic int8 layers (CPU int8): "
-                                 "merge them or serve without quantization")
-        return self
-
-
 api = FastAPI(title="knowlm-ray", description="KnowLM /generate and an OpenAI-compatible API on Ray Serve")
 install_error_handlers(api)
 api.add_middleware(serve_metrics.ServeMiddleware)

@@ -8,7 +8,8 @@ import yaml
 from pydantic import ValidationError
 
 from knowlm_ray.config import ConfigError
-from knowlm_ray.serve.app import DEPLOYMENT_NAME, AppArgs, build_app, resolve_model_dir
+from knowlm_ray.serve.app import DEPLOYMENT_NAME, build_app, resolve_model_dir
+from knowlm_ray.serve.options import AppArgs
 
 
 @pytest.fixture(scope="module")
