@@ -161,7 +161,7 @@ def _run_chain(work: Path, steps: int, port: int) -> dict:
             resp = requests.post(f"{base}/generate", json=DEMO_REQUEST, timeout=120)
             say(f"POST {base}/generate -> {resp.status_code}")
             body = resp.json()
-            say(json.dumps(body, ensure_ascii=False, indent=2))
+            say(_json_lines(body))
             resp.raise_for_status()
             body["extract"] = extract_demo(base, records, schema[DEMO_TASK])
         finally:
@@ -172,6 +172,12 @@ def _run_chain(work: Path, steps: int, port: int) -> dict:
     ray.shutdown()
     say(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s; artifacts in {work}; full log: {work / 'demo.log'}")
     return body
+
+
+def _json_lines(obj: dict) -> str:
+    """A JSON object with one line per top-level key (the whole response, a screen's worth)."""
+    rows = [f"  {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in obj.items()]
+    return "{\n" + ",\n".join(rows) + "\n}"
 
 
 def extract_demo(base: str, records: list[dict], labels: list[str]) -> dict:
@@ -189,7 +195,7 @@ def extract_demo(base: str, records: list[dict], labels: list[str]) -> dict:
     say(f"\nPOST {base}/extract on {first['id']}, one of the {len(records)} texts the LoRA was trained on "
         "(a demo of the chain, not of generalisation):")
     out = extract(first["text"])
-    say(json.dumps(out, ensure_ascii=False, indent=2))
+    say(_json_lines(out))
     found, gold, extra = entity_recall(first, out)
     say(f"gold entities recovered: {found}/{gold} ({extra} extra)")
     totals = [entity_recall(r, extract(r["text"])) for r in records[1:]]
