@@ -132,23 +132,6 @@ class FilterConfig(Strict):
     code: CodeFilter = Field(CodeFilter(), description="Code rules (lang: code only).")
     blocklist: BlocklistFilter = Field(BlocklistFilter(), description="Harmful-content block-list.")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _flat_keys(cls, data: Any) -> Any:
-        # The first release had flat keys: still accepted, and they win over the nested ones
-        # (so `filters.min_chars=5` on the command line overrides a file's length.min_chars).
-        if isinstance(data, dict):
-            data = dict(data)
-            for flat, (block, key) in {"min_chars": ("length", "min_chars"), "max_chars": ("length", "max_chars"),
-                                       "max_symbol_ratio": ("char_ratio", "max_symbol_ratio")}.items():
-                if flat in data:
-                    value = data.pop(flat)
-                    sub = data.get(block)
-                    sub = dict(sub) if isinstance(sub, dict) else (sub.model_dump() if sub is not None else {})
-                    sub[key] = value
-                    data[block] = sub
-        return data
-
 
 class DedupConfig(Strict):
     exact: bool = Field(True, description="Drop exact duplicates (same normalised text; the smallest doc_id is kept).")

@@ -29,7 +29,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 TASKS = ("ner", "re", "ee")
 FORMATS = ("tuple", "json")
@@ -273,10 +273,6 @@ def parse_tuples(task: str, text: str, labels: Iterable[str] | None = None) -> t
 
 
 # ---------------------------------------------------------------------------- JSON format
-class _Cut(Exception):
-    """Raised inside the lenient reader where the text ends or breaks."""
-
-
 _INCOMPLETE = object()  # a scalar cut off mid-way: never kept
 
 
@@ -598,9 +594,3 @@ def parse_output(task: str, lang: str, fmt: str, text: str) -> dict[str, list]:
     result: dict[str, list] = {"entities": [], "relations": [], "events": []}
     result[FIELD[task]] = items
     return result
-
-
-def parse_many(task: str, texts: Sequence[str], fmt: str = "auto",
-               labels: Iterable[str] | None = None) -> list[Parsed]:
-    labels = list(labels) if labels is not None else None
-    return [parse_answer(task, t, fmt, labels) for t in texts]

@@ -196,10 +196,6 @@ def build_ds_config(cfg, world_size: int, use_gpu: bool | None = None) -> dict[s
     return ds
 
 
-def uses_ds_optimizer(ds: dict[str, Any] | None) -> bool:
-    return isinstance((ds or {}).get("optimizer"), dict)
-
-
 def check_batch_arithmetic(ds: dict[str, Any], world_size: int) -> None:
     tb = ds.get("train_batch_size")
     mb = ds.get("train_micro_batch_size_per_gpu")

@@ -69,7 +69,7 @@ def test_bad_paths_fail_early_with_the_input_named(tmp_path):
 
 
 def test_filters_flat_keys_still_accepted():
-    cfg = FilterConfig(min_chars=10, max_chars=100, max_symbol_ratio=0.3)
+    cfg = FilterConfig.model_validate({"length": {"min_chars": 10, "max_chars": 100}, "char_ratio": {"max_symbol_ratio": 0.3}})
     assert (cfg.length.min_chars, cfg.length.max_chars, cfg.char_ratio.max_symbol_ratio) == (10, 100, 0.3)
     assert filter_reason("", cfg) == "length: empty"
     assert filter_reason("short", cfg).startswith("length: too short")
@@ -77,7 +77,7 @@ def test_filters_flat_keys_still_accepted():
     assert filter_reason("@@@@ #### $$$$ %%%% &&&&", cfg).startswith("char_ratio: symbol ratio")
     assert filter_reason("知识图谱是一种结构化的语义知识库，用于描述概念。", cfg, "zh") is None
     code = "def f(x):\n    return {'a': [x, x + 1], 'b': x * 2}  # note\n"
-    assert symbol_ratio(code) < 0.3 and filter_reason(code, FilterConfig(min_chars=10), "code") is None
+    assert symbol_ratio(code) < 0.3 and filter_reason(code, FilterConfig.model_validate({"length": {"min_chars": 10}}), "code") is None
 
 
 def test_dedup_key_normalises_width_and_whitespace():
@@ -93,7 +93,7 @@ def _doc(doc_id, text, status=OK):
 def test_annotate_then_exact_dedup_keeps_the_first():
     batch = pa.Table.from_pylist([_doc("s/f:3", "the same text, long enough"), _doc("s/f:1", "the  same text, long enough"),
                                   _doc("s/f:2", "tiny"), _doc("s/f:4", "", MALFORMED)], schema=DOC_SCHEMA)
-    rows = annotate_batch(batch, FilterConfig(min_chars=10).model_dump()).to_pylist()
+    rows = annotate_batch(batch, FilterConfig.model_validate({"length": {"min_chars": 10}}).model_dump()).to_pylist()
     assert [r["status"] for r in rows] == [OK, OK, FILTERED, MALFORMED]
     assert rows[0]["key"] == rows[1]["key"] and rows[2]["key"] == "~s/f:2" and rows[2]["text"] == ""
     table = pa.Table.from_pylist(rows, schema=DOC_SCHEMA)

@@ -90,7 +90,7 @@ def make_cfg(root: Path, tokenizer: Path, out: Path, **extra) -> CorpusConfig:
             {"path": str(root / "code"), "source": "code", "lang": "code", "format": "files", "glob": "**/*.py"},
         ],
         "tokenizer": str(tokenizer), "max_tokens": 24, "out_dir": str(out), "rows_per_shard": 4,
-        "filters": {"min_chars": 10}, "dedup": {"near": True}, **extra})
+        "filters": {"length": {"min_chars": 10}}, "dedup": {"near": True}, **extra})
 
 
 @pytest.fixture(scope="module")
