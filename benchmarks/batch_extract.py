@@ -18,6 +18,7 @@ early, so every prompt costs the same), same run:
 Sequential times include loading the model too (shown separately). The records of every mode are
 compared: their raw answers should agree (greedy decoding, identical batches).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,30 +37,48 @@ SAMPLE = REPO / "data" / "sample" / "ie"
 
 def _docs_file(path: Path, n: int) -> None:
     recs = [json.loads(line) for line in (SAMPLE / "records.jsonl").read_text(encoding="utf-8").splitlines()]
-    rows = [{"id": f"{recs[i % len(recs)]['id']}#{i // len(recs)}", "text": recs[i % len(recs)]["text"],
-             "lang": recs[i % len(recs)]["lang"]} for i in range(n)]
+    rows = [
+        {
+            "id": f"{recs[i % len(recs)]['id']}#{i // len(recs)}",
+            "text": recs[i % len(recs)]["text"],
+            "lang": recs[i % len(recs)]["lang"],
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def _sequential(cfg, threads: int) -> tuple[dict, list[dict]]:
     import torch
 
+    from knowlm_ray.generation.engine import GenerationEngine
     from knowlm_ray.ie.batch import extract_documents, load_schema_spec, plan_blocks, read_block
     from knowlm_ray.ie.extract import engine_generate_fn
-    from knowlm_ray.generation.engine import GenerationEngine
 
     before = torch.get_num_threads()
     t0 = time.perf_counter()
     engine = GenerationEngine(cfg.model, num_threads=threads)
     t1 = time.perf_counter()
     docs = [d for b in plan_blocks(cfg) for d in read_block(b, cfg)[0]]
-    records = extract_documents(docs, cfg.tasks, load_schema_spec(cfg.schema_), engine_generate_fn(
-        engine, {"max_tokens": cfg.max_tokens}), docs_per_call=cfg.docs_per_call, fmt=cfg.format,
-        max_chars=cfg.max_chars)
+    records = extract_documents(
+        docs,
+        cfg.tasks,
+        load_schema_spec(cfg.schema_),
+        engine_generate_fn(engine, {"max_tokens": cfg.max_tokens}),
+        docs_per_call=cfg.docs_per_call,
+        fmt=cfg.format,
+        max_chars=cfg.max_chars,
+    )
     t2 = time.perf_counter()
     torch.set_num_threads(before)
-    return {"mode": f"sequential, {threads} torch thread{'s' if threads > 1 else ''}", "actors": 0,
-            "docs": len(records), "load_s": t1 - t0, "wall_s": t2 - t0, "extract_s": t2 - t1}, records
+    return {
+        "mode": f"sequential, {threads} torch thread{'s' if threads > 1 else ''}",
+        "actors": 0,
+        "docs": len(records),
+        "load_s": t1 - t0,
+        "wall_s": t2 - t0,
+        "extract_s": t2 - t1,
+    }, records
 
 
 def _ray(cfg, actors: int) -> tuple[dict, list[dict]]:
@@ -70,9 +89,14 @@ def _ray(cfg, actors: int) -> tuple[dict, list[dict]]:
     t0 = time.perf_counter()
     summary = run(cfg, progress=False)
     wall = time.perf_counter() - t0
-    return {"mode": f"Ray Data, ActorPoolStrategy(size={actors})", "actors": actors,
-            "docs": summary["documents"], "load_s": None, "wall_s": wall,
-            "extract_s": summary["extract_window_s"]}, list(iter_records(cfg.out_dir))
+    return {
+        "mode": f"Ray Data, ActorPoolStrategy(size={actors})",
+        "actors": actors,
+        "docs": summary["documents"],
+        "load_s": None,
+        "wall_s": wall,
+        "extract_s": summary["extract_window_s"],
+    }, list(iter_records(cfg.out_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=2, help="rounds; the best wall time per mode is reported")
-    ap.add_argument("--seq-threads", default="1",
-                    help="torch thread counts for the sequential loop, e.g. 1,2 (2 threads on a busy 2-core box "
-                         "can be 30x slower: oversubscribed OpenMP)")
+    ap.add_argument(
+        "--seq-threads",
+        default="1",
+        help="torch thread counts for the sequential loop, e.g. 1,2 (2 threads on a busy 2-core box "
+        "can be 30x slower: oversubscribed OpenMP)",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "extract.md"))
     args = ap.parse_args(argv)
     if args.block_size % args.docs_per_call:
@@ -109,11 +136,20 @@ def main(argv: list[str] | None = None) -> int:
             spec = TinySpec(hidden=args.hidden, layers=args.layers, intermediate=int(args.hidden * 8 / 3 + 0.5))
             model = str(build_tiny(work / "model", [REPO / p for p in DEFAULT_CORPUS if (REPO / p).exists()], spec))
         _docs_file(work / "docs.jsonl", args.docs)
-        cfg = BatchExtractConfig.model_validate({
-            "model": model, "input": str(work / "docs.jsonl"), "schema": str(SAMPLE / "schema.json"),
-            "tasks": args.tasks.split(","), "out_dir": str(work / "kg"), "block_size": args.block_size,
-            "docs_per_call": args.docs_per_call, "max_tokens": args.max_tokens, "cpus_per_actor": 0.5,
-            "threads_per_actor": 1})
+        cfg = BatchExtractConfig.model_validate(
+            {
+                "model": model,
+                "input": str(work / "docs.jsonl"),
+                "schema": str(SAMPLE / "schema.json"),
+                "tasks": args.tasks.split(","),
+                "out_dir": str(work / "kg"),
+                "block_size": args.block_size,
+                "docs_per_call": args.docs_per_call,
+                "max_tokens": args.max_tokens,
+                "cpus_per_actor": 0.5,
+                "threads_per_actor": 1,
+            }
+        )
         load_before = os.getloadavg()
         threads = [int(t) for t in args.seq_threads.split(",")]
         init_ray(num_cpus=os.cpu_count() or 2)
@@ -126,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                 row, recs = _sequential(cfg, mode[1]) if mode[0] == "seq" else _ray(cfg, mode[1])
                 runs[mode].append(row)
                 outputs.setdefault(mode, recs)
-                print(f"round {round_ + 1}: {row['mode']}: {row['docs'] / row['wall_s']:.2f} docs/s "
-                      f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+                print(
+                    f"round {round_ + 1}: {row['mode']}: {row['docs'] / row['wall_s']:.2f} docs/s "
+                    f"(load {os.getloadavg()[0]:.1f})",
+                    file=sys.stderr,
+                )
         load_after = os.getloadavg()
         rows = []
         for mode in modes:  # the best of the rounds (the least disturbed by other load)
@@ -151,16 +190,20 @@ def _write_report(args, argv, rows, agree, prompts, load_before, load_after) -> 
     base = rows[0]["docs"] / rows[0]["wall_s"]
     cmd = " ".join([".venv/bin/python benchmarks/batch_extract.py", *(argv if argv is not None else sys.argv[1:])])
     lines = [
-        "# batch_extract throughput", "",
-        f"Command: `{cmd.strip()}`", "",
+        "# batch_extract throughput",
+        "",
+        f"Command: `{cmd.strip()}`",
+        "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}, Ray {ray.__version__}; "
-        f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after (a shared, busy box).", "",
+        f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after (a shared, busy box).",
+        "",
         f"Workload: {rows[0]['docs']} documents (data/sample/ie texts, cycled), tasks `{args.tasks}`, {prompts} prompts, "
         f"greedy decoding of exactly {args.max_tokens} new tokens per prompt (random tiny model: no early EOS), "
         f"{args.docs_per_call} documents per generate call, blocks of {args.block_size} documents. "
         f"{args.repeat} rounds with the modes interleaved; the table shows each mode's best round "
-        f"(all rounds' wall times in the last column).", "",
+        f"(all rounds' wall times in the last column).",
+        "",
         "| mode | actors | documents | model load s | wall s | documents/s (wall) | vs sequential (1 thread) "
         "| extraction s | documents/s (extraction) | same answers | wall s, every round |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -169,15 +212,21 @@ def _write_report(args, argv, rows, agree, prompts, load_before, load_after) -> 
         dps = row["docs"] / row["wall_s"]
         load = f"{row['load_s']:.2f}" if row["load_s"] is not None else "in wall"
         eps = row["docs"] / row["extract_s"] if row["extract_s"] else float("nan")
-        lines.append(f"| {row['mode']} | {row['actors']} | {row['docs']} | {load} | {row['wall_s']:.2f} | "
-                     f"{dps:.2f} | {dps / base:.2f}x | {row['extract_s']:.2f} | {eps:.2f} | {same}/{row['docs']} | "
-                     f"{', '.join(f'{w:.1f}' for w in row['walls'])} |")
-    lines += ["", "Ray wall times are whole jobs: block planning, actor start-up and model load in each actor, "
-              "extraction, atomic part files, and the final records.jsonl / triples.parquet / summary.json "
-              "merge. \"extraction s\" leaves out the fixed costs: for the sequential loop the time after the "
-              "model is loaded, for Ray the span from the first block's start to the last block's end in the "
-              "actors (`extract_window_s` of the job summary). \"same answers\" counts documents whose raw "
-              "model answers equal the first row's.", ""]
+        lines.append(
+            f"| {row['mode']} | {row['actors']} | {row['docs']} | {load} | {row['wall_s']:.2f} | "
+            f"{dps:.2f} | {dps / base:.2f}x | {row['extract_s']:.2f} | {eps:.2f} | {same}/{row['docs']} | "
+            f"{', '.join(f'{w:.1f}' for w in row['walls'])} |"
+        )
+    lines += [
+        "",
+        "Ray wall times are whole jobs: block planning, actor start-up and model load in each actor, "
+        "extraction, atomic part files, and the final records.jsonl / triples.parquet / summary.json "
+        'merge. "extraction s" leaves out the fixed costs: for the sequential loop the time after the '
+        "model is loaded, for Ray the span from the first block's start to the last block's end in the "
+        'actors (`extract_window_s` of the job summary). "same answers" counts documents whose raw '
+        "model answers equal the first row's.",
+        "",
+    ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

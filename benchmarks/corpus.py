@@ -29,6 +29,7 @@ and recall against planted duplicates, packing fill, short-tail handling, MinHas
 5. **Near dedup, MinHash LSH vs naive** on ``--subset`` documents (those that pass the filters and
    exact dedup), one process: naive = exact Jaccard of the shingle sets over all pairs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,20 +64,32 @@ def _sample_pools() -> dict[str, list[str]]:
     from knowlm_ray.corpus.split import split_sentences
 
     cfg = load_config(CorpusConfig, REPO / "jobs" / "configs" / "tiny_corpus.yaml", ["tokenizer=x"])
-    cfg = cfg.model_copy(update={"inputs": [s.model_copy(update={"path": str(REPO / s.path)})
-                                            for s in cfg.inputs if s.lang != "code"]})
+    cfg = cfg.model_copy(
+        update={"inputs": [s.model_copy(update={"path": str(REPO / s.path)}) for s in cfg.inputs if s.lang != "code"]}
+    )
     terms, _ = load_blocklist(cfg.filters.blocklist.files)
     rows = []
     for e in list_input_files(cfg.inputs):
         src = cfg.inputs[e["input"]]
-        rows += [r for r in read_file_rows(e, src)
-                 if r["status"] == "ok" and not filter_reason(r["text"], cfg.filters, r["lang"], terms)]
+        rows += [
+            r
+            for r in read_file_rows(e, src)
+            if r["status"] == "ok" and not filter_reason(r["text"], cfg.filters, r["lang"], terms)
+        ]
     near = local_near_dups(rows, cfg.dedup)
     keep = [r for r in rows if r["doc_id"] not in near]
-    return {"zh": [s for r in keep if r["lang"] == "zh"
-                   for s in split_sentences(r["text"].split("\n", 1)[-1], "zh") if len(s) > 8],
-            "en": [s.strip() + " " for r in keep if r["lang"] == "en"
-                   for s in split_sentences(r["text"], "en") if len(s) > 30]}
+    return {
+        "zh": [
+            s
+            for r in keep
+            if r["lang"] == "zh"
+            for s in split_sentences(r["text"].split("\n", 1)[-1], "zh")
+            if len(s) > 8
+        ],
+        "en": [
+            s.strip() + " " for r in keep if r["lang"] == "en" for s in split_sentences(r["text"], "en") if len(s) > 30
+        ],
+    }
 
 
 def _junk(rng: random.Random, lang: str) -> str:
@@ -84,8 +97,10 @@ def _junk(rng: random.Random, lang: str) -> str:
     if kind == 0:
         return "".join(rng.choice("★☆#@%$&*^~◆■※|+=<>") for _ in range(rng.randint(40, 120)))
     if kind == 1:
-        return " ".join(f"{rng.randint(130, 189)}-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
-                        for _ in range(rng.randint(8, 20)))
+        return " ".join(
+            f"{rng.randint(130, 189)}-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
+            for _ in range(rng.randint(8, 20))
+        )
     if kind == 2:
         line = "点击这里免费领取优惠券，限时抢购！" if lang == "zh" else "Click here to win a free gift card now!"
         return "\n".join([line] * rng.randint(8, 25))
@@ -113,23 +128,27 @@ def _near_copy(text: str, lang: str, target: float, rng: random.Random, vocab: l
 
 def _code_doc(rng: random.Random, words: list[str]) -> str:
     """2-6 generated Python functions: random names, numbers, docstrings (distinct documents)."""
+
     def name() -> str:
         return "_".join(rng.choice(words).lower() for _ in range(rng.randint(1, 3)))
 
     funcs = []
     for _ in range(rng.randint(2, 6)):
         a, b, acc, i = name(), name() + "_b", name() + "_acc", rng.choice("ijk")
-        body = [f"def {name()}({a}, {b}={rng.randint(0, 99)}):",
-                f'    """{" ".join(rng.choice(words) for _ in range(rng.randint(5, 14))).capitalize()}."""',
-                f"    {acc} = {a} {rng.choice('+-*')} {rng.randint(1, 999)}"]
+        body = [
+            f"def {name()}({a}, {b}={rng.randint(0, 99)}):",
+            f'    """{" ".join(rng.choice(words) for _ in range(rng.randint(5, 14))).capitalize()}."""',
+            f"    {acc} = {a} {rng.choice('+-*')} {rng.randint(1, 999)}",
+        ]
         for _ in range(rng.randint(1, 4)):
             kind = rng.randrange(3)
             if kind == 0:
-                body += [f"    for {i} in range({rng.randint(2, 64)}):",
-                         f"        {acc} {rng.choice(['+=', '-=', '^='])} {b} * {i} + {rng.randint(1, 9)}"]
+                body += [
+                    f"    for {i} in range({rng.randint(2, 64)}):",
+                    f"        {acc} {rng.choice(['+=', '-=', '^='])} {b} * {i} + {rng.randint(1, 9)}",
+                ]
             elif kind == 1:
-                body += [f"    if {acc} > {rng.randint(10, 10_000)}:",
-                         f"        {acc} = {acc} // {rng.randint(2, 9)}"]
+                body += [f"    if {acc} > {rng.randint(10, 10_000)}:", f"        {acc} = {acc} // {rng.randint(2, 9)}"]
             else:
                 body.append(f'    {name()} = "{rng.choice(words)} {rng.choice(words)}"')
         body.append(f"    return {acc}")
@@ -143,11 +162,22 @@ def generate(out: Path, n_docs: int, seed: int) -> dict:
 
     rng = random.Random(seed)
     pools = _sample_pools()
-    vocab = {"zh": sorted({c for s in pools["zh"] for c in s if "\u4e00" <= c <= "\u9fff"}),
-             "en": sorted({w for s in pools["en"] for w in re.findall(r"[A-Za-z]{3,}", s)})}
+    vocab = {
+        "zh": sorted({c for s in pools["zh"] for c in s if "\u4e00" <= c <= "\u9fff"}),
+        "en": sorted({w for s in pools["en"] for w in re.findall(r"[A-Za-z]{3,}", s)}),
+    }
     vocab["code"] = vocab["en"]
-    truth = {"exact": {}, "near": {}, "near_jaccard": {}, "near_edits": [], "junk": [], "malformed": [],
-             "docs": 0, "bytes": 0, "by_lang": dict.fromkeys(MIX, 0)}
+    truth = {
+        "exact": {},
+        "near": {},
+        "near_jaccard": {},
+        "near_edits": [],
+        "junk": [],
+        "malformed": [],
+        "docs": 0,
+        "bytes": 0,
+        "by_lang": dict.fromkeys(MIX, 0),
+    }
     lines = {lang: [] for lang in MIX}
     written = {lang: [] for lang in MIX}
     langs, weights = list(MIX), list(MIX.values())
@@ -180,15 +210,16 @@ def generate(out: Path, n_docs: int, seed: int) -> dict:
                 text = _code_doc(rng, vocab["en"])
             else:
                 k = rng.randint(4, 9) if lang == "zh" else rng.randint(3, 8)
-                text = _mutate("".join(rng.sample(pools[lang], k)), lang, 0.10 if lang == "zh" else 0.15,
-                               rng, vocab[lang])
+                text = _mutate(
+                    "".join(rng.sample(pools[lang], k)), lang, 0.10 if lang == "zh" else 0.15, rng, vocab[lang]
+                )
             written[lang].append((doc_id, title, text))
         key = {"zh": "content", "en": "text", "code": "content"}[lang]
         lines[lang].append(json.dumps({"title": title, key: text}, ensure_ascii=False))
     for lang, rows in lines.items():
         (out / lang).mkdir(parents=True, exist_ok=True)
         for part, start in enumerate(range(0, len(rows), LINES_PER_FILE)):
-            chunk = rows[start:start + LINES_PER_FILE]
+            chunk = rows[start : start + LINES_PER_FILE]
             (out / lang / f"part-{part:03d}.jsonl").write_text("\n".join(chunk) + "\n", encoding="utf-8")
         truth["docs"] += len(rows)
     truth["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -198,15 +229,46 @@ def generate(out: Path, n_docs: int, seed: int) -> dict:
 def corpus_config(root: Path, tokenizer: str, out_dir: Path, threshold: float):
     from knowlm_ray.config import CorpusConfig, load_config
 
-    cfg = load_config(CorpusConfig, REPO / "jobs" / "configs" / "tiny_corpus.yaml",
-                      [f"tokenizer={tokenizer}", f"out_dir={out_dir}", f"dedup.threshold={threshold}",
-                       f"max_tokens={MAX_TOKENS}", "rows_per_shard=20000", "pack.mode=none"])
-    inputs = [{"path": str(root / "zh"), "source": "zh", "lang": "zh", "format": "jsonl", "glob": "*.jsonl",
-               "text_field": ["title", "content"], "converter": "baike"},
-              {"path": str(root / "en"), "source": "en", "lang": "en", "format": "jsonl", "glob": "*.jsonl",
-               "text_field": ["title", "text"], "converter": "wiki"},
-              {"path": str(root / "code"), "source": "code", "lang": "code", "format": "jsonl", "glob": "*.jsonl",
-               "text_field": "content"}]
+    cfg = load_config(
+        CorpusConfig,
+        REPO / "jobs" / "configs" / "tiny_corpus.yaml",
+        [
+            f"tokenizer={tokenizer}",
+            f"out_dir={out_dir}",
+            f"dedup.threshold={threshold}",
+            f"max_tokens={MAX_TOKENS}",
+            "rows_per_shard=20000",
+            "pack.mode=none",
+        ],
+    )
+    inputs = [
+        {
+            "path": str(root / "zh"),
+            "source": "zh",
+            "lang": "zh",
+            "format": "jsonl",
+            "glob": "*.jsonl",
+            "text_field": ["title", "content"],
+            "converter": "baike",
+        },
+        {
+            "path": str(root / "en"),
+            "source": "en",
+            "lang": "en",
+            "format": "jsonl",
+            "glob": "*.jsonl",
+            "text_field": ["title", "text"],
+            "converter": "wiki",
+        },
+        {
+            "path": str(root / "code"),
+            "source": "code",
+            "lang": "code",
+            "format": "jsonl",
+            "glob": "*.jsonl",
+            "text_field": "content",
+        },
+    ]
     return CorpusConfig.model_validate({**cfg.model_dump(), "inputs": inputs})
 
 
@@ -224,8 +286,13 @@ def _cpu_by_role() -> dict[int, tuple[str, float]]:
             cmd = " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        role = "driver" if proc.pid == me.pid else "workers" if cmd.startswith("ray::") or "default_worker" in cmd \
+        role = (
+            "driver"
+            if proc.pid == me.pid
+            else "workers"
+            if cmd.startswith("ray::") or "default_worker" in cmd
             else "ray_system"
+        )
         out[proc.pid] = (role, t.user + t.system)
     return out
 
@@ -246,7 +313,7 @@ class CpuMeter:
         while not self._stop.wait(self.every):
             self.last.update(_cpu_by_role())
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.first = _cpu_by_role()
         self.last = dict(self.first)
         self._thread.start()
@@ -273,18 +340,44 @@ def _pipeline_child(args) -> None:
         manifest = run(cfg)
         wall = time.perf_counter() - t0
     cpu = meter.spent
-    dropped = [json.loads(line) for f in sorted((Path(args.child_out) / "dropped").glob("*.jsonl"))
-               for line in f.read_text(encoding="utf-8").splitlines()]
+    dropped = [
+        json.loads(line)
+        for f in sorted((Path(args.child_out) / "dropped").glob("*.jsonl"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+    ]
     gone = {d["doc_id"]: d["status"] for d in dropped}
-    print("RESULT " + json.dumps({"wall_s": wall, "cpu_s": cpu, "stages": manifest["stages"], "filters": manifest["filters"],
-                                  "stats": manifest["stats"], "near_dedup": manifest["near_dedup"],
-                                  "gone": gone}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "stages": manifest["stages"],
+                "filters": manifest["filters"],
+                "stats": manifest["stats"],
+                "near_dedup": manifest["near_dedup"],
+                "gone": gone,
+            }
+        )
+    )
     ray.shutdown()
 
 
 def run_pipeline(root: Path, tokenizer: str, cpus: int, threshold: float, work: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child-cpus", str(cpus), "--child-root", str(root),
-           "--child-out", str(work / f"out{cpus}"), "--tokenizer", tokenizer, "--threshold", str(threshold)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child-cpus",
+        str(cpus),
+        "--child-root",
+        str(root),
+        "--child-out",
+        str(work / f"out{cpus}"),
+        "--tokenizer",
+        tokenizer,
+        "--threshold",
+        str(threshold),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -308,11 +401,14 @@ def run_local(root: Path, tokenizer: str, threshold: float, out: Path) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     terms, _ = load_blocklist(cfg.filters.blocklist.files)
     tok = load_tokenizer(tokenizer)
-    stages = dict.fromkeys(("read", "malformed", "filtered", "exact_dups", "near_dups", "documents", "samples",
-                            "tokens"), 0)
+    stages = dict.fromkeys(
+        ("read", "malformed", "filtered", "exact_dups", "near_dups", "documents", "samples", "tokens"), 0
+    )
     docs, seen = [], set()
-    rows = sorted((r for e in list_input_files(cfg.inputs) for r in read_file_rows(e, cfg.inputs[e["input"]])),
-                  key=lambda r: r["doc_id"])
+    rows = sorted(
+        (r for e in list_input_files(cfg.inputs) for r in read_file_rows(e, cfg.inputs[e["input"]])),
+        key=lambda r: r["doc_id"],
+    )
     for r in rows:
         stages["read"] += 1
         if r["status"] != "ok":
@@ -353,10 +449,13 @@ def packing_fill(out_dir: Path, seed: int) -> dict:
     lengths = ShardReader(out_dir).lengths()
     tokens = int(lengths.sum())
     perm = np.random.default_rng(seed).permutation(len(lengths))
-    batches = [lengths[perm[i:i + BATCH]] for i in range(0, len(perm), BATCH)]
-    res = {"samples": len(lengths), "tokens": tokens,
-           "none": tokens / sum(len(b) * int(b.max()) for b in batches),
-           "pad_to_max": tokens / (len(lengths) * MAX_TOKENS)}
+    batches = [lengths[perm[i : i + BATCH]] for i in range(0, len(perm), BATCH)]
+    res = {
+        "samples": len(lengths),
+        "tokens": tokens,
+        "none": tokens / sum(len(b) * int(b.max()) for b in batches),
+        "pad_to_max": tokens / (len(lengths) * MAX_TOKENS),
+    }
     import pyarrow as pa
 
     for split in (True, False):
@@ -403,16 +502,30 @@ def tail_modes(root: Path, tokenizer: str, threshold: float, n_docs: int) -> dic
                 short_tails += len(b.samples[-1]) < short
             backfill += b.backfill_tokens
             dropped += len(b.dropped_tail or [])
-        out[mode] = {"samples": samples, "tails": tails, "short_tails": short_tails, "backfill_tokens": backfill,
-                     "dropped_tokens": dropped, "tokens": tokens, "pad_to_max_fill": tokens / (samples * MAX_TOKENS)}
+        out[mode] = {
+            "samples": samples,
+            "tails": tails,
+            "short_tails": short_tails,
+            "backfill_tokens": backfill,
+            "dropped_tokens": dropped,
+            "tokens": tokens,
+            "pad_to_max_fill": tokens / (samples * MAX_TOKENS),
+        }
     return out
 
 
 # --------------------------------------------------------------------------- MinHash vs naive
 def near_benchmark(root: Path, subset: int, threshold: float, seed: int) -> dict:
     from knowlm_ray.config import DedupConfig
-    from knowlm_ray.corpus.dedup import (bucket_pairs, bucket_rows, connected_components, doc_signature,
-                                         lsh_params, shingles, verify)
+    from knowlm_ray.corpus.dedup import (
+        bucket_pairs,
+        bucket_rows,
+        connected_components,
+        doc_signature,
+        lsh_params,
+        shingles,
+        verify,
+    )
     from knowlm_ray.corpus.filters import dedup_key, filter_reason, load_blocklist
     from knowlm_ray.corpus.sources import list_input_files, read_file_rows
 
@@ -455,13 +568,21 @@ def near_benchmark(root: Path, subset: int, threshold: float, seed: int) -> dict
     tp = len(found & truth)
     true_dups = set(connected_components(sorted(truth)))
     got_dups = set(connected_components(sorted(found)))
-    return {"docs": len(docs), "pairs": len(docs) * (len(docs) - 1) // 2, "true_pairs": len(truth),
-            "found_pairs": len(found), "pair_precision": tp / len(found) if found else 1.0,
-            "pair_recall": tp / len(truth) if truth else 1.0,
-            "doc_precision": len(got_dups & true_dups) / len(got_dups) if got_dups else 1.0,
-            "doc_recall": len(got_dups & true_dups) / len(true_dups) if true_dups else 1.0,
-            "naive_s": naive_s, "minhash_s": minhash_s, "bands": bands, "rows": rows,
-            "bucket_pairs": comparisons}
+    return {
+        "docs": len(docs),
+        "pairs": len(docs) * (len(docs) - 1) // 2,
+        "true_pairs": len(truth),
+        "found_pairs": len(found),
+        "pair_precision": tp / len(found) if found else 1.0,
+        "pair_recall": tp / len(truth) if truth else 1.0,
+        "doc_precision": len(got_dups & true_dups) / len(got_dups) if got_dups else 1.0,
+        "doc_recall": len(got_dups & true_dups) / len(true_dups) if true_dups else 1.0,
+        "naive_s": naive_s,
+        "minhash_s": minhash_s,
+        "bands": bands,
+        "rows": rows,
+        "bucket_pairs": comparisons,
+    }
 
 
 # --------------------------------------------------------------------------- machine probe
@@ -532,12 +653,17 @@ def dedup_quality(truth: dict, gone: dict[str, str], threshold: float) -> dict:
     marked = {d for d, s in gone.items() if s == "near_dup"}
     detectable = {d for d in planted if truth["near_jaccard"][d] >= threshold}
     planted_gone = set(truth["near"]) | set(truth["exact"]) | set(truth["junk"]) | set(truth["malformed"])
-    return {"planted": len(planted), "marked": len(marked), "caught": len(planted & marked),
-            "recall": len(planted & marked) / max(1, len(planted)),
-            "precision": len(planted & marked) / max(1, len(marked)),
-            "detectable": len(detectable), "caught_detectable": len(detectable & marked),
-            "exact_caught": sum(1 for d in truth["exact"] if gone.get(d) == "exact_dup"),
-            "wrongly_removed": sorted(d for d in gone if d not in planted_gone)}
+    return {
+        "planted": len(planted),
+        "marked": len(marked),
+        "caught": len(planted & marked),
+        "recall": len(planted & marked) / max(1, len(planted)),
+        "precision": len(planted & marked) / max(1, len(marked)),
+        "detectable": len(detectable),
+        "caught_detectable": len(detectable & marked),
+        "exact_caught": sum(1 for d in truth["exact"] if gone.get(d) == "exact_dup"),
+        "wrongly_removed": sorted(d for d in gone if d not in planted_gone),
+    }
 
 
 def report(args, truth, gen_s, runs, walls, local, cores, fill, tails, near) -> str:
@@ -545,8 +671,10 @@ def report(args, truth, gen_s, runs, walls, local, cores, fill, tails, near) -> 
     q = dedup_quality(truth, first["gone"], args.threshold)
     st = first["stages"]
     edits = truth["near_edits"]
-    cmd = (f".venv/bin/python benchmarks/corpus.py --docs {args.docs} --seed {args.seed} --cpus {args.cpus} "
-           f"--repeat {args.repeat} --subset {args.subset} --tail-docs {args.tail_docs} --threshold {args.threshold}")
+    cmd = (
+        f".venv/bin/python benchmarks/corpus.py --docs {args.docs} --seed {args.seed} --cpus {args.cpus} "
+        f"--repeat {args.repeat} --subset {args.subset} --tail-docs {args.tail_docs} --threshold {args.threshold}"
+    )
     lines = [
         "# Corpus pipeline benchmark",
         "",
@@ -575,14 +703,18 @@ def report(args, truth, gen_s, runs, walls, local, cores, fill, tails, near) -> 
     base = runs[min(runs)]["wall_s"]
     for cpus, r in sorted(runs.items()):
         s = r["stages"]
-        lines.append(f"| Ray Data, {cpus} CPU{'s' if cpus > 1 else ''} | {r['wall_s']:.1f} "
-                     f"({', '.join(f'{w:.1f}' for w in walls[cpus])}) | {s['read'] / r['wall_s']:.0f} | "
-                     f"{truth['bytes'] / 1e6 / r['wall_s']:.2f} | {s['tokens'] / r['wall_s']:.0f} | "
-                     f"{base / r['wall_s']:.2f}x | {local['wall_s'] / r['wall_s']:.2f}x |")
+        lines.append(
+            f"| Ray Data, {cpus} CPU{'s' if cpus > 1 else ''} | {r['wall_s']:.1f} "
+            f"({', '.join(f'{w:.1f}' for w in walls[cpus])}) | {s['read'] / r['wall_s']:.0f} | "
+            f"{truth['bytes'] / 1e6 / r['wall_s']:.2f} | {s['tokens'] / r['wall_s']:.0f} | "
+            f"{base / r['wall_s']:.2f}x | {local['wall_s'] / r['wall_s']:.2f}x |"
+        )
     s = local["stages"]
-    lines.append(f"| plain Python loop, 1 process, no Ray (baseline) | {local['wall_s']:.1f} | "
-                 f"{s['read'] / local['wall_s']:.0f} | {truth['bytes'] / 1e6 / local['wall_s']:.2f} | "
-                 f"{s['tokens'] / local['wall_s']:.0f} | {base / local['wall_s']:.2f}x | 1.00x |")
+    lines.append(
+        f"| plain Python loop, 1 process, no Ray (baseline) | {local['wall_s']:.1f} | "
+        f"{s['read'] / local['wall_s']:.0f} | {truth['bytes'] / 1e6 / local['wall_s']:.2f} | "
+        f"{s['tokens'] / local['wall_s']:.0f} | {base / local['wall_s']:.2f}x | 1.00x |"
+    )
     lines += [
         "",
         "Where the CPU went (core-seconds over each run by process role: the driver runs the streaming "
@@ -597,11 +729,15 @@ def report(args, truth, gen_s, runs, walls, local, cores, fill, tails, near) -> 
         c = r.get("cpu_s")
         if c:
             total = sum(c.values())
-            lines.append(f"| Ray Data, {cpus} CPU{'s' if cpus > 1 else ''} | {c['workers']:.1f} | {c['driver']:.1f} | "
-                         f"{c['ray_system']:.1f} | {total:.1f} | {c['workers'] / (cpus * r['wall_s']):.0%} | "
-                         f"{1000 * total / r['stages']['read']:.2f} |")
-    lines.append(f"| plain Python loop | {local['cpu_s']:.1f} | | | {local['cpu_s']:.1f} | | "
-                 f"{1000 * local['cpu_s'] / local['stages']['read']:.2f} |")
+            lines.append(
+                f"| Ray Data, {cpus} CPU{'s' if cpus > 1 else ''} | {c['workers']:.1f} | {c['driver']:.1f} | "
+                f"{c['ray_system']:.1f} | {total:.1f} | {c['workers'] / (cpus * r['wall_s']):.0%} | "
+                f"{1000 * total / r['stages']['read']:.2f} |"
+            )
+    lines.append(
+        f"| plain Python loop | {local['cpu_s']:.1f} | | | {local['cpu_s']:.1f} | | "
+        f"{1000 * local['cpu_s'] / local['stages']['read']:.2f} |"
+    )
     same = len({json.dumps(r["stages"], sort_keys=True) for r in runs.values()}) == 1
     same_local = all(local["stages"][k] == st[k] for k in local["stages"])
     lines += [
@@ -649,9 +785,11 @@ def report(args, truth, gen_s, runs, walls, local, cores, fill, tails, near) -> 
     ]
     for mode in ("keep", "backfill", "drop"):
         t = tails[mode]
-        lines.append(f"| {mode}{' (default)' if mode == 'keep' else ''} | {t['samples']:,} | {t['tails']:,} | "
-                     f"{t['short_tails']:,} | {t['backfill_tokens']:,} | {t['dropped_tokens']:,} | "
-                     f"{t['pad_to_max_fill']:.1%} |")
+        lines.append(
+            f"| {mode}{' (default)' if mode == 'keep' else ''} | {t['samples']:,} | {t['tails']:,} | "
+            f"{t['short_tails']:,} | {t['backfill_tokens']:,} | {t['dropped_tokens']:,} | "
+            f"{t['pad_to_max_fill']:.1%} |"
+        )
     lines += [
         "",
         "keep trains every token once; backfill (KnowLM) fills short tails with repeated sentences, which only "
@@ -717,13 +855,17 @@ def main(argv: list[str] | None = None) -> None:
     truth = generate(root, args.docs, args.seed)
     gen_s = time.perf_counter() - t0
     tokenizer = args.tokenizer or _tokenizer(work)
-    print(f"synthetic corpus: {truth['docs']} documents, {truth['bytes'] / 1e6:.1f} MB in {gen_s:.1f}s "
-          f"({len(truth['exact'])} exact dups, {len(truth['near'])} near dups, {len(truth['junk'])} junk, "
-          f"{len(truth['malformed'])} malformed planted) -> {root}", flush=True)
+    print(
+        f"synthetic corpus: {truth['docs']} documents, {truth['bytes'] / 1e6:.1f} MB in {gen_s:.1f}s "
+        f"({len(truth['exact'])} exact dups, {len(truth['near'])} near dups, {len(truth['junk'])} junk, "
+        f"{len(truth['malformed'])} malformed planted) -> {root}",
+        flush=True,
+    )
 
     cores_before = effective_cores(), workload_cores(root, tokenizer, args.threshold)
-    print(f"effective cores before: {cores_before[0]:.2f} (arithmetic), {cores_before[1]:.2f} (pipeline work)",
-          flush=True)
+    print(
+        f"effective cores before: {cores_before[0]:.2f} (arithmetic), {cores_before[1]:.2f} (pipeline work)", flush=True
+    )
     runs: dict[int, dict] = {}
     walls: dict[int, list[float]] = {}
     for rep in range(args.repeat):
@@ -735,17 +877,28 @@ def main(argv: list[str] | None = None) -> None:
             print(f"pipeline, {cpus} CPU, run {rep + 1}: {r['wall_s']:.1f}s {r['stages']}", flush=True)
     local = run_local(root, tokenizer, args.threshold, work / "local")
     cores_after = effective_cores(), workload_cores(root, tokenizer, args.threshold)
-    print(f"effective cores after: {cores_after[0]:.2f} (arithmetic), {cores_after[1]:.2f} (pipeline work)",
-          flush=True)
+    print(f"effective cores after: {cores_after[0]:.2f} (arithmetic), {cores_after[1]:.2f} (pipeline work)", flush=True)
     print(f"plain Python, 1 process: {local['wall_s']:.1f}s {local['stages']}", flush=True)
     fill = packing_fill(work / f"out{min(runs)}", args.seed)
     print(f"packing fill: {json.dumps(fill)}", flush=True)
     tails = tail_modes(root, tokenizer, args.threshold, args.tail_docs)
     print(f"tails: {json.dumps(tails)}", flush=True)
     near = near_benchmark(root, args.subset, args.threshold, args.seed)
-    print(f"near dedup on {near['docs']} docs: naive {near['naive_s']:.1f}s, MinHash {near['minhash_s']:.2f}s",
-          flush=True)
-    text = report(args, truth, gen_s, runs, walls, local, (cores_before[0], cores_after[0], cores_before[1], cores_after[1]), fill, tails, near)
+    print(
+        f"near dedup on {near['docs']} docs: naive {near['naive_s']:.1f}s, MinHash {near['minhash_s']:.2f}s", flush=True
+    )
+    text = report(
+        args,
+        truth,
+        gen_s,
+        runs,
+        walls,
+        local,
+        (cores_before[0], cores_after[0], cores_before[1], cores_after[1]),
+        fill,
+        tails,
+        near,
+    )
     print("\n" + text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")

@@ -30,6 +30,7 @@ Memory per replica: a fresh process loads the engine (fp32, then torch dynamic i
 one batch; the table gives its resident memory after loading minus after the imports, and its
 peak. The markdown (with the command) is appended to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,10 +61,23 @@ def _free_port() -> int:
 
 
 def _prompts(n: int) -> list[dict]:
-    topics = ["知识图谱", "浙江大学", "信息抽取", "the river Thames", "Marie Curie", "大语言模型", "杭州西湖",
-              "relation extraction"]
-    return [{"instruction": f"请介绍一下{topics[i % len(topics)]}。（第{i}题）", "input": "" if i % 2 else
-             f"背景 {i}: 这是一段用于测试的上下文。"} for i in range(n)]
+    topics = [
+        "知识图谱",
+        "浙江大学",
+        "信息抽取",
+        "the river Thames",
+        "Marie Curie",
+        "大语言模型",
+        "杭州西湖",
+        "relation extraction",
+    ]
+    return [
+        {
+            "instruction": f"请介绍一下{topics[i % len(topics)]}。（第{i}题）",
+            "input": "" if i % 2 else f"背景 {i}: 这是一段用于测试的上下文。",
+        }
+        for i in range(n)
+    ]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -73,10 +87,18 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _stats(latencies: list[float], tokens: int, wall: float, clients: int, errors: int = 0) -> dict:
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "wall_s": wall,
-            "rps": len(latencies) / wall, "tok_s": tokens / wall, "latencies": latencies,
-            "p50_ms": 1000 * _pct(latencies, 0.5), "p99_ms": 1000 * _pct(latencies, 0.99),
-            "mean_ms": 1000 * statistics.fmean(latencies)}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "wall_s": wall,
+        "rps": len(latencies) / wall,
+        "tok_s": tokens / wall,
+        "latencies": latencies,
+        "p50_ms": 1000 * _pct(latencies, 0.5),
+        "p99_ms": 1000 * _pct(latencies, 0.99),
+        "mean_ms": 1000 * statistics.fmean(latencies),
+    }
 
 
 def closed_loop(items: list, clients: int, call) -> dict:
@@ -168,6 +190,7 @@ def cpu_seconds(procs: dict[str, list]) -> dict[str, float]:
 
 def in_process_level(batcher, rows: list, clients: int) -> dict:
     """The continuous batcher without HTTP, driven the same way as the HTTP clients."""
+
     def call(row):
         (res,) = batcher.submit([row]).result()
         return res.num_output_tokens
@@ -179,8 +202,11 @@ def combine(runs: list[dict]) -> dict:
     """Median throughput over repeats; latency percentiles over every request of every repeat."""
     lat = [x for r in runs for x in r["latencies"]]
     out = _stats(lat, 0, 1.0, runs[0]["clients"], sum(r["errors"] for r in runs))
-    out.update(rps=statistics.median(r["rps"] for r in runs), tok_s=statistics.median(r["tok_s"] for r in runs),
-               runs=[round(r["rps"], 1) for r in runs])
+    out.update(
+        rps=statistics.median(r["rps"] for r in runs),
+        tok_s=statistics.median(r["tok_s"] for r in runs),
+        runs=[round(r["rps"], 1) for r in runs],
+    )
     return out
 
 
@@ -207,8 +233,13 @@ class NaiveBaseline:
             t = time.perf_counter()
             enc = tok(build_prompt(body["instruction"], body["input"]), return_tensors="pt")
             with torch.inference_mode():
-                out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
-                                          pad_token_id=tok.unk_token_id, eos_token_id=tok.eos_token_id)
+                out = self.model.generate(
+                    **enc,
+                    max_new_tokens=max_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.unk_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
             tokens += out.shape[1] - enc["input_ids"].shape[1]
             latencies.append(time.perf_counter() - t)
         return _stats(latencies, tokens, time.perf_counter() - t0, 1)
@@ -223,7 +254,6 @@ def memory_probe(model_dir: str, quantization: str, batch: int, max_tokens: int)
     torch.set_num_threads(1)
     from knowlm_ray.generation.continuous import ContinuousBatcher
     from knowlm_ray.generation.engine import GenerationEngine
-    from knowlm_ray.generation.params import GenerationParams
 
     engine = GenerationEngine(model_dir, device="cpu", quantization=quantization)
     loaded = _rss()
@@ -235,8 +265,14 @@ def memory_probe(model_dir: str, quantization: str, batch: int, max_tokens: int)
     wall = time.perf_counter() - t0
     batcher.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return {"quantization": quantization, "weights_mib": weights / 2**20, "rss_mib": (loaded["RssAnon"] + loaded["RssFile"]) / 2**10,
-            "anon_mib": loaded["RssAnon"] / 2**10, "peak_mib": peak / 2**20, "batch_s": wall}
+    return {
+        "quantization": quantization,
+        "weights_mib": weights / 2**20,
+        "rss_mib": (loaded["RssAnon"] + loaded["RssFile"]) / 2**10,
+        "anon_mib": loaded["RssAnon"] / 2**10,
+        "peak_mib": peak / 2**20,
+        "batch_s": wall,
+    }
 
 
 def _tensor_bytes(values) -> int:
@@ -265,16 +301,22 @@ def _rss() -> dict[str, int]:
 def _requests(n: int, max_tokens: int):
     from knowlm_ray.generation.params import GenerateRequest
 
-    return [GenerateRequest(instruction=b["instruction"], input=b["input"], parameters={"max_tokens": max_tokens})
-            for b in _prompts(n)]
+    return [
+        GenerateRequest(instruction=b["instruction"], input=b["input"], parameters={"max_tokens": max_tokens})
+        for b in _prompts(n)
+    ]
 
 
 def measure_memory(model_dir: str, batch: int, max_tokens: int) -> list[dict]:
     out = []
     for quant in ("none", "int8"):
-        proc = subprocess.run([sys.executable, __file__, "--memory-probe", model_dir, quant, str(batch),
-                               str(max_tokens)], capture_output=True, text=True, check=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--memory-probe", model_dir, quant, str(batch), str(max_tokens)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return out
 
@@ -286,8 +328,13 @@ def build_model(tmp: Path, kind: str, hidden: int, layers: int) -> str:
     if kind == "tiny":  # the test suite's tiny model
         spec = TinySpec(vocab_size=3000, hidden=64, layers=2, intermediate=172)
     else:  # LLaMA's shape ratios: head size 64, MLP 8/3 of hidden (rounded to 64)
-        spec = TinySpec(vocab_size=3000, hidden=hidden, layers=layers, heads=max(1, hidden // 64),
-                        intermediate=round(hidden * 8 / 3 / 64) * 64)
+        spec = TinySpec(
+            vocab_size=3000,
+            hidden=hidden,
+            layers=layers,
+            heads=max(1, hidden // 64),
+            intermediate=round(hidden * 8 / 3 / 64) * 64,
+        )
     return str(build_tiny(tmp / kind, corpus, spec))
 
 
@@ -300,8 +347,10 @@ def describe_model(model_dir: str) -> str:
         with safe_open(str(f), "pt") as st:
             for k in st.keys():
                 params += _numel(st.get_slice(k).get_shape())
-    return (f"hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}, "
-            f"{params / 1e6:.1f}M parameters")
+    return (
+        f"hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}, "
+        f"{params / 1e6:.1f}M parameters"
+    )
 
 
 def _numel(shape) -> int:
@@ -348,11 +397,23 @@ def bench_model(name: str, model: str, args, port: int) -> dict:
     bodies = _prompts(requests_n)
     t0 = time.perf_counter()
     for setup in SETUPS:
-        serve.run(build_app({"model": model, "num_replicas": args.replicas, "batching": setup,
-                             "max_batch_size": args.batch_size,
-                             "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 64, "max_waiting_requests": 64,
-                             "request_timeout_s": 600}),
-                  name=setup, route_prefix=f"/{setup}", blocking=False)
+        serve.run(
+            build_app(
+                {
+                    "model": model,
+                    "num_replicas": args.replicas,
+                    "batching": setup,
+                    "max_batch_size": args.batch_size,
+                    "batch_wait_timeout_s": 0.01,
+                    "max_ongoing_requests": 64,
+                    "max_waiting_requests": 64,
+                    "request_timeout_s": 600,
+                }
+            ),
+            name=setup,
+            route_prefix=f"/{setup}",
+            blocking=False,
+        )
     serve.run(floor_app(max_tokens), name="floor", route_prefix="/floor", blocking=False)
     for setup in (*SETUPS, "floor"):
         wait_ready(f"http://127.0.0.1:{port}/{setup}")
@@ -399,8 +460,11 @@ def bench_model(name: str, model: str, args, port: int) -> dict:
         for setup in SETUPS:
             res = combine(runs[setup])
             results[setup].append(res)
-            print(f"  [{name}] {setup:>10} {c:>3} clients: {res['rps']:.1f} req/s {res['runs']}, p50 "
-                  f"{res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms, errors {res['errors']}", flush=True)
+            print(
+                f"  [{name}] {setup:>10} {c:>3} clients: {res['rps']:.1f} req/s {res['runs']}, p50 "
+                f"{res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms, errors {res['errors']}",
+                flush=True,
+            )
     load1 = os.getloadavg()
     batcher.close()
     steps = serve.get_app_handle("continuous").get_stats.remote().result()["batcher"]
@@ -409,14 +473,27 @@ def bench_model(name: str, model: str, args, port: int) -> dict:
     naive = combine(naive_runs)
     print(f"  [{name}] naive: {naive['rps']:.2f} req/s {naive['runs']}, mean {naive['mean_ms']:.0f} ms", flush=True)
     local = combine(local_runs)
-    print(f"  [{name}] in-process continuous, {local['clients']} threads: {local['rps']:.2f} req/s {local['runs']}",
-          flush=True)
+    print(
+        f"  [{name}] in-process continuous, {local['clients']} threads: {local['rps']:.2f} req/s {local['runs']}",
+        flush=True,
+    )
     memory = measure_memory(model, args.batch_size, max_tokens)
     print(f"  [{name}] memory: {memory}", flush=True)
-    return {"name": name, "model": model, "requests": requests_n, "max_tokens": max_tokens, "results": results,
-            "naive": naive, "local": local, "steps": steps, "cpu": cpu, "floor": combine(floor_runs),
-            "memory": memory, "load": (load0[0], load1[0]),
-            "prompt_tokens": statistics.fmean(len(r.input_ids) for r in rows)}
+    return {
+        "name": name,
+        "model": model,
+        "requests": requests_n,
+        "max_tokens": max_tokens,
+        "results": results,
+        "naive": naive,
+        "local": local,
+        "steps": steps,
+        "cpu": cpu,
+        "floor": combine(floor_runs),
+        "memory": memory,
+        "load": (load0[0], load1[0]),
+        "prompt_tokens": statistics.fmean(len(r.input_ids) for r in rows),
+    }
 
 
 def _engine_cpu_s(app: str) -> float | None:
@@ -442,15 +519,21 @@ def report(b: dict, args, cmd: str) -> list[str]:
     ]
     for setup, label in SETUPS.items():
         for r in b["results"][setup]:
-            lines.append(f"| {label} (max_batch_size {args.batch_size}) | {r['clients']} | {r['rps']:.1f} {r['runs']} | "
-                         f"{r['rps'] / naive['rps']:.1f}x | {r['tok_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                         f"{r['errors']} |")
+            lines.append(
+                f"| {label} (max_batch_size {args.batch_size}) | {r['clients']} | {r['rps']:.1f} {r['runs']} | "
+                f"{r['rps'] / naive['rps']:.1f}x | {r['tok_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                f"{r['errors']} |"
+            )
     local = b["local"]
-    lines.append(f"| in-process continuous batcher, no HTTP | {local['clients']} | {local['rps']:.2f} {local['runs']} | "
-                 f"{local['rps'] / naive['rps']:.1f}x | {local['tok_s']:.0f} | {local['p50_ms']:.0f} | "
-                 f"{local['p99_ms']:.0f} | 0 |")
-    lines.append(f"| naive: transformers.generate, one at a time, in-process | 1 | {naive['rps']:.2f} {naive['runs']} | 1.0x | "
-                 f"{naive['tok_s']:.0f} | {naive['p50_ms']:.0f} | {naive['p99_ms']:.0f} | 0 |")
+    lines.append(
+        f"| in-process continuous batcher, no HTTP | {local['clients']} | {local['rps']:.2f} {local['runs']} | "
+        f"{local['rps'] / naive['rps']:.1f}x | {local['tok_s']:.0f} | {local['p50_ms']:.0f} | "
+        f"{local['p99_ms']:.0f} | 0 |"
+    )
+    lines.append(
+        f"| naive: transformers.generate, one at a time, in-process | 1 | {naive['rps']:.2f} {naive['runs']} | 1.0x | "
+        f"{naive['tok_s']:.0f} | {naive['p50_ms']:.0f} | {naive['p99_ms']:.0f} | 0 |"
+    )
     verdicts = []
     for setup in SETUPS:
         top = next((r for r in b["results"][setup] if r["clients"] == 16), None)
@@ -458,18 +541,23 @@ def report(b: dict, args, cmd: str) -> list[str]:
             continue
         x = top["rps"] / naive["rps"]
         ok = x >= GOAL_X and top["p99_ms"] <= seq16
-        verdicts.append(f"{setup}: {x:.1f}x the naive throughput, p99 {top['p99_ms']:.0f} ms vs {seq16:.0f} ms for "
-                        f"16 sequential requests — goal {'met' if ok else 'not met'}")
+        verdicts.append(
+            f"{setup}: {x:.1f}x the naive throughput, p99 {top['p99_ms']:.0f} ms vs {seq16:.0f} ms for "
+            f"16 sequential requests — goal {'met' if ok else 'not met'}"
+        )
     if verdicts:
-        lines.append("\nAt 16 clients (goal: >= 5x naive req/s, p99 <= 16 x naive mean latency): "
-                     + "; ".join(verdicts) + ".\n")
+        lines.append(
+            "\nAt 16 clients (goal: >= 5x naive req/s, p99 <= 16 x naive mean latency): " + "; ".join(verdicts) + ".\n"
+        )
     by_rows = {int(k): v for k, v in b["steps"]["decode_step_ms_by_rows"].items()}
     if by_rows:
         one, most = min(by_rows), max(by_rows)
-        lines.append(f"What a shared forward pass costs in the continuous replica (its own timers, whole run): a "
-                     f"decode step over {one} row(s) {by_rows[one]:.1f} ms, over {most} rows {by_rows[most]:.1f} ms "
-                     f"({by_rows[most] / by_rows[one]:.1f}x the time for {most / one:.0f}x the tokens); prefill "
-                     f"{b['steps']['prefill_ms_per_token']:.2f} ms per prompt token.\n")
+        lines.append(
+            f"What a shared forward pass costs in the continuous replica (its own timers, whole run): a "
+            f"decode step over {one} row(s) {by_rows[one]:.1f} ms, over {most} rows {by_rows[most]:.1f} ms "
+            f"({by_rows[most] / by_rows[one]:.1f}x the time for {most / one:.0f}x the tokens); prefill "
+            f"{b['steps']['prefill_ms_per_token']:.2f} ms per prompt token.\n"
+        )
     top = max(args.clients)
     parts = []
     for setup in (*SETUPS, "floor"):
@@ -478,23 +566,35 @@ def report(b: dict, args, cmd: str) -> list[str]:
         ms = {k: 1000 * v / n for k, v in c.items() if k != "requests"}
         fwd = f" (its decoding thread {ms['engine']:.1f})" if "engine" in ms else ""
         replicas = "replicas" if args.replicas > 1 and setup in SETUPS else "replica"
-        parts.append(f"{setup}: client {ms['client']:.1f}, {args.ingress} {ms['proxy']:.1f}, {replicas} {ms['replica']:.1f}{fwd} "
-                     f"= {ms['client'] + ms['proxy'] + ms['replica']:.1f}")
-    lines.append(f"CPU per request at {top} clients, ms (process CPU time over those runs / requests): "
-                 + "; ".join(parts) + f". The naive baseline: {naive['mean_ms']:.1f} ms of one core, in-process.\n")
+        parts.append(
+            f"{setup}: client {ms['client']:.1f}, {args.ingress} {ms['proxy']:.1f}, {replicas} {ms['replica']:.1f}{fwd} "
+            f"= {ms['client'] + ms['proxy'] + ms['replica']:.1f}"
+        )
+    lines.append(
+        f"CPU per request at {top} clients, ms (process CPU time over those runs / requests): "
+        + "; ".join(parts)
+        + f". The naive baseline: {naive['mean_ms']:.1f} ms of one core, in-process.\n"
+    )
     floor = b["floor"]
-    lines.append(f"Serve's floor (`floor`: a FastAPI ingress that answers `/generate` at once, no model, 1 replica, "
-                 f"measured alternately with the apps above): {floor['rps']:.0f} req/s {floor['runs']} at {top} clients "
-                 f"= {floor['rps'] / naive['rps']:.1f}x the naive baseline, p50 {floor['p50_ms']:.0f} ms — the most "
-                 "any one replica behind this ingress can answer on this machine.\n")
-    lines += ["\nMemory per replica (a fresh process holding only the engine; Python + torch + transformers "
-              "alone take most of it at these sizes):\n",
-              "| precision | weights in memory | process RSS after load (private) | process peak RSS (load + "
-              f"one batch) | one batch of {args.batch_size} x {b['max_tokens']} tokens |", "|---|---:|---:|---:|---:|"]
+    lines.append(
+        f"Serve's floor (`floor`: a FastAPI ingress that answers `/generate` at once, no model, 1 replica, "
+        f"measured alternately with the apps above): {floor['rps']:.0f} req/s {floor['runs']} at {top} clients "
+        f"= {floor['rps'] / naive['rps']:.1f}x the naive baseline, p50 {floor['p50_ms']:.0f} ms — the most "
+        "any one replica behind this ingress can answer on this machine.\n"
+    )
+    lines += [
+        "\nMemory per replica (a fresh process holding only the engine; Python + torch + transformers "
+        "alone take most of it at these sizes):\n",
+        "| precision | weights in memory | process RSS after load (private) | process peak RSS (load + "
+        f"one batch) | one batch of {args.batch_size} x {b['max_tokens']} tokens |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for m in b["memory"]:
         label = "fp32" if m["quantization"] == "none" else "int8 (torch dynamic)"
-        lines.append(f"| {label} | {m['weights_mib']:.1f} MiB | {m['rss_mib']:.0f} MiB ({m['anon_mib']:.0f} MiB) | "
-                     f"{m['peak_mib']:.0f} MiB | {m['batch_s']:.2f} s |")
+        lines.append(
+            f"| {label} | {m['weights_mib']:.1f} MiB | {m['rss_mib']:.0f} MiB ({m['anon_mib']:.0f} MiB) | "
+            f"{m['peak_mib']:.0f} MiB | {m['batch_s']:.2f} s |"
+        )
     return lines
 
 
@@ -513,13 +613,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=64, help="requests per level, tiny model")
     ap.add_argument("--compute-requests", type=int, default=24, help="requests per level, other models")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--compute-max-tokens", type=int, default=96,
-                    help="new tokens per request, other models (KnowLM's scripts allow 512)")
+    ap.add_argument(
+        "--compute-max-tokens",
+        type=int,
+        default=96,
+        help="new tokens per request, other models (KnowLM's scripts allow 512)",
+    )
     ap.add_argument("--batch-size", type=int, default=16, help="max_batch_size of both Serve apps")
     ap.add_argument("--repeats", type=int, default=2, help="alternating measurements per level")
     ap.add_argument("--replicas", type=int, default=1, help="replicas per Serve app (fixed, no autoscaling)")
-    ap.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
-                    help="Serve's HTTP front: Ray's Python proxy or HAProxy (knowlm_ray/serve/ingress.py)")
+    ap.add_argument(
+        "--ingress",
+        choices=["proxy", "haproxy"],
+        default="proxy",
+        help="Serve's HTTP front: Ray's Python proxy or HAProxy (knowlm_ray/serve/ingress.py)",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/serve.md"))
     args = ap.parse_args(argv)
     if "given" in args.models and not args.model:
@@ -531,8 +639,10 @@ def main(argv: list[str] | None = None) -> int:
     set_default_env()
     use_ingress(args.ingress)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    models = {kind: (args.model if kind == "given" else build_model(tmp, kind, args.compute_hidden, args.compute_layers))
-              for kind in args.models}
+    models = {
+        kind: (args.model if kind == "given" else build_model(tmp, kind, args.compute_hidden, args.compute_layers))
+        for kind in args.models
+    }
     init_ray()
     from ray import serve
 
@@ -562,8 +672,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
-        out.write_text("# Serving benchmarks\n\nResults of `benchmarks/serve.py` (run from the repository root), "
-                       "newest last.\n", encoding="utf-8")
+        out.write_text(
+            "# Serving benchmarks\n\nResults of `benchmarks/serve.py` (run from the repository root), newest last.\n",
+            encoding="utf-8",
+        )
     with out.open("a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))

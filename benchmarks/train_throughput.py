@@ -18,6 +18,7 @@ tokens/s is over the optimizer steps after the first (compute + gradient sync: t
 per-step timing); "fit s" is the whole call including Ray Train's worker start, checkpoint at the
 last step and the export. Results (markdown table + the command) go to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ZERO3_FAST = {"preset": "zero3", "zero_optimization": {
-    "stage3_max_live_parameters": 1_000_000_000, "stage3_max_reuse_distance": 1_000_000_000,
-    "sub_group_size": 1_000_000_000}}
+ZERO3_FAST = {
+    "preset": "zero3",
+    "zero_optimization": {
+        "stage3_max_live_parameters": 1_000_000_000,
+        "stage3_max_reuse_distance": 1_000_000_000,
+        "sub_group_size": 1_000_000_000,
+    },
+}
 SETUPS = [  # (name, deepspeed, workers)
     ("ddp", "ddp", 2),
     ("zero2", "zero2", 2),
@@ -56,12 +62,18 @@ def build_inputs(work: Path, rows: int) -> tuple[Path, Path]:
     data = work / "corpus"
     if not (data / "shards" / "part-00000.arrow").is_file():
         tok = AutoTokenizer.from_pretrained(model)
-        lines = [t for t in iter_corpus_lines([REPO / "data/sample/en.jsonl", REPO / "data/sample/zh.jsonl"])
-                 if len(t) > 200][:rows]
+        lines = [
+            t for t in iter_corpus_lines([REPO / "data/sample/en.jsonl", REPO / "data/sample/zh.jsonl"]) if len(t) > 200
+        ][:rows]
         ids = [tok(t)["input_ids"][:512] + [tok.eos_token_id] for t in lines]
         (data / "shards").mkdir(parents=True, exist_ok=True)
-        table = pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int32())),
-                          "doc_id": [str(i) for i in range(len(ids))], "source": ["sample"] * len(ids)})
+        table = pa.table(
+            {
+                "input_ids": pa.array(ids, type=pa.list_(pa.int32())),
+                "doc_id": [str(i) for i in range(len(ids))],
+                "source": ["sample"] * len(ids),
+            }
+        )
         with pa.ipc.new_file(str(data / "shards" / "part-00000.arrow"), table.schema) as w:
             w.write_table(table)
     return model, data
@@ -90,8 +102,11 @@ def bare_loop(model_dir: Path, data: Path, steps: int, batch: int, seq: int, lr:
         opt.step()
         opt.zero_grad(set_to_none=True)
         tps.append(int(b["attention_mask"].sum()) / (time.perf_counter() - t0))
-    return {"tokens_per_s": statistics.mean(tps[1:]), "fit_s": time.perf_counter() - t_fit,
-            "last_loss": float(out.loss)}
+    return {
+        "tokens_per_s": statistics.mean(tps[1:]),
+        "fit_s": time.perf_counter() - t_fit,
+        "last_loss": float(out.loss),
+    }
 
 
 def ray_fit(name: str, deepspeed, workers: int, model: Path, data: Path, work: Path, args) -> dict:
@@ -101,17 +116,33 @@ def ray_fit(name: str, deepspeed, workers: int, model: Path, data: Path, work: P
 
     out = work / "runs" / name
     shutil.rmtree(out, ignore_errors=True)
-    cfg = PretrainConfig(model=str(model), data=str(data), num_workers=workers, deepspeed=deepspeed,
-                         micro_batch_size=args.micro if workers else args.micro * 2, seq_len=args.seq,
-                         lr=args.lr, max_steps=args.steps, save_every=10**6, log_every=10**6,
-                         output_dir=str(out / "model"), storage_path=str(out / "ray"), run_name=f"bench-{name}")
+    cfg = PretrainConfig(
+        model=str(model),
+        data=str(data),
+        num_workers=workers,
+        deepspeed=deepspeed,
+        micro_batch_size=args.micro if workers else args.micro * 2,
+        seq_len=args.seq,
+        lr=args.lr,
+        max_steps=args.steps,
+        save_every=10**6,
+        log_every=10**6,
+        output_dir=str(out / "model"),
+        storage_path=str(out / "ray"),
+        run_name=f"bench-{name}",
+    )
     t0 = time.perf_counter()
     summary = pretrain.run(cfg)
     fit_s = time.perf_counter() - t0
     rows = [r for r in read_metrics(out / "model" / "metrics.jsonl") if "loss" in r]
     tps = [r["tokens_per_s"] for r in rows[1:]]
-    return {"tokens_per_s": statistics.mean(tps), "fit_s": fit_s, "last_loss": rows[-1]["loss"],
-            "train_s": summary.get("train_s"), "init_s": summary.get("init_s")}
+    return {
+        "tokens_per_s": statistics.mean(tps),
+        "fit_s": fit_s,
+        "last_loss": rows[-1]["loss"],
+        "train_s": summary.get("train_s"),
+        "init_s": summary.get("init_s"),
+    }
 
 
 def main(argv=None) -> None:
@@ -150,30 +181,42 @@ def main(argv=None) -> None:
     load_after = os.getloadavg()
 
     base = results.get("bare", {}).get("tokens_per_s")
-    labels = {"bare": "bare torch loop, 1 process", "local": "our loop, local mode (1 process)",
-              "ddp": "DDP, 2 Ray Train workers", "zero2": "ZeRO-2, 2 workers",
-              "zero3": "ZeRO-3, 2 workers (DeepSpeed default live/reuse/sub-group)",
-              "zero3-knowlm": "ZeRO-3, 2 workers, KnowLM's block (max_live/reuse 0, sub_group 0)"}
-    lines = ["| setup | tokens/s | vs bare | fit s (incl. start, final checkpoint, export) | last loss |",
-             "|---|---:|---:|---:|---:|"]
+    labels = {
+        "bare": "bare torch loop, 1 process",
+        "local": "our loop, local mode (1 process)",
+        "ddp": "DDP, 2 Ray Train workers",
+        "zero2": "ZeRO-2, 2 workers",
+        "zero3": "ZeRO-3, 2 workers (DeepSpeed default live/reuse/sub-group)",
+        "zero3-knowlm": "ZeRO-3, 2 workers, KnowLM's block (max_live/reuse 0, sub_group 0)",
+    }
+    lines = [
+        "| setup | tokens/s | vs bare | fit s (incl. start, final checkpoint, export) | last loss |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
         ratio = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
-        lines.append(f"| {labels[name]} | {r['tokens_per_s']:,.0f} | {ratio} | {r['fit_s']:.1f} | {r['last_loss']:.3f} |")
+        lines.append(
+            f"| {labels[name]} | {r['tokens_per_s']:,.0f} | {ratio} | {r['fit_s']:.1f} | {r['last_loss']:.3f} |"
+        )
     table = "\n".join(lines)
     print(table)
     mcfg = json.loads((model / "config.json").read_text())
-    n_params = (2 * mcfg["vocab_size"] * mcfg["hidden_size"] + mcfg["num_hidden_layers"] * (
-        4 * mcfg["hidden_size"] ** 2 + 3 * mcfg["hidden_size"] * mcfg["intermediate_size"] + 2 * mcfg["hidden_size"])
-        + mcfg["hidden_size"])
+    n_params = (
+        2 * mcfg["vocab_size"] * mcfg["hidden_size"]
+        + mcfg["num_hidden_layers"]
+        * (4 * mcfg["hidden_size"] ** 2 + 3 * mcfg["hidden_size"] * mcfg["intermediate_size"] + 2 * mcfg["hidden_size"])
+        + mcfg["hidden_size"]
+    )
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_throughput.py " + " ".join(argv or sys.argv[1:])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(f"""# Training throughput: DDP vs ZeRO-2 vs ZeRO-3 (tiny LLaMA, CPU)
+    Path(args.out).write_text(
+        f"""# Training throughput: DDP vs ZeRO-2 vs ZeRO-3 (tiny LLaMA, CPU)
 
 Command: `{command.strip()}`
 
 Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, no GPU; load average
 {load_before[0]:.1f} before / {load_after[0]:.1f} after (a shared box: other jobs ran at the same time).
-Model: tiny LLaMA (hidden {mcfg['hidden_size']}, {mcfg['num_hidden_layers']} layers, {mcfg['vocab_size']:,} vocab, {n_params / 1e6:.2f} M parameters), fp32; {args.steps} optimizer
+Model: tiny LLaMA (hidden {mcfg["hidden_size"]}, {mcfg["num_hidden_layers"]} layers, {mcfg["vocab_size"]:,} vocab, {n_params / 1e6:.2f} M parameters), fp32; {args.steps} optimizer
 steps of {args.micro * 2} rows x up to {args.seq} tokens (2 workers x micro batch {args.micro}; the
 1-process setups take {args.micro * 2} rows at once), same shards and sampler seed everywhere.
 
@@ -187,7 +230,9 @@ the 1-process setups use one of the 2 cores and the 2-worker setups both: the id
 is ~2x, and what falls short of it is the distributed cost (gradient all-reduce / reduce-scatter,
 ZeRO-3's parameter all-gathers) plus the box's other load. The 1-process setups also pad 8 rows
 to the longest, the workers 4 each (a little more padding work per real token for them).
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     print(f"wrote {args.out}")
 
 

@@ -17,6 +17,7 @@ process so the numbers are that operation's alone:
 Peak RSS is the child's ``VmHWM`` (/proc/self/status), growth is over the RSS right after its
 imports. Results (markdown table + the command) go to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ def _status(key: str) -> int:
 
 
 # ---------------------------------------------------------------------------- the measured operations
+
 
 def op_recover_ours(w: Path) -> None:
     from knowlm_ray.models.weight_diff import recover
@@ -108,20 +110,34 @@ def op_gguf_ours(w: Path) -> None:
 
 
 OPS = {
-    "recover (ours, streamed)": ("recover", op_recover_ours,
-                                 "from knowlm_ray.models.weight_diff import recover"),
-    "recover (KnowLM: both models whole)": ("recover", op_recover_knowlm,
-                                            "import torch, transformers; from transformers import AutoModelForCausalLM"),
+    "recover (ours, streamed)": ("recover", op_recover_ours, "from knowlm_ray.models.weight_diff import recover"),
+    "recover (KnowLM: both models whole)": (
+        "recover",
+        op_recover_knowlm,
+        "import torch, transformers; from transformers import AutoModelForCausalLM",
+    ),
     "merge-lora (ours, streamed)": ("merge-lora", op_merge_ours, "from knowlm_ray.models.lora import merge_lora"),
-    "merge-lora (KnowLM/peft: merge_and_unload)": ("merge-lora", op_merge_peft,
-                                                   "import torch, peft, transformers; from peft import PeftModel"),
-    "merge-lora, 2 adapters (ours, one streamed pass)": ("merge-lora x2", op_merge2_ours,
-                                                         "from knowlm_ray.models.lora import merge_lora"),
-    "merge-lora, 2 adapters (peft: merge_and_unload twice)": ("merge-lora x2", op_merge2_peft,
-                                                              "import torch, peft, transformers; from peft import PeftModel"),
+    "merge-lora (KnowLM/peft: merge_and_unload)": (
+        "merge-lora",
+        op_merge_peft,
+        "import torch, peft, transformers; from peft import PeftModel",
+    ),
+    "merge-lora, 2 adapters (ours, one streamed pass)": (
+        "merge-lora x2",
+        op_merge2_ours,
+        "from knowlm_ray.models.lora import merge_lora",
+    ),
+    "merge-lora, 2 adapters (peft: merge_and_unload twice)": (
+        "merge-lora x2",
+        op_merge2_peft,
+        "import torch, peft, transformers; from peft import PeftModel",
+    ),
     "diff (ours, streamed)": ("diff", op_diff_ours, "from knowlm_ray.models.weight_diff import make_diff"),
-    "export-gguf f16 (ours, streamed)": ("export-gguf", op_gguf_ours,
-                                         "from knowlm_ray.models.gguf_export import export_gguf; import gguf"),
+    "export-gguf f16 (ours, streamed)": (
+        "export-gguf",
+        op_gguf_ours,
+        "from knowlm_ray.models.gguf_export import export_gguf; import gguf",
+    ),
 }
 
 
@@ -143,6 +159,7 @@ def child(label: str, workdir: str) -> None:
 
 # ---------------------------------------------------------------------------- setup
 
+
 def build(w: Path, vocab: int, hidden: int, layers: int, heads: int, intermediate: int, shards: int) -> dict:
     import torch
     from safetensors.torch import save_file
@@ -153,9 +170,17 @@ def build(w: Path, vocab: int, hidden: int, layers: int, heads: int, intermediat
     if w.exists():
         shutil.rmtree(w)
     w.mkdir(parents=True)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
-                      tie_word_embeddings=False, rms_norm_eps=1e-6)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+    )
     cfg.architectures = ["LlamaForCausalLM"]
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(cfg).state_dict().items()}
@@ -176,8 +201,9 @@ def build(w: Path, vocab: int, hidden: int, layers: int, heads: int, intermediat
             fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
             save_file({k: make(k) for k in names}, directory / fname, metadata={"format": "pt"})
             wm.update({k: fname for k in names})
-        (directory / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": sum(sizes.values())}, "weight_map": wm}))
+        (directory / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": sum(sizes.values())}, "weight_map": wm})
+        )
 
     def raw_tensor(k):
         gk = torch.Generator().manual_seed(sum(map(ord, k)) * 7919 + len(k))
@@ -198,13 +224,29 @@ def build(w: Path, vocab: int, hidden: int, layers: int, heads: int, intermediat
             lora[f"{mod}.lora_A.weight"] = 0.01 * torch.randn(16, s[1], generator=g)
             lora[f"{mod}.lora_B.weight"] = 0.01 * torch.randn(s[0], 16, generator=g)
     save_file(lora, ad / "adapter_model.safetensors", metadata={"format": "pt"})
-    (ad / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
-        "bias": "none", "target_modules": targets, "fan_in_fan_out": False, "base_model_name_or_path": None}))
+    (ad / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": 16,
+                "lora_alpha": 32,
+                "lora_dropout": 0.05,
+                "bias": "none",
+                "target_modules": targets,
+                "fan_in_fan_out": False,
+                "base_model_name_or_path": None,
+            }
+        )
+    )
     files = sorted((w / "raw").glob("*.safetensors"))
-    return {"model_bytes": sum(f.stat().st_size for f in files), "largest_shard": max(f.stat().st_size for f in files),
-            "shards": len(files), "params": sum(torch.Size(s).numel() for s in shapes.values()),
-            "largest_tensor": max(4 * torch.Size(s).numel() for s in shapes.values())}
+    return {
+        "model_bytes": sum(f.stat().st_size for f in files),
+        "largest_shard": max(f.stat().st_size for f in files),
+        "shards": len(files),
+        "params": sum(torch.Size(s).numel() for s in shapes.values()),
+        "largest_tensor": max(4 * torch.Size(s).numel() for s in shapes.values()),
+    }
 
 
 def add_sentencepiece(w: Path, vocab: int) -> bool:
@@ -216,14 +258,21 @@ def add_sentencepiece(w: Path, vocab: int) -> bool:
 
         lines = [f"token{i} word{i % 977} 词{i % 331} {i}" for i in range(3000)]
         buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, model_type="bpe",
-                                       vocab_size=vocab, byte_fallback=True, hard_vocab_limit=False, minloglevel=2,
-                                       num_threads=1)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=buf,
+            model_type="bpe",
+            vocab_size=vocab,
+            byte_fallback=True,
+            hard_vocab_limit=False,
+            minloglevel=2,
+            num_threads=1,
+        )
         sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
         if sp.vocab_size() > vocab:
             return False
         g = w / "gguf_model"  # the raw model's files + this vocabulary (kept out of raw/: merge-lora would
-        g.mkdir()             # rightly refuse a tokenizer smaller than the embeddings)
+        g.mkdir()  # rightly refuse a tokenizer smaller than the embeddings)
         for f in (w / "raw").iterdir():
             os.symlink(f, g / f.name)
         (g / "tokenizer.model").write_bytes(buf.getvalue())
@@ -233,11 +282,18 @@ def add_sentencepiece(w: Path, vocab: int) -> bool:
 
 
 def run_child(label: str, w: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONPATH=str(REPO),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
+        PYTHONPATH=str(REPO),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+    )
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, __file__, "--child", label, "--workdir", str(w)], capture_output=True,
-                         text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, __file__, "--child", label, "--workdir", str(w)], capture_output=True, text=True, env=env
+    )
     if res.returncode != 0:
         raise RuntimeError(f"{label} failed:\n{res.stderr[-3000:]}")
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")][-1]
@@ -247,9 +303,9 @@ def run_child(label: str, w: Path) -> dict:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    from knowlm_ray.models.checkpoint import Checkpoint
-
     import torch
+
+    from knowlm_ray.models.checkpoint import Checkpoint
 
     with Checkpoint(a) as A, Checkpoint(b) as B:
         if set(A.names()) != set(B.names()):
@@ -286,14 +342,26 @@ def main(argv=None) -> None:
         for label in runs:
             r = run_child(label, w)
             runs[label].append(r)
-            print(f"[{rep + 1}/{a.repeat}] {label:45s} peak {r['peak'] / MB:8.1f} MB  growth "
-                  f"{(r['peak'] - r['baseline']) / MB:8.1f} MB  wall {r['wall']:6.2f}s  cpu {r['cpu']:6.2f}s",
-                  file=sys.stderr)
+            print(
+                f"[{rep + 1}/{a.repeat}] {label:45s} peak {r['peak'] / MB:8.1f} MB  growth "
+                f"{(r['peak'] - r['baseline']) / MB:8.1f} MB  wall {r['wall']:6.2f}s  cpu {r['cpu']:6.2f}s",
+                file=sys.stderr,
+            )
     rows = []
     for label, rs in runs.items():
-        med = lambda key: sorted(x[key] for x in rs)[len(rs) // 2]  # noqa: E731
-        rows.append((label, {"peak": max(x["peak"] for x in rs), "baseline": min(x["baseline"] for x in rs),
-                             "wall": med("wall"), "wall_min": min(x["wall"] for x in rs), "cpu": med("cpu")}))
+        med = lambda key, rs=rs: sorted(x[key] for x in rs)[len(rs) // 2]  # noqa: E731
+        rows.append(
+            (
+                label,
+                {
+                    "peak": max(x["peak"] for x in rs),
+                    "baseline": min(x["baseline"] for x in rs),
+                    "wall": med("wall"),
+                    "wall_min": min(x["wall"] for x in rs),
+                    "cpu": med("cpu"),
+                },
+            )
+        )
     checks = {
         "recover: ours == KnowLM's": same_weights(w / "out_recover_ours", w / "out_recover_knowlm"),
         "recover: ours == the tuned model": same_weights(w / "out_recover_ours", w / "tuned"),
@@ -302,8 +370,17 @@ def main(argv=None) -> None:
     }
     largest = info["largest_shard"]
     cmd = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/weights_memory.py " + " ".join(
-        f"--{k} {v}" for k, v in (("vocab", a.vocab), ("hidden", a.hidden), ("layers", a.layers), ("heads", a.heads),
-                                   ("intermediate", a.intermediate), ("shards", a.shards), ("repeat", a.repeat)))
+        f"--{k} {v}"
+        for k, v in (
+            ("vocab", a.vocab),
+            ("hidden", a.hidden),
+            ("layers", a.layers),
+            ("heads", a.heads),
+            ("intermediate", a.intermediate),
+            ("shards", a.shards),
+            ("repeat", a.repeat),
+        )
+    )
     import torch
     import transformers
 
@@ -333,22 +410,28 @@ def main(argv=None) -> None:
     ]
     for label, r in rows:
         g = r["peak"] - r["baseline"]
-        lines.append(f"| {label} | {r['peak'] / MB:.0f} | {g / MB:.0f} | {g / largest:.2f}x | "
-                     f"{r['wall']:.1f} / {r['wall_min']:.1f} | {r['cpu']:.1f} |")
-    lines += ["", "Output checks: " + "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()) + ".", "",
-              "Notes:",
-              "- Ours also does work KnowLM's does not: re-hashes the diff against its `checksums.sha256`, checks every "
-              "raw and recovered tensor against the diff's fingerprints, and writes a sha256 manifest of the output.",
-              "- Peak growth is about one largest tensor (the 125 MB embedding) plus ~1 MB chunks: reading one operand "
-              "whole and streaming the other in chunks. For LLaMA-13B (26 GB fp16 / 52 GB fp32, largest tensor "
-              "32000x5120) that is ~0.3-0.7 GB instead of two whole models.",
-              "- The toolkit runs torch single-threaded inside its loops: with OpenMP's 2 threads on this loaded box the "
-              "same recover took 22-46 s of CPU (thousands of small ops, each paying a thread hand-off); with 1 "
-              "thread 3 s.",
-              "- glibc returns freed blocks above its mmap threshold (<= 32 MB) to the OS; with tensors smaller than "
-              "that (tiny models) freed memory can stay in the heap, so small models show up to ~2 tensors of growth.",
-              "- GGUF in llama.cpp (not part of this script; llama-cpp-python 0.3.36 built from PyPI's sdist in a scratch venv): `KNOWLM_LLAMA_CPP_PYTHON=/tmp/llcpp/venv/bin/python .venv/bin/pytest tests/models/test_gguf.py` -> 9 passed: 12 greedy tokens identical to transformers for the f32 and f16 exports of the tiny model (max logit difference 2.1e-4 / 5.1e-4, llama.cpp's f16 KV cache), and the exported LoRA adapter loaded with `lora_path` gives the merged model's tokens. Our f32 and q8_0 files are tensor-for-tensor byte-identical to llama.cpp's own convert_hf_to_gguf.py output (metadata identical except general.name).",
-              ""]
+        lines.append(
+            f"| {label} | {r['peak'] / MB:.0f} | {g / MB:.0f} | {g / largest:.2f}x | "
+            f"{r['wall']:.1f} / {r['wall_min']:.1f} | {r['cpu']:.1f} |"
+        )
+    lines += [
+        "",
+        "Output checks: " + "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()) + ".",
+        "",
+        "Notes:",
+        "- Ours also does work KnowLM's does not: re-hashes the diff against its `checksums.sha256`, checks every "
+        "raw and recovered tensor against the diff's fingerprints, and writes a sha256 manifest of the output.",
+        "- Peak growth is about one largest tensor (the 125 MB embedding) plus ~1 MB chunks: reading one operand "
+        "whole and streaming the other in chunks. For LLaMA-13B (26 GB fp16 / 52 GB fp32, largest tensor "
+        "32000x5120) that is ~0.3-0.7 GB instead of two whole models.",
+        "- The toolkit runs torch single-threaded inside its loops: with OpenMP's 2 threads on this loaded box the "
+        "same recover took 22-46 s of CPU (thousands of small ops, each paying a thread hand-off); with 1 "
+        "thread 3 s.",
+        "- glibc returns freed blocks above its mmap threshold (<= 32 MB) to the OS; with tensors smaller than "
+        "that (tiny models) freed memory can stay in the heap, so small models show up to ~2 tensors of growth.",
+        "- GGUF in llama.cpp (not part of this script; llama-cpp-python 0.3.36 built from PyPI's sdist in a scratch venv): `KNOWLM_LLAMA_CPP_PYTHON=/tmp/llcpp/venv/bin/python .venv/bin/pytest tests/models/test_gguf.py` -> 9 passed: 12 greedy tokens identical to transformers for the f32 and f16 exports of the tiny model (max logit difference 2.1e-4 / 5.1e-4, llama.cpp's f16 KV cache), and the exported LoRA adapter loaded with `lora_path` gives the merged model's tokens. Our f32 and q8_0 files are tensor-for-tensor byte-identical to llama.cpp's own convert_hf_to_gguf.py output (metadata identical except general.name).",
+        "",
+    ]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(lines))
     print("\n".join(lines))

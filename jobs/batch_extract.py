@@ -8,6 +8,7 @@ tokenizer). Writes out_dir/records.jsonl (IE records), triples.parquet and summa
 skips the blocks already written (see knowlm_ray.ie.batch). A bad input path, a schema gap or
 changed settings on a re-run is one line and exit status 2.
 """
+
 from __future__ import annotations
 
 from knowlm_ray.entry import run_job

@@ -5,6 +5,7 @@
 Writes out_dir/report.json (and out_dir/predictions.jsonl for extraction); see knowlm_ray.ie.evaluate.
 A bad model, gold, schema or shards path is one line naming the key and exit status 2.
 """
+
 from __future__ import annotations
 
 from knowlm_ray.entry import run_job

@@ -10,6 +10,7 @@ output_dir/metrics.jsonl. num_epochs sets max_steps unless max_steps is given. R
 same command resumes. The peft adapter (+ tokenizer) goes to output_dir; merge it with
 `knowlm weights merge-lora`.
 """
+
 from __future__ import annotations
 
 from knowlm_ray.entry import run_job

@@ -8,6 +8,7 @@ out_dir/dropped/*.jsonl (why each filtered or duplicate document was dropped) an
 out_dir/manifest.json (see knowlm_ray/corpus/pipeline.py). Same input + config => byte-identical
 shards and manifest.
 """
+
 from __future__ import annotations
 
 from knowlm_ray.entry import run_job

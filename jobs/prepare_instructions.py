@@ -7,13 +7,16 @@ Writes out_dir/train/part-NNNNN.arrow, out_dir/validation/part-NNNNN.arrow, out_
 and out_dir/manifest.json (see knowlm_ray/instruct/prepare.py). Same input + config =>
 byte-identical output.
 """
+
 from __future__ import annotations
 
 from knowlm_ray.entry import run_job
 
 
 def main(argv: list[str] | None = None):
-    return run_job("prepare-instructions", argv, description=__doc__)  # knowlm_ray/entry.py: JOBS["prepare-instructions"]
+    return run_job(
+        "prepare-instructions", argv, description=__doc__
+    )  # knowlm_ray/entry.py: JOBS["prepare-instructions"]
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ save_every steps and every save_every_minutes. Per-step metrics go to output_dir
 and output_dir/tensorboard; the final HF model to output_dir.
 The 13B recipe on 3 x 8 V100: jobs/configs/zhixi-13b-v100.yaml on cluster/v100.yaml.
 """
+
 from __future__ import annotations
 
 from knowlm_ray.entry import run_job

@@ -1,9 +1,11 @@
 """Alpaca records, KnowLM's prompt template, and tokenisation with the prompt masked out."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from knowlm_ray.errors import UserError
 
@@ -13,10 +15,12 @@ IGNORE_INDEX = -100  # label value torch's cross-entropy skips
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
     "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
 PROMPT_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
 RESPONSE_SPLIT = "### Response:"
 
 
@@ -26,8 +30,11 @@ class RecordError(UserError, ValueError):
 
 def build_prompt(instruction: str, input: str | None = None, output: str | None = None) -> str:
     """The prompt the model sees; with ``output`` it is the full training text (without EOS)."""
-    text = (PROMPT_WITH_INPUT.format(instruction=instruction, input=input) if input
-            else PROMPT_NO_INPUT.format(instruction=instruction))
+    text = (
+        PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
+        if input
+        else PROMPT_NO_INPUT.format(instruction=instruction)
+    )
     return text + (output or "")
 
 
@@ -85,8 +92,9 @@ def _load_alpaca_file(p: Path) -> list[dict[str, str]]:
     return out
 
 
-def tokenize_record(tokenizer, rec: dict[str, str], cutoff_len: int,
-                    train_on_inputs: bool = False) -> dict[str, list[int]]:
+def tokenize_record(
+    tokenizer, rec: dict[str, str], cutoff_len: int, train_on_inputs: bool = False
+) -> dict[str, list[int]]:
     """BOS + prompt + response (+ EOS when it fits), cut to ``cutoff_len``.
 
     With ``train_on_inputs=False`` the prompt's labels are IGNORE_INDEX so only the response is
@@ -103,8 +111,9 @@ def tokenize_record(tokenizer, rec: dict[str, str], cutoff_len: int,
     return {"input_ids": full_ids, "labels": labels}
 
 
-def tokenize_records(tokenizer, records: Iterable[dict[str, str]], cutoff_len: int,
-                     train_on_inputs: bool = False) -> list[dict[str, list[int]]]:
+def tokenize_records(
+    tokenizer, records: Iterable[dict[str, str]], cutoff_len: int, train_on_inputs: bool = False
+) -> list[dict[str, list[int]]]:
     rows = [tokenize_record(tokenizer, r, cutoff_len, train_on_inputs) for r in records]
     # A record whose response was cut away entirely teaches nothing: drop it.
     return [r for r in rows if any(x != IGNORE_INDEX for x in r["labels"][1:])]

@@ -13,6 +13,7 @@ write fails the temporary goes and the target keeps its old content.
 Temporary names are ``.{name}.{pid}-{random}.tmp`` (``.old`` for a replaced directory on its way
 out): hidden, unique per writer, and matched by ``.*.tmp`` sweeps of what a killed run left.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,9 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 PathLike = str | os.PathLike
 

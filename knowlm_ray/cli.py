@@ -1,25 +1,26 @@
 """`knowlm` command: one thin subcommand per library entry point.
 
-    knowlm init-tiny --out artifacts/tiny
-    knowlm prepare-corpus --config jobs/configs/tiny_corpus.yaml [key=value ...]
-    knowlm pretrain --config jobs/configs/tiny.yaml [key=value ...]
-    knowlm prepare-instructions --config jobs/configs/tiny_instructions.yaml [key=value ...]
-    knowlm finetune-lora --config jobs/configs/tiny_lora.yaml [key=value ...]
-    knowlm batch-extract --config jobs/configs/tiny_extract.yaml [key=value ...]
-    knowlm evaluate --config jobs/configs/tiny_eval.yaml [key=value ...]
-    knowlm config show JOB          (a job's config keys as commented YAML; JOB: a job above or serve)
-    knowlm kg2instruct --records R --schema S --out O [--seed N]
-    knowlm plot RUN_DIR [--out PNG]
-    knowlm corpus inspect DIR [--samples N]
-    knowlm corpus export-megatron DIR OUT_PREFIX
-    knowlm weights merge-lora --base B --lora L1 [--lora L2 ...] --out M
-    knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
-    knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
-    knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
-    knowlm chat (--server URL | --model-dir DIR)
-    knowlm web --server URL
-    knowlm demo
+knowlm init-tiny --out artifacts/tiny
+knowlm prepare-corpus --config jobs/configs/tiny_corpus.yaml [key=value ...]
+knowlm pretrain --config jobs/configs/tiny.yaml [key=value ...]
+knowlm prepare-instructions --config jobs/configs/tiny_instructions.yaml [key=value ...]
+knowlm finetune-lora --config jobs/configs/tiny_lora.yaml [key=value ...]
+knowlm batch-extract --config jobs/configs/tiny_extract.yaml [key=value ...]
+knowlm evaluate --config jobs/configs/tiny_eval.yaml [key=value ...]
+knowlm config show JOB          (a job's config keys as commented YAML; JOB: a job above or serve)
+knowlm kg2instruct --records R --schema S --out O [--seed N]
+knowlm plot RUN_DIR [--out PNG]
+knowlm corpus inspect DIR [--samples N]
+knowlm corpus export-megatron DIR OUT_PREFIX
+knowlm weights merge-lora --base B --lora L1 [--lora L2 ...] --out M
+knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
+knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
+knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
+knowlm chat (--server URL | --model-dir DIR)
+knowlm web --server URL
+knowlm demo
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,15 +31,26 @@ from knowlm_ray.entry import add_job_commands, user_errors
 from knowlm_ray.errors import InputError
 from knowlm_ray.runtime import set_default_env
 
-COMMAND_MODULES = ("knowlm_ray.models.weights_cli", "knowlm_ray.ie.cli", "knowlm_ray.corpus.cli",
-                   "knowlm_ray.train.cli", "knowlm_ray.clients.cli")
+COMMAND_MODULES = (
+    "knowlm_ray.models.weights_cli",
+    "knowlm_ray.ie.cli",
+    "knowlm_ray.corpus.cli",
+    "knowlm_ray.train.cli",
+    "knowlm_ray.clients.cli",
+)
 
 
 def _init_tiny(a: argparse.Namespace) -> None:
     from knowlm_ray.models.tiny import DEFAULT_CORPUS, TinySpec, build_tiny
 
-    spec = TinySpec(vocab_size=a.vocab_size, hidden=a.hidden, layers=a.layers, heads=a.heads,
-                    intermediate=a.intermediate or int(a.hidden * 8 / 3 + 0.5), seed=a.seed)
+    spec = TinySpec(
+        vocab_size=a.vocab_size,
+        hidden=a.hidden,
+        layers=a.layers,
+        heads=a.heads,
+        intermediate=a.intermediate or int(a.hidden * 8 / 3 + 0.5),
+        seed=a.seed,
+    )
     out = build_tiny(a.out, a.corpus or DEFAULT_CORPUS, spec)
     print(f"tiny model written to {out}")
 
@@ -47,8 +59,9 @@ def _serve(a: argparse.Namespace) -> None:
     from knowlm_ray.serve.launch import serve_blocking
 
     loras = dict(_name_eq_dir(x) for x in a.lora)
-    serve_blocking(model=a.model, loras=loras, host=a.host, port=a.port, ingress=a.ingress,
-                   **dict(_app_arg(x) for x in a.set))
+    serve_blocking(
+        model=a.model, loras=loras, host=a.host, port=a.port, ingress=a.ingress, **dict(_app_arg(x) for x in a.set)
+    )
 
 
 def _app_arg(text: str) -> tuple[str, object]:
@@ -80,8 +93,9 @@ def _demo(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="knowlm", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="knowlm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("init-tiny", help="build the embedded default tiny LLaMA + tokenizer")
@@ -99,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(sub)
 
     # Listed for --help; main() hands its arguments to the module's own parser.
-    sub.add_parser("kg2instruct", add_help=False,
-                   help="IE records + schema -> alpaca instructions (--help for options)")
+    sub.add_parser(
+        "kg2instruct", add_help=False, help="IE records + schema -> alpaca instructions (--help for options)"
+    )
 
     # Command groups that live beside their library code.
     for module in COMMAND_MODULES:
@@ -109,20 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
     from knowlm_ray.config import keys_help
     from knowlm_ray.serve.options import AppArgs
 
-    p = sub.add_parser("serve", help="serve a model over HTTP with Ray Serve (blocks)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=keys_help(AppArgs, "serve", title="app options (--set KEY=VALUE; in a serve "
-                                        "config file: applications[].args):"))
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP with Ray Serve (blocks)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=keys_help(
+            AppArgs, "serve", title="app options (--set KEY=VALUE; in a serve config file: applications[].args):"
+        ),
+    )
     p.add_argument("--model", required=True, help="HF model directory")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="a peft adapter to serve")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (loopback unless told otherwise)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an app option (listed below), e.g. --set num_replicas=2")
-    p.add_argument("--ingress", choices=["proxy", "haproxy"], default=None,
-                   help="HTTP front of the Ray this starts: Ray's Python proxy (default) or HAProxy, which "
-                        "costs ~10x less CPU per request (BENCHMARKS.md); on a running cluster it is set "
-                        "at `ray start` (RAY_SERVE_ENABLE_HA_PROXY=1)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an app option (listed below), e.g. --set num_replicas=2",
+    )
+    p.add_argument(
+        "--ingress",
+        choices=["proxy", "haproxy"],
+        default=None,
+        help="HTTP front of the Ray this starts: Ray's Python proxy (default) or HAProxy, which "
+        "costs ~10x less CPU per request (BENCHMARKS.md); on a running cluster it is set "
+        "at `ray start` (RAY_SERVE_ENABLE_HA_PROXY=1)",
+    )
     p.set_defaults(fn=_serve)
 
     p = sub.add_parser("demo", help="the whole chain on the embedded default")

@@ -3,6 +3,7 @@
 Every job is ``python jobs/X.py --config FILE [key.path=value ...]``. A config is a pydantic model
 with ``extra="forbid"``, so a misspelt key or a wrong type is an error that names the key.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,22 +30,32 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- corpus
 class SourceConfig(Strict):
     path: str = Field(description="A file, or a directory whose files matching glob are read.")
-    source: str = Field(description="Name of this source: in doc_ids, the manifest, mix.caps / mix.shares "
-                                    "and pretrain's data_mix.")
-    lang: Literal["zh", "en", "code"] = Field(description="Language of the documents; picks the filters' "
-                                                          "rules and the converter.")
+    source: str = Field(
+        description="Name of this source: in doc_ids, the manifest, mix.caps / mix.shares and pretrain's data_mix."
+    )
+    lang: Literal["zh", "en", "code"] = Field(
+        description="Language of the documents; picks the filters' rules and the converter."
+    )
     format: Literal["jsonl", "text", "parquet", "files"] = Field(
-        "jsonl", description="jsonl / text (one document per line) / parquet (one per row) / files (one per "
-                             "file, e.g. a code tree by glob). jsonl, text and files may be gzip (.gz) or zstd "
-                             "(.zst, .zstd) compressed.")
-    text_field: str | list[str] = Field("text", description="jsonl / parquet: the text field; a list joins "
-                                                            "several fields (e.g. [title, content]).")
+        "jsonl",
+        description="jsonl / text (one document per line) / parquet (one per row) / files (one per "
+        "file, e.g. a code tree by glob). jsonl, text and files may be gzip (.gz) or zstd "
+        "(.zst, .zstd) compressed.",
+    )
+    text_field: str | list[str] = Field(
+        "text", description="jsonl / parquet: the text field; a list joins several fields (e.g. [title, content])."
+    )
     glob: str = Field("**/*", description="Files read when path is a directory.")
-    weight: float = Field(1.0, description="Sampling weight in pretraining: a multiplier on this source's "
-                                           "natural share (repeats data; mix.caps / mix.shares cut it).")
+    weight: float = Field(
+        1.0,
+        description="Sampling weight in pretraining: a multiplier on this source's "
+        "natural share (repeats data; mix.caps / mix.shares cut it).",
+    )
     converter: Literal["auto", "none", "plain", "wiki", "baike", "code"] = Field(
-        "auto", description="Text clean-up: auto is code for lang code, plain otherwise; wiki / baike also "
-                            "strip dump markup; none keeps the text as it is.")
+        "auto",
+        description="Text clean-up: auto is code for lang code, plain otherwise; wiki / baike also "
+        "strip dump markup; none keeps the text as it is.",
+    )
 
 
 class Switch(Strict):
@@ -59,19 +70,21 @@ class LengthFilter(Switch):
 class CharRatioFilter(Switch):
     """Character classes over non-space characters (prose; code has its own rules)."""
 
-    max_symbol_ratio: float = Field(0.3, ge=0, le=1, description="Most symbols (not alphanumeric, not prose "
-                                                                 "punctuation) per non-space character.")
+    max_symbol_ratio: float = Field(
+        0.3, ge=0, le=1, description="Most symbols (not alphanumeric, not prose punctuation) per non-space character."
+    )
     max_digit_ratio: float = Field(0.3, ge=0, le=1, description="Most digits per non-space character.")
-    min_letter_ratio: float = Field(0.5, ge=0, le=1, description="Fewest letters of any script (CJK, Latin, "
-                                                                 "...) per non-space character.")
+    min_letter_ratio: float = Field(
+        0.5, ge=0, le=1, description="Fewest letters of any script (CJK, Latin, ...) per non-space character."
+    )
 
 
 class LanguageFilter(Switch):
     """Script check: share of the letters in the source language's script (zh: CJK, en: Latin)."""
 
     min_script_ratio: dict[Literal["zh", "en"], float] = Field(
-        {"zh": 0.5, "en": 0.8}, description="Per language: the fewest letters in its script, as a share of "
-                                            "all letters.")
+        {"zh": 0.5, "en": 0.8}, description="Per language: the fewest letters in its script, as a share of all letters."
+    )
 
 
 class RepetitionFilter(Switch):
@@ -79,36 +92,49 @@ class RepetitionFilter(Switch):
     character). Fractions above the limit drop the document."""
 
     max_dup_line_frac: float = Field(0.3, ge=0, le=1, description="Duplicate lines / lines.")
-    max_dup_line_char_frac: float = Field(0.2, ge=0, le=1, description="Characters in duplicate lines / "
-                                                                       "characters.")
+    max_dup_line_char_frac: float = Field(0.2, ge=0, le=1, description="Characters in duplicate lines / characters.")
     max_dup_para_frac: float = Field(0.3, ge=0, le=1, description="Duplicate paragraphs / paragraphs.")
-    max_dup_para_char_frac: float = Field(0.2, ge=0, le=1, description="Characters in duplicate paragraphs / "
-                                                                       "characters.")
+    max_dup_para_char_frac: float = Field(
+        0.2, ge=0, le=1, description="Characters in duplicate paragraphs / characters."
+    )
     max_top_ngram_char_frac: dict[int, float] = Field(
-        {2: 0.2, 3: 0.18, 4: 0.16}, description="n -> the largest share of the characters covered by the "
-                                                "most frequent word n-gram.")
+        {2: 0.2, 3: 0.18, 4: 0.16},
+        description="n -> the largest share of the characters covered by the most frequent word n-gram.",
+    )
     max_dup_ngram_char_frac: dict[int, float] = Field(
         {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
-        description="n -> the largest share of the characters covered by word n-grams that occur more "
-                    "than once.")
-    min_words: int = Field(50, ge=0, description="The n-gram rules apply to documents of at least this many "
-                                                 "words (shorter ones give no meaningful fractions).")
+        description="n -> the largest share of the characters covered by word n-grams that occur more than once.",
+    )
+    min_words: int = Field(
+        50,
+        ge=0,
+        description="The n-gram rules apply to documents of at least this many "
+        "words (shorter ones give no meaningful fractions).",
+    )
 
 
 class CodeFilter(Switch):
     """Code rules (lang: code only)."""
 
-    max_line_length: int = Field(1000, ge=1, description="Files with a longer line are dropped (minified or "
-                                                         "data files).")
+    max_line_length: int = Field(
+        1000, ge=1, description="Files with a longer line are dropped (minified or data files)."
+    )
     max_mean_line_length: float = Field(100, gt=0, description="Files with a longer mean line are dropped.")
     min_alnum_frac: float = Field(0.25, ge=0, le=1, description="Fewest alphanumeric characters per character.")
     autogen_markers: list[str] = Field(
-        ["do not edit", "auto-generated", "autogenerated", "automatically generated", "code generated by",
-         "generated by the protocol buffer", "@generated"],
+        [
+            "do not edit",
+            "auto-generated",
+            "autogenerated",
+            "automatically generated",
+            "code generated by",
+            "generated by the protocol buffer",
+            "@generated",
+        ],
         description="Files whose first autogen_scan_lines lines hold one of these (case-insensitive) are "
-                    "generated code and dropped.")
-    autogen_scan_lines: int = Field(5, ge=0, description="Lines at the top of a file searched for "
-                                                         "autogen_markers.")
+        "generated code and dropped.",
+    )
+    autogen_scan_lines: int = Field(5, ge=0, description="Lines at the top of a file searched for autogen_markers.")
 
 
 class BlocklistFilter(Switch):
@@ -116,19 +142,26 @@ class BlocklistFilter(Switch):
     ``builtin:en`` are the small lists shipped in ``knowlm_ray/corpus/blocklists/``. ASCII
     terms match case-insensitively on word boundaries, others as substrings."""
 
-    files: list[str] = Field(["builtin:zh", "builtin:en"], description="Block-list files (one term per "
-                                                                       "line), or builtin:zh / builtin:en.")
+    files: list[str] = Field(
+        ["builtin:zh", "builtin:en"], description="Block-list files (one term per line), or builtin:zh / builtin:en."
+    )
     min_hits: int = Field(1, ge=1, description="Occurrences of listed terms that drop a document.")
 
 
 class FilterConfig(Strict):
     length: LengthFilter = Field(LengthFilter(), description="Document length in characters.")
-    char_ratio: CharRatioFilter = Field(CharRatioFilter(), description="Character classes over non-space "
-                                                                       "characters (prose; code has its own rules).")
-    language: LanguageFilter = Field(LanguageFilter(), description="Script check: share of the letters in the "
-                                                                   "source language's script (zh: CJK, en: Latin).")
-    repetition: RepetitionFilter = Field(RepetitionFilter(), description="Gopher (Rae et al. 2021, table A1) "
-                                         "repetition rules; a fraction above its limit drops the document.")
+    char_ratio: CharRatioFilter = Field(
+        CharRatioFilter(), description="Character classes over non-space characters (prose; code has its own rules)."
+    )
+    language: LanguageFilter = Field(
+        LanguageFilter(),
+        description="Script check: share of the letters in the source language's script (zh: CJK, en: Latin).",
+    )
+    repetition: RepetitionFilter = Field(
+        RepetitionFilter(),
+        description="Gopher (Rae et al. 2021, table A1) "
+        "repetition rules; a fraction above its limit drops the document.",
+    )
     code: CodeFilter = Field(CodeFilter(), description="Code rules (lang: code only).")
     blocklist: BlocklistFilter = Field(BlocklistFilter(), description="Harmful-content block-list.")
 
@@ -136,24 +169,40 @@ class FilterConfig(Strict):
 class DedupConfig(Strict):
     exact: bool = Field(True, description="Drop exact duplicates (same normalised text; the smallest doc_id is kept).")
     near: bool = Field(False, description="Drop near duplicates (MinHash LSH, then verified by Jaccard).")
-    threshold: float = Field(0.8, gt=0, le=1, description="Near duplicates: Jaccard similarity of the shingle "
-                                                          "sets at or above which two documents are duplicates.")
+    threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Near duplicates: Jaccard similarity of the shingle "
+        "sets at or above which two documents are duplicates.",
+    )
     num_perm: int = Field(128, ge=16, description="MinHash permutations per document.")
     ngram: int = Field(5, ge=1, description="Shingles of alphabetic text: word n-grams of this size.")
     char_ngram: int = Field(5, ge=1, description="Shingles of CJK text and code: character n-grams of this size.")
-    bands: int = Field(0, ge=0, description="LSH bands; 0: bands and rows derived from threshold "
-                                            "(datasketch's _optimal_param).")
+    bands: int = Field(
+        0, ge=0, description="LSH bands; 0: bands and rows derived from threshold (datasketch's _optimal_param)."
+    )
     rows: int = Field(0, ge=0, description="LSH rows per band (with bands; 0: derived).")
-    false_positive_weight: float = Field(0.2, ge=0, le=1, description="Weight of false positives when bands "
-                                         "and rows are derived (candidates are verified, so recall is favoured).")
-    false_negative_weight: float = Field(0.8, ge=0, le=1, description="Weight of false negatives when bands "
-                                                                      "and rows are derived.")
-    max_bucket_compare: int = Field(64, ge=2, description="A band bucket of up to this many documents has all "
-                                    "its pairs compared; in a larger one each member is compared with the first "
-                                    "this many by doc_id.")
+    false_positive_weight: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Weight of false positives when bands "
+        "and rows are derived (candidates are verified, so recall is favoured).",
+    )
+    false_negative_weight: float = Field(
+        0.8, ge=0, le=1, description="Weight of false negatives when bands and rows are derived."
+    )
+    max_bucket_compare: int = Field(
+        64,
+        ge=2,
+        description="A band bucket of up to this many documents has all "
+        "its pairs compared; in a larger one each member is compared with the first "
+        "this many by doc_id.",
+    )
 
     @model_validator(mode="after")
-    def _bands_rows(self) -> "DedupConfig":
+    def _bands_rows(self) -> DedupConfig:
         if bool(self.bands) != bool(self.rows):
             raise ValueError("dedup.bands and dedup.rows go together (both 0 = derived from threshold)")
         if self.bands * self.rows > self.num_perm:
@@ -162,11 +211,15 @@ class DedupConfig(Strict):
 
 
 class PackConfig(Strict):
-    mode: Literal["none", "greedy"] = Field("none", description="none: one sample per row; greedy: samples "
-                                                                "of a source packed into rows of max_tokens.")
-    split_samples: bool = Field(True, description="greedy: true cuts samples at row ends so every row but a "
-                                "source's last has exactly max_tokens tokens; false keeps samples whole (rows "
-                                "of at most max_tokens).")
+    mode: Literal["none", "greedy"] = Field(
+        "none", description="none: one sample per row; greedy: samples of a source packed into rows of max_tokens."
+    )
+    split_samples: bool = Field(
+        True,
+        description="greedy: true cuts samples at row ends so every row but a "
+        "source's last has exactly max_tokens tokens; false keeps samples whole (rows "
+        "of at most max_tokens).",
+    )
 
 
 class SplitConfig(Strict):
@@ -179,10 +232,13 @@ class SplitConfig(Strict):
     backfill repeats ~6% of the tokens and drop loses ~1.3% (benchmarks/corpus.py, max_tokens 256).
     """
 
-    tail: Literal["keep", "backfill", "drop"] = Field("keep", description="A document's short last sample: "
-                                                      "keep it, backfill it with the sentences before it, or drop it.")
-    short_tail: float = Field(0.25, gt=0, le=1, description="A last sample is short under short_tail x "
-                                                            "max_tokens tokens.")
+    tail: Literal["keep", "backfill", "drop"] = Field(
+        "keep",
+        description="A document's short last sample: keep it, backfill it with the sentences before it, or drop it.",
+    )
+    short_tail: float = Field(
+        0.25, gt=0, le=1, description="A last sample is short under short_tail x max_tokens tokens."
+    )
 
 
 class MixConfig(Strict):
@@ -195,13 +251,16 @@ class MixConfig(Strict):
 
     unit: Literal["documents", "tokens"] = Field("documents", description="What caps and shares count.")
     caps: dict[str, int] = Field({}, description="source -> the most documents (or tokens) kept of it.")
-    shares: dict[str, float] = Field({}, description="source -> its share of the result, every source named "
-                                     "(e.g. KnowLM's 5.5 M zh : 1.5 M en : 0.9 M code samples as {zh: 5.5, en: 1.5, "
-                                     "code: 0.9}): the largest corpus with exactly these proportions that the data "
-                                     "allows (sources are cut, never repeated).")
+    shares: dict[str, float] = Field(
+        {},
+        description="source -> its share of the result, every source named "
+        "(e.g. KnowLM's 5.5 M zh : 1.5 M en : 0.9 M code samples as {zh: 5.5, en: 1.5, "
+        "code: 0.9}): the largest corpus with exactly these proportions that the data "
+        "allows (sources are cut, never repeated).",
+    )
 
     @model_validator(mode="after")
-    def _values(self) -> "MixConfig":
+    def _values(self) -> MixConfig:
         bad = {k: v for k, v in self.caps.items() if v < 0}
         if bad:
             raise ValueError(f"mix.caps must be >= 0, got {bad}")
@@ -223,20 +282,24 @@ class CorpusConfig(Strict):
     filters: FilterConfig = Field(FilterConfig(), description="Quality filters, each with enabled: true/false.")
     dedup: DedupConfig = Field(DedupConfig(), description="Exact and near-duplicate removal.")
     pack: PackConfig = Field(PackConfig(), description="Packing samples into rows.")
-    out_dir: str = Field("artifacts/corpus", description="Output directory: shards/, quarantine/, dropped/, "
-                                                         "manifest.json.")
+    out_dir: str = Field(
+        "artifacts/corpus", description="Output directory: shards/, quarantine/, dropped/, manifest.json."
+    )
     rows_per_shard: int = Field(1000, ge=1, description="Rows per Arrow shard file.")
-    write_dropped: bool = Field(True, description="Write out_dir/dropped/*.jsonl: doc_id, status and reason of "
-                                                  "every dropped document.")
+    write_dropped: bool = Field(
+        True, description="Write out_dir/dropped/*.jsonl: doc_id, status and reason of every dropped document."
+    )
     tokenize_with: Literal["tasks", "actors"] = Field(
-        "tasks", description="tasks: tokenise in Ray tasks, one cached tokenizer per worker process (no actor "
-                             "start-up); actors: an actor pool of up to one actor per CPU.")
+        "tasks",
+        description="tasks: tokenise in Ray tasks, one cached tokenizer per worker process (no actor "
+        "start-up); actors: an actor pool of up to one actor per CPU.",
+    )
     num_partitions: int = Field(0, ge=0, description="Hash-shuffle partitions for dedup; 0: one per cluster CPU.")
     mix: MixConfig = Field(MixConfig(), description="Per-source caps / shares (off by default).")
     seed: int = Field(0, description="Seed of the mix's document choice (a hash of seed and doc_id).")
 
     @model_validator(mode="after")
-    def _mix_sources(self) -> "CorpusConfig":
+    def _mix_sources(self) -> CorpusConfig:
         names = {s.source for s in self.inputs}
         for key in ("caps", "shares"):
             unknown = sorted(set(getattr(self.mix, key)) - names)
@@ -255,30 +318,43 @@ class LoraSettings(Strict):
     r: int = Field(16, ge=1, description="Rank of the LoRA matrices.")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj"],
-                                      description="Modules (by name) that get LoRA matrices.")
-    modules_to_save: list[str] = Field([], description="Modules trained and saved whole next to the adapter "
-                                       "(Chinese-LLaMA-Alpaca after a vocabulary expansion: [embed_tokens, lm_head]).")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj"],
+        description="Modules (by name) that get LoRA matrices.",
+    )
+    modules_to_save: list[str] = Field(
+        [],
+        description="Modules trained and saved whole next to the adapter "
+        "(Chinese-LLaMA-Alpaca after a vocabulary expansion: [embed_tokens, lm_head]).",
+    )
 
 
 class TrainConfig(Strict):
     """Shared by pretraining and LoRA. Defaults are the tiny CPU profile."""
 
     model: str = Field(description="HF model directory (base weights + tokenizer).")
-    data: str = Field(description="Corpus out_dir or shard dir (pretrain) / alpaca json(l) file or directory, "
-                                  "or prepared instruction shards (LoRA).")
-    num_workers: int = Field(2, ge=0, description="Ray Train workers; 0: Ray Train local mode (in the driver, "
-                                                  "no Ray cluster).")
+    data: str = Field(
+        description="Corpus out_dir or shard dir (pretrain) / alpaca json(l) file or directory, "
+        "or prepared instruction shards (LoRA)."
+    )
+    num_workers: int = Field(
+        2, ge=0, description="Ray Train workers; 0: Ray Train local mode (in the driver, no Ray cluster)."
+    )
     use_gpu: bool = Field(False, description="One GPU per worker.")
-    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs Ray reserves per worker (< 1 on small boxes, "
-                                                          "or Ray Data and Train deadlock).")
-    deepspeed: str | dict[str, Any] = Field("zero3", description="A preset name (zero3, zero2, ddp) or a "
-                                            "DeepSpeed config dict (see train/deepspeed_presets.py).")
+    cpus_per_worker: float = Field(
+        0.5, gt=0, description="CPUs Ray reserves per worker (< 1 on small boxes, or Ray Data and Train deadlock)."
+    )
+    deepspeed: str | dict[str, Any] = Field(
+        "zero3",
+        description="A preset name (zero3, zero2, ddp) or a DeepSpeed config dict (see train/deepspeed_presets.py).",
+    )
     precision: Literal["fp32", "fp16", "bf16"] = Field(
-        "fp32", description="Applied on top of the DeepSpeed preset. fp16: dynamic loss scaling (V100); "
-                            "bf16: A100 and newer.")
-    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer states and step on the CPU "
-                                                       "(DeepSpeedCPUAdam).")
+        "fp32",
+        description="Applied on top of the DeepSpeed preset. fp16: dynamic loss scaling (V100); bf16: A100 and newer.",
+    )
+    offload_optimizer: bool = Field(
+        False, description="ZeRO-Offload: optimizer states and step on the CPU (DeepSpeedCPUAdam)."
+    )
     offload_param: bool = Field(False, description="ZeRO-3 only: parameters live in CPU memory between uses.")
     micro_batch_size: int = Field(4, ge=1, description="Rows per worker per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro batches accumulated per optimizer step.")
@@ -291,28 +367,30 @@ class TrainConfig(Strict):
     # KnowLM's DeepSpeed JSON had no gradient_clipping key (no clipping); 1.0 is LLaMA's own recipe, and
     # keeps an fp16 loss spike from wrecking the weights before the loss scaler reacts.
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0: no clipping.")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; wins over num_epochs (neither "
-                                                          "given: 100).")
-    num_epochs: float | None = Field(None, gt=0, description="Passes over the training rows; sets max_steps "
-                                                             "unless it is given.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; wins over num_epochs (neither given: 100).")
+    num_epochs: float | None = Field(
+        None, gt=0, description="Passes over the training rows; sets max_steps unless it is given."
+    )
     seq_len: int = Field(256, ge=8, description="Rows are cut to this many tokens.")
     save_every: int = Field(50, ge=1, description="Checkpoint every N steps.")
-    save_every_minutes: float = Field(0.0, ge=0, description="Also checkpoint when this long since the last "
-                                                             "save (0: off).")
+    save_every_minutes: float = Field(
+        0.0, ge=0, description="Also checkpoint when this long since the last save (0: off)."
+    )
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept in storage_path/run_name.")
-    storage_path: str = Field("artifacts/ray_results", description="Ray Train storage: checkpoints and results "
-                                                                   "(a local directory or a URI).")
+    storage_path: str = Field(
+        "artifacts/ray_results", description="Ray Train storage: checkpoints and results (a local directory or a URI)."
+    )
     run_name: str = Field("pretrain", description="Run directory under storage_path; the same name resumes.")
-    output_dir: str = Field("artifacts/pretrained", description="The final model, metrics.jsonl and "
-                                                                "tensorboard/.")
+    output_dir: str = Field("artifacts/pretrained", description="The final model, metrics.jsonl and tensorboard/.")
     seed: int = Field(0, description="Seed of the data order and of any random initialisation.")
     max_failures: int = Field(3, ge=0, description="Restarts from the newest checkpoint after a lost worker.")
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
-    device_peak_tflops: float = Field(0.0, ge=0, description="Peak TFLOPS per worker, for the MFU estimate "
-                                                             "(V100 fp16: 125; 0: no MFU).")
+    device_peak_tflops: float = Field(
+        0.0, ge=0, description="Peak TFLOPS per worker, for the MFU estimate (V100 fp16: 125; 0: no MFU)."
+    )
 
     @model_validator(mode="after")
-    def _paths_absolute(self) -> "TrainConfig":
+    def _paths_absolute(self) -> TrainConfig:
         # Ray workers run in other directories (and `ray job submit` ships a copy): make paths
         # absolute on the driver so every worker sees the same files.
         for key in ("model", "data", "storage_path", "output_dir"):
@@ -334,23 +412,33 @@ class TrainConfig(Strict):
 
 
 class PretrainConfig(TrainConfig):
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
-                                                            "(less memory, more compute).")
-    trainable_modules: list[str] = Field([], description="Train only these modules (by name, e.g. "
-                                         "[embed_tokens, lm_head]: Chinese-LLaMA-Alpaca's stage 1 after a vocabulary "
-                                         "expansion); the rest stays frozen. Empty: train everything.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, more compute)."
+    )
+    trainable_modules: list[str] = Field(
+        [],
+        description="Train only these modules (by name, e.g. "
+        "[embed_tokens, lm_head]: Chinese-LLaMA-Alpaca's stage 1 after a vocabulary "
+        "expansion); the rest stays frozen. Empty: train everything.",
+    )
     data_mix: dict[str, float] | None = Field(
-        None, description="Share of the training samples drawn from each corpus source (normalised), e.g. "
-                          "{baike: 0.5, en: 0.3, code: 0.2}. null: the corpus manifest's per-source weight, or "
-                          "natural order if all are 1.")
+        None,
+        description="Share of the training samples drawn from each corpus source (normalised), e.g. "
+        "{baike: 0.5, en: 0.3, code: 0.2}. null: the corpus manifest's per-source weight, or "
+        "natural order if all are 1.",
+    )
     packed_attention: Literal["block", "positions"] = Field(
-        "block", description="Packed rows (several documents per row): positions restart at every document; "
-                             "block also keeps attention inside each document, positions restarts positions only.")
+        "block",
+        description="Packed rows (several documents per row): positions restart at every document; "
+        "block also keeps attention inside each document, positions restarts positions only.",
+    )
     keep_global_batch: bool = Field(
-        False, description="Resuming on a different num_workers: false keeps grad_accum (the global batch "
-                           "changes with the worker count); true sets grad_accum so the checkpoint's global batch "
-                           "is kept (it must divide evenly). With num_epochs a changed global batch also changes "
-                           "max_steps and the rest of the lr schedule.")
+        False,
+        description="Resuming on a different num_workers: false keeps grad_accum (the global batch "
+        "changes with the worker count); true sets grad_accum so the checkpoint's global batch "
+        "is kept (it must divide evenly). With num_epochs a changed global batch also changes "
+        "max_steps and the rest of the lr schedule.",
+    )
 
 
 class FinetuneConfig(TrainConfig):
@@ -359,26 +447,36 @@ class FinetuneConfig(TrainConfig):
     lr: float = Field(3e-4, gt=0, description="Peak learning rate (linear warm-up, then cosine decay).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    deepspeed: str | dict[str, Any] = Field("ddp", description="A preset name (zero3, zero2, ddp) or a "
-                                            "DeepSpeed config dict (see train/deepspeed_presets.py).")
-    lora: LoraSettings = Field(LoraSettings(), description="The adapter (KnowLM's defaults: r 16, alpha 32, "
-                                                           "dropout 0.05 on all seven projections).")
+    deepspeed: str | dict[str, Any] = Field(
+        "ddp",
+        description="A preset name (zero3, zero2, ddp) or a DeepSpeed config dict (see train/deepspeed_presets.py).",
+    )
+    lora: LoraSettings = Field(
+        LoraSettings(),
+        description="The adapter (KnowLM's defaults: r 16, alpha 32, dropout 0.05 on all seven projections).",
+    )
     cutoff_len: int = Field(512, ge=8, description="Tokens per prompt + response; longer rows are cut.")
-    train_on_inputs: bool = Field(False, description="false: only the response is learned (the prompt's labels "
-                                                     "are -100).")
-    num_epochs: float | None = Field(3.0, gt=0, description="Passes over the training rows (KnowLM: 3); "
-                                                            "max_steps, when given, wins.")
-    batch_size: int | None = Field(128, ge=1, description="Global batch (KnowLM: 128): grad_accum = batch_size / "
-                                   "(micro_batch_size x workers), unless grad_accum is given.")
-    grad_accum: int | None = Field(None, ge=1, description="Micro batches per optimizer step; given, it wins "
-                                                           "and batch_size is what it implies.")
+    train_on_inputs: bool = Field(
+        False, description="false: only the response is learned (the prompt's labels are -100)."
+    )
+    num_epochs: float | None = Field(
+        3.0, gt=0, description="Passes over the training rows (KnowLM: 3); max_steps, when given, wins."
+    )
+    batch_size: int | None = Field(
+        128,
+        ge=1,
+        description="Global batch (KnowLM: 128): grad_accum = batch_size / "
+        "(micro_batch_size x workers), unless grad_accum is given.",
+    )
+    grad_accum: int | None = Field(
+        None, ge=1, description="Micro batches per optimizer step; given, it wins and batch_size is what it implies."
+    )
     val_set_size: int = Field(2000, ge=0, description="Held-out records (seeded split); 0: no validation.")
     eval_every: int = Field(10, ge=0, description="Validation loss every N steps (0: never; KnowLM: 10).")
-    load_in_8bit: bool = Field(False, description="int8 base weights via bitsandbytes (GPU only; KnowLM's "
-                                                  "default).")
+    load_in_8bit: bool = Field(False, description="int8 base weights via bitsandbytes (GPU only; KnowLM's default).")
 
     @model_validator(mode="after")
-    def _batch(self) -> "FinetuneConfig":
+    def _batch(self) -> FinetuneConfig:
         per_step = self.micro_batch_size * self.world_size
         if self.grad_accum is None:
             if self.batch_size is None:
@@ -386,14 +484,16 @@ class FinetuneConfig(TrainConfig):
             elif self.batch_size % per_step:
                 raise ValueError(
                     f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size} "
-                    f"x {self.world_size} worker(s) = {per_step}; change one, or give grad_accum instead")
+                    f"x {self.world_size} worker(s) = {per_step}; change one, or give grad_accum instead"
+                )
             else:
                 object.__setattr__(self, "grad_accum", self.batch_size // per_step)
         elif "batch_size" in self.model_fields_set and self.batch_size not in (None, per_step * self.grad_accum):
             raise ValueError(
                 f"batch_size {self.batch_size} != micro_batch_size {self.micro_batch_size} x grad_accum "
                 f"{self.grad_accum} x {self.world_size} worker(s) = {per_step * self.grad_accum}; give one of "
-                "batch_size / grad_accum")
+                "batch_size / grad_accum"
+            )
         object.__setattr__(self, "batch_size", per_step * self.grad_accum)
         return self
 
@@ -457,8 +557,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[ConfigT], path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None) -> ConfigT:
+def load_config(
+    cls: type[ConfigT],
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> ConfigT:
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         data.update(load_yaml(path))
@@ -474,10 +578,19 @@ def add_job_arguments(ap: argparse.ArgumentParser, cls: type[BaseModel], job: st
     """``--config FILE [key.path=value ...]`` on ``ap``, and the config's keys as its epilog."""
     ap.formatter_class = argparse.RawDescriptionHelpFormatter
     ap.epilog = keys_help(cls, job)
-    ap.add_argument("--config", required=True, metavar="FILE", help="YAML config file" + (
-        f" (`knowlm config show {job}` prints a commented one with every key)" if job else ""))
-    ap.add_argument("overrides", nargs="*", metavar="key.path=value",
-                    help="override a key of the file (dotted for nested keys); the value is parsed as YAML")
+    ap.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="YAML config file"
+        + (f" (`knowlm config show {job}` prints a commented one with every key)" if job else ""),
+    )
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="override a key of the file (dotted for nested keys); the value is parsed as YAML",
+    )
 
 
 def config_from_args(cls: type[ConfigT], args: argparse.Namespace) -> ConfigT:
@@ -489,8 +602,13 @@ def config_from_args(cls: type[ConfigT], args: argparse.Namespace) -> ConfigT:
         raise ConfigError(str(exc)) from None
 
 
-def parse_job_args(cls: type[ConfigT], argv: list[str] | None = None, description: str = "",
-                   job: str | None = None, prog: str | None = None) -> ConfigT:
+def parse_job_args(
+    cls: type[ConfigT],
+    argv: list[str] | None = None,
+    description: str = "",
+    job: str | None = None,
+    prog: str | None = None,
+) -> ConfigT:
     """``--config FILE [key.path=value ...]`` -> a validated config (exits 2 on a bad config)."""
     ap = argparse.ArgumentParser(prog=prog, description=description)
     add_job_arguments(ap, cls, job)
@@ -568,8 +686,9 @@ def config_keys(cls: type[BaseModel], prefix: str = "", depth: int = 0) -> list[
             out += config_keys(model, key + ("[]." if is_list else "."), depth + 1)
             continue
         bounds = _bounds(field)
-        out.append(KeyDoc(key, _type_name(field.annotation) + (f", {bounds}" if bounds else ""), default,
-                          desc, False, depth))
+        out.append(
+            KeyDoc(key, _type_name(field.annotation) + (f", {bounds}" if bounds else ""), default, desc, False, depth)
+        )
     return out
 
 
@@ -585,13 +704,18 @@ def _plain(value: Any) -> Any:
 
 def yaml_value(value: Any) -> str:
     """``value`` as one line of YAML (flow style)."""
-    text = yaml.safe_dump(_plain(value), default_flow_style=True, allow_unicode=True, width=10**9,
-                          sort_keys=False).strip()
+    text = yaml.safe_dump(
+        _plain(value), default_flow_style=True, allow_unicode=True, width=10**9, sort_keys=False
+    ).strip()
     return text[:-3].rstrip() if text.endswith("\n...") else text
 
 
-def keys_help(cls: type[BaseModel], job: str | None = None, width: int = 100,
-              title: str = "config keys (in the --config file, or as key.path=value overrides):") -> str:
+def keys_help(
+    cls: type[BaseModel],
+    job: str | None = None,
+    width: int = 100,
+    title: str = "config keys (in the --config file, or as key.path=value overrides):",
+) -> str:
     """The keys of ``cls`` for an argparse epilog: one key per line (type, default), its
     description wrapped below it."""
     lines = [title]
@@ -621,8 +745,12 @@ def _yaml_lines(cls: type[BaseModel], indent: int, width: int) -> list[str]:
         bounds = "" if model else _bounds(field)
         note = f"[{kind}{', ' + bounds if bounds else ''}{', REQUIRED' if required else ''}]"
         text = f"{field.description or ''} {note.replace(' ', NBSP)}".strip()  # the note stays on one line
-        out += [line.replace(NBSP, " ") for line in textwrap.wrap(
-            text, max(width - indent, 40), initial_indent=pad + "# ", subsequent_indent=pad + "# ")]
+        out += [
+            line.replace(NBSP, " ")
+            for line in textwrap.wrap(
+                text, max(width - indent, 40), initial_indent=pad + "# ", subsequent_indent=pad + "# "
+            )
+        ]
         if model is not None and is_list:
             out.append(f"{pad}{key}:")
             out.append(f"{pad}  -")
@@ -658,27 +786,35 @@ class BatchExtractConfig(Strict):
     uses its language's section) or per task (``{"ner": [...], "re": [...]}``).
     """
 
-    model: str = Field(description="HF model directory (merged LoRA or base); its tokenizer also decodes "
-                                   "corpus shards.")
-    input: str = Field(description="A jsonl file, a directory of *.jsonl, or a corpus out_dir / shard dir "
-                                   "(Arrow).")
-    input_format: Literal["auto", "jsonl", "shards"] = Field("auto", description="auto: shards if input holds "
-                                                             "Arrow shards, else jsonl.")
+    model: str = Field(
+        description="HF model directory (merged LoRA or base); its tokenizer also decodes corpus shards."
+    )
+    input: str = Field(description="A jsonl file, a directory of *.jsonl, or a corpus out_dir / shard dir (Arrow).")
+    input_format: Literal["auto", "jsonl", "shards"] = Field(
+        "auto", description="auto: shards if input holds Arrow shards, else jsonl."
+    )
     text_field: str = Field("text", description="jsonl: the text field.")
     id_field: str = Field("id", description="jsonl: the id field (absent: <file stem>:<line>).")
-    lang: Literal["zh", "en"] | None = Field(None, description="Language of every document; null: each "
-                                             "document's lang field, else guessed from its text.")
-    tasks: list[IETask] = Field(default_factory=lambda: ["ner", "re"], min_length=1,
-                                description="Extraction tasks: ner, re, ee.")
-    schema_: str | dict[str, Any] = Field(alias="schema", description="Label schema: a JSON file or the "
-                                          "schema itself, per language ({zh: {ner: [...], re: [...], ee: {...}}, "
-                                          "en: ...}) or per task ({ner: [...], re: [...]}).")
-    out_dir: str = Field("artifacts/kg", description="Output: records.jsonl, triples.parquet, summary.json "
-                                                     "and parts/ (resume state).")
+    lang: Literal["zh", "en"] | None = Field(
+        None, description="Language of every document; null: each document's lang field, else guessed from its text."
+    )
+    tasks: list[IETask] = Field(
+        default_factory=lambda: ["ner", "re"], min_length=1, description="Extraction tasks: ner, re, ee."
+    )
+    schema_: str | dict[str, Any] = Field(
+        alias="schema",
+        description="Label schema: a JSON file or the "
+        "schema itself, per language ({zh: {ner: [...], re: [...], ee: {...}}, "
+        "en: ...}) or per task ({ner: [...], re: [...]}).",
+    )
+    out_dir: str = Field(
+        "artifacts/kg", description="Output: records.jsonl, triples.parquet, summary.json and parts/ (resume state)."
+    )
     block_size: int = Field(32, ge=1, description="Documents per block = per part file = the unit of resume.")
     num_actors: int = Field(2, ge=1, description="Model replicas in the Ray Data actor pool.")
-    cpus_per_actor: float = Field(0.5, gt=0, description="CPUs per actor (< 1 on small boxes: Ray Data needs "
-                                                         "a CPU too).")
+    cpus_per_actor: float = Field(
+        0.5, gt=0, description="CPUs per actor (< 1 on small boxes: Ray Data needs a CPU too)."
+    )
     threads_per_actor: int = Field(1, ge=1, description="torch threads in each actor.")
     docs_per_call: int = Field(8, ge=1, description="Documents whose prompts go into one generate call.")
     max_tokens: int = Field(128, ge=1, description="New tokens per prompt.")
@@ -692,7 +828,7 @@ class BatchExtractConfig(Strict):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _paths_absolute(self) -> "BatchExtractConfig":
+    def _paths_absolute(self) -> BatchExtractConfig:
         for key in ("model", "input", "out_dir"):
             object.__setattr__(self, key, _absolute(getattr(self, key)))
         if isinstance(self.schema_, str):
@@ -704,21 +840,28 @@ class EvaluateConfig(Strict):
     """``jobs/evaluate.py``: extraction scores on a gold IE file and / or perplexity on corpus shards."""
 
     model: str = Field(description="HF model directory to evaluate.")
-    gold: str | None = Field(None, description="Gold IE records (jsonl with text, lang and the task lists) for "
-                                               "extraction P/R/F1; null: no extraction scores.")
-    schema_: str | dict[str, Any] | None = Field(None, alias="schema", description="Per-language label schema "
-                                                 "(a JSON file or the schema); null: the labels the gold uses.")
-    tasks: list[IETask] = Field(default_factory=lambda: ["ner", "re", "ee"], min_length=1,
-                                description="Extraction tasks scored: ner, re, ee.")
-    match: Literal["set", "count"] = Field("set", description="set: de-duplicate per document; count: "
-                                                              "one-to-one multiset matching.")
+    gold: str | None = Field(
+        None,
+        description="Gold IE records (jsonl with text, lang and the task lists) for "
+        "extraction P/R/F1; null: no extraction scores.",
+    )
+    schema_: str | dict[str, Any] | None = Field(
+        None,
+        alias="schema",
+        description="Per-language label schema (a JSON file or the schema); null: the labels the gold uses.",
+    )
+    tasks: list[IETask] = Field(
+        default_factory=lambda: ["ner", "re", "ee"], min_length=1, description="Extraction tasks scored: ner, re, ee."
+    )
+    match: Literal["set", "count"] = Field(
+        "set", description="set: de-duplicate per document; count: one-to-one multiset matching."
+    )
     limit: int = Field(0, ge=0, description="Only the first N gold records (0: all).")
     docs_per_call: int = Field(8, ge=1, description="Documents whose prompts go into one generate call.")
     max_tokens: int = Field(128, ge=1, description="New tokens per prompt.")
     format: Literal["json", "tuple"] = Field("json", description="The answer format the prompts ask for.")
     max_chars: int = Field(400, ge=16, description="Characters of text per prompt (longer texts are chunked).")
-    shards: str | None = Field(None, description="Corpus out_dir or shard dir for perplexity; null: no "
-                                                 "perplexity.")
+    shards: str | None = Field(None, description="Corpus out_dir or shard dir for perplexity; null: no perplexity.")
     ppl_max_rows: int = Field(0, ge=0, description="Perplexity over the first N rows (0: every row).")
     ppl_batch_size: int = Field(8, ge=1, description="Rows per perplexity forward pass.")
     out_dir: str = Field("artifacts/eval", description="Output: report.json and predictions.jsonl.")
@@ -728,7 +871,7 @@ class EvaluateConfig(Strict):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _check(self) -> "EvaluateConfig":
+    def _check(self) -> EvaluateConfig:
         if not self.gold and not self.shards:
             raise ValueError("give gold (extraction scores) and/or shards (perplexity)")
         for key in ("model", "gold", "shards", "out_dir"):
@@ -747,29 +890,38 @@ class InstructionsConfig(Strict):
     ``out_dir/quarantine/`` and ``out_dir/manifest.json`` (see ``knowlm_ray.instruct.prepare``).
     """
 
-    inputs: list[str] = Field(default_factory=list, description="Alpaca .json / .jsonl files or directories of "
-                                                                "them (this and / or ie_records).")
-    ie_records: str | None = Field(None, description="IE records (jsonl), built into instructions with "
-                                                     "kg2instruct first (needs schema).")
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Alpaca .json / .jsonl files or directories of them (this and / or ie_records).",
+    )
+    ie_records: str | None = Field(
+        None, description="IE records (jsonl), built into instructions with kg2instruct first (needs schema)."
+    )
     schema_: str | None = Field(None, alias="schema", description="Label schema JSON for ie_records.")
     tokenizer: str = Field(description="HF tokenizer directory.")
-    cutoff_len: int = Field(512, ge=8, description="Tokens per prompt + response; longer rows are cut "
-                                                   "(KnowLM: 512).")
-    train_on_inputs: bool = Field(False, description="false: the prompt's labels are -100 (only the response "
-                                                     "is learned).")
+    cutoff_len: int = Field(512, ge=8, description="Tokens per prompt + response; longer rows are cut (KnowLM: 512).")
+    train_on_inputs: bool = Field(
+        False, description="false: the prompt's labels are -100 (only the response is learned)."
+    )
     val_set_size: int = Field(2000, ge=0, description="Validation rows, whole source records (KnowLM: 2000).")
     seed: int = Field(0, description="Seed of the split hash and the instruction builder's stream.")
-    neg_ratio: float = Field(0.15, ge=0, le=1, description="kg2instruct negative sampling: the chance that "
-                                               "each schema label the record lacks is asked for too.")
-    out_dir: str = Field("artifacts/instructions", description="Output: train/, validation/, quarantine/, "
-                                                               "manifest.json.")
+    neg_ratio: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="kg2instruct negative sampling: the chance that "
+        "each schema label the record lacks is asked for too.",
+    )
+    out_dir: str = Field(
+        "artifacts/instructions", description="Output: train/, validation/, quarantine/, manifest.json."
+    )
     rows_per_shard: int = Field(10000, ge=1, description="Rows per Arrow shard file.")
     num_tokenizers: int = Field(1, ge=1, description="Tokenizer actors in the Ray Data pool.")
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _check(self) -> "InstructionsConfig":
+    def _check(self) -> InstructionsConfig:
         if not self.inputs and not self.ie_records:
             raise ValueError("give inputs (alpaca json/jsonl) and/or ie_records (+ schema)")
         if self.ie_records and not self.schema_:

@@ -8,6 +8,7 @@ the log reads as the whole story). A failing step calls ``show_tail()``: the log
 to the terminal; the traceback goes to the log and, once the descriptors are back, to the
 terminal as usual. A leaf module: it imports nothing of the package.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,10 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 _console: IO[str] | None = None
 _log_path: Path | None = None
@@ -109,8 +111,9 @@ def quiet_console(log: str | Path, progress: str | None = None, every_s: float =
     stop = threading.Event()
     follower = None
     if progress:
-        follower = threading.Thread(target=_echo_progress, args=(path, re.compile(progress), every_s, stop),
-                                    name="knowlm-progress", daemon=True)
+        follower = threading.Thread(
+            target=_echo_progress, args=(path, re.compile(progress), every_s, stop), name="knowlm-progress", daemon=True
+        )
         follower.start()
     try:
         yield path

@@ -11,6 +11,7 @@ texts. So the LoRA trains on the NER instructions of the first ``DEMO_RECORDS`` 
 data/sample/ie, written in exactly the prompt ``/extract`` sends (``kg2instruct --serve-prompt``),
 and the demo asks ``/extract`` about one of those training texts and counts the gold entities.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def demo_ie_records(n: int = DEMO_RECORDS, lang: str = DEMO_LANG) -> tuple[list[
     return records, load_schema(IE_DIR / "schema.json")[lang]
 
 
-def write_demo_instructions(out: str | Path, records: list[dict], schema: dict, lang: str = DEMO_LANG,
-                            task: str = DEMO_TASK) -> int:
+def write_demo_instructions(
+    out: str | Path, records: list[dict], schema: dict, lang: str = DEMO_LANG, task: str = DEMO_TASK
+) -> int:
     """``knowlm kg2instruct --serve-prompt --tasks TASK --lang LANG --limit N``: rows written.
     ``schema``: the ``lang`` section of the label schema."""
     from knowlm_ray.atomic import write_json_atomic
@@ -95,8 +97,9 @@ def _run_chain(work: Path, steps: int, port: int) -> dict:
     from knowlm_ray import config as C
     from knowlm_ray.runtime import init_ray
 
-    paths = {k: str(work / k) for k in ("tiny", "corpus", "pretrained", "instructions", "lora", "merged",
-                                        "ray_results")}
+    paths = {
+        k: str(work / k) for k in ("tiny", "corpus", "pretrained", "instructions", "lora", "merged", "ray_results")
+    }
     t_start = time.perf_counter()
     total = 7
 
@@ -110,8 +113,9 @@ def _run_chain(work: Path, steps: int, port: int) -> dict:
     with _stage(2, total, "prepare_corpus on Ray Data: read, filter, dedup, split, tokenize, shard"):
         from knowlm_ray.corpus.pipeline import run as prepare_corpus
 
-        cfg = C.load_config(C.CorpusConfig, CONFIGS / "tiny_corpus.yaml",
-                            [f"tokenizer={paths['tiny']}", f"out_dir={paths['corpus']}"])
+        cfg = C.load_config(
+            C.CorpusConfig, CONFIGS / "tiny_corpus.yaml", [f"tokenizer={paths['tiny']}", f"out_dir={paths['corpus']}"]
+        )
         cfg.inputs = [s.model_copy(update={"path": str(REPO / s.path)}) for s in cfg.inputs]
         manifest = prepare_corpus(cfg)
         say("stages:", json.dumps(manifest["stages"]))
@@ -119,32 +123,58 @@ def _run_chain(work: Path, steps: int, port: int) -> dict:
     with _stage(3, total, f"pretrain on Ray Train: DeepSpeed ZeRO-3, 2 workers, {steps} steps"):
         from knowlm_ray.train.pretrain import run as pretrain
 
-        cfg = C.load_config(C.PretrainConfig, CONFIGS / "tiny.yaml", [
-            f"model={paths['tiny']}", f"data={paths['corpus']}", f"output_dir={paths['pretrained']}",
-            f"storage_path={paths['ray_results']}", f"max_steps={steps}"])
+        cfg = C.load_config(
+            C.PretrainConfig,
+            CONFIGS / "tiny.yaml",
+            [
+                f"model={paths['tiny']}",
+                f"data={paths['corpus']}",
+                f"output_dir={paths['pretrained']}",
+                f"storage_path={paths['ray_results']}",
+                f"max_steps={steps}",
+            ],
+        )
         say(json.dumps(pretrain(cfg), default=str))
 
     records, schema = demo_ie_records()
-    with _stage(4, total, f"kg2instruct --serve-prompt + prepare_instructions on Ray Data: {DEMO_TASK} "
-                          f"instructions of {len(records)} {DEMO_LANG} IE records"):
+    with _stage(
+        4,
+        total,
+        f"kg2instruct --serve-prompt + prepare_instructions on Ray Data: {DEMO_TASK} "
+        f"instructions of {len(records)} {DEMO_LANG} IE records",
+    ):
         from knowlm_ray.instruct.prepare import run as prepare_instructions
 
         source = work / f"ie_{DEMO_TASK}_{DEMO_LANG}.json"
         n = write_demo_instructions(source, records, schema)
         say(f"{n} instructions in /extract's prompt -> {source}")
         # val_set_size 0: every record is trained on, and the demo asks about one of them
-        cfg = C.load_config(C.InstructionsConfig, CONFIGS / "tiny_instructions.yaml", [
-            f"inputs={json.dumps([str(source)])}", f"tokenizer={paths['pretrained']}",
-            f"out_dir={paths['instructions']}", "val_set_size=0"])
+        cfg = C.load_config(
+            C.InstructionsConfig,
+            CONFIGS / "tiny_instructions.yaml",
+            [
+                f"inputs={json.dumps([str(source)])}",
+                f"tokenizer={paths['pretrained']}",
+                f"out_dir={paths['instructions']}",
+                "val_set_size=0",
+            ],
+        )
         manifest = prepare_instructions(cfg)
         say("splits:", json.dumps(manifest["splits"]))
 
     with _stage(5, total, "finetune_lora on Ray Train: peft LoRA (+ lm_head) on the prepared shards"):
         from knowlm_ray.train.lora import run as finetune
 
-        cfg = C.load_config(C.FinetuneConfig, CONFIGS / "tiny_lora.yaml", [
-            f"model={paths['pretrained']}", f"data={paths['instructions']}",
-            f"output_dir={paths['lora']}", f"storage_path={paths['ray_results']}"])
+        cfg = C.load_config(
+            C.FinetuneConfig,
+            CONFIGS / "tiny_lora.yaml",
+            [
+                f"model={paths['pretrained']}",
+                f"data={paths['instructions']}",
+                f"output_dir={paths['lora']}",
+                f"storage_path={paths['ray_results']}",
+            ],
+        )
         say(json.dumps(finetune(cfg), default=str))
 
     with _stage(6, total, "knowlm weights merge-lora"):
@@ -186,14 +216,17 @@ def extract_demo(base: str, records: list[dict], labels: list[str]) -> dict:
     import requests
 
     def extract(text: str) -> dict:
-        resp = requests.post(f"{base}/extract", timeout=120, json={
-            "task": DEMO_TASK, "lang": DEMO_LANG, "schema": labels, "text": text})
+        resp = requests.post(
+            f"{base}/extract", timeout=120, json={"task": DEMO_TASK, "lang": DEMO_LANG, "schema": labels, "text": text}
+        )
         resp.raise_for_status()
         return resp.json()
 
     first = records[0]
-    say(f"\nPOST {base}/extract on {first['id']}, one of the {len(records)} texts the LoRA was trained on "
-        "(a demo of the chain, not of generalisation):")
+    say(
+        f"\nPOST {base}/extract on {first['id']}, one of the {len(records)} texts the LoRA was trained on "
+        "(a demo of the chain, not of generalisation):"
+    )
     out = extract(first["text"])
     say(_json_lines(out))
     found, gold, extra = entity_recall(first, out)
@@ -201,6 +234,8 @@ def extract_demo(base: str, records: list[dict], labels: list[str]) -> dict:
     totals = [entity_recall(r, extract(r["text"])) for r in records[1:]]
     found += sum(t[0] for t in totals)
     gold += sum(t[1] for t in totals)
-    say(f"over all {len(records)} training texts: {found}/{gold} gold entities recovered, "
-        f"{extra + sum(t[2] for t in totals)} extra")
+    say(
+        f"over all {len(records)} training texts: {found}/{gold} gold entities recovered, "
+        f"{extra + sum(t[2] for t in totals)} extra"
+    )
     return out

@@ -17,11 +17,12 @@ A plain ``FileNotFoundError`` / ``OSError`` / ``ValueError`` is *not* one: raise
 (a library, a path the code built itself) it is most often a bug, and its traceback is what finds
 it. Code that checks a user's path raises ``MissingPathError`` (still a ``FileNotFoundError``).
 """
+
 from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class UserError(Exception):

@@ -14,6 +14,7 @@ So:
 
 A leaf module: it imports nothing of the package.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,23 @@ ROOT_ENV = "KNOWLM_ROOT"
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the entrypoint
 # Keys whose relative value is a path (CorpusConfig keeps its paths relative; the other configs
 # make theirs absolute, against the current directory, when they validate).
-PATH_KEYS = frozenset({"path", "tokenizer", "out_dir", "model", "data", "input", "inputs", "gold", "shards",
-                       "schema", "ie_records", "storage_path", "output_dir"})
+PATH_KEYS = frozenset(
+    {
+        "path",
+        "tokenizer",
+        "out_dir",
+        "model",
+        "data",
+        "input",
+        "inputs",
+        "gold",
+        "shards",
+        "schema",
+        "ie_records",
+        "storage_path",
+        "output_dir",
+    }
+)
 
 
 class JobPathError(ValueError):
@@ -53,8 +69,9 @@ def enter_root() -> None:
         return
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise JobPathError(f"{ROOT_ENV}={root}: not a directory (it names the directory the "
-                           "config's relative paths are relative to)")
+        raise JobPathError(
+            f"{ROOT_ENV}={root}: not a directory (it names the directory the config's relative paths are relative to)"
+        )
     os.chdir(path)
 
 
@@ -90,5 +107,6 @@ def check_job_paths(cfg: Any) -> Any:
                 f"{key}: {rel} is relative, and this job runs in the copy of its working dir that "
                 "`ray job submit --working-dir` uploaded (no git-ignored files such as artifacts/; "
                 "Ray deletes it): give absolute paths, or name the directory they are relative to: "
-                f"ray job submit --working-dir . -- env {ROOT_ENV}=$PWD python jobs/...")
+                f"ray job submit --working-dir . -- env {ROOT_ENV}=$PWD python jobs/..."
+            )
     return cfg

@@ -1,4 +1,5 @@
 """Process-wide defaults and a Ray start-up that works both on a laptop and attached to a cluster."""
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,12 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512):
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
-                 object_store_memory=object_store_mb * 2**20, runtime_env=runtime_env)
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 2,
+            include_dashboard=False,
+            object_store_memory=object_store_mb * 2**20,
+            runtime_env=runtime_env,
+        )
     return ray
 
 
@@ -92,4 +97,3 @@ def map_refs(fn, refs: list, *args) -> list:
 
     task = ray.remote(fn)
     return ray.get([task.remote(ref, *args) for ref in refs])
-

@@ -1,4 +1,5 @@
 """Shared fixtures: quiet, offline environment; one tiny model and one local Ray per session."""
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,14 @@ def tiny_model(tmp_path_factory) -> Path:
     corpus = [REPO / p for p in DEFAULT_CORPUS if (REPO / p).exists()]
     if not corpus:  # only while data/sample is being written: a small stand-in corpus
         stand_in = out.parent / "corpus.txt"
-        stand_in.write_text("\n".join(
-            f"浙江大学位于杭州市，第{i}届学生在西湖边读书。The river Thames flows through London, "
-            f"and report {i} was published in 2023 by Dr. Smith." for i in range(300)), encoding="utf-8")
+        stand_in.write_text(
+            "\n".join(
+                f"浙江大学位于杭州市，第{i}届学生在西湖边读书。The river Thames flows through London, "
+                f"and report {i} was published in 2023 by Dr. Smith."
+                for i in range(300)
+            ),
+            encoding="utf-8",
+        )
         corpus = [stand_in]
     return build_tiny(out, corpus, TinySpec(vocab_size=3000, hidden=64, layers=2, intermediate=172))
 
@@ -74,22 +80,35 @@ class Reference:
             model = PeftModel.from_pretrained(model, str(adapter_dir))
         self.model = model.eval()
 
-    def raw(self, prompt: str, max_tokens: int = 128, num_beams: int = 1,
-            repetition_penalty: float = 1.0) -> tuple[str, int]:
+    def raw(
+        self, prompt: str, max_tokens: int = 128, num_beams: int = 1, repetition_penalty: float = 1.0
+    ) -> tuple[str, int]:
         import torch
 
         enc = self.tok(prompt, return_tensors="pt")
         with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, num_beams=num_beams,
-                                      repetition_penalty=repetition_penalty,
-                                      eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.unk_token_id)
-        new = out[0, enc["input_ids"].shape[1]:].tolist()
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                num_beams=num_beams,
+                repetition_penalty=repetition_penalty,
+                eos_token_id=self.tok.eos_token_id,
+                pad_token_id=self.tok.unk_token_id,
+            )
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
         if self.tok.eos_token_id in new:
-            new = new[:new.index(self.tok.eos_token_id) + 1]
+            new = new[: new.index(self.tok.eos_token_id) + 1]
         return self.tok.decode(new, skip_special_tokens=True), len(new)
 
-    def __call__(self, instruction: str, input: str = "", max_tokens: int = 128, num_beams: int = 1,
-                 repetition_penalty: float = 1.0) -> tuple[str, int]:
+    def __call__(
+        self,
+        instruction: str,
+        input: str = "",
+        max_tokens: int = 128,
+        num_beams: int = 1,
+        repetition_penalty: float = 1.0,
+    ) -> tuple[str, int]:
         from knowlm_ray.alpaca import build_prompt
 
         return self.raw(build_prompt(instruction, input), max_tokens, num_beams, repetition_penalty)
@@ -112,9 +131,10 @@ def make_adapter(model_dir, out_dir, seed: int):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                           LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                      init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     model.save_pretrained(out_dir)
     return out_dir
 

@@ -1,24 +1,37 @@
 """Alpaca records: KnowLM's exact prompt text, prompt masking, and the loader's errors."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from knowlm_ray.alpaca import (IGNORE_INDEX, RecordError, build_prompt, extract_response,
-                                        load_alpaca, tokenize_record, tokenize_records)
+from knowlm_ray.alpaca import (
+    IGNORE_INDEX,
+    RecordError,
+    build_prompt,
+    extract_response,
+    load_alpaca,
+    tokenize_record,
+    tokenize_records,
+)
 
 # Written out literally (not imported) so a drift in alpaca.py's constants fails here.
 KNOWLM_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\nList the people.\n\n### Input:\nAda met Alan.\n\n### Response:\n")
+    "### Instruction:\nList the people.\n\n### Input:\nAda met Alan.\n\n### Response:\n"
+)
 KNOWLM_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the "
-    "request.\n\n### Instruction:\nSay hi.\n\n### Response:\n")
+    "request.\n\n### Instruction:\nSay hi.\n\n### Response:\n"
+)
 
-REC = {"instruction": "请从输入文本中抽取实体，候选的实体类型为[\"人物\"]。",
-       "input": "鲁迅原名周树人。", "output": "(鲁迅,人物)\n(周树人,人物)"}
+REC = {
+    "instruction": '请从输入文本中抽取实体，候选的实体类型为["人物"]。',
+    "input": "鲁迅原名周树人。",
+    "output": "(鲁迅,人物)\n(周树人,人物)",
+}
 
 
 def test_prompt_matches_knowlm_template():
@@ -53,7 +66,7 @@ def test_tokenize_masks_exactly_the_prompt(tokenizer, rec):
 def test_tokenize_cutoff_and_dropping(tokenizer):
     full = tokenize_record(tokenizer, REC, cutoff_len=512)["input_ids"]
     cut = tokenize_record(tokenizer, REC, cutoff_len=len(full) - 3)
-    assert cut["input_ids"] == full[:len(full) - 3]  # truncated: no EOS appended (as KnowLM)
+    assert cut["input_ids"] == full[: len(full) - 3]  # truncated: no EOS appended (as KnowLM)
     n_prompt = len(tokenizer(build_prompt(REC["instruction"], REC["input"]))["input_ids"])
     # A cutoff inside the prompt leaves nothing to learn: tokenize_records drops that row.
     assert tokenize_records(tokenizer, [REC], cutoff_len=n_prompt - 1) == []
@@ -63,8 +76,9 @@ def test_tokenize_cutoff_and_dropping(tokenizer):
 def test_load_alpaca_json_jsonl_and_dir(tmp_path):
     rows = [REC, {"instruction": "Say hi.", "output": "Hi!"}]  # input is optional
     (tmp_path / "a.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n",
-                                      encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n", encoding="utf-8"
+    )
     want = [REC, {"instruction": "Say hi.", "input": "", "output": "Hi!"}]
     assert load_alpaca(tmp_path / "a.json") == want
     assert load_alpaca(tmp_path / "b.jsonl") == want

@@ -1,12 +1,20 @@
 """Atomic writes: success replaces, failure leaves the old content and nothing hidden behind."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from knowlm_ray.atomic import (atomic_dir, atomic_open, atomic_path, atomic_write_bytes, atomic_write_text,
-                               publish_dir, sibling)
+from knowlm_ray.atomic import (
+    atomic_dir,
+    atomic_open,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    publish_dir,
+    sibling,
+)
 
 
 class Boom(RuntimeError):
@@ -88,8 +96,11 @@ def test_publish_dir_replaces_a_file_or_symlink_and_fills_an_empty_place(tmp_pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "keep.txt").write_text("not mine to delete")
-    for name, make in (("file", lambda p: p.write_text("x")), ("link", lambda p: p.symlink_to(elsewhere)),
-                       ("fresh", lambda p: None)):
+    for name, make in (
+        ("file", lambda p: p.write_text("x")),
+        ("link", lambda p: p.symlink_to(elsewhere)),
+        ("fresh", lambda p: None),
+    ):
         out, stage = tmp_path / name, tmp_path / f"stage-{name}"
         make(out)
         stage.mkdir()

@@ -1,7 +1,14 @@
 import pytest
 
-from knowlm_ray.config import (ConfigError, CorpusConfig, FinetuneConfig, PretrainConfig,
-                               apply_override, load_config, parse_job_args)
+from knowlm_ray.config import (
+    ConfigError,
+    CorpusConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    apply_override,
+    load_config,
+    parse_job_args,
+)
 
 
 def _write(tmp_path, text):
@@ -16,8 +23,11 @@ def test_overrides_parse_yaml_values_and_nest():
     apply_override(d, "lora.target_modules=[q_proj, v_proj]")
     apply_override(d, "use_gpu=true")
     apply_override(d, "dedup.threshold=0.7")
-    assert d == {"lora": {"r": 16, "target_modules": ["q_proj", "v_proj"]}, "use_gpu": True,
-                 "dedup": {"threshold": 0.7}}
+    assert d == {
+        "lora": {"r": 16, "target_modules": ["q_proj", "v_proj"]},
+        "use_gpu": True,
+        "dedup": {"threshold": 0.7},
+    }
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -59,6 +69,7 @@ def test_every_shipped_job_config_validates(repo_root):
     import importlib
 
     from knowlm_ray import config as C
+
     kinds = {"tiny_corpus": C.CorpusConfig, "tiny": C.PretrainConfig, "tiny_lora": C.FinetuneConfig}
     for name, cls in kinds.items():
         path = repo_root / "jobs" / "configs" / f"{name}.yaml"

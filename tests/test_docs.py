@@ -1,5 +1,6 @@
 """The documentation stands on its own: it points only at files in the repository, and
 docs/architecture.md keeps up with the packages."""
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,12 @@ FENCE = re.compile(r"^(```|~~~)")
 def _repo_files() -> list[Path]:
     """Tracked files and new ones git does not ignore, data/ left out."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             cwd=ROOT, capture_output=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     names = sorted({n for n in out.decode().split("\0") if n and not n.startswith("data/")})
@@ -87,5 +92,7 @@ def test_architecture_names_every_package():
     packages = sorted(p.parent.name for p in (ROOT / "knowlm_ray").glob("*/__init__.py"))
     assert packages, "no subpackages found under knowlm_ray/"
     missing = [p for p in packages if not re.search(rf"`{re.escape(p)}/?`", text)]
-    assert not missing, (f"docs/architecture.md does not name the package(s) {missing}: add each to "
-                         "'Packages and layers' with what it owns")
+    assert not missing, (
+        f"docs/architecture.md does not name the package(s) {missing}: add each to "
+        "'Packages and layers' with what it owns"
+    )

@@ -1,5 +1,6 @@
 """The one entry (knowlm_ray/entry.py): every job's --help lists its keys, `knowlm config show JOB`
 prints a YAML that validates once its required keys are filled in, and a user error is one line."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,8 +13,7 @@ import yaml
 from knowlm_ray.cli import main as knowlm
 from knowlm_ray.config import ConfigError, config_keys, load_config
 from knowlm_ray.entry import JOBS
-from knowlm_ray.errors import user_errors
-from knowlm_ray.errors import MissingPathError
+from knowlm_ray.errors import MissingPathError, user_errors
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -46,16 +46,19 @@ def test_serve_help_lists_every_app_option(capsys):
 
 
 def test_job_script_help_is_the_subcommand_help():
-    out = subprocess.run([sys.executable, "jobs/prepare_corpus.py", "--help"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "jobs/prepare_corpus.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "  dedup.threshold  (float, >0, <=1, default 0.8)" in out.stdout
     assert "knowlm config show prepare-corpus" in out.stdout
 
 
 REQUIRED = {  # key path -> a value that exists in a fresh checkout
-    "prepare-corpus": {"inputs": [{"path": str(SAMPLE / "zh.jsonl"), "source": "baike", "lang": "zh"}],
-                       "tokenizer": "t"},
+    "prepare-corpus": {
+        "inputs": [{"path": str(SAMPLE / "zh.jsonl"), "source": "baike", "lang": "zh"}],
+        "tokenizer": "t",
+    },
     "pretrain": {"model": "m", "data": "d"},
     "finetune-lora": {"model": "m", "data": "d"},
     "prepare-instructions": {"tokenizer": "t", "inputs": [str(SAMPLE / "ie" / "instructions.json")]},
@@ -76,7 +79,8 @@ def test_config_show_is_a_complete_yaml_that_validates_once_filled(name, tmp_pat
     for k in config_keys(cls):
         if k.description:
             assert " ".join(k.description.split()[:3]) in " ".join(
-                line.strip().lstrip("#").strip() for line in text.splitlines())
+                line.strip().lstrip("#").strip() for line in text.splitlines()
+            )
     with pytest.raises(ConfigError):  # the required keys are null placeholders
         load_config(cls, base=args)
     args.update(REQUIRED[name])
@@ -95,16 +99,33 @@ def test_user_errors_one_line_exit_2_bugs_keep_their_traceback(capsys):
         raise KeyError("bug")
 
 
-@pytest.mark.parametrize("name,override,named", [
-    ("batch-extract", "input={missing}", "input not found"),
-    ("evaluate", "gold={missing}", "gold: "),
-])
+@pytest.mark.parametrize(
+    "name,override,named",
+    [
+        ("batch-extract", "input={missing}", "input not found"),
+        ("evaluate", "gold={missing}", "gold: "),
+    ],
+)
 def test_bad_path_through_knowlm_is_one_line_and_exit_2(name, override, named, tiny_model, tmp_path):
     config = {"batch-extract": "tiny_extract.yaml", "evaluate": "tiny_eval.yaml"}[name]
     missing = tmp_path / "missing.jsonl"
-    out = subprocess.run([sys.executable, "-m", "knowlm_ray.cli", name, "--config", f"jobs/configs/{config}",
-                          f"model={tiny_model}", override.format(missing=missing), f"out_dir={tmp_path / 'out'}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "knowlm_ray.cli",
+            name,
+            "--config",
+            f"jobs/configs/{config}",
+            f"model={tiny_model}",
+            override.format(missing=missing),
+            f"out_dir={tmp_path / 'out'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and named in last and str(missing) in last, out.stderr[-3000:]

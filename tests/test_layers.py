@@ -1,6 +1,7 @@
 """The package layers and import rules hold: `lint-imports` (import-linter) with the contracts in
 pyproject.toml's [tool.importlinter] — the layer order, generation without Ray / HTTP / serve,
 nothing below serve importing it, and no import circles at any depth (lazy imports count)."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,5 @@
 """knowlm_ray.paths: a config's relative paths when a job runs from `ray job submit --working-dir`."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ def uploaded(tmp_path, monkeypatch, repo_root):
     (copy / "data" / "tokenizer").mkdir()
     monkeypatch.chdir(copy)
     monkeypatch.delenv("KNOWLM_ROOT", raising=False)
-    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
-        {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {}}))
+    monkeypatch.setenv(
+        "RAY_JOB_CONFIG_JSON_ENV_VAR",
+        json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {}}),
+    )
     return copy
 
 
@@ -39,8 +42,17 @@ def test_relative_path_into_the_uploaded_copy_is_refused_with_how_to_fix(uploade
 
 def test_absolute_paths_and_files_in_the_copy_pass(uploaded, tmp_path):
     outside = tmp_path / "elsewhere"
-    cfg = parse_job_args(PretrainConfig, ["--config", PRESET, f"model={outside}/tiny", f"data={outside}/corpus",
-                                          f"output_dir={outside}/out", f"storage_path={outside}/rr"])
+    cfg = parse_job_args(
+        PretrainConfig,
+        [
+            "--config",
+            PRESET,
+            f"model={outside}/tiny",
+            f"data={outside}/corpus",
+            f"output_dir={outside}/out",
+            f"storage_path={outside}/rr",
+        ],
+    )
     assert cfg.output_dir == str(outside / "out")
     # CorpusConfig keeps relative paths: one the copy holds is read from it; a missing one is refused
     inputs = 'inputs=[{path: data, source: s, lang: en, glob: "**/*"}]'

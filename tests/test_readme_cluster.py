@@ -9,6 +9,7 @@ RAY_ADDRESS, and the job gets small overrides (4 steps) at the end of its comman
 README's ``ray stop`` is not run: it stops every Ray on the machine; this test's Ray is stopped
 by the process ids that name its temp dir.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,16 @@ def _free_port() -> int:
 
 def _fresh_copy(dst: Path) -> None:
     """The checkout's files as a clone has them: tracked and new, never the ignored ones."""
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    names = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, names):
         src = REPO / name
         if src.is_file():
@@ -74,8 +83,13 @@ def _write_corpus(out: Path, tokenizer_dir: Path) -> None:
             texts.append(text)
     rows = [tok(texts[i % len(texts)])["input_ids"][:96] + [tok.eos_token_id] for i in range(64)]
     (out / "shards").mkdir(parents=True)
-    table = pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.int32())),
-                      "doc_id": [f"d{i}" for i in range(len(rows))], "source": ["test"] * len(rows)})
+    table = pa.table(
+        {
+            "input_ids": pa.array(rows, type=pa.list_(pa.int32())),
+            "doc_id": [f"d{i}" for i in range(len(rows))],
+            "source": ["test"] * len(rows),
+        }
+    )
     with pa.ipc.new_file(str(out / "shards" / "part-00000.arrow"), table.schema) as w:
         w.write_table(table)
     (out / "manifest.json").write_text(json.dumps({"shards": 1}), encoding="utf-8")
@@ -115,9 +129,11 @@ def script_from_readme(lines: list[str], ray_port: int, dash_port: int, temp_dir
         if command == "ray stop":
             continue  # every Ray on the machine: see the module docstring
         if command.startswith("ray start"):
-            command += (f" --port={ray_port} --dashboard-port={dash_port} --ray-client-server-port={_free_port()}"
-                        f" --dashboard-agent-listen-port={_free_port()}"
-                        f" --dashboard-host=127.0.0.1 --temp-dir={temp_dir} --disable-usage-stats")
+            command += (
+                f" --port={ray_port} --dashboard-port={dash_port} --ray-client-server-port={_free_port()}"
+                f" --dashboard-agent-listen-port={_free_port()}"
+                f" --dashboard-host=127.0.0.1 --temp-dir={temp_dir} --disable-usage-stats"
+            )
             out.append(command)
             out.append(f"export RAY_ADDRESS=http://127.0.0.1:{dash_port}")
             continue
@@ -142,13 +158,17 @@ def test_readme_cluster_block_runs_as_typed(tiny_model, tmp_path):
 
     temp_dir = tempfile.mkdtemp(prefix="krc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     script = script_from_readme(lines, _free_port(), _free_port(), temp_dir)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON")) and k not in ("PATH", "KNOWLM_ROOT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON")) and k not in ("PATH", "KNOWLM_ROOT")
+    }
     env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # a fresh shell: no environment activated
     t0 = time.time()
     try:
-        done = subprocess.run(["bash", "-c", script], cwd=checkout, env=env, capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=checkout, env=env, capture_output=True, text=True, timeout=600
+        )
     finally:
         _stop_ray(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,4 +1,5 @@
 """Process-wide runtime helpers."""
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,10 @@ def test_busy_cpu_warning_is_dropped_and_other_warnings_kept(caplog):
     before = list(logger.filters)
     for f in before:  # a corpus run earlier in this process may have installed it
         logger.removeFilter(f)
-    busy = ("Warning: The Ray cluster currently does not have any available CPUs. "
-            "The Dataset job will hang unless more CPUs are freed up.")
+    busy = (
+        "Warning: The Ray cluster currently does not have any available CPUs. "
+        "The Dataset job will hang unless more CPUs are freed up."
+    )
     try:
         with caplog.at_level(logging.WARNING, logger="ray.data.dataset"):
             logger.warning(busy)

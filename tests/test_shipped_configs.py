@@ -1,5 +1,6 @@
 """Every YAML shipped in jobs/configs and serve_configs: it validates against its config class, and
 its first line is the exact command that runs it (naming a script and config that exist)."""
+
 from __future__ import annotations
 
 import shlex

@@ -2,6 +2,7 @@
 
 Each starts its own Ray (the in-process session fixture is not used), so keep them few.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,14 @@ def test_serve_run_config_answers_generate(tiny_model, tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(BIN / "serve"), "run", str(path)], cwd=REPO, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "serve"), "run", str(path)],
+        cwd=REPO,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 150
@@ -58,14 +65,18 @@ def test_serve_run_config_answers_generate(tiny_model, tmp_path):
             time.sleep(1)
         else:
             pytest.fail("serve run never became healthy:\n" + (tmp_path / "serve.log").read_text()[-3000:])
-        r = requests.post(f"{base}/generate", timeout=60, json={
-            "instruction": "介绍一下浙江大学", "input": "", "parameters": {"max_tokens": 8}})
+        r = requests.post(
+            f"{base}/generate",
+            timeout=60,
+            json={"instruction": "介绍一下浙江大学", "input": "", "parameters": {"max_tokens": 8}},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert set(body) >= {"generated_text", "num_output_tokens_cf", "error"}
         assert body["error"] is None and 1 <= body["num_output_tokens_cf"] <= 8
-        bad = requests.post(f"{base}/generate", data="{not json", timeout=10,
-                            headers={"content-type": "application/json"})
+        bad = requests.post(
+            f"{base}/generate", data="{not json", timeout=10, headers={"content-type": "application/json"}
+        )
         assert 400 <= bad.status_code < 500 and "error" in bad.json()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # SIGINT is ignored by background jobs; SIGTERM stops it
@@ -78,9 +89,14 @@ def test_serve_run_config_answers_generate(tiny_model, tmp_path):
 
 def test_job_script_rejects_bad_config_naming_the_key(tmp_path):
     """`python jobs/pretrain.py --config F key=value`: a typo is one clear line and exit 2."""
-    out = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", "jobs/configs/tiny.yaml",
-                          "micro_batchsize=3"], cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "jobs/pretrain.py", "--config", "jobs/configs/tiny.yaml", "micro_batchsize=3"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "micro_batchsize: unknown key" in out.stderr
     assert "Traceback" not in out.stderr
@@ -88,10 +104,22 @@ def test_job_script_rejects_bad_config_naming_the_key(tmp_path):
 
 def test_prepare_corpus_missing_input_fails_before_ray_starts(tiny_model, tmp_path):
     """A wrong input path is one line naming the input, exit 2, and no Ray started for it."""
-    out = subprocess.run([sys.executable, "jobs/prepare_corpus.py", "--config", "jobs/configs/tiny_corpus.yaml",
-                          f"inputs=[{{path: {tmp_path}/nope.jsonl.gz, source: baike, lang: zh}}]",
-                          f"tokenizer={tiny_model}", f"out_dir={tmp_path}/out"], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "jobs/prepare_corpus.py",
+            "--config",
+            "jobs/configs/tiny_corpus.yaml",
+            f"inputs=[{{path: {tmp_path}/nope.jsonl.gz, source: baike, lang: zh}}]",
+            f"tokenizer={tiny_model}",
+            f"out_dir={tmp_path}/out",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert f"input 0 (source 'baike'): path not found: {tmp_path}/nope.jsonl.gz" in out.stderr
     assert "Traceback" not in out.stderr and "Ray instance" not in out.stdout + out.stderr
@@ -101,10 +129,21 @@ def test_prepare_corpus_missing_input_fails_before_ray_starts(tiny_model, tmp_pa
 def test_prepare_corpus_job_script_end_to_end(tiny_model, tmp_path):
     """`python jobs/prepare_corpus.py --config jobs/configs/tiny_corpus.yaml` on the shipped sample."""
     out_dir = tmp_path / "corpus"
-    proc = subprocess.run([sys.executable, "jobs/prepare_corpus.py", "--config",
-                           "jobs/configs/tiny_corpus.yaml", f"tokenizer={tiny_model}",
-                           f"out_dir={out_dir}"], cwd=REPO, env=_env(), capture_output=True,
-                          text=True, timeout=400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "jobs/prepare_corpus.py",
+            "--config",
+            "jobs/configs/tiny_corpus.yaml",
+            f"tokenizer={tiny_model}",
+            f"out_dir={out_dir}",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out_dir / "manifest.json").read_text())
     stages = manifest["stages"]

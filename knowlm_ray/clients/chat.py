@@ -12,12 +12,14 @@ Two backends answer the same list of OpenAI-style messages:
 where the tokenizer is at hand) or when the server answers that the prompt is too long, the
 oldest exchange is dropped and the user is told.
 """
+
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from knowlm_ray.clients.http import ServerError, post
 from knowlm_ray.generation.errors import CONTEXT_LENGTH_EXCEEDED
@@ -80,8 +82,7 @@ class ServerBackend:
 
     context = None
 
-    def __init__(self, url: str, api_key: str | None = None, model: str | None = None,
-                 timeout: float = 300.0):
+    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 300.0):
         self.url = url.rstrip("/") + "/v1/chat/completions"
         self.api_key, self.model, self.timeout = api_key, model, timeout
 
@@ -90,9 +91,15 @@ class ServerBackend:
 
     def complete(self, messages: Messages, params: GenerationParams, on_text: OnText) -> Reply:
         body: dict[str, Any] = {
-            "messages": messages, "stream": True, "stream_options": {"include_usage": True},
-            "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
-            "max_tokens": params.max_tokens, "repetition_penalty": params.repetition_penalty}
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k,
+            "max_tokens": params.max_tokens,
+            "repetition_penalty": params.repetition_penalty,
+        }
         if self.model:
             body["model"] = self.model
         try:
@@ -108,8 +115,12 @@ class ServerBackend:
             for event in iter_sse(resp.iter_lines(chunk_size=None)):
                 if "error" in event:
                     err = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
-                    raise ServerError(f"during the answer: {err.get('message')}", resp.status_code,
-                                      err.get("type"), code=err.get("code"))
+                    raise ServerError(
+                        f"during the answer: {err.get('message')}",
+                        resp.status_code,
+                        err.get("type"),
+                        code=err.get("code"),
+                    )
                 usage = event.get("usage") or usage
                 for choice in event.get("choices") or ():
                     delta = (choice.get("delta") or {}).get("content")
@@ -144,12 +155,12 @@ class LocalBackend:
 
     ADAPTER = "lora"
 
-    def __init__(self, model_dir: str, device: str = "cpu", dtype: str = "float32",
-                 lora: str | None = None):
+    def __init__(self, model_dir: str, device: str = "cpu", dtype: str = "float32", lora: str | None = None):
         from knowlm_ray.generation.engine import GenerationEngine
 
-        self.engine = GenerationEngine(model_dir, device=device, dtype=dtype,
-                                       loras={self.ADAPTER: lora} if lora else None)
+        self.engine = GenerationEngine(
+            model_dir, device=device, dtype=dtype, loras={self.ADAPTER: lora} if lora else None
+        )
         self.adapter = self.ADAPTER if lora else None
         self.context = self.engine.max_context
 
@@ -189,8 +200,13 @@ class ChatSession:
         n = self.backend.prompt_tokens(messages)
         return n is None or self.backend.context is None or n + self.params.max_tokens <= self.backend.context
 
-    def ask(self, user: str, on_text: OnText, notify: Callable[[str], None],
-            on_prompt: Callable[[Messages], None] | None = None) -> Reply:
+    def ask(
+        self,
+        user: str,
+        on_text: OnText,
+        notify: Callable[[str], None],
+        on_prompt: Callable[[Messages], None] | None = None,
+    ) -> Reply:
         """Answer ``user`` in the context of the history; the exchange joins the history on success."""
         turns = list(self.turns)
         while turns and not self._fits(self.messages(user, turns)):
@@ -211,8 +227,7 @@ class ChatSession:
 
     def _drop_oldest(self, turns: list[tuple[str, str]], notify: Callable[[str], None]) -> list[tuple[str, str]]:
         ctx = f" of {self.backend.context} tokens" if self.backend.context else ""
-        notify(f"(history too long for the model's context{ctx}: dropped the oldest exchange; "
-               f"{len(turns) - 1} left)")
+        notify(f"(history too long for the model's context{ctx}: dropped the oldest exchange; {len(turns) - 1} left)")
         return turns[1:]
 
     def reset(self) -> None:
@@ -231,8 +246,14 @@ def _read(stdin: TextIO, interactive: bool) -> str | None:
     return None if line == "" else line
 
 
-def run_repl(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
-             stderr: TextIO = sys.stderr, verbose: bool = False, show_prompt: bool = False) -> int:
+def run_repl(
+    session: ChatSession,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+    verbose: bool = False,
+    show_prompt: bool = False,
+) -> int:
     """Read lines until /exit, EOF or Ctrl-C; exit status 1 if a turn failed (0 otherwise).
 
     Answers stream to ``stdout`` (nothing else goes there when input is not a terminal, so a
@@ -299,6 +320,8 @@ def run_repl(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = s
             continue
         write("\n")
         if verbose:
-            note(f"[prompt_tokens={reply.prompt_tokens} completion_tokens={reply.completion_tokens} "
-                 f"finish={reply.finish_reason} history={len(session.turns)}]")
+            note(
+                f"[prompt_tokens={reply.prompt_tokens} completion_tokens={reply.completion_tokens} "
+                f"finish={reply.finish_reason} history={len(session.turns)}]"
+            )
     return 1 if failed else 0

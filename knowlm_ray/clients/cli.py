@@ -6,6 +6,7 @@ extract also run a local model).
     knowlm web --server http://127.0.0.1:8000 [--host 127.0.0.1] [--port 7860]
     knowlm extract --task T --schema LABEL ... (--text S | --file F) (--server URL | --model DIR)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ def _chat(a: argparse.Namespace) -> None:
     from knowlm_ray.generation.params import GenerationParams
 
     try:  # the server's own limits, checked before a model loads or a request goes out
-        params = GenerationParams(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                                  max_tokens=a.max_tokens, repetition_penalty=a.repetition_penalty)
+        params = GenerationParams(
+            temperature=a.temperature,
+            top_p=a.top_p,
+            top_k=a.top_k,
+            max_tokens=a.max_tokens,
+            repetition_penalty=a.repetition_penalty,
+        )
     except ValidationError as exc:
         bad = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"error: {bad}") from None
@@ -43,12 +49,14 @@ def _chat(a: argparse.Namespace) -> None:
 
 def _web(a: argparse.Namespace) -> None:
     try:
-        from knowlm_ray.clients.web import serve_web
         import gradio  # noqa: F401
+
+        from knowlm_ray.clients.web import serve_web
     except ImportError:
         raise SystemExit("error: knowlm web needs gradio: pip install 'knowlm-ray[web]'") from None
-    serve_web(a.server, host=a.host, port=a.port, api_key=a.api_key or os.environ.get(API_KEY_ENV) or None,
-              timeout=a.timeout)
+    serve_web(
+        a.server, host=a.host, port=a.port, api_key=a.api_key or os.environ.get(API_KEY_ENV) or None, timeout=a.timeout
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,9 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     register_extract(sub)
 
-    p = sub.add_parser("chat", help="interactive terminal chat with a server or a local model",
-                       description="Multi-turn chat. Commands: /reset, /history, /exit (or Ctrl-D / Ctrl-C); "
-                                   "Ctrl-C during an answer stops that answer.")
+    p = sub.add_parser(
+        "chat",
+        help="interactive terminal chat with a server or a local model",
+        description="Multi-turn chat. Commands: /reset, /history, /exit (or Ctrl-D / Ctrl-C); "
+        "Ctrl-C during an answer stops that answer.",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--server", metavar="URL", help="a knowlm server (uses /v1/chat/completions, streamed)")
     src.add_argument("--model-dir", metavar="DIR", help="run this HF model directory here (no server, no Ray)")

@@ -8,6 +8,7 @@ as one word). ``--file``: a ``.jsonl`` file of ``{"id"?, "text"}`` records (one 
 or any other text file, read as one document. ``--server`` posts to ``/extract``; ``--model`` runs
 ``knowlm_ray.ie.extract`` over a ``GenerationEngine`` in this process (no Ray).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,9 @@ def read_documents(text: str | None, file: str | None) -> list[dict[str, Any]]:
     return docs
 
 
-def post_extract(server: str, body: dict[str, Any], timeout: float = 300.0,
-                 api_key: str | None = None) -> dict[str, Any]:
+def post_extract(
+    server: str, body: dict[str, Any], timeout: float = 300.0, api_key: str | None = None
+) -> dict[str, Any]:
     """``POST {server}/extract``; a missing route, an HTTP error or no server is one clear error."""
     from knowlm_ray.clients.http import ServerError, post
 
@@ -70,8 +72,10 @@ def post_extract(server: str, body: dict[str, Any], timeout: float = 300.0,
         resp = post(url, body, api_key, timeout)
     except ServerError as exc:
         if exc.status in (404, 405):
-            raise RuntimeError(f"the server at {server} has no POST /extract route (HTTP {exc.status}); "
-                               f"is it a knowlm server with extraction enabled?") from None
+            raise RuntimeError(
+                f"the server at {server} has no POST /extract route (HTTP {exc.status}); "
+                f"is it a knowlm server with extraction enabled?"
+            ) from None
         raise RuntimeError(f"{url}: {exc}") from None
     try:
         data = resp.json()
@@ -87,8 +91,10 @@ def _extract(a: argparse.Namespace) -> None:
 
     schema = parse_schema_args(a.task, a.schema)
     docs = read_documents(a.text, a.file)
-    requests_ = [{"task": a.task, "text": d["text"], "schema": schema, "lang": a.lang,
-                  **({"id": d["id"]} if "id" in d else {})} for d in docs]
+    requests_ = [
+        {"task": a.task, "text": d["text"], "schema": schema, "lang": a.lang, **({"id": d["id"]} if "id" in d else {})}
+        for d in docs
+    ]
     try:
         for r in requests_:  # check every request before loading a model or calling a server
             plan_extraction(r["task"], r["text"], r["schema"], r["lang"], fmt=a.format)
@@ -121,8 +127,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``extract`` to the `knowlm` parser."""
     p = sub.add_parser("extract", help="schema-driven NER / RE / EE on a text (in-process or via a server)")
     p.add_argument("--task", required=True, choices=("ner", "re", "ee"))
-    p.add_argument("--schema", required=True, nargs="+", metavar="LABEL",
-                   help="labels; events as TYPE=ROLE,ROLE; or one JSON schema")
+    p.add_argument(
+        "--schema",
+        required=True,
+        nargs="+",
+        metavar="LABEL",
+        help="labels; events as TYPE=ROLE,ROLE; or one JSON schema",
+    )
     p.add_argument("--lang", choices=("zh", "en"), default=None, help="default: guessed from the text")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text")

@@ -5,6 +5,7 @@ Every knowlm server error is ``{"error": {"message", "type"}}``, with ``code`` f
 ``check`` turns any non-2xx answer — or no answer at all — into a ``ServerError`` whose text a
 person can read.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,14 @@ class ServerError(RuntimeError):
     ``kind`` is the error's ``type``, ``code`` its machine-readable reason (None when it has none).
     """
 
-    def __init__(self, message: str, status: int | None = None, kind: str | None = None,
-                 retry_after: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        kind: str | None = None,
+        retry_after: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.kind, self.retry_after, self.code = status, kind, retry_after, code
 

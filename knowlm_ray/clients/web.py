@@ -6,6 +6,7 @@ GPU. Slider ranges and defaults are ``GenerationParams``' own (the server's, not
 beam-search defaults, which are slow on a CPU). A server error (4xx/503 JSON, or no server)
 shows as a readable message under the answer instead of a crash.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,10 @@ def ask(server: str, body: dict[str, Any], api_key: str | None = None, timeout: 
         return "", "**Error:** the server's answer is not JSON"
     if data.get("error"):
         return "", f"**Error:** {data['error']}"
-    return (data.get("generated_text", ""),
-            f"{data.get('num_output_tokens_cf', '?')} tokens in {time.perf_counter() - t0:.1f} s")
+    return (
+        data.get("generated_text", ""),
+        f"{data.get('num_output_tokens_cf', '?')} tokens in {time.perf_counter() - t0:.1f} s",
+    )
 
 
 def list_models(server: str, api_key: str | None, timeout: float = 10.0) -> list[str]:
@@ -91,18 +94,26 @@ def build_ui(server: str, api_key: str | None = None, timeout: float = 300.0):
         gr.Markdown(f"# KnowLM\nAnswers come from `{server}` (`POST /generate`).")
         with gr.Row():
             with gr.Column():
-                instruction = gr.Textbox(label="Instruction", lines=3, elem_id="instruction",
-                                         placeholder="e.g. 请介绍一下浙江大学")
-                input_text = gr.Textbox(label="Input", lines=3, elem_id="input",
-                                        placeholder="optional: the text the instruction is about")
-                model = gr.Dropdown(choices=models, value=models[0] if models else None, label="Model",
-                                    allow_custom_value=True, elem_id="model",
-                                    info="base model or a LoRA adapter configured on the server")
+                instruction = gr.Textbox(
+                    label="Instruction", lines=3, elem_id="instruction", placeholder="e.g. 请介绍一下浙江大学"
+                )
+                input_text = gr.Textbox(
+                    label="Input", lines=3, elem_id="input", placeholder="optional: the text the instruction is about"
+                )
+                model = gr.Dropdown(
+                    choices=models,
+                    value=models[0] if models else None,
+                    label="Model",
+                    allow_custom_value=True,
+                    elem_id="model",
+                    info="base model or a LoRA adapter configured on the server",
+                )
                 sliders = []
                 for name, label, step in SLIDERS:
                     lo, hi, default = slider_bounds(name)
-                    sliders.append(gr.Slider(minimum=lo, maximum=hi, value=default, step=step, label=label,
-                                             elem_id=name))
+                    sliders.append(
+                        gr.Slider(minimum=lo, maximum=hi, value=default, step=step, label=label, elem_id=name)
+                    )
                 submit = gr.Button("Submit", variant="primary", elem_id="submit")
             with gr.Column():
                 answer = gr.Textbox(label="Answer", lines=12, elem_id="answer", interactive=False)
@@ -115,8 +126,9 @@ def build_ui(server: str, api_key: str | None = None, timeout: float = 300.0):
     return page
 
 
-def serve_web(server: str, host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,
-              timeout: float = 300.0) -> None:
+def serve_web(
+    server: str, host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None, timeout: float = 300.0
+) -> None:
     """Serve the page until interrupted (Ctrl-C ends it quietly)."""
     page = build_ui(server, api_key, timeout)
     try:

@@ -6,6 +6,7 @@ MinHash LSH) -> split (sentences, greedy samples, short tails) -> samples (token
 ``ShardReader``: memory-mapped random access, what training reads) + stats (manifest counts).
 inspect / megatron / cli: ``knowlm corpus inspect`` and ``knowlm corpus export-megatron``.
 """
+
 from knowlm_ray.corpus.shards import ShardReader, iter_samples, read_shards
 
 __all__ = ["ShardReader", "iter_samples", "read_shards"]

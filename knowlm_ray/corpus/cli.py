@@ -1,6 +1,7 @@
 """`knowlm corpus inspect DIR [--samples N] [--tokenizer DIR] [--json]` and
 `knowlm corpus export-megatron DIR OUT_PREFIX [--vocab-size N] [--tokenizer DIR]`
 (registered by knowlm_ray.cli; the logic is in corpus/inspect.py and corpus/megatron.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ def _export_megatron(a: argparse.Namespace) -> None:
         tok, _ = resolve_tokenizer(a.dir, a.tokenizer)
         vocab = len(tok) if tok is not None else None  # None: largest token id + 1
     info = export_megatron(a.dir, a.out_prefix, vocab_size=vocab)
-    print(f"wrote {info['bin']} and {info['idx']}: {info['sequences']:,} sequences, {info['documents']:,} "
-          f"documents, {info['tokens']:,} tokens as {info['dtype']} (vocab {info['vocab_size']:,})")
+    print(
+        f"wrote {info['bin']} and {info['idx']}: {info['sequences']:,} sequences, {info['documents']:,} "
+        f"documents, {info['tokens']:,} tokens as {info['dtype']} (vocab {info['vocab_size']:,})"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("export-megatron", help="write Megatron-LM's indexed dataset (OUT_PREFIX.bin/.idx)")
     p.add_argument("dir", metavar="DIR", help="a prepare_corpus out_dir")
     p.add_argument("out_prefix", metavar="OUT_PREFIX", help="writes OUT_PREFIX.bin and OUT_PREFIX.idx")
-    p.add_argument("--vocab-size", type=int, help="picks uint16 (< 65500) or int32 tokens "
-                   "(default: the manifest's tokenizer, else the largest token id + 1)")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        help="picks uint16 (< 65500) or int32 tokens "
+        "(default: the manifest's tokenizer, else the largest token id + 1)",
+    )
     p.add_argument("--tokenizer", help="HF tokenizer dir whose size picks the dtype")
     p.set_defaults(fn=_export_megatron)

@@ -38,11 +38,13 @@ and signature-carrying band rows (each 512-byte signature copied once per band).
 difference to running them one after the other: a band bucket of more than ``max_bucket_compare``
 members also counts exact duplicates among its first members.
 """
+
 from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,8 +60,7 @@ BUCKET_SCHEMA = pa.schema([("bucket", pa.int64()), ("kind", pa.int8()), ("doc_id
 # One row per pair (a < b) found in a bucket; plus one row per block with a = b = null carrying
 # the number of (band bucket, pair) collisions in that block: a pair sharing k band buckets counts
 # k times, which keeps the total independent of the partitioning.
-PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("kind", pa.int8()),
-                         ("collisions", pa.int64())])
+PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("kind", pa.int8()), ("collisions", pa.int64())])
 SIG_COLUMN = "sig"  # signatures ride along with the materialised documents, dropped when marked
 
 
@@ -90,11 +91,11 @@ def shingles(text: str, lang: str, ngram: int = 5, char_ngram: int = 5) -> set[b
         return set()
     if shingle_mode(norm, lang) == "char":
         n = char_ngram
-        items = [norm[i:i + n] for i in range(max(1, len(norm) - n + 1))]
+        items = [norm[i : i + n] for i in range(max(1, len(norm) - n + 1))]
     else:
         ws = norm.split(" ")
         n = ngram
-        items = [" ".join(ws[i:i + n]) for i in range(max(1, len(ws) - n + 1))]
+        items = [" ".join(ws[i : i + n]) for i in range(max(1, len(ws) - n + 1))]
     return {s.encode("utf-8") for s in items}
 
 
@@ -131,15 +132,16 @@ def shingle_hashes(text: str, lang: str, ngram: int = 5, char_ngram: int = 5) ->
     else:
         cache: dict[str, int] = {}
         ws = norm.split(" ")
-        units = np.fromiter((cache[w] if w in cache else cache.setdefault(w, _word_hash(w)) for w in ws),
-                            dtype=np.uint64, count=len(ws))
+        units = np.fromiter(
+            (cache[w] if w in cache else cache.setdefault(w, _word_hash(w)) for w in ws), dtype=np.uint64, count=len(ws)
+        )
         n = ngram
     n = min(n, len(units))
     m = len(units) - n + 1
     h = np.zeros(m, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):
-            h = h * _MULT + units[k:k + m] + np.uint64(1)
+            h = h * _MULT + units[k : k + m] + np.uint64(1)
         h = _mix64(h)
     return np.unique((h >> np.uint64(32)).astype(np.uint32))
 
@@ -174,10 +176,11 @@ class Signer:
             phv = _fmix(hv, _SCHEME_WIDTHS[t.scheme]) * a + b
         return np.minimum(t.hashvalues, phv.min(axis=0)).astype(np.uint32)
 
+
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n, num_perm) uint32 signatures -> (n, bands) int64 bucket keys: each band's ``rows``
     values folded through a 64-bit mix seeded with the band index, for all documents at once."""
-    view = sigs[:, :bands * rows].reshape(len(sigs), bands, rows).astype(np.uint64)
+    view = sigs[:, : bands * rows].reshape(len(sigs), bands, rows).astype(np.uint64)
     with np.errstate(over="ignore"):
         h = np.broadcast_to(_mix64(np.arange(1, bands + 1, dtype=np.uint64) * _MULT), view.shape[:2]).copy()
         for r in range(rows):
@@ -216,8 +219,13 @@ def key_bucket(key: str) -> int:
     return int.from_bytes(bytes.fromhex(key[:16]), "little", signed=True)
 
 
-def bucket_rows(doc_ids: Sequence[str], keys: Sequence[str | None] | None,
-                sigs: Sequence[bytes | None] | None, bands: int, rows: int) -> pa.Table:
+def bucket_rows(
+    doc_ids: Sequence[str],
+    keys: Sequence[str | None] | None,
+    sigs: Sequence[bytes | None] | None,
+    bands: int,
+    rows: int,
+) -> pa.Table:
     """Plain core: BUCKET_SCHEMA rows: (exact key, EXACT) per document when ``keys`` is given,
     (band key, BAND) per band for each document with a signature when ``sigs`` is given."""
     buckets, kinds, ids = [], [], []
@@ -227,18 +235,34 @@ def bucket_rows(doc_ids: Sequence[str], keys: Sequence[str | None] | None,
                 buckets.append(key_bucket(key))
                 ids.append(doc_id)
         kinds = [EXACT] * len(ids)
-    tables = [pa.table({"bucket": pa.array(buckets, pa.int64()), "kind": pa.array(kinds, pa.int8()),
-                        "doc_id": pa.array(ids, pa.string())}, schema=BUCKET_SCHEMA)]
+    tables = [
+        pa.table(
+            {
+                "bucket": pa.array(buckets, pa.int64()),
+                "kind": pa.array(kinds, pa.int8()),
+                "doc_id": pa.array(ids, pa.string()),
+            },
+            schema=BUCKET_SCHEMA,
+        )
+    ]
     if sigs is not None:
         signed = [i for i, sig in enumerate(sigs) if sig is not None]
         if signed:
             mat = np.frombuffer(b"".join(sigs[i] for i in signed), dtype=np.uint32).reshape(len(signed), -1)
             keys_mat = band_keys(mat, bands, rows)  # (docs, bands)
             band_ids = pa.array([doc_ids[i] for i in signed], pa.string()).take(
-                pa.array(np.repeat(np.arange(len(signed)), bands)))
-            tables.append(pa.table({"bucket": pa.array(keys_mat.reshape(-1)),
-                                    "kind": pa.array(np.full(keys_mat.size, BAND, dtype=np.int8)),
-                                    "doc_id": band_ids}, schema=BUCKET_SCHEMA))
+                pa.array(np.repeat(np.arange(len(signed)), bands))
+            )
+            tables.append(
+                pa.table(
+                    {
+                        "bucket": pa.array(keys_mat.reshape(-1)),
+                        "kind": pa.array(np.full(keys_mat.size, BAND, dtype=np.int8)),
+                        "doc_id": band_ids,
+                    },
+                    schema=BUCKET_SCHEMA,
+                )
+            )
     return pa.concat_tables(tables)
 
 
@@ -279,19 +303,20 @@ def bucket_pairs(table: pa.Table, max_compare: int) -> pa.Table:
                 pairs = []
                 for i in range(min(len(names) - 1, max_compare)):
                     collisions += len(names) - 1 - i
-                    pairs += [(names[i], y) for y in names[i + 1:]]
+                    pairs += [(names[i], y) for y in names[i + 1 :]]
             for x, y in pairs:
                 if (x, y, k) not in seen:
                     seen.add((x, y, k))
                     a.append(x)
                     b.append(y)
                     kinds.append(k)
-    return pa.table({"a": [*a, None], "b": [*b, None], "kind": [*kinds, None],
-                     "collisions": [0] * len(a) + [collisions]}, schema=PAIR_SCHEMA)
+    return pa.table(
+        {"a": [*a, None], "b": [*b, None], "kind": [*kinds, None], "collisions": [0] * len(a) + [collisions]},
+        schema=PAIR_SCHEMA,
+    )
 
 
-def partition_buckets(blocks: Sequence[pa.Table], exact: bool, bands: int, rows: int,
-                      parts: int) -> list[pa.Table]:
+def partition_buckets(blocks: Sequence[pa.Table], exact: bool, bands: int, rows: int, parts: int) -> list[pa.Table]:
     """Map side of the bucket shuffle: documents -> their BUCKET_SCHEMA rows cut into ``parts``
     tables by ``bucket`` modulo ``parts`` (every bucket lands whole in one part)."""
     table = pa.concat_tables([bucket_rows_batch(b, exact, bands, rows) for b in blocks])
@@ -318,7 +343,7 @@ def shuffle_pairs(block_refs: list, cfg: DedupConfig, bands: int, rows: int, par
     import ray
 
     per_task = max(1, -(-len(block_refs) // (4 * parts)))
-    groups = [block_refs[i:i + per_task] for i in range(0, len(block_refs), per_task)]
+    groups = [block_refs[i : i + per_task] for i in range(0, len(block_refs), per_task)]
     mapper = ray.remote(num_returns=parts)(_map_task)
     maps = [mapper.remote(cfg.exact, bands, rows, parts, *group) for group in groups]
     if parts == 1:
@@ -351,8 +376,9 @@ def connected_components(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {x: find(x) for x in parent if find(x) != x}
 
 
-def verify(candidates: Sequence[tuple[str, str]], signatures: Callable[[set[str]], dict[str, bytes]],
-           threshold: float) -> list[tuple[str, str]]:
+def verify(
+    candidates: Sequence[tuple[str, str]], signatures: Callable[[set[str]], dict[str, bytes]], threshold: float
+) -> list[tuple[str, str]]:
     """The candidate pairs whose signatures agree in at least ``threshold`` of their values
     (the MinHash estimate of the shingle sets' Jaccard)."""
     if not candidates:
@@ -366,8 +392,9 @@ def verify(candidates: Sequence[tuple[str, str]], signatures: Callable[[set[str]
     return [pair for pair, e in zip(candidates, estimate) if e >= threshold]
 
 
-def resolve(pairs: Iterable[tuple[str, str, int]], signatures: Callable[[set[str]], dict[str, bytes]],
-            threshold: float) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+def resolve(
+    pairs: Iterable[tuple[str, str, int]], signatures: Callable[[set[str]], dict[str, bytes]], threshold: float
+) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
     """Plain core, on the driver: bucket pairs -> ({exact dup: rep}, {near dup: rep}, counts).
     ``signatures(ids)`` returns the signature bytes of those documents."""
     exact_pairs, candidates = [], set()
@@ -380,8 +407,16 @@ def resolve(pairs: Iterable[tuple[str, str, int]], signatures: Callable[[set[str
     candidates = sorted((x, y) for x, y in candidates if x not in exact and y not in exact)
     edges = verify(candidates, signatures, threshold)
     near = connected_components(edges)
-    return exact, near, {"candidate_pairs": len(candidates), "edges": len(edges),
-                         "clusters": len(set(near.values())), "near_dups": len(near)}
+    return (
+        exact,
+        near,
+        {
+            "candidate_pairs": len(candidates),
+            "edges": len(edges),
+            "clusters": len(set(near.values())),
+            "near_dups": len(near),
+        },
+    )
 
 
 def mark_duplicates(batch: pa.Table, marks: dict[str, tuple[str, str]]) -> pa.Table:
@@ -398,8 +433,12 @@ def mark_duplicates(batch: pa.Table, marks: dict[str, tuple[str, str]]) -> pa.Ta
             status[i], rep = marks[ids[i]]
             what = "duplicate" if status[i] == EXACT_DUP else "near duplicate"
             reason[i], text[i] = f"{what} of {rep}", ""
-    return with_columns(batch, status=pa.array(status, pa.string()), reason=pa.array(reason, pa.string()),
-                        text=pa.array(text, pa.string()))
+    return with_columns(
+        batch,
+        status=pa.array(status, pa.string()),
+        reason=pa.array(reason, pa.string()),
+        text=pa.array(text, pa.string()),
+    )
 
 
 _MARKS_CACHE: dict[str, dict] = {}
@@ -465,8 +504,7 @@ def dedup(docs, cfg: DedupConfig, seed: int, num_partitions: int):
         return docs, {}
     bands, rows = lsh_params(cfg)
     if cfg.near:
-        docs = docs.map_batches(sign_batch, batch_format="pyarrow",
-                                fn_kwargs={"dedup": cfg.model_dump(), "seed": seed})
+        docs = docs.map_batches(sign_batch, batch_format="pyarrow", fn_kwargs={"dedup": cfg.model_dump(), "seed": seed})
     docs = docs.materialize()
     quiet_busy_cpu_warning()  # from here our own shuffle and write tasks may hold every CPU
     pairs: list[tuple[str, str, int]] = []

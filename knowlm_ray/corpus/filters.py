@@ -23,13 +23,15 @@ dead weight. The dedup key is a hash of the NFKC-normalised, case-folded, whites
 text: the text itself is tokenised unnormalised (NFKC would turn Chinese full-width punctuation
 ，！？ into ASCII).
 """
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,14 +39,23 @@ import pyarrow.compute as pc
 
 from knowlm_ray.config import ConfigError, FilterConfig
 from knowlm_ray.corpus.schema import DOC_SCHEMA, FILTERED, OK, with_columns
-from knowlm_ray.corpus.text import char_classes, normalise_for_dedup, words, unicodedata_nfkc
+from knowlm_ray.corpus.text import char_classes, normalise_for_dedup, unicodedata_nfkc, words
 
 FILTER_NAMES = ("length", "char_ratio", "language", "repetition", "code", "blocklist")
 BLOCKLIST_DIR = Path(__file__).resolve().parent / "blocklists"
 _SCRIPT = {"zh": "cjk", "en": "latin"}
 
-__all__ = ["FILTER_NAMES", "Blocklist", "annotate_batch", "dedup_key", "filter_reason", "load_blocklist",
-           "normalise_for_dedup", "repetition_stats", "symbol_ratio"]
+__all__ = [
+    "FILTER_NAMES",
+    "Blocklist",
+    "annotate_batch",
+    "dedup_key",
+    "filter_reason",
+    "load_blocklist",
+    "normalise_for_dedup",
+    "repetition_stats",
+    "symbol_ratio",
+]
 
 
 # --------------------------------------------------------------------------- block-list
@@ -132,7 +143,7 @@ def _ngram_groups(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     h = np.zeros(m, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):
-            h = h * _MULT + ids[k:k + m].astype(np.uint64) + np.uint64(1)
+            h = h * _MULT + ids[k : k + m].astype(np.uint64) + np.uint64(1)
     _, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
     return first[inverse], counts[inverse]
 
@@ -162,7 +173,7 @@ def _top_ngram_frac(ids: np.ndarray, lengths: np.ndarray, n: int, total: int) ->
     if count < 2:
         return 0.0
     start = int(first[best])
-    return count * float(lengths[start:start + n].sum()) / total
+    return count * float(lengths[start : start + n].sum()) / total
 
 
 def _block_stats(text: str) -> dict[str, float]:
@@ -171,10 +182,12 @@ def _block_stats(text: str) -> dict[str, float]:
     paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     dl, dlc = _dup_stats(lines)
     dp, dpc = _dup_stats(paras)
-    return {"dup_line_frac": dl / len(lines) if lines else 0.0,
-            "dup_line_char_frac": dlc / (sum(map(len, lines)) or 1),
-            "dup_para_frac": dp / len(paras) if paras else 0.0,
-            "dup_para_char_frac": dpc / (sum(map(len, paras)) or 1)}
+    return {
+        "dup_line_frac": dl / len(lines) if lines else 0.0,
+        "dup_line_char_frac": dlc / (sum(map(len, lines)) or 1),
+        "dup_para_frac": dp / len(paras) if paras else 0.0,
+        "dup_para_char_frac": dpc / (sum(map(len, paras)) or 1),
+    }
 
 
 def _word_arrays(ws: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -198,14 +211,14 @@ class _WordBatch:
         self.prefix = np.concatenate([[0], np.cumsum(lengths)])
 
     @classmethod
-    def of(cls, word_lists: Sequence[list[str]]) -> "_WordBatch":
+    def of(cls, word_lists: Sequence[list[str]]) -> _WordBatch:
         flat = pa.array([w for ws in word_lists for w in ws], pa.string())
         ids = pc.dictionary_encode(flat).indices.to_numpy(zero_copy_only=False).astype(np.int64)
         lengths = pc.utf8_length(flat).to_numpy(zero_copy_only=False).astype(np.int64)  # = len(str)
         doc = np.repeat(np.arange(len(word_lists)), [len(ws) for ws in word_lists])
         return cls(ids, lengths, doc, len(word_lists))
 
-    def subset(self, docs: np.ndarray) -> tuple["_WordBatch", np.ndarray]:
+    def subset(self, docs: np.ndarray) -> tuple[_WordBatch, np.ndarray]:
         """The batch of these documents only (and, for each, its index here)."""
         keep = np.zeros(self.n_docs, dtype=bool)
         keep[docs] = True
@@ -291,7 +304,7 @@ def _ngram_reasons(word_lists: Sequence[list[str]], cfg) -> list[str | None]:
         batch, idx = full.subset(active)
         frac = batch.dup_ngram_frac(n)
         go_on = apply(frac, idx, n, limit, "dup_ngram_char_frac")
-        later = [lim for _, lim in dup[i + 1:]]
+        later = [lim for _, lim in dup[i + 1 :]]
         if later:  # as _ngram_reason: stop where no later limit can be exceeded
             go_on &= frac > min(later)
         else:
@@ -300,8 +313,9 @@ def _ngram_reasons(word_lists: Sequence[list[str]], cfg) -> list[str | None]:
     return out
 
 
-def repetition_stats(text: str, top_ns: Sequence[int] = (2, 3, 4),
-                     dup_ns: Sequence[int] = (5, 6, 7, 8, 9, 10)) -> dict[str, Any]:
+def repetition_stats(
+    text: str, top_ns: Sequence[int] = (2, 3, 4), dup_ns: Sequence[int] = (5, 6, 7, 8, 9, 10)
+) -> dict[str, Any]:
     """Gopher repetition statistics of ``text`` (see ``RepetitionFilter``)."""
     ws = words(text)
     ids, lengths, total = _word_arrays(ws)
@@ -324,9 +338,11 @@ def _length(text: str, cfg) -> str | None:
 
 def _char_ratio(c: dict[str, int], cfg) -> str | None:
     total = c["nonspace"] or 1
-    for name, value, limit, above in (("symbol", c["symbol"], cfg.max_symbol_ratio, True),
-                                      ("digit", c["digit"], cfg.max_digit_ratio, True),
-                                      ("letter", c["letter"], cfg.min_letter_ratio, False)):
+    for name, value, limit, above in (
+        ("symbol", c["symbol"], cfg.max_symbol_ratio, True),
+        ("digit", c["digit"], cfg.max_digit_ratio, True),
+        ("letter", c["letter"], cfg.min_letter_ratio, False),
+    ):
         ratio = value / total
         if (ratio > limit) if above else (ratio < limit):
             return f"{name} ratio {ratio:.2f} {'>' if above else '<'} {limit}"
@@ -363,14 +379,14 @@ def _ngram_reason(ids: np.ndarray, lengths: np.ndarray, total: int, cfg) -> str 
         if frac > limit:
             return f"dup_ngram_char_frac[{n}] {frac:.2f} > {limit}"
         # coverage by repeated (n+1)-grams is a subset of that by repeated n-grams: stop early
-        if all(frac <= lim for _, lim in dup[i + 1:]):
+        if all(frac <= lim for _, lim in dup[i + 1 :]):
             break
     return None
 
 
 def _code(text: str, cfg) -> str | None:
     lines = text.split("\n")
-    head = "\n".join(lines[:cfg.autogen_scan_lines]).lower()
+    head = "\n".join(lines[: cfg.autogen_scan_lines]).lower()
     for marker in cfg.autogen_markers:
         if marker.lower() in head:
             return f"generated file (marker {marker!r})"
@@ -426,8 +442,9 @@ def _as_blocklist(blocklist: Blocklist | Sequence[str] | None) -> Blocklist | No
     return _blocklist(tuple(blocklist))
 
 
-def filter_reason(text: str, cfg: FilterConfig, lang: str = "en",
-                  blocklist: Blocklist | Sequence[str] | None = None) -> str | None:
+def filter_reason(
+    text: str, cfg: FilterConfig, lang: str = "en", blocklist: Blocklist | Sequence[str] | None = None
+) -> str | None:
     """Why ``text`` is rejected, as ``"<filter>: <detail>"``, or None to keep it. One document
     at a time; ``filter_reasons`` gives the same answers for a batch, faster."""
     why, ws = _head_reason(text, cfg, lang)
@@ -440,8 +457,9 @@ def filter_reason(text: str, cfg: FilterConfig, lang: str = "en",
     return why
 
 
-def filter_reasons(texts: Sequence[str], cfg: FilterConfig, langs: Sequence[str],
-                   blocklist: Blocklist | Sequence[str] | None = None) -> list[str | None]:
+def filter_reasons(
+    texts: Sequence[str], cfg: FilterConfig, langs: Sequence[str], blocklist: Blocklist | Sequence[str] | None = None
+) -> list[str | None]:
     """``filter_reason`` of every text (the same answers, tested), with the n-gram repetition
     rules run over ``NGRAM_BATCH`` documents at a time: word ids from one Arrow dictionary
     encoding instead of a Python dict per document, and one hash grouping per n over all their
@@ -450,7 +468,7 @@ def filter_reasons(texts: Sequence[str], cfg: FilterConfig, langs: Sequence[str]
     out = [why for why, _ in heads]
     pending = [i for i, (_, ws) in enumerate(heads) if ws is not None]
     for c in range(0, len(pending), NGRAM_BATCH):
-        chunk = pending[c:c + NGRAM_BATCH]
+        chunk = pending[c : c + NGRAM_BATCH]
         for i, why in zip(chunk, _ngram_reasons([heads[i][1] for i in chunk], cfg.repetition)):
             if why:
                 out[i] = f"repetition: {why}"
@@ -484,6 +502,11 @@ def annotate_batch(batch: pa.Table, filters: dict, blocklist: Sequence[str] = ()
             key[i] = dedup_key(text[i])
         else:
             status[i], reason[i], text[i], key[i] = FILTERED, why, "", "~" + doc_id[i]
-    batch = with_columns(batch, **{name: pa.array(values, pa.string()) for name, values in
-                                   (("status", status), ("text", text), ("reason", reason), ("key", key))})
+    batch = with_columns(
+        batch,
+        **{
+            name: pa.array(values, pa.string())
+            for name, values in (("status", status), ("text", text), ("reason", reason), ("key", key))
+        },
+    )
     return batch.cast(DOC_SCHEMA)

@@ -4,6 +4,7 @@ The tokenizer for decoding is the one the corpus was built with (``config.tokeni
 manifest, resolved against the current directory and the corpus dir's parents) unless one is
 given; without a loadable tokenizer the samples are shown as token ids.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,9 @@ def resolve_tokenizer(corpus: str | Path, tokenizer: str | None = None) -> tuple
     name = ((read_manifest_of(corpus) or {}).get("config") or {}).get("tokenizer")
     if not name:
         return None, "no tokenizer recorded in the manifest (give --tokenizer)"
-    candidates = [Path(name)] if Path(name).is_absolute() else \
-        [Path(name), *(p / name for p in Path(corpus).resolve().parents)]
+    candidates = (
+        [Path(name)] if Path(name).is_absolute() else [Path(name), *(p / name for p in Path(corpus).resolve().parents)]
+    )
     for c in candidates:
         if c.is_dir():
             try:
@@ -54,11 +56,20 @@ def summary(corpus: str | Path) -> dict[str, Any]:
     """The manifest's statistics in one dict (what ``inspect --json`` prints)."""
     m = load_manifest(corpus)
     shards = m.get("shards") or []
-    return {"stages": m.get("stages", {}), "by_source": m.get("by_source", {}), "stats": m.get("stats", {}),
-            "filters": m.get("filters", {}), "mix": m.get("mix"), "near_dedup": m.get("near_dedup", {}),
-            "format": m.get("format", {}),
-            "shards": {"files": len(shards), "rows": sum(int(s.get("rows", 0)) for s in shards),
-                       "tokens": sum(int(s.get("tokens", 0)) for s in shards)}}
+    return {
+        "stages": m.get("stages", {}),
+        "by_source": m.get("by_source", {}),
+        "stats": m.get("stats", {}),
+        "filters": m.get("filters", {}),
+        "mix": m.get("mix"),
+        "near_dedup": m.get("near_dedup", {}),
+        "format": m.get("format", {}),
+        "shards": {
+            "files": len(shards),
+            "rows": sum(int(s.get("rows", 0)) for s in shards),
+            "tokens": sum(int(s.get("tokens", 0)) for s in shards),
+        },
+    }
 
 
 def render(corpus: str | Path, samples: int = 3, tokenizer: str | None = None, max_chars: int = 400) -> str:
@@ -71,16 +82,36 @@ def render(corpus: str | Path, samples: int = 3, tokenizer: str | None = None, m
         ok = st.get("read", 0) == sum(st.get(k, 0) for k in DROPPED)
         out.append(f"read = {' + '.join(k for k in DROPPED if k in st)}: {'holds' if ok else 'DOES NOT HOLD'}")
     if s["by_source"]:
-        out += ["", *_table(["source", *STAGES, "weight"],
-                            [[name, *[int(v.get(k, 0)) for k in STAGES], v.get("weight", 1.0)]
-                             for name, v in s["by_source"].items()])]
+        out += [
+            "",
+            *_table(
+                ["source", *STAGES, "weight"],
+                [
+                    [name, *[int(v.get(k, 0)) for k in STAGES], v.get("weight", 1.0)]
+                    for name, v in s["by_source"].items()
+                ],
+            ),
+        ]
     if s.get("mix"):
         mix = s["mix"]
-        out += ["", f"mix (caps and shares in {mix.get('unit', 'documents')}):",
-                *_table(["source", "cap", "documents before", "after", "tokens before", "after"],
-                        [[n, v["cap"] if v.get("cap") is not None else "-", int(v["documents_before"]),
-                          int(v["documents_after"]), int(v["tokens_before"]), int(v["tokens_after"])]
-                         for n, v in mix.get("sources", {}).items()])]
+        out += [
+            "",
+            f"mix (caps and shares in {mix.get('unit', 'documents')}):",
+            *_table(
+                ["source", "cap", "documents before", "after", "tokens before", "after"],
+                [
+                    [
+                        n,
+                        v["cap"] if v.get("cap") is not None else "-",
+                        int(v["documents_before"]),
+                        int(v["documents_after"]),
+                        int(v["tokens_before"]),
+                        int(v["tokens_after"]),
+                    ]
+                    for n, v in mix.get("sources", {}).items()
+                ],
+            ),
+        ]
     stats = {k: v for k, v in s["stats"].items() if not isinstance(v, dict)}
     if stats:
         out += ["", "stats: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in stats.items())]
@@ -88,18 +119,25 @@ def render(corpus: str | Path, samples: int = 3, tokenizer: str | None = None, m
     if filters:
         out.append("filtered by: " + ", ".join(f"{k} {v:,}" for k, v in filters.items()))
     sh = s["shards"]
-    out.append(f"shards: {sh['files']} files, {sh['rows']:,} rows, {sh['tokens']:,} tokens "
-               f"(pack: {s['format'].get('pack', 'none')})")
+    out.append(
+        f"shards: {sh['files']} files, {sh['rows']:,} rows, {sh['tokens']:,} tokens "
+        f"(pack: {s['format'].get('pack', 'none')})"
+    )
     if samples > 0:
         tok, note = resolve_tokenizer(corpus, tokenizer)
         reader = ShardReader(corpus)
-        out += ["", f"first {min(samples, len(reader))} of {len(reader):,} rows "
-                    f"({'decoded with ' + note if tok is not None else 'token ids: ' + note}):"]
+        out += [
+            "",
+            f"first {min(samples, len(reader))} of {len(reader):,} rows "
+            f"({'decoded with ' + note if tok is not None else 'token ids: ' + note}):",
+        ]
         for i in range(min(samples, len(reader))):
             row = reader[i]
             ids = row["input_ids"].tolist()
             extra = f", doc_starts {row['doc_starts'].tolist()}" if "doc_starts" in row else ""
             out.append(f"--- row {i}: {row.get('doc_id')} ({row.get('source')}), {len(ids)} tokens{extra}")
             text = tok.decode(ids) if tok is not None else " ".join(map(str, ids))
-            out.append(text if len(text) <= max_chars else text[:max_chars] + f" ... [{len(text) - max_chars} more chars]")
+            out.append(
+                text if len(text) <= max_chars else text[:max_chars] + f" ... [{len(text) - max_chars} more chars]"
+            )
     return "\n".join(out)

@@ -16,6 +16,7 @@ same ``doc_id`` (a document's samples, in order) form one Megatron document. Pac
 several documents each, so every packed row is its own document. Both files are written to temp
 names and renamed; the shards are streamed (memory-mapped), never loaded whole.
 """
+
 from __future__ import annotations
 
 import struct
@@ -43,8 +44,9 @@ def export_megatron(corpus: str | Path, out_prefix: str | Path, vocab_size: int 
     ``vocab_size`` picks the token dtype; None: the largest token id in the data + 1.
     """
     reader = ShardReader(corpus)
-    max_id = max((int(vals[offs[0]:offs[-1]].max()) for _, offs, vals, _ in reader.chunks()
-                  if offs[-1] > offs[0]), default=0)
+    max_id = max(
+        (int(vals[offs[0] : offs[-1]].max()) for _, offs, vals, _ in reader.chunks() if offs[-1] > offs[0]), default=0
+    )
     if vocab_size is None:
         vocab_size = max_id + 1
     elif max_id >= vocab_size:
@@ -59,7 +61,7 @@ def export_megatron(corpus: str | Path, out_prefix: str | Path, vocab_size: int 
     with atomic_path(idx_path) as tmp_idx, atomic_path(bin_path) as tmp_bin:
         with open(tmp_bin, "wb") as fh:
             for first, offs, vals, batch in reader.chunks():
-                vals[offs[0]:offs[-1]].astype(dtype.newbyteorder("<"), copy=False).tofile(fh)
+                vals[offs[0] : offs[-1]].astype(dtype.newbyteorder("<"), copy=False).tofile(fh)
                 lengths.append(np.diff(offs).astype(np.int32))
                 n = batch.num_rows
                 if reader.packed or "doc_id" not in batch.schema.names:
@@ -85,6 +87,12 @@ def export_megatron(corpus: str | Path, out_prefix: str | Path, vocab_size: int 
             fh.write(seq_lengths.astype("<i4").tobytes(order="C"))
             fh.write(pointers.astype("<i8").tobytes(order="C"))
             fh.write(doc_index.astype("<i8").tobytes(order="C"))
-    return {"bin": str(bin_path), "idx": str(idx_path), "sequences": int(len(seq_lengths)),
-            "documents": int(len(doc_index) - 1), "tokens": int(seq_lengths.sum(dtype=np.int64)),
-            "dtype": dtype.name, "vocab_size": int(vocab_size)}
+    return {
+        "bin": str(bin_path),
+        "idx": str(idx_path),
+        "sequences": int(len(seq_lengths)),
+        "documents": int(len(doc_index) - 1),
+        "tokens": int(seq_lengths.sum(dtype=np.int64)),
+        "dtype": dtype.name,
+        "vocab_size": int(vocab_size),
+    }

@@ -11,6 +11,7 @@ exactly those proportions that every source can supply.
 Only per-document (source, key, tokens) triples reach the driver (17 bytes a document: ~140 MB
 for KnowLM's 8 M samples), never text or tokens.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,13 +29,13 @@ NO_CUT = (1 << 64) - 1  # threshold that keeps every document (keys are below 2*
 
 
 def doc_key(seed: int, doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=8).digest(), "little") \
-        & ((1 << 64) - 2)  # never NO_CUT
+    return int.from_bytes(hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=8).digest(), "little") & (
+        (1 << 64) - 2
+    )  # never NO_CUT
 
 
 def _keys(batch: pa.Table, seed: int) -> np.ndarray:
-    return np.fromiter((doc_key(seed, d) for d in batch["doc_id"].to_pylist()), dtype=np.uint64,
-                       count=batch.num_rows)
+    return np.fromiter((doc_key(seed, d) for d in batch["doc_id"].to_pylist()), dtype=np.uint64, count=batch.num_rows)
 
 
 def summary_batch(batch: pa.Table, seed: int) -> pa.Table:
@@ -51,8 +52,9 @@ def summary_batch(batch: pa.Table, seed: int) -> pa.Table:
 
 def plan(summary: pa.Table, mix: MixConfig) -> tuple[dict[str, int], dict[str, Any]]:
     """Per-document summary rows -> ({source: key threshold}, the manifest's ``mix`` record)."""
-    summary = summary.group_by(["source", "key"]).aggregate([("tokens", "sum")]) \
-        .rename_columns(["source", "key", "tokens"])
+    summary = (
+        summary.group_by(["source", "key"]).aggregate([("tokens", "sum")]).rename_columns(["source", "key", "tokens"])
+    )
     per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for source in sorted(set(summary["source"].to_pylist())):
         part = summary.filter(pc.equal(summary["source"], source))
@@ -80,12 +82,22 @@ def plan(summary: pa.Table, mix: MixConfig) -> tuple[dict[str, int], dict[str, A
             keep = int(np.searchsorted(np.cumsum(tokens), cap, side="right"))
         thresholds[s] = int(keys[keep]) if keep < len(keys) else NO_CUT
         kept = keys < np.uint64(thresholds[s])  # equal keys at the cut (a 2**-64 event) both go
-        record["sources"][s] = {"cap": cap, "documents_before": len(keys), "documents_after": int(kept.sum()),
-                                "tokens_before": int(tokens.sum()), "tokens_after": int(tokens[kept].sum())}
+        record["sources"][s] = {
+            "cap": cap,
+            "documents_before": len(keys),
+            "documents_after": int(kept.sum()),
+            "tokens_before": int(tokens.sum()),
+            "tokens_after": int(tokens[kept].sum()),
+        }
     for s in caps:
         if s not in per:  # a source with nothing left after dedup
-            record["sources"][s] = {"cap": caps[s], "documents_before": 0, "documents_after": 0,
-                                    "tokens_before": 0, "tokens_after": 0}
+            record["sources"][s] = {
+                "cap": caps[s],
+                "documents_before": 0,
+                "documents_after": 0,
+                "tokens_before": 0,
+                "tokens_after": 0,
+            }
     return thresholds, record
 
 
@@ -115,6 +127,7 @@ def apply_mix(samples, mix: MixConfig, seed: int) -> tuple[Any, dict[str, Any]]:
     parts = [t for t in ray.get(refs) if t.num_rows]
     summary = pa.concat_tables(parts).cast(SUMMARY_SCHEMA) if parts else SUMMARY_SCHEMA.empty_table()
     thresholds, record = plan(summary, mix)
-    marked = samples.map_batches(mark_batch, batch_format="pyarrow",
-                                 fn_kwargs={"thresholds": thresholds, "seed": seed, "unit": mix.unit})
+    marked = samples.map_batches(
+        mark_batch, batch_format="pyarrow", fn_kwargs={"thresholds": thresholds, "seed": seed, "unit": mix.unit}
+    )
     return marked, record

@@ -19,6 +19,7 @@ its first token. Packing runs inside each shard writer over that shard's fixed s
 sorted samples, which keeps it deterministic; a shard therefore holds at most ``rows_per_shard``
 rows.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,7 +59,7 @@ def pack_greedy(table: pa.Table, max_tokens: int, split_samples: bool = True) ->
 
 def _pack_stream(cols, values, offsets, doc_ids, new_doc, source, r0, r1, max_tokens) -> None:
     base = offsets[r0]
-    flat = values[base:offsets[r1]]
+    flat = values[base : offsets[r1]]
     row_starts = offsets[r0:r1] - base  # where each sample begins in the stream
     starts = np.array([row_starts[i - r0] for i in range(r0, r1) if new_doc[i]], dtype=np.int64)
     for start in range(0, len(flat), max_tokens):
@@ -75,7 +76,7 @@ def _pack_whole(cols, values, offsets, doc_ids, new_doc, source, r0, r1, max_tok
     current: list[int] | None = None
     starts: list[int] = []
     for i in range(r0, r1):
-        sample = values[offsets[i]:offsets[i + 1]].tolist()
+        sample = values[offsets[i] : offsets[i + 1]].tolist()
         if current is not None and len(current) + len(sample) <= max_tokens:
             if new_doc[i]:
                 starts.append(len(current))
@@ -100,5 +101,8 @@ def segment_lengths(doc_starts: list[int], n_tokens: int) -> list[int]:
 
 def position_ids(doc_starts: list[int], n_tokens: int) -> np.ndarray:
     """Positions restarting at 0 at every segment start."""
-    return np.concatenate([np.arange(n, dtype=np.int64) for n in segment_lengths(doc_starts, n_tokens)]) \
-        if n_tokens else np.zeros(0, dtype=np.int64)
+    return (
+        np.concatenate([np.arange(n, dtype=np.int64) for n in segment_lengths(doc_starts, n_tokens)])
+        if n_tokens
+        else np.zeros(0, dtype=np.int64)
+    )

@@ -30,14 +30,16 @@ The one shuffle (dedup's buckets) runs on plain Ray tasks, not Ray Data's: its h
 ``groupby`` starts aggregator actors (a 1,000-row groupby took 12-16 s here), and its sort starts
 worker pools of its own for the map and the reduce tasks (new processes, ~1.5 s each to start).
 """
+
 from __future__ import annotations
 
 import json
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,8 +69,9 @@ RANKS = (RANK_QUARANTINE, RANK_DROPPED, RANK_SHARDS)
 def select_output(batch: pa.Table) -> pa.Table:
     """map_batches UDF: every row with its output rank, in the columns outputs and counts need."""
     status = batch["status"]
-    rank = pc.if_else(pc.equal(status, MALFORMED), RANK_QUARANTINE,
-                      pc.if_else(pc.equal(status, OK), RANK_SHARDS, RANK_DROPPED))
+    rank = pc.if_else(
+        pc.equal(status, MALFORMED), RANK_QUARANTINE, pc.if_else(pc.equal(status, OK), RANK_SHARDS, RANK_DROPPED)
+    )
     batch = batch.append_column("rank", pc.cast(rank, pa.int8()))
     return batch.select(list(dict.fromkeys(OUTPUT_COLUMNS)))
 
@@ -127,8 +130,9 @@ def _say(msg: str) -> None:
 def _check_out_dir(out: Path) -> None:
     # Replacing out_dir deletes it: only ever replace an earlier output of this job.
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
-        raise ConfigError(f"out_dir {out} exists and is not a prepare_corpus output "
-                          "(no manifest.json); refusing to replace it")
+        raise ConfigError(
+            f"out_dir {out} exists and is not a prepare_corpus output (no manifest.json); refusing to replace it"
+        )
 
 
 def _num_partitions(cfg: CorpusConfig, ray) -> int:
@@ -138,8 +142,9 @@ def _num_partitions(cfg: CorpusConfig, ray) -> int:
     return max(2, int(ray.cluster_resources().get("CPU", 2)))
 
 
-def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
-                  blocklist: list[str] | None = None) -> tuple[Any, dict]:
+def build_samples(
+    cfg: CorpusConfig, files: list[dict], tokenizer: str, blocklist: list[str] | None = None
+) -> tuple[Any, dict]:
     """The streaming part: read -> filter -> exact + near dedup -> split + tokenise.
     Returns (samples dataset, near-dedup stats); with dedup on, the documents are read and
     deduplicated by then, the tokenising is left to the caller's execution."""
@@ -150,26 +155,45 @@ def build_samples(cfg: CorpusConfig, files: list[dict], tokenizer: str,
     # Every execution keeps its blocks in input order (the datasets derived from this one copy its
     # context), so the outputs come out in a deterministic order without a sort of every row.
     docs.context.execution_options.preserve_order = True
-    docs = docs.map_batches(annotate_batch, batch_format="pyarrow",
-                            fn_kwargs={"filters": cfg.filters.model_dump(), "blocklist": blocklist or []})
+    docs = docs.map_batches(
+        annotate_batch,
+        batch_format="pyarrow",
+        fn_kwargs={"filters": cfg.filters.model_dump(), "blocklist": blocklist or []},
+    )
     docs, near_stats = dedup(docs, cfg.dedup, cfg.seed, _num_partitions(cfg, ray))
     if near_stats:
-        _say(f"near dedup: {near_stats['bands']} bands x {near_stats['rows']} rows, "
-             f"{near_stats['candidate_pairs']} candidate pairs, {near_stats['edges']} edges -> "
-             f"{near_stats['near_dups']} near duplicates in {near_stats['clusters']} clusters")
+        _say(
+            f"near dedup: {near_stats['bands']} bands x {near_stats['rows']} rows, "
+            f"{near_stats['candidate_pairs']} candidate pairs, {near_stats['edges']} edges -> "
+            f"{near_stats['near_dups']} near duplicates in {near_stats['clusters']} clusters"
+        )
     split_kwargs = {"tail": cfg.split.tail, "short_tail": cfg.split.short_tail}
     if cfg.tokenize_with == "actors":
         max_actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
         samples = docs.map_batches(
-            SampleBuilder, batch_format="pyarrow", batch_size=TOKENIZE_BATCH,
+            SampleBuilder,
+            batch_format="pyarrow",
+            batch_size=TOKENIZE_BATCH,
             compute=ActorPoolStrategy(min_size=1, max_size=max_actors),
-            fn_constructor_kwargs={"tokenizer": tokenizer, "max_tokens": cfg.max_tokens,
-                                   "min_tokens": cfg.min_tokens, **split_kwargs})
+            fn_constructor_kwargs={
+                "tokenizer": tokenizer,
+                "max_tokens": cfg.max_tokens,
+                "min_tokens": cfg.min_tokens,
+                **split_kwargs,
+            },
+        )
     else:
         samples = docs.map_batches(
-            build_samples_batch, batch_format="pyarrow", batch_size=TOKENIZE_BATCH,
-            fn_kwargs={"tokenizer": tokenizer, "max_tokens": cfg.max_tokens, "min_tokens": cfg.min_tokens,
-                       **split_kwargs})
+            build_samples_batch,
+            batch_format="pyarrow",
+            batch_size=TOKENIZE_BATCH,
+            fn_kwargs={
+                "tokenizer": tokenizer,
+                "max_tokens": cfg.max_tokens,
+                "min_tokens": cfg.min_tokens,
+                **split_kwargs,
+            },
+        )
     return samples, near_stats
 
 
@@ -177,22 +201,41 @@ def output_writers(staging: Path, cfg: CorpusConfig) -> list[FileWriter | None]:
     """Writers of quarantine/, dropped/ (None when ``write_dropped`` is off) and shards/."""
     for name in ("quarantine", "shards"):  # there even when empty
         (staging / name).mkdir()
-    return [FileWriter(staging / "quarantine", kind="jsonl", rows_per_file=QUARANTINE_ROWS_PER_FILE,
-                       columns=list(QUARANTINE_COLUMNS)),
-            FileWriter(staging / "dropped", kind="jsonl", rows_per_file=QUARANTINE_ROWS_PER_FILE,
-                       columns=list(DROPPED_COLUMNS)) if cfg.write_dropped else None,
-            FileWriter(staging / "shards", kind="arrow", rows_per_file=cfg.rows_per_shard,
-                       pack_max_tokens=cfg.max_tokens if cfg.pack.mode == "greedy" else None,
-                       pack_split=cfg.pack.split_samples)]
+    return [
+        FileWriter(
+            staging / "quarantine",
+            kind="jsonl",
+            rows_per_file=QUARANTINE_ROWS_PER_FILE,
+            columns=list(QUARANTINE_COLUMNS),
+        ),
+        FileWriter(
+            staging / "dropped", kind="jsonl", rows_per_file=QUARANTINE_ROWS_PER_FILE, columns=list(DROPPED_COLUMNS)
+        )
+        if cfg.write_dropped
+        else None,
+        FileWriter(
+            staging / "shards",
+            kind="arrow",
+            rows_per_file=cfg.rows_per_shard,
+            pack_max_tokens=cfg.max_tokens if cfg.pack.mode == "greedy" else None,
+            pack_split=cfg.pack.split_samples,
+        ),
+    ]
 
 
 def finish_outputs(writers: list[FileWriter | None], stages: dict, stats: dict) -> list[list[dict]]:
     """The files of quarantine/, dropped/ and shards/, once all are written; their rows checked
     against the counts."""
-    n_drop = (stages["filtered"] + stages["exact_dups"] + stages["near_dups"] + stats["short_dropped"]
-              + stats["capped_samples"])
-    for name, writer, want in zip(("quarantine", "dropped", "shards"), writers,
-                                  (stages["malformed"], n_drop, stages["samples"])):
+    n_drop = (
+        stages["filtered"]
+        + stages["exact_dups"]
+        + stages["near_dups"]
+        + stats["short_dropped"]
+        + stats["capped_samples"]
+    )
+    for name, writer, want in zip(
+        ("quarantine", "dropped", "shards"), writers, (stages["malformed"], n_drop, stages["samples"])
+    ):
         if writer is not None and writer.rows != want:
             raise RuntimeError(f"{name}: {writer.rows} rows, the counts say {want}")
     return [writer.finish() if writer is not None else [] for writer in writers]
@@ -200,8 +243,14 @@ def finish_outputs(writers: list[FileWriter | None], stages: dict, stats: dict) 
 
 # Files a tokenizer directory holds one or more of (transformers' fast, SentencePiece and
 # vocabulary formats).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
-                   "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
 
 
 def _precheck_tokenizer(tokenizer: str, given: str) -> None:
@@ -272,13 +321,21 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
         mix = None
         if cfg.mix.active:  # per-source caps / shares: documents past the cut become "capped"
             samples, mix = apply_mix(samples, cfg.mix, cfg.seed)
-            _say("mix: " + ", ".join(f"{s} {v['documents_before']} -> {v['documents_after']} documents"
-                                     for s, v in mix["sources"].items()))
+            _say(
+                "mix: "
+                + ", ".join(
+                    f"{s} {v['documents_before']} -> {v['documents_after']} documents"
+                    for s, v in mix["sources"].items()
+                )
+            )
         # one execution: tokenise; its blocks stream back in input order (preserve_order), each
         # split by output as soon as it is made, the files written as their rows come in; the
         # counts come from the same tasks
-        blocks = (ref for bundle in samples.map_batches(select_output, batch_format="pyarrow")
-                  .iter_internal_ref_bundles() for ref in bundle.block_refs)
+        blocks = (
+            ref
+            for bundle in samples.map_batches(select_output, batch_format="pyarrow").iter_internal_ref_bundles()
+            for ref in bundle.block_refs
+        )
         writers = output_writers(staging, cfg)
         partials = split_outputs(blocks, cfg.max_tokens, cfg.split.short_tail, writers)
         stages, by_source, stats = summarise(partials)
@@ -286,10 +343,12 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
         for src in cfg.inputs:  # the sampling weight training mixes sources by (first input wins)
             by_source.get(src.source, {}).setdefault("weight", src.weight)
         capped = f", {stages['capped']} over mix caps" if mix else ""
-        _say(f"read {stages['read']} documents: {stages['malformed']} malformed, {stages['filtered']} "
-             f"filtered, {stages['exact_dups']} exact + {stages['near_dups']} near duplicates"
-             f"{capped} -> "
-             f"{stages['documents']} documents, {stages['samples']} samples ({time.time() - t0:.1f}s)")
+        _say(
+            f"read {stages['read']} documents: {stages['malformed']} malformed, {stages['filtered']} "
+            f"filtered, {stages['exact_dups']} exact + {stages['near_dups']} near duplicates"
+            f"{capped} -> "
+            f"{stages['documents']} documents, {stages['samples']} samples ({time.time() - t0:.1f}s)"
+        )
         quarantine, dropped, shards = finish_outputs(writers, stages, stats)
         stats["rows"] = sum(s["rows"] for s in shards)  # == samples unless packed
         manifest = {
@@ -303,11 +362,16 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
             "shards": [_entry("shards", s) for s in shards],
             "quarantine": [_entry("quarantine", q) for q in quarantine],
             "dropped": [_entry("dropped", d) for d in dropped],
-            "format": {"shards": "arrow-ipc-file", "columns": _columns(cfg),
-                       "order": "input (sources as listed, files by name, lines), sample", "pack": cfg.pack.mode},
+            "format": {
+                "shards": "arrow-ipc-file",
+                "columns": _columns(cfg),
+                "order": "input (sources as listed, files by name, lines), sample",
+                "pack": cfg.pack.mode,
+            },
             "config": cfg.model_dump(mode="json"),
         }
-        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
-                                               encoding="utf-8")
+        (staging / "manifest.json").write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
     _say(f"wrote {len(shards)} shards, {stages['tokens']} tokens to {out} ({time.time() - t0:.1f}s)")
     return manifest

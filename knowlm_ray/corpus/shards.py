@@ -11,12 +11,14 @@ stream is cut into files of exactly ``rows_per_file`` rows (the last may be shor
 task per file fetches just the block slices it needs, concatenates them into one chunk and
 writes ``part-NNNNN``; nothing goes through the driver but row counts and file summaries.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +32,9 @@ SHARD_GLOB = "part-*.arrow"
 
 
 # --------------------------------------------------------------------------- plain core
-def plan_files(block_rows: list[int], rows_per_file: int, start: int = 0,
-               stop: int | None = None) -> list[list[tuple[int, int, int]]]:
+def plan_files(
+    block_rows: list[int], rows_per_file: int, start: int = 0, stop: int | None = None
+) -> list[list[tuple[int, int, int]]]:
     """Cut global rows ``[start, stop)`` of blocks of the given sizes into files of
     ``rows_per_file`` rows. Returns per file a list of ``(block_index, start, stop)`` slices.
     """
@@ -90,8 +93,9 @@ def write_jsonl_file(table: pa.Table, path: str | Path, columns: list[str]) -> d
     return {"file": Path(path).name, "rows": table.num_rows, "sha256": _sha256(path)}
 
 
-def write_part(kind: str, path: str, slices: list[tuple[int, int, int]], options: dict[str, Any],
-               *blocks: pa.Table) -> dict[str, Any]:
+def write_part(
+    kind: str, path: str, slices: list[tuple[int, int, int]], options: dict[str, Any], *blocks: pa.Table
+) -> dict[str, Any]:
     """One output file from its slices of the blocks (the body of the Ray task)."""
     table = gather(slices, list(blocks))
     if kind == "arrow":
@@ -117,8 +121,16 @@ class FileWriter:
     runs. ``finish`` writes the last, shorter file and returns per file ``{file, rows, tokens
     (arrow), sha256}`` in order. No rows, no files (and no ``out_dir``)."""
 
-    def __init__(self, out_dir: str | Path, *, kind: str, rows_per_file: int, columns: list[str] | None = None,
-                 pack_max_tokens: int | None = None, pack_split: bool = True):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        kind: str,
+        rows_per_file: int,
+        columns: list[str] | None = None,
+        pack_max_tokens: int | None = None,
+        pack_split: bool = True,
+    ):
         import ray
 
         self.out_dir, self.kind, self.rows_per_file = Path(out_dir), kind, rows_per_file
@@ -146,17 +158,21 @@ class FileWriter:
 
     def _submit(self, stop: int) -> None:
         first = self._held  # blocks before it are all in started files
-        [slices] = plan_files(self.counts[first:], self.rows_per_file, self.written - self._held_at,
-                              stop - self._held_at)
+        [slices] = plan_files(
+            self.counts[first:], self.rows_per_file, self.written - self._held_at, stop - self._held_at
+        )
         used = sorted({b for b, _, _ in slices})
         local = [(used.index(b), lo, hi) for b, lo, hi in slices]
         if not self.pending:  # the first file: out_dir only with rows
             self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"part-{len(self.pending):05d}.{'arrow' if self.kind == 'arrow' else 'jsonl'}"
-        self.pending.append(self.task.remote(self.kind, str(path), local, self.options,
-                                             *[self.refs[first + b] for b in used]))
+        self.pending.append(
+            self.task.remote(self.kind, str(path), local, self.options, *[self.refs[first + b] for b in used])
+        )
         self.written = stop
-        while self._held < len(self.refs) and self._held_at + self.counts[self._held] <= stop:  # let go of written blocks
+        while (
+            self._held < len(self.refs) and self._held_at + self.counts[self._held] <= stop
+        ):  # let go of written blocks
             self._held_at += self.counts[self._held]
             self.refs[self._held] = None
             self._held += 1
@@ -251,10 +267,10 @@ class ShardReader:
                     continue
                 self._batches.append(batch)
                 self._ids.append(_list_views(batch.column("input_ids"), f, "input_ids"))
-                self._labels.append(_list_views(batch.column("labels"), f, "labels")
-                                    if "labels" in names else None)
-                self._starts_col.append(_list_views(batch.column("doc_starts"), f, "doc_starts")
-                                        if "doc_starts" in names else None)
+                self._labels.append(_list_views(batch.column("labels"), f, "labels") if "labels" in names else None)
+                self._starts_col.append(
+                    _list_views(batch.column("doc_starts"), f, "doc_starts") if "doc_starts" in names else None
+                )
                 self._where.append((k, b))
                 first_rows.append(total)
                 total += batch.num_rows
@@ -285,18 +301,18 @@ class ShardReader:
     def input_ids(self, i: int) -> np.ndarray:
         k, r = self._locate(i)
         offs, vals = self._ids[k]
-        return vals[offs[r]:offs[r + 1]]
+        return vals[offs[r] : offs[r + 1]]
 
     def labels(self, i: int) -> np.ndarray | None:
         k, r = self._locate(i)
         lab = self._labels[k]
-        return None if lab is None else lab[1][lab[0][r]:lab[0][r + 1]]
+        return None if lab is None else lab[1][lab[0][r] : lab[0][r + 1]]
 
     def doc_starts(self, i: int) -> np.ndarray | None:
         """Offsets in row ``i`` where documents start (packed shards); None for unpacked shards."""
         k, r = self._locate(i)
         ds = self._starts_col[k]
-        return None if ds is None else ds[1][ds[0][r]:ds[0][r + 1]]
+        return None if ds is None else ds[1][ds[0][r] : ds[0][r + 1]]
 
     def source(self, i: int) -> str | None:
         k, r = self._locate(i)
@@ -307,13 +323,13 @@ class ShardReader:
         k, r = self._locate(i)
         batch = self._batches[k]
         offs, vals = self._ids[k]
-        row: dict[str, Any] = {"input_ids": vals[offs[r]:offs[r + 1]]}
+        row: dict[str, Any] = {"input_ids": vals[offs[r] : offs[r + 1]]}
         for name in ("doc_id", "source"):
             if name in batch.schema.names:
                 row[name] = batch.column(name)[r].as_py()
         for name, views in (("doc_starts", self._starts_col[k]), ("labels", self._labels[k])):
             if views is not None:
-                row[name] = views[1][views[0][r]:views[0][r + 1]]
+                row[name] = views[1][views[0][r] : views[0][r + 1]]
         return row
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -342,10 +358,11 @@ class ShardReader:
                 if "source" not in batch.schema.names:
                     raise ShardError(f"{self.files[self._where[k][0]]}: no 'source' column")
                 col = batch.column("source").dictionary_encode()
-                remap = np.array([names.setdefault(str(v), len(names)) for v in col.dictionary.to_pylist()],
-                                 dtype=np.int32)
+                remap = np.array(
+                    [names.setdefault(str(v), len(names)) for v in col.dictionary.to_pylist()], dtype=np.int32
+                )
                 start = int(self._first[k])
-                codes[start:start + batch.num_rows] = remap[col.indices.to_numpy(zero_copy_only=False)]
+                codes[start : start + batch.num_rows] = remap[col.indices.to_numpy(zero_copy_only=False)]
             self._sources = (list(names), codes)
         return self._sources
 

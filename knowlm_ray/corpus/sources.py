@@ -14,6 +14,7 @@ object, a missing or non-string text field, invalid UTF-8) is not fatal: it beco
 ``malformed`` row carrying the reason and the raw line (first ``MAX_RAW`` characters), later
 written to ``out_dir/quarantine/``. Blank lines are not documents and are not counted.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -22,8 +23,9 @@ import io
 import itertools
 import json
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import pyarrow as pa
 
@@ -41,9 +43,18 @@ CHUNK_BYTES = 8 * 2**20
 # Up to this many bytes of cut files, the driver counts their newlines itself (_newline_counts).
 DRIVER_COUNT_BYTES = 2**30
 # A read task's pieces as a Ray Data block (explicit: a task of whole files has no ``end`` values)
-PIECE_SCHEMA = pa.schema([("input", pa.int64()), ("path", pa.string()), ("rel", pa.string()),
-                          ("display", pa.string()), ("size", pa.int64()), ("start", pa.int64()),
-                          ("end", pa.int64()), ("line0", pa.int64())])
+PIECE_SCHEMA = pa.schema(
+    [
+        ("input", pa.int64()),
+        ("path", pa.string()),
+        ("rel", pa.string()),
+        ("display", pa.string()),
+        ("size", pa.int64()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("line0", pa.int64()),
+    ]
+)
 
 
 def list_input_files(inputs: list[SourceConfig]) -> list[dict[str, Any]]:
@@ -55,21 +66,32 @@ def list_input_files(inputs: list[SourceConfig]) -> list[dict[str, Any]]:
         if root.is_file():
             found = [(root, root.name)]
         elif root.is_dir():
-            found = sorted(((p, p.relative_to(root).as_posix()) for p in root.glob(src.glob) if p.is_file()),
-                           key=lambda x: x[1])
+            found = sorted(
+                ((p, p.relative_to(root).as_posix()) for p in root.glob(src.glob) if p.is_file()), key=lambda x: x[1]
+            )
             if not found:
-                raise MissingPathError(f"input {index} (source {src.source!r}): no files match "
-                                      f"glob {src.glob!r} under {src.path}")
+                raise MissingPathError(
+                    f"input {index} (source {src.source!r}): no files match glob {src.glob!r} under {src.path}"
+                )
         else:
             raise MissingPathError(f"input {index} (source {src.source!r}): path not found: {src.path}")
         for path, rel in found:
             if (src.source, rel) in seen:  # two inputs would produce the same doc_ids
-                raise ConfigError(f"input {index} (source {src.source!r}): {rel} clashes with "
-                                 f"{seen[(src.source, rel)]}; give the inputs different source names")
+                raise ConfigError(
+                    f"input {index} (source {src.source!r}): {rel} clashes with "
+                    f"{seen[(src.source, rel)]}; give the inputs different source names"
+                )
             seen[(src.source, rel)] = str(path)
             display = src.path if root.is_file() else f"{src.path.rstrip('/')}/{rel}"
-            files.append({"input": index, "path": str(path.resolve()), "rel": rel, "display": display,
-                          "size": path.stat().st_size})
+            files.append(
+                {
+                    "input": index,
+                    "path": str(path.resolve()),
+                    "rel": rel,
+                    "display": display,
+                    "size": path.stat().st_size,
+                }
+            )
     return files
 
 
@@ -123,8 +145,9 @@ def _newline_counts(cuts: list[tuple[str, list[tuple[int, int]]]]) -> list[list[
     return ray.get([task.remote(path, ranges) for path, ranges in cuts])
 
 
-def plan_reads(inputs: list[SourceConfig], files: list[dict[str, Any]], chunk_bytes: int | None = None,
-               workers: int = 1) -> list[list[dict[str, Any]]]:
+def plan_reads(
+    inputs: list[SourceConfig], files: list[dict[str, Any]], chunk_bytes: int | None = None, workers: int = 1
+) -> list[list[dict[str, Any]]]:
     """The read tasks, in input order: each a list of file pieces, of ``read_task_sizes`` bytes
     in all. The files are laid end to end and cut at the task boundaries: an uncompressed jsonl or
     text file into byte ranges, one per task it spans; a file that cannot be entered mid-way
@@ -293,13 +316,28 @@ def read_file_rows(entry: dict[str, Any], src: SourceConfig) -> Iterator[dict[st
 
     def ok(text: str, line: int | None) -> dict[str, Any]:
         did = doc_id(src.source, entry["rel"], line)
-        return {**base, "doc_id": did, "line": line or 0, "text": convert(text, src.converter, src.lang),
-                "status": OK, "reason": None, "raw": None}
+        return {
+            **base,
+            "doc_id": did,
+            "line": line or 0,
+            "text": convert(text, src.converter, src.lang),
+            "status": OK,
+            "reason": None,
+            "raw": None,
+        }
 
     def bad(raw: str, line: int | None, reason: str) -> dict[str, Any]:
         did = doc_id(src.source, entry["rel"], line)
-        return {**base, "doc_id": did, "line": line or 0, "text": "", "status": MALFORMED,
-                "reason": reason, "raw": raw[:MAX_RAW], "key": "~" + did}
+        return {
+            **base,
+            "doc_id": did,
+            "line": line or 0,
+            "text": "",
+            "status": MALFORMED,
+            "reason": reason,
+            "raw": raw[:MAX_RAW],
+            "key": "~" + did,
+        }
 
     path = Path(entry["path"])
     fields = [src.text_field] if isinstance(src.text_field, str) else list(src.text_field)
@@ -333,8 +371,11 @@ def read_file_rows(entry: dict[str, Any], src: SourceConfig) -> Iterator[dict[st
                 try:
                     line = raw_bytes.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as exc:
-                    yield bad(raw_bytes.decode("utf-8", "replace").rstrip("\r\n"), lineno,
-                              f"not valid UTF-8 (byte {exc.start})")
+                    yield bad(
+                        raw_bytes.decode("utf-8", "replace").rstrip("\r\n"),
+                        lineno,
+                        f"not valid UTF-8 (byte {exc.start})",
+                    )
                     continue
                 if not line.strip():
                     continue
@@ -361,8 +402,12 @@ def read_files_batch(batch: pa.Table, inputs: list[dict[str, Any]]) -> Iterator[
         yield pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
 
 
-def read_sources(inputs: list[SourceConfig], files: list[dict[str, Any]] | None = None,
-                 rows_per_block: int = BATCH_ROWS, chunk_bytes: int | None = None):
+def read_sources(
+    inputs: list[SourceConfig],
+    files: list[dict[str, Any]] | None = None,
+    rows_per_block: int = BATCH_ROWS,
+    chunk_bytes: int | None = None,
+):
     """Ray Data: every input file -> DOC_SCHEMA rows (ok or malformed), one task per read task of
     ``plan_reads``, streaming blocks of at most ``rows_per_block`` rows. The map stages that
     follow (filters, signatures) fuse into the same tasks, so the raw text never passes through
@@ -375,8 +420,12 @@ def read_sources(inputs: list[SourceConfig], files: list[dict[str, Any]] | None 
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     tasks = plan_reads(inputs, files, chunk_bytes, workers=max(1, int(ray.cluster_resources().get("CPU", 1))))
     ds = ray.data.from_arrow([pa.Table.from_pylist(task, schema=PIECE_SCHEMA) for task in tasks])  # one block each
-    ds = ds.map_batches(read_files_batch, batch_size=None, batch_format="pyarrow",
-                        fn_kwargs={"inputs": [s.model_dump() for s in inputs]})
+    ds = ds.map_batches(
+        read_files_batch,
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_kwargs={"inputs": [s.model_dump() for s in inputs]},
+    )
     if any(p["end"] is None and p["size"] > chunk_bytes for task in tasks for p in task):
         ds = ds.repartition(target_num_rows_per_block=rows_per_block)
     return ds

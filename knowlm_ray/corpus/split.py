@@ -46,11 +46,13 @@ BOS goes on a document's first sample only and EOS on its last only (KnowLM's ru
 towards ``max_tokens``. A single sentence longer than ``max_tokens`` is cut into
 ``max_tokens``-token pieces (counted as ``sentences_cut``).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,19 +65,23 @@ _EN_END = re.compile(r"[.!?]+[\"'”’)\]]*\s+(?=[\"'“‘(\[]*[A-Z])|\n\s*")
 # Abbreviations that precede a name (or anything, e.g. / i.e.): a '.' after them never ends a
 # sentence. Those that precede numbers (No. 5, Fig. 3, approx. 40, Jan. 5) need no entry: only
 # a capital or a quote after the stop can end a sentence.
-_EN_TITLES = frozenset("""
+_EN_TITLES = frozenset(
+    """
 mr mrs ms mx dr prof st mt ft gen col capt lt sgt cpl rev hon gov sen rep pres dept univ vs cf eg ie
-""".split())
+""".split()
+)
 # Abbreviations that often end a sentence: followed by a capitalised word, the sentence ends
 # ("... Meridian Robotics Inc. She was born ...", while "Inc. of Boston" goes on).
 _EN_ENDERS = frozenset("inc ltd co corp llc plc bros etc al jr sr esq".split())
 # After dotted abbreviations (U.S., a.m., Ph.D.) only a typical sentence opener ends the sentence:
 # "in the U.S. She moved" splits, "the U.S. Department of Defense" does not.
-_EN_OPENERS = frozenset("""
+_EN_OPENERS = frozenset(
+    """
 a an the he she it they we i you this that these those there his her its their our my your
 in on at after before during since when while as but however although though for from if
 many most some one two three all both each every none such then thus yet so also today
-""".split())
+""".split()
+)
 _LAST_WORD = re.compile(r"(\S+)$")
 _NEXT_WORD = re.compile(r"[\"'“‘(\[]*([A-Za-z]+)")
 _DOTTED = re.compile(r"^(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}$")  # U.S, e.g, i.e, a.m, Ph.D (before the last '.')
@@ -84,7 +90,7 @@ _DOTTED = re.compile(r"^(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}$")  # U.S, e.g, i.e, a
 def _abbreviation_kind(text: str, stop_at: int) -> str | None:
     """The word ending at the single '.' at ``stop_at``: "title", "ender", "dotted", "initial",
     or None for an ordinary word."""
-    m = _LAST_WORD.search(text[max(0, stop_at - 32):stop_at])  # a window keeps this O(1)
+    m = _LAST_WORD.search(text[max(0, stop_at - 32) : stop_at])  # a window keeps this O(1)
     if not m:
         return None
     word = m.group(1).lstrip("\"'“‘([")
@@ -207,9 +213,14 @@ class DocSamples:
     dropped_tail: list[int] | None = None  # the short tail taken out (tail: drop)
 
 
-def build_samples(sentence_ids: Sequence[Sequence[int]], max_tokens: int,
-                  bos_id: int | None = None, eos_id: int | None = None,
-                  tail: str = "keep", short_tail: int = 0) -> DocSamples:
+def build_samples(
+    sentence_ids: Sequence[Sequence[int]],
+    max_tokens: int,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
+    tail: str = "keep",
+    short_tail: int = 0,
+) -> DocSamples:
     """Greedy forward merge of whole sentences into samples of <= max_tokens tokens.
 
     BOS is glued to the first sentence and EOS to the last, so they land on the document's first
@@ -236,7 +247,7 @@ def build_samples(sentence_ids: Sequence[Sequence[int]], max_tokens: int,
             result.sentences_cut += 1
             if current:
                 samples.append(current)
-            pieces = [unit[i:i + max_tokens] for i in range(0, len(unit), max_tokens)]
+            pieces = [unit[i : i + max_tokens] for i in range(0, len(unit), max_tokens)]
             samples.extend([p] for p in pieces[:-1])
             current, size = [pieces[-1]], len(pieces[-1])
         elif size + len(unit) > max_tokens:

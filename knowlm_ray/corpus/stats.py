@@ -12,10 +12,12 @@ ones are handled is ``split.tail`` (see ``split.py``), measured here: ``tail_sam
 ``max_tokens``), ``backfill_tokens`` (tokens back-filled tails repeat). Dropped tails count in
 ``short_dropped``.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,10 +26,17 @@ from knowlm_ray.corpus.filters import FILTER_NAMES
 from knowlm_ray.corpus.schema import CAPPED, EXACT_DUP, FILTERED, MALFORMED, NEAR_DUP, OK, SHORT
 from knowlm_ray.corpus.split import short_tail_tokens
 
-STAGE_KEYS = ("read", "malformed", "filtered", "exact_dups", "near_dups", "capped", "documents", "samples",
-              "tokens")
-STAT_KEYS = ("sentences_cut", "short_dropped", "short_dropped_tokens", "tail_samples", "tail_tokens",
-             "short_tail_samples", "backfill_tokens", "capped_samples")
+STAGE_KEYS = ("read", "malformed", "filtered", "exact_dups", "near_dups", "capped", "documents", "samples", "tokens")
+STAT_KEYS = (
+    "sentences_cut",
+    "short_dropped",
+    "short_dropped_tokens",
+    "tail_samples",
+    "tail_tokens",
+    "short_tail_samples",
+    "backfill_tokens",
+    "capped_samples",
+)
 _SUMS = ("docs", "tokens", "cuts", "rows", "tails", "tail_tokens", "short_tails", "backfill")
 
 
@@ -38,18 +47,23 @@ def partial_counts(batch: pa.Table, max_tokens: int = 0, short_tail: float = 0.2
     tail = pc.and_(pc.equal(batch["status"], OK), pc.fill_null(batch["tail"], False))
     short = pc.and_(tail, pc.less(batch["n_tokens"], short_tail_tokens(max_tokens, short_tail)))
     zero = pa.scalar(0, pa.int64())
-    t = pa.table({
-        "source": batch["source"], "status": batch["status"],
-        "filter": pc.if_else(filtered, prefix, ""),
-        "docs": pc.cast(pc.less_equal(batch["sample"], 0), pa.int64()),
-        "tokens": batch["n_tokens"], "cuts": batch["sentences_cut"],
-        "tails": pc.cast(tail, pa.int64()),
-        "tail_tokens": pc.if_else(tail, batch["n_tokens"], zero),
-        "short_tails": pc.cast(short, pa.int64()),
-        "backfill": pc.if_else(tail, pc.fill_null(batch["backfill"], 0), zero),
-    })
+    t = pa.table(
+        {
+            "source": batch["source"],
+            "status": batch["status"],
+            "filter": pc.if_else(filtered, prefix, ""),
+            "docs": pc.cast(pc.less_equal(batch["sample"], 0), pa.int64()),
+            "tokens": batch["n_tokens"],
+            "cuts": batch["sentences_cut"],
+            "tails": pc.cast(tail, pa.int64()),
+            "tail_tokens": pc.if_else(tail, batch["n_tokens"], zero),
+            "short_tails": pc.cast(short, pa.int64()),
+            "backfill": pc.if_else(tail, pc.fill_null(batch["backfill"], 0), zero),
+        }
+    )
     g = t.group_by(["source", "status", "filter"]).aggregate(
-        [(k, "sum") for k in _SUMS if k != "rows"] + [([], "count_all")])
+        [(k, "sum") for k in _SUMS if k != "rows"] + [([], "count_all")]
+    )
     return g.rename_columns({**{f"{k}_sum": k for k in _SUMS if k != "rows"}, "count_all": "rows"})
 
 

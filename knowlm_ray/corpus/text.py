@@ -17,6 +17,7 @@ and tokenised:
   then ``plain``.
 * ``auto`` (default) -- ``code`` for ``lang: code``, ``plain`` otherwise.
 """
+
 from __future__ import annotations
 
 import html
@@ -25,8 +26,7 @@ import unicodedata
 
 # --------------------------------------------------------------------------- character classes
 # Han ideographs (CJK unified + ext A + compatibility + ext B..), kana, hangul: "CJK" script.
-CJK_RANGES = ("\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-              "\U00020000-\U0002fa1f")
+CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f"
 _CJK = re.compile(f"[{CJK_RANGES}]")
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f\u1e00-\u1eff]")
 _DIGIT = re.compile(r"\d")
@@ -50,9 +50,15 @@ def char_classes(text: str) -> dict[str, int]:
     digit = _count(_DIGIT, text)
     prose = _count(_PROSE, text)
     nonspace = len(text) - space
-    return {"nonspace": nonspace, "alnum": alnum, "digit": digit, "letter": alnum - digit,
-            "cjk": _count(_CJK, text), "latin": _count(_LATIN, text),
-            "symbol": max(0, nonspace - alnum - prose)}
+    return {
+        "nonspace": nonspace,
+        "alnum": alnum,
+        "digit": digit,
+        "letter": alnum - digit,
+        "cjk": _count(_CJK, text),
+        "latin": _count(_LATIN, text),
+        "symbol": max(0, nonspace - alnum - prose),
+    }
 
 
 def cjk_ratio(text: str) -> float:
@@ -72,8 +78,9 @@ def words(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- normalisation
-_FULLWIDTH_ALNUM = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
-                    for c in range(r[0], r[1] + 1)}
+_FULLWIDTH_ALNUM = {
+    c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for c in range(r[0], r[1] + 1)
+}
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HSPACE = re.compile(r"[^\S\n]+")  # any whitespace but newline: tabs, NBSP, U+3000, U+2002..
@@ -108,18 +115,23 @@ def normalise_for_dedup(text: str) -> str:
 _COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
 _REF = re.compile(r"<ref\b[^>]*?/>|<ref\b[^>]*>.*?</ref\s*>", re.S | re.I)
 _BR = re.compile(r"<br\s*/?>", re.I)
-_TAG_NAMES = ("a|abbr|b|big|blockquote|caption|center|cite|code|dd|del|div|dl|dt|em|font|gallery|"
-              "h[1-6]|hr|i|img|includeonly|ins|li|mapframe|math|noinclude|nowiki|ol|onlyinclude|p|poem|"
-              "pre|q|references|s|section|small|source|span|strike|strong|sub|sup|syntaxhighlight|table|"
-              "tbody|td|templatestyles|tfoot|th|thead|timeline|tr|tt|u|ul|var")
+_TAG_NAMES = (
+    "a|abbr|b|big|blockquote|caption|center|cite|code|dd|del|div|dl|dt|em|font|gallery|"
+    "h[1-6]|hr|i|img|includeonly|ins|li|mapframe|math|noinclude|nowiki|ol|onlyinclude|p|poem|"
+    "pre|q|references|s|section|small|source|span|strike|strong|sub|sup|syntaxhighlight|table|"
+    "tbody|td|templatestyles|tfoot|th|thead|timeline|tr|tt|u|ul|var"
+)
 _TAG = re.compile(rf"</?(?:{_TAG_NAMES})\b[^<>]*?/?>", re.I)
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 _TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)
 _LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
 _DROP_LINK = re.compile(r"^\s*:?\s*(?:file|image|media|category|文件|檔案|图像|圖像|图片|分类|分類)\s*:", re.I)
 _EXT_LINK = re.compile(r"\[(?:https?:)?//[^\s\]]+(?:\s+([^\]]*))?\]")
-_REF_MARK = re.compile(r"\[(?:\d{1,3}(?:[-–,]\d{1,3})*|[a-z]|注\s*\d+|编辑|編輯|edit|citation needed|"
-                       r"clarification needed|who\?|when\?|来源请求|來源請求|需要引用|需要来源)\]", re.I)
+_REF_MARK = re.compile(
+    r"\[(?:\d{1,3}(?:[-–,]\d{1,3})*|[a-z]|注\s*\d+|编辑|編輯|edit|citation needed|"
+    r"clarification needed|who\?|when\?|来源请求|來源請求|需要引用|需要来源)\]",
+    re.I,
+)
 _EMPHASIS = re.compile(r"'{2,}")
 _HEADING = re.compile(r"^\s*(=+)\s*(.*?)\s*\1\s*$", re.M)
 _MAGIC = re.compile(r"__[A-Z]+__")

@@ -14,9 +14,11 @@ A single ``{"role": "user", "content": I}`` therefore gives exactly ``/generate`
 ``{"instruction": I}``. Consecutive user messages are joined with a blank line. The server's
 ``/v1/chat/completions`` and ``knowlm chat`` (both backends) render through this one function.
 """
+
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 

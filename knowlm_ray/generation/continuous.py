@@ -18,15 +18,16 @@ Beam search (``num_beams > 1``) ranks whole hypotheses and stays on the engine's
 cannot share a forward pass: the batch serves one adapter at a time, first come first served
 (a request for another adapter stops admission until the batch drains, so none starves).
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared, RowHooks, RowState
 
@@ -89,8 +90,13 @@ class _Row:
     """An active row: its tokens, its place in the request, its processors and its state."""
 
     def __init__(self, engine: GenerationEngine, req: _Request, i: int):
-        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                  TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         item = req.rows[i]
         self.req, self.i = req, i
@@ -162,8 +168,9 @@ class ContinuousBatcher:
         self._mask_4d = getattr(engine.model.config, "_attn_implementation", None) == "sdpa"
 
     # -- the caller's side ------------------------------------------------------------------
-    def submit(self, rows: Sequence[Prepared], hooks: RowHooks | None = None,
-               on_start: Callable[[], None] | None = None) -> Future:
+    def submit(
+        self, rows: Sequence[Prepared], hooks: RowHooks | None = None, on_start: Callable[[], None] | None = None
+    ) -> Future:
         """Queue ``rows``; ``on_start`` is called (from the decoding thread) when they join."""
         req = _Request(list(rows), hooks, Future(), on_start, [None] * len(rows), len(rows))
         if not rows:
@@ -189,10 +196,15 @@ class ContinuousBatcher:
         and prefill time per prompt token."""
         tokens, seconds = self._prefill_time
         steps = sorted(dict(self._step_time).items())  # dict(): an atomic copy (GIL)
-        return {"decode_steps": self.steps, "max_active_rows": self.max_active, "active_rows": self.active,
-                "decode_step_ms_by_rows": {n: round(1000 * t / c, 2) for n, (c, t) in steps},
-                "prefill_tokens": tokens, "prefill_ms_per_token": round(1000 * seconds / tokens, 3) if tokens else None,
-                "thread_cpu_s": self.thread_cpu_s()}
+        return {
+            "decode_steps": self.steps,
+            "max_active_rows": self.max_active,
+            "active_rows": self.active,
+            "decode_step_ms_by_rows": {n: round(1000 * t / c, 2) for n, (c, t) in steps},
+            "prefill_tokens": tokens,
+            "prefill_ms_per_token": round(1000 * seconds / tokens, 3) if tokens else None,
+            "thread_cpu_s": self.thread_cpu_s(),
+        }
 
     def thread_cpu_s(self) -> float:
         """CPU seconds the decoding thread has used (forward passes, token picking, cache
@@ -285,7 +297,6 @@ class ContinuousBatcher:
         return out.logits[:, -1, :].float()
 
     def _prefill(self, admitted: list[_Request]) -> None:
-        import torch
         from transformers import DynamicCache
 
         engine = self.engine
@@ -307,8 +318,12 @@ class ContinuousBatcher:
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache(config=engine.model.config)
         t0 = time.perf_counter()
-        logits = self._forward(input_ids=batch["input_ids"].to(engine.device), attention_mask=mask,
-                               position_ids=positions, past_key_values=cache)
+        logits = self._forward(
+            input_ids=batch["input_ids"].to(engine.device),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+        )
         self._prefill_time[0] += int(mask.sum())
         self._prefill_time[1] += time.perf_counter() - t0
         self._merge(cache, mask)
@@ -323,8 +338,12 @@ class ContinuousBatcher:
         positions = torch.tensor([[r.position] for r in self._rows], device=device)
         mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
         t0 = time.perf_counter()
-        logits = self._forward(input_ids=ids, attention_mask=mask.bool()[:, None, None, :] if self._mask_4d else mask,
-                               position_ids=positions, past_key_values=self._cache)
+        logits = self._forward(
+            input_ids=ids,
+            attention_mask=mask.bool()[:, None, None, :] if self._mask_4d else mask,
+            position_ids=positions,
+            past_key_values=self._cache,
+        )
         n = len(self._rows)
         timing = self._step_time.setdefault(n, [0, 0.0])
         timing[0] += 1
@@ -345,7 +364,7 @@ class ContinuousBatcher:
                 tokens[b] = t
         for b, r in enumerate(rows):
             if b not in tokens:
-                tokens[b] = r.pick(logits[b:b + 1])
+                tokens[b] = r.pick(logits[b : b + 1])
         keep: list[int] = list(range(first))
         for b, r in enumerate(rows):
             if r.push(tokens[b]):
@@ -361,8 +380,10 @@ class ContinuousBatcher:
 
         for layer in cache.layers:
             if type(layer) is not DynamicLayer:  # sliding-window etc. keep their own bookkeeping
-                raise NotImplementedError(f"continuous batching needs plain DynamicLayer KV caches, the model "
-                                          f"uses {type(layer).__name__}: set batching: dynamic")
+                raise NotImplementedError(
+                    f"continuous batching needs plain DynamicLayer KV caches, the model "
+                    f"uses {type(layer).__name__}: set batching: dynamic"
+                )
         return cache.layers
 
     def _merge(self, cache, mask) -> None:
@@ -379,8 +400,9 @@ class ContinuousBatcher:
         width = max(old_len, new_len)
         for a, b in zip(self._layers(self._cache), self._layers(cache)):
             a.keys = torch.cat([F.pad(a.keys, (0, 0, width - old_len, 0)), F.pad(b.keys, (0, 0, width - new_len, 0))])
-            a.values = torch.cat([F.pad(a.values, (0, 0, width - old_len, 0)),
-                                  F.pad(b.values, (0, 0, width - new_len, 0))])
+            a.values = torch.cat(
+                [F.pad(a.values, (0, 0, width - old_len, 0)), F.pad(b.values, (0, 0, width - new_len, 0))]
+            )
         self._mask = torch.cat([F.pad(self._mask, (width - old_len, 0)), F.pad(mask, (width - new_len, 0))])
 
     def _select(self, keep: list[int]) -> None:

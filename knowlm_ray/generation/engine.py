@@ -18,6 +18,7 @@ CUDA and torch's dynamic int8 (``torch.ao.quantization.quantize_dynamic``) on CP
 LoRA adapters (peft) are loaded on first use, at most ``max_loras`` at a time (least recently
 used goes first), and only from the directories given at construction.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,10 +26,11 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from knowlm_ray.alpaca import build_prompt
 from knowlm_ray.generation.errors import CONTEXT_LENGTH_EXCEEDED, RequestError, UnknownModelError
@@ -84,9 +86,16 @@ def _group_key(p: Prepared) -> tuple:
     """
     q = p.params
     sampling = q.sampling
-    return (p.adapter or "", sampling, q.temperature if sampling else None, q.top_p if sampling else None,
-            q.top_k if sampling else None, q.num_beams, q.repetition_penalty,
-            p.max_new_tokens if q.num_beams > 1 else None)
+    return (
+        p.adapter or "",
+        sampling,
+        q.temperature if sampling else None,
+        q.top_p if sampling else None,
+        q.top_k if sampling else None,
+        q.num_beams,
+        q.repetition_penalty,
+        p.max_new_tokens if q.num_beams > 1 else None,
+    )
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -99,13 +108,15 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda" and not torch.cuda.is_available():
-        raise EngineConfigError("device 'cuda' was asked for but CUDA is not available on this machine "
-                                "(use device: auto or cpu)")
+        raise EngineConfigError(
+            "device 'cuda' was asked for but CUDA is not available on this machine (use device: auto or cpu)"
+        )
     return device
 
 
-def check_engine_options(device: str, dtype: str, quantization: str, device_map: Any = None,
-                         has_loras: bool = False) -> None:
+def check_engine_options(
+    device: str, dtype: str, quantization: str, device_map: Any = None, has_loras: bool = False
+) -> None:
     """Fail before loading anything when the combination cannot work; ``device`` is resolved."""
     device = device.partition(":")[0]
     if dtype not in DTYPES:
@@ -118,24 +129,34 @@ def check_engine_options(device: str, dtype: str, quantization: str, device_map:
         raise EngineConfigError("dtype float16 needs a GPU; on CPU use float32 (default) or bfloat16")
     if quantization == "int8" and device == "cpu":
         if dtype != "float32":
-            raise EngineConfigError("quantization int8 on CPU (torch dynamic int8) computes in float32: "
-                                    "set dtype float32")
+            raise EngineConfigError(
+                "quantization int8 on CPU (torch dynamic int8) computes in float32: set dtype float32"
+            )
         if has_loras:
-            raise EngineConfigError("LoRA adapters cannot sit on torch's dynamic int8 layers (CPU int8): "
-                                    "merge the adapter into the model, or serve without quantization")
+            raise EngineConfigError(
+                "LoRA adapters cannot sit on torch's dynamic int8 layers (CPU int8): "
+                "merge the adapter into the model, or serve without quantization"
+            )
         if device_map is not None:
             raise EngineConfigError("device_map is for GPUs; CPU int8 loads the whole model on the CPU")
     if quantization == "int8" and device == "cuda":
         import importlib.util
 
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise EngineConfigError("quantization int8 on CUDA uses bitsandbytes, which is not installed: "
-                                    "pip install 'knowlm-ray[quant]'")
+            raise EngineConfigError(
+                "quantization int8 on CUDA uses bitsandbytes, which is not installed: pip install 'knowlm-ray[quant]'"
+            )
 
 
-def load_model(path: Path, device: str, dtype: str, quantization: str = "none",
-               device_map: str | dict | None = None, max_memory: Mapping | None = None,
-               trust_remote_code: bool = False):
+def load_model(
+    path: Path,
+    device: str,
+    dtype: str,
+    quantization: str = "none",
+    device_map: str | dict | None = None,
+    max_memory: Mapping | None = None,
+    trust_remote_code: bool = False,
+):
     """The model, on its device(s), in eval mode; ``device`` must be resolved (cpu/cuda)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -165,11 +186,20 @@ def load_model(path: Path, device: str, dtype: str, quantization: str = "none",
 class GenerationEngine:
     """An HF causal LM (fp32 on CPU by default) answering KnowLM alpaca and raw prompts."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None, *, quantization: str = "none",
-                 device_map: str | dict | None = None, max_memory: Mapping | None = None,
-                 trust_remote_code: bool = False, loras: Mapping[str, str | Path] | None = None,
-                 max_loras: int = 4):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        num_threads: int | None = None,
+        *,
+        quantization: str = "none",
+        device_map: str | dict | None = None,
+        max_memory: Mapping | None = None,
+        trust_remote_code: bool = False,
+        loras: Mapping[str, str | Path] | None = None,
+        max_loras: int = 4,
+    ):
         import torch
         from transformers import AutoTokenizer
 
@@ -181,8 +211,9 @@ class GenerationEngine:
         check_engine_options(device, dtype, quantization, device_map, has_loras=bool(loras))
         for name, adir in loras.items():
             if not (adir / "adapter_config.json").is_file():
-                raise FileNotFoundError(f"LoRA adapter {name!r}: {adir} has no adapter_config.json "
-                                        "(not a peft adapter directory)")
+                raise FileNotFoundError(
+                    f"LoRA adapter {name!r}: {adir} has no adapter_config.json (not a peft adapter directory)"
+                )
         if max_loras < 1:
             raise EngineConfigError(f"max_loras must be >= 1, got {max_loras}")
         if num_threads:
@@ -231,8 +262,7 @@ class GenerationEngine:
         if not self._peft:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(adir), adapter_name=name,
-                                                   is_trainable=False)
+            self.model = PeftModel.from_pretrained(self.model, str(adir), adapter_name=name, is_trainable=False)
             self._peft = True
         else:
             self.model.load_adapter(str(adir), adapter_name=name, is_trainable=False)
@@ -263,22 +293,28 @@ class GenerationEngine:
         """Tokenise and check one request; raises RequestError naming what is wrong."""
         return self.prepare_prompt(self.prompt_for(request), request.parameters, adapter=adapter)
 
-    def prepare_prompt(self, prompt: str, params: GenerationParams, *, stop: Sequence[str] = (),
-                       adapter: str | None = None) -> Prepared:
+    def prepare_prompt(
+        self, prompt: str, params: GenerationParams, *, stop: Sequence[str] = (), adapter: str | None = None
+    ) -> Prepared:
         """A raw prompt (BOS added, no template)."""
         ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         return self.prepare_ids(ids, params, stop=stop, adapter=adapter)
 
-    def prepare_ids(self, ids: Sequence[int], params: GenerationParams, *, stop: Sequence[str] = (),
-                    adapter: str | None = None) -> Prepared:
+    def prepare_ids(
+        self, ids: Sequence[int], params: GenerationParams, *, stop: Sequence[str] = (), adapter: str | None = None
+    ) -> Prepared:
         if params.max_tokens > self.max_context:
-            raise RequestError(f"parameters.max_tokens: {params.max_tokens} exceeds the model's "
-                               f"context of {self.max_context} tokens", CONTEXT_LENGTH_EXCEEDED)
+            raise RequestError(
+                f"parameters.max_tokens: {params.max_tokens} exceeds the model's context of {self.max_context} tokens",
+                CONTEXT_LENGTH_EXCEEDED,
+            )
         room = self.max_context - len(ids)
         if room < 1:
-            raise RequestError(f"prompt is {len(ids)} tokens; the model's context is "
-                               f"{self.max_context} tokens (instruction + input too long)",
-                               CONTEXT_LENGTH_EXCEEDED)
+            raise RequestError(
+                f"prompt is {len(ids)} tokens; the model's context is "
+                f"{self.max_context} tokens (instruction + input too long)",
+                CONTEXT_LENGTH_EXCEEDED,
+            )
         if adapter is not None and adapter not in self.loras:
             raise UnknownModelError(f"adapter {adapter!r} is not configured")
         return Prepared(tuple(ids), params, min(params.max_tokens, room), tuple(stop), adapter)
@@ -287,8 +323,7 @@ class GenerationEngine:
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerationResult]:
         return self.generate_prepared([self.prepare(r) for r in requests])
 
-    def generate_prepared(self, items: Sequence[Prepared], hooks: RowHooks | None = None
-                          ) -> list[GenerationResult]:
+    def generate_prepared(self, items: Sequence[Prepared], hooks: RowHooks | None = None) -> list[GenerationResult]:
         """Results in input order; one ``generate`` call per group of equal parameters and adapter."""
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
@@ -322,21 +357,26 @@ class GenerationEngine:
                 longest, budget = n, m
         return chunks
 
-    def _generate_group(self, items: list[Prepared], indices: list[int] | None = None,
-                        hooks: RowHooks | None = None) -> list[GenerationResult]:
+    def _generate_group(
+        self, items: list[Prepared], indices: list[int] | None = None, hooks: RowHooks | None = None
+    ) -> list[GenerationResult]:
         import torch
         from transformers import StoppingCriteriaList
 
         tok = self.tokenizer
         indices = indices if indices is not None else list(range(len(items)))
-        batch = tok.pad({"input_ids": [list(p.input_ids) for p in items]}, padding=True,
-                        return_tensors="pt").to(self.device)
+        batch = tok.pad({"input_ids": [list(p.input_ids) for p in items]}, padding=True, return_tensors="pt").to(
+            self.device
+        )
         prompt_len = batch["input_ids"].shape[1]
         beams = items[0].params.num_beams > 1
-        tracker = (_GroupCancel(indices, hooks) if beams else _RowTracker(self, items, indices, hooks, prompt_len))
+        tracker = _GroupCancel(indices, hooks) if beams else _RowTracker(self, items, indices, hooks, prompt_len)
         with torch.inference_mode():
-            out = self.model.generate(**batch, generation_config=self._generation_config(items),
-                                      stopping_criteria=StoppingCriteriaList([tracker]))
+            out = self.model.generate(
+                **batch,
+                generation_config=self._generation_config(items),
+                stopping_criteria=StoppingCriteriaList([tracker]),
+            )
         new_tokens = out[:, prompt_len:].tolist()
         if beams:
             results = [self._result(row, p) for row, p in zip(new_tokens, items)]
@@ -353,21 +393,27 @@ class GenerationEngine:
         # (e.g. do_sample/temperature from a chat model) cannot change what the request asked.
         sampling = q.sampling
         cfg.update(
-            do_sample=sampling, num_beams=q.num_beams, num_return_sequences=1,
+            do_sample=sampling,
+            num_beams=q.num_beams,
+            num_return_sequences=1,
             # Sampling knobs are unset for greedy/beam decoding (transformers warns otherwise).
             temperature=q.temperature if sampling else None,
             top_p=q.top_p if sampling else None,
             top_k=q.top_k if sampling else None,  # 0 = off, said explicitly: the default is 50
             repetition_penalty=q.repetition_penalty,
-            max_new_tokens=max(p.max_new_tokens for p in items), max_length=None, min_new_tokens=None,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+            max_new_tokens=max(p.max_new_tokens for p in items),
+            max_length=None,
+            min_new_tokens=None,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
         return cfg
 
     def _result(self, row: list[int], p: Prepared) -> GenerationResult:
-        row = row[:p.max_new_tokens]
+        row = row[: p.max_new_tokens]
         eos = self.tokenizer.eos_token_id
         if eos in row:
-            row = row[:row.index(eos) + 1]
+            row = row[: row.index(eos) + 1]
             finish = "stop"
         else:
             finish = "length"
@@ -375,14 +421,20 @@ class GenerationEngine:
         cut = find_stop(text, p.stop)
         if cut is not None:
             text, finish = text[:cut], "stop"
-        return GenerationResult(text=text, num_output_tokens=len(row),
-                                num_prompt_tokens=len(p.input_ids), finish_reason=finish)
+        return GenerationResult(
+            text=text, num_output_tokens=len(row), num_prompt_tokens=len(p.input_ids), finish_reason=finish
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"model_dir": str(self.model_dir), "max_context": self.max_context,
-                "dtype": str(getattr(self.model, "dtype", "")), "device": str(self.device),
-                "quantization": self.quantization, "adapters": sorted(self.loras),
-                "loaded_adapters": self.loaded_adapters}
+        return {
+            "model_dir": str(self.model_dir),
+            "max_context": self.max_context,
+            "dtype": str(getattr(self.model, "dtype", "")),
+            "device": str(self.device),
+            "quantization": self.quantization,
+            "adapters": sorted(self.loras),
+            "loaded_adapters": self.loaded_adapters,
+        }
 
 
 # ------------------------------------------------------------------------------- stop strings
@@ -446,7 +498,7 @@ class RowState:
                 log.warning("streamed text diverged from the final decode; stream may differ")
             return
         if len(text) > len(self.sent):
-            self.hooks.on_text(self.index, text[len(self.sent):])  # type: ignore[union-attr]
+            self.hooks.on_text(self.index, text[len(self.sent) :])  # type: ignore[union-attr]
             self.sent = text
 
     def end(self, count: int, finish: str, text: str | None, row: Sequence[int] | None) -> None:
@@ -481,7 +533,7 @@ class RowState:
             elif length >= item.max_new_tokens:
                 self.end(length, "length", text, None)
             else:
-                self._emit(text[:safe_text_end(text, item.stop)], final=False)
+                self._emit(text[: safe_text_end(text, item.stop)], final=False)
         elif length >= item.max_new_tokens:
             self.end(length, "length", None, row())
         return self.done
@@ -489,23 +541,33 @@ class RowState:
     def result(self, row: Sequence[int] = ()) -> GenerationResult:
         if self.finish is None:  # generation ended before this row was seen to finish
             self.end(min(len(row), self.item.max_new_tokens), "length", None, row)
-        return GenerationResult(text=self.text or "", num_output_tokens=self.count,
-                                num_prompt_tokens=len(self.item.input_ids), finish_reason=self.finish or "length")
+        return GenerationResult(
+            text=self.text or "",
+            num_output_tokens=self.count,
+            num_prompt_tokens=len(self.item.input_ids),
+            finish_reason=self.finish or "length",
+        )
 
 
 class _RowTracker:
     """A stopping criterion over a ``generate`` batch: one ``RowState`` per row. transformers pads
     a row it is told is finished, so the other rows' tokens are exactly what they would be alone."""
 
-    def __init__(self, engine: GenerationEngine, items: list[Prepared], indices: list[int],
-                 hooks: RowHooks | None, prompt_len: int):
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        items: list[Prepared],
+        indices: list[int],
+        hooks: RowHooks | None,
+        prompt_len: int,
+    ):
         self.rows = [RowState(engine.tokenizer, item, i, hooks) for item, i in zip(items, indices)]
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        new = input_ids[:, self.prompt_len:]
+        new = input_ids[:, self.prompt_len :]
         length = new.shape[1]
         last = new[:, -1].tolist()
         done = [r.step(length, last[b], lambda b=b: new[b].tolist()) for b, r in enumerate(self.rows)]

@@ -3,6 +3,7 @@
 The HTTP layer (``knowlm_ray.serve``) turns them into 400 / 404 bodies; in-process callers
 (extraction, the local chat) catch them directly.
 """
+
 from __future__ import annotations
 
 # Error `code`s: machine-readable reasons, named as OpenAI names them; most errors have none.

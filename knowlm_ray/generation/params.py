@@ -3,6 +3,7 @@
 pydantic, strict types, no extra keys: a misspelt or unsupported field is an error naming the
 field. ``GenerateRequest`` is also the body of the server's ``/generate`` route.
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator

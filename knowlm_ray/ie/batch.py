@@ -22,6 +22,7 @@ exactly once. When all parts exist, the driver writes (each atomically) into ``o
 ``out_dir/state.json`` records the plan (input, block size, tasks, schema...); re-running into the
 same ``out_dir`` with different settings is an error rather than a silently mixed output.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,15 +31,28 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from knowlm_ray.atomic import atomic_open, atomic_path
 from knowlm_ray.config import BatchExtractConfig, ConfigError
 
 PART = "part-{:05d}.jsonl"
-STATE_KEYS = ("input", "input_format", "text_field", "id_field", "lang", "tasks", "schema", "block_size",
-              "limit", "format", "max_chars", "model")
+STATE_KEYS = (
+    "input",
+    "input_format",
+    "text_field",
+    "id_field",
+    "lang",
+    "tasks",
+    "schema",
+    "block_size",
+    "limit",
+    "format",
+    "max_chars",
+    "model",
+)
 
 
 # ------------------------------------------------------------------------------- schemas
@@ -152,7 +166,7 @@ def plan_blocks(cfg: BatchExtractConfig) -> list[dict[str, Any]]:
             offsets = offsets[:remaining]
             remaining -= len(offsets)
         for i in range(0, len(offsets), cfg.block_size):
-            chunk = offsets[i:i + cfg.block_size]
+            chunk = offsets[i : i + cfg.block_size]
             nxt = i + cfg.block_size
             end = offsets[nxt][0] if nxt < len(offsets) else _line_end(f, chunk[-1][0])
             add(kind="jsonl", path=str(f), start=chunk[0][0], end=end, line=chunk[0][1])
@@ -184,8 +198,9 @@ def read_block(block: dict[str, Any], cfg: BatchExtractConfig, tokenizer: Any = 
             if not text.strip():
                 skipped["empty"] += 1
                 continue
-            docs.append({"id": f"{doc_id}@{Path(block['path']).stem}:{row}", "text": text,
-                         "lang": cfg.lang or guess_lang(text)})
+            docs.append(
+                {"id": f"{doc_id}@{Path(block['path']).stem}:{row}", "text": text, "lang": cfg.lang or guess_lang(text)}
+            )
         return docs, dict(skipped)
     with open(block["path"], "rb") as fh:
         fh.seek(block["start"])
@@ -210,15 +225,21 @@ def read_block(block: dict[str, Any], cfg: BatchExtractConfig, tokenizer: Any = 
             continue
         doc_id = obj.get(cfg.id_field)
         lang = cfg.lang or (obj.get("lang") if obj.get("lang") in ("zh", "en") else guess_lang(text))
-        docs.append({"id": str(doc_id) if doc_id is not None else f"{stem}:{line_no}", "text": text,
-                     "lang": lang})
+        docs.append({"id": str(doc_id) if doc_id is not None else f"{stem}:{line_no}", "text": text, "lang": lang})
     return docs, dict(skipped)
 
 
 # ---------------------------------------------------------------------------- the plain core
-def extract_documents(docs: Sequence[dict], tasks: Sequence[str], schema: dict[str, Any],
-                      generate_fn: Callable, *, docs_per_call: int = 8, fmt: str = "json",
-                      max_chars: int | None = 400) -> list[dict]:
+def extract_documents(
+    docs: Sequence[dict],
+    tasks: Sequence[str],
+    schema: dict[str, Any],
+    generate_fn: Callable,
+    *,
+    docs_per_call: int = 8,
+    fmt: str = "json",
+    max_chars: int | None = 400,
+) -> list[dict]:
     """One IE record per document of ``docs`` (``{"id", "text", "lang"}``), every task merged.
 
     The prompts of ``docs_per_call`` documents (all tasks, chunks and schema batches) go into
@@ -228,7 +249,7 @@ def extract_documents(docs: Sequence[dict], tasks: Sequence[str], schema: dict[s
 
     out = []
     for i in range(0, len(docs), docs_per_call):
-        group = docs[i:i + docs_per_call]
+        group = docs[i : i + docs_per_call]
         reqs, owner = [], []
         for k, d in enumerate(group):
             for t in tasks:
@@ -248,46 +269,77 @@ def _write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
         write(fh)
 
 
-def process_block(block: dict[str, Any], cfg: BatchExtractConfig, schema: dict[str, Any],
-                  generate_fn: Callable, tokenizer: Any = None) -> dict[str, Any]:
+def process_block(
+    block: dict[str, Any], cfg: BatchExtractConfig, schema: dict[str, Any], generate_fn: Callable, tokenizer: Any = None
+) -> dict[str, Any]:
     """Extract one block and write its part file atomically (skipped when the part exists)."""
     parts = Path(cfg.out_dir) / "parts"
     part = parts / PART.format(block["block"])
     if part.exists():
         now = time.time()
-        return {"block": block["block"], "documents": 0, "skipped": True, "seconds": 0.0,
-                "started": now, "finished": now}
+        return {
+            "block": block["block"],
+            "documents": 0,
+            "skipped": True,
+            "seconds": 0.0,
+            "started": now,
+            "finished": now,
+        }
     started, t0 = time.time(), time.perf_counter()
     docs, skipped = read_block(block, cfg, tokenizer)
-    records = extract_documents(docs, cfg.tasks, schema, generate_fn, docs_per_call=cfg.docs_per_call,
-                                fmt=cfg.format, max_chars=cfg.max_chars)
-    meta = {"block": block["block"], "documents": len(records), **{k: skipped.get(k, 0) for k in
-                                                                   ("malformed", "empty")}}
+    records = extract_documents(
+        docs, cfg.tasks, schema, generate_fn, docs_per_call=cfg.docs_per_call, fmt=cfg.format, max_chars=cfg.max_chars
+    )
+    meta = {
+        "block": block["block"],
+        "documents": len(records),
+        **{k: skipped.get(k, 0) for k in ("malformed", "empty")},
+    }
 
     def write(fh):
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
     # the meta first: the part's existence is what marks the block done
     _write_atomic(parts / f"part-{block['block']:05d}.meta.json", lambda fh: json.dump(meta, fh))
     _write_atomic(part, write)
-    return {**meta, "skipped": False, "seconds": time.perf_counter() - t0, "started": started,
-            "finished": time.time()}
+    return {**meta, "skipped": False, "seconds": time.perf_counter() - t0, "started": started, "finished": time.time()}
 
 
 # ------------------------------------------------------------------------------- finalising
-TRIPLE_COLUMNS = [("doc_id", "string"), ("head", "string"), ("relation", "string"), ("tail", "string"),
-                  ("head_type", "string"), ("tail_type", "string"), ("head_start", "int64"),
-                  ("head_end", "int64"), ("tail_start", "int64"), ("tail_end", "int64")]
+TRIPLE_COLUMNS = [
+    ("doc_id", "string"),
+    ("head", "string"),
+    ("relation", "string"),
+    ("tail", "string"),
+    ("head_type", "string"),
+    ("tail_type", "string"),
+    ("head_start", "int64"),
+    ("head_end", "int64"),
+    ("tail_start", "int64"),
+    ("tail_end", "int64"),
+]
 
 
 def _triples(rec: dict) -> list[dict]:
     types: dict[str, str] = {}
     for e in rec.get("entities", []):
         types.setdefault(e["text"], e["type"])
-    return [{"doc_id": rec["id"], "head": r["head"], "relation": r["relation"], "tail": r["tail"],
-             "head_type": types.get(r["head"]), "tail_type": types.get(r["tail"]),
-             "head_start": r.get("head_start"), "head_end": r.get("head_end"),
-             "tail_start": r.get("tail_start"), "tail_end": r.get("tail_end")} for r in rec.get("relations", [])]
+    return [
+        {
+            "doc_id": rec["id"],
+            "head": r["head"],
+            "relation": r["relation"],
+            "tail": r["tail"],
+            "head_type": types.get(r["head"]),
+            "tail_type": types.get(r["tail"]),
+            "head_start": r.get("head_start"),
+            "head_end": r.get("head_end"),
+            "tail_start": r.get("tail_start"),
+            "tail_end": r.get("tail_end"),
+        }
+        for r in rec.get("relations", [])
+    ]
 
 
 def finalize(out_dir: str | Path, n_blocks: int) -> dict[str, Any]:
@@ -332,13 +384,27 @@ def finalize(out_dir: str | Path, n_blocks: int) -> dict[str, Any]:
                     totals["empty"] += m.get("empty", 0)
 
     _write_atomic(out / "records.jsonl", records_and_triples)
-    summary = {"documents": totals["documents"], "blocks": n_blocks,
-               "entities": sum(counts["entity_types"].values()),
-               "relations": sum(counts["relation_types"].values()),
-               "events": sum(counts["event_types"].values()),
-               **{k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))) for k, v in counts.items()},
-               **{k: totals[k] for k in ("triples", "answers", "unparsed_answers", "dropped_labels",
-                                         "unanchored_spans", "malformed", "empty", "duplicate_ids")}}
+    summary = {
+        "documents": totals["documents"],
+        "blocks": n_blocks,
+        "entities": sum(counts["entity_types"].values()),
+        "relations": sum(counts["relation_types"].values()),
+        "events": sum(counts["event_types"].values()),
+        **{k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))) for k, v in counts.items()},
+        **{
+            k: totals[k]
+            for k in (
+                "triples",
+                "answers",
+                "unparsed_answers",
+                "dropped_labels",
+                "unanchored_spans",
+                "malformed",
+                "empty",
+                "duplicate_ids",
+            )
+        },
+    }
     return summary
 
 
@@ -347,13 +413,14 @@ class ExtractWorker:
     """A Ray Data actor: one model, many blocks (``map_batches`` callable class)."""
 
     def __init__(self, cfg: dict[str, Any]):
-        from knowlm_ray.ie.extract import engine_generate_fn
         from knowlm_ray.generation.engine import GenerationEngine
+        from knowlm_ray.ie.extract import engine_generate_fn
 
         self.cfg = BatchExtractConfig.model_validate(cfg)
         device = "cuda" if self.cfg.use_gpu else self.cfg.device
-        engine = GenerationEngine(self.cfg.model, device=device, dtype=self.cfg.dtype,
-                                  num_threads=self.cfg.threads_per_actor)
+        engine = GenerationEngine(
+            self.cfg.model, device=device, dtype=self.cfg.dtype, num_threads=self.cfg.threads_per_actor
+        )
         self.tokenizer = engine.tokenizer
         self.schema = load_schema_spec(self.cfg.schema_)
         self.generate = engine_generate_fn(engine, {"max_tokens": self.cfg.max_tokens})
@@ -361,10 +428,15 @@ class ExtractWorker:
     def __call__(self, batch):
         import pyarrow as pa
 
-        rows = batch.to_pylist() if hasattr(batch, "to_pylist") else \
-            [dict(zip(batch, vals)) for vals in zip(*batch.values())]
-        results = [{**process_block(row, self.cfg, self.schema, self.generate, self.tokenizer),
-                    "worker": os.getpid()} for row in rows]
+        rows = (
+            batch.to_pylist()
+            if hasattr(batch, "to_pylist")
+            else [dict(zip(batch, vals)) for vals in zip(*batch.values())]
+        )
+        results = [
+            {**process_block(row, self.cfg, self.schema, self.generate, self.tokenizer), "worker": os.getpid()}
+            for row in rows
+        ]
         return pa.Table.from_pylist(results)
 
 
@@ -394,8 +466,10 @@ def check_state(cfg: BatchExtractConfig, n_blocks: int) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
         diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
         if diff:
-            raise ConfigError(f"{out} holds a batch_extract run with different settings ({', '.join(diff)}); "
-                              f"use another out_dir or delete it")
+            raise ConfigError(
+                f"{out} holds a batch_extract run with different settings ({', '.join(diff)}); "
+                f"use another out_dir or delete it"
+            )
         return
     _write_atomic(path, lambda fh: json.dump(state, fh, ensure_ascii=False, indent=1))
 
@@ -428,34 +502,51 @@ def run(cfg: BatchExtractConfig, progress: bool = True) -> dict[str, Any]:
         from ray.data import ActorPoolStrategy
 
         ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
-            ExtractWorker, fn_constructor_kwargs={"cfg": cfg.model_dump(by_alias=True)}, batch_size=1,
-            batch_format="pyarrow", compute=ActorPoolStrategy(size=min(cfg.num_actors, len(pending))),
-            num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+            ExtractWorker,
+            fn_constructor_kwargs={"cfg": cfg.model_dump(by_alias=True)},
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=min(cfg.num_actors, len(pending))),
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=1 if cfg.use_gpu else 0,
+        )
         for row in ds.iter_rows():
             ran.append(row)
             done_docs += row["documents"]
             if progress:
-                print(f"[batch_extract] block {row['block']:>5} done: {row['documents']} documents in "
-                      f"{row['seconds']:.1f}s ({len(ran)}/{len(pending)} blocks this run)", file=sys.stderr)
+                print(
+                    f"[batch_extract] block {row['block']:>5} done: {row['documents']} documents in "
+                    f"{row['seconds']:.1f}s ({len(ran)}/{len(pending)} blocks this run)",
+                    file=sys.stderr,
+                )
     elapsed = time.perf_counter() - t0
     # From the first block's start to the last block's end: the pool's extraction time, without
     # the job's fixed costs (Ray Data start, actor start, model load, final merge).
     window = max(r["finished"] for r in ran) - min(r["started"] for r in ran) if ran else 0.0
     summary = finalize(out, len(blocks))
-    summary.update({"blocks_run": len(ran), "blocks_skipped": len(blocks) - len(ran),
-                    "documents_this_run": done_docs, "elapsed_s": round(elapsed, 3),
-                    "docs_per_s": round(done_docs / elapsed, 3) if done_docs else 0.0,
-                    "extract_window_s": round(window, 3),
-                    "actors_used": len({r["worker"] for r in ran}),
-                    "extract_docs_per_s": round(done_docs / window, 3) if done_docs and window else 0.0,
-                    "num_actors": cfg.num_actors, "out_dir": str(out),
-                    "files": {"records": "records.jsonl", "triples": "triples.parquet", "summary": "summary.json"}})
+    summary.update(
+        {
+            "blocks_run": len(ran),
+            "blocks_skipped": len(blocks) - len(ran),
+            "documents_this_run": done_docs,
+            "elapsed_s": round(elapsed, 3),
+            "docs_per_s": round(done_docs / elapsed, 3) if done_docs else 0.0,
+            "extract_window_s": round(window, 3),
+            "actors_used": len({r["worker"] for r in ran}),
+            "extract_docs_per_s": round(done_docs / window, 3) if done_docs and window else 0.0,
+            "num_actors": cfg.num_actors,
+            "out_dir": str(out),
+            "files": {"records": "records.jsonl", "triples": "triples.parquet", "summary": "summary.json"},
+        }
+    )
     _write_atomic(out / "summary.json", lambda fh: json.dump(summary, fh, ensure_ascii=False, indent=1))
     if progress:
-        print(f"[batch_extract] {summary['documents']} documents, {summary['entities']} entities, "
-              f"{summary['relations']} relations, {summary['events']} events -> {out} "
-              f"({summary['blocks_run']} blocks run, {summary['blocks_skipped']} skipped, {elapsed:.1f}s)",
-              file=sys.stderr)
+        print(
+            f"[batch_extract] {summary['documents']} documents, {summary['entities']} entities, "
+            f"{summary['relations']} relations, {summary['events']} events -> {out} "
+            f"({summary['blocks_run']} blocks run, {summary['blocks_skipped']} skipped, {elapsed:.1f}s)",
+            file=sys.stderr,
+        )
     return summary
 
 
@@ -465,8 +556,9 @@ def iter_records(out_dir: str | Path) -> Iterator[dict]:
             yield json.loads(line)
 
 
-def run_sequential(cfg: BatchExtractConfig, generate_fn: Callable, tokenizer: Any = None,
-                   blocks: Iterable[dict] | None = None) -> list[dict]:
+def run_sequential(
+    cfg: BatchExtractConfig, generate_fn: Callable, tokenizer: Any = None, blocks: Iterable[dict] | None = None
+) -> list[dict]:
     """The plain-Python core of ``run`` (no Ray): process ``blocks`` (default: all) in this process."""
     schema = load_schema_spec(cfg.schema_)
     plan = plan_blocks(cfg)

@@ -4,6 +4,7 @@
 
 (``knowlm extract``, which asks a server or a local model, is a client: ``knowlm_ray.clients.extract``.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, choices=("ner", "re", "ee"))
     p.add_argument("--gold", required=True, help="gold IE records (jsonl)")
     p.add_argument("--pred", required=True, help="predicted IE records (jsonl), joined on id")
-    p.add_argument("--match", default="set", choices=("set", "count"),
-                   help="set: de-duplicate per document; count: one-to-one multiset matching")
+    p.add_argument(
+        "--match",
+        default="set",
+        choices=("set", "count"),
+        help="set: de-duplicate per document; count: one-to-one multiset matching",
+    )
     p.add_argument("--out", help="also write the scores to this JSON file")
     p.set_defaults(fn=_ie_score)

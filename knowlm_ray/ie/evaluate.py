@@ -9,36 +9,47 @@ with ``knowlm_ray.ie.scorer``. Perplexity is exp(mean token negative log-likelih
 shards' ``input_ids`` (each row cut to the model's context; the first token of a row is not
 predicted). Writes ``out_dir/predictions.jsonl`` and ``out_dir/report.json`` (atomically).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from knowlm_ray.config import ConfigError, EvaluateConfig
 
 
-def evaluate_extraction(gold: Sequence[dict], schema: dict[str, Any], generate_fn: Callable, *,
-                        tasks: Sequence[str] = ("ner", "re", "ee"), match: str = "set",
-                        docs_per_call: int = 8, fmt: str = "json", max_chars: int | None = 400
-                        ) -> tuple[list[dict], dict[str, Any]]:
+def evaluate_extraction(
+    gold: Sequence[dict],
+    schema: dict[str, Any],
+    generate_fn: Callable,
+    *,
+    tasks: Sequence[str] = ("ner", "re", "ee"),
+    match: str = "set",
+    docs_per_call: int = 8,
+    fmt: str = "json",
+    max_chars: int | None = 400,
+) -> tuple[list[dict], dict[str, Any]]:
     """(predicted records, scores per task) for gold IE records (each with ``lang``)."""
     from knowlm_ray.ie.batch import extract_documents
     from knowlm_ray.ie.scorer import score_records
 
     docs = [{"id": g["id"], "text": g["text"], "lang": g["lang"]} for g in gold]
-    preds = extract_documents(docs, tasks, schema, generate_fn, docs_per_call=docs_per_call, fmt=fmt,
-                              max_chars=max_chars)
+    preds = extract_documents(
+        docs, tasks, schema, generate_fn, docs_per_call=docs_per_call, fmt=fmt, max_chars=max_chars
+    )
     scores = {t: score_records(t, list(gold), preds, match) for t in tasks}
     return preds, scores
 
 
-def perplexity(model: Any, rows: Sequence[Sequence[int]], *, batch_size: int = 8,
-               max_len: int | None = None, pad_id: int = 0) -> dict[str, Any]:
+def perplexity(
+    model: Any, rows: Sequence[Sequence[int]], *, batch_size: int = 8, max_len: int | None = None, pad_id: int = 0
+) -> dict[str, Any]:
     """Token-level perplexity of ``model`` (an HF causal LM) on token-id rows."""
     import torch
 
@@ -48,13 +59,13 @@ def perplexity(model: Any, rows: Sequence[Sequence[int]], *, batch_size: int = 8
     rows = [r for r in rows if len(r) >= 2]
     with torch.inference_mode():
         for i in range(0, len(rows), batch_size):
-            batch = rows[i:i + batch_size]
+            batch = rows[i : i + batch_size]
             width = max(len(r) for r in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for k, r in enumerate(batch):  # right padding: a causal model's real tokens never see it
-                ids[k, :len(r)] = torch.tensor(r, dtype=torch.long)
-                mask[k, :len(r)] = 1
+                ids[k, : len(r)] = torch.tensor(r, dtype=torch.long)
+                mask[k, : len(r)] = 1
             ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
@@ -64,15 +75,18 @@ def perplexity(model: Any, rows: Sequence[Sequence[int]], *, batch_size: int = 8
             total_tokens += int(keep.sum())
             used += len(batch)
     mean = total_nll / total_tokens if total_tokens else float("nan")
-    return {"rows": used, "tokens": total_tokens, "nll": mean,
-            "perplexity": math.exp(mean) if total_tokens else float("nan")}
+    return {
+        "rows": used,
+        "tokens": total_tokens,
+        "nll": mean,
+        "perplexity": math.exp(mean) if total_tokens else float("nan"),
+    }
 
 
 def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
+    from knowlm_ray.generation.engine import GenerationEngine
     from knowlm_ray.ie.batch import _write_atomic, load_schema_spec, schema_from_gold
     from knowlm_ray.ie.extract import engine_generate_fn
-    from knowlm_ray.generation.engine import GenerationEngine
-
     from knowlm_ray.ie.records import load_ie_records
 
     t0 = time.perf_counter()
@@ -83,15 +97,23 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.gold:
         with _inputs("gold"):
             gold = load_ie_records(cfg.gold)
-        gold = gold[:cfg.limit] if cfg.limit else gold
+        gold = gold[: cfg.limit] if cfg.limit else gold
         with _inputs("schema"):
             schema = load_schema_spec(cfg.schema_) if cfg.schema_ is not None else schema_from_gold(gold)
         gen = engine_generate_fn(engine, {"max_tokens": cfg.max_tokens})
-        preds, scores = evaluate_extraction(gold, schema, gen, tasks=cfg.tasks, match=cfg.match,
-                                            docs_per_call=cfg.docs_per_call, fmt=cfg.format,
-                                            max_chars=cfg.max_chars)
-        _write_atomic(out / "predictions.jsonl",
-                      lambda fh: fh.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
+        preds, scores = evaluate_extraction(
+            gold,
+            schema,
+            gen,
+            tasks=cfg.tasks,
+            match=cfg.match,
+            docs_per_call=cfg.docs_per_call,
+            fmt=cfg.format,
+            max_chars=cfg.max_chars,
+        )
+        _write_atomic(
+            out / "predictions.jsonl", lambda fh: fh.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)
+        )
         report["extraction"] = {"gold": cfg.gold, "documents": len(gold), "scores": scores}
         if progress:
             line = ", ".join(f"{t} F1 {_headline(s):.4f}" for t, s in scores.items())
@@ -107,8 +129,10 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
         ppl = perplexity(engine.model, rows, batch_size=cfg.ppl_batch_size, max_len=engine.max_context, pad_id=pad)
         report["perplexity"] = {"shards": cfg.shards, **ppl}
         if progress:
-            print(f"[evaluate] perplexity {ppl['perplexity']:.3f} over {ppl['tokens']} tokens "
-                  f"({ppl['rows']} rows)", file=sys.stderr)
+            print(
+                f"[evaluate] perplexity {ppl['perplexity']:.3f} over {ppl['tokens']} tokens ({ppl['rows']} rows)",
+                file=sys.stderr,
+            )
     report["elapsed_s"] = round(time.perf_counter() - t0, 3)
     _write_atomic(out / "report.json", lambda fh: json.dump(report, fh, ensure_ascii=False, indent=1))
     return report

@@ -17,11 +17,13 @@ For async callers (the HTTP route): ``plan = plan_extraction(...)``, generate ``
 however you like, then ``assemble(plan, answers)``. ``extract_many`` does several records with
 one ``generate_fn`` call (batch extraction).
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -58,9 +60,18 @@ class ExtractionPlan:
         return [(p["instruction"], p["input"]) for p in self.prompts]
 
 
-def plan_extraction(task: str, text: str, schema: Any, lang: str | None = None, *,
-                    record_id: str | None = None, fmt: str = "json", template: int = SERVE_TEMPLATE,
-                    split_num: int | None = None, max_chars: int | None = DEFAULT_MAX_CHARS) -> ExtractionPlan:
+def plan_extraction(
+    task: str,
+    text: str,
+    schema: Any,
+    lang: str | None = None,
+    *,
+    record_id: str | None = None,
+    fmt: str = "json",
+    template: int = SERVE_TEMPLATE,
+    split_num: int | None = None,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+) -> ExtractionPlan:
     """Check a request and build its prompts; raises IERequestError naming what is wrong."""
     if task not in TASKS:
         raise IERequestError(f"task: must be one of {', '.join(TASKS)}, got {task!r}")
@@ -73,8 +84,9 @@ def plan_extraction(task: str, text: str, schema: Any, lang: str | None = None, 
         raise IERequestError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     try:
         labels = normalize_schema(task, schema)
-        prompts = prompt_pairs(task, text, labels, lang, fmt=fmt, template=template,
-                               split_num=split_num, max_chars=max_chars)
+        prompts = prompt_pairs(
+            task, text, labels, lang, fmt=fmt, template=template, split_num=split_num, max_chars=max_chars
+        )
     except SchemaError as exc:  # its message already names schema[...] where it can
         msg = str(exc)
         raise IERequestError(msg if msg.startswith("schema") else f"schema: {msg}") from None
@@ -91,8 +103,15 @@ def _locate(task: str, item: dict, loc: SpanLocator, window: tuple[int, int]) ->
         head, hs, he = loc.anchor(item["head"], window=window)
         avoid = {hs} if hs is not None and item["tail"] == item["head"] else None
         tail, ts, te = loc.anchor(item["tail"], window=window, avoid=avoid)
-        return {"head": head, "relation": item["relation"], "tail": tail,
-                "head_start": hs, "head_end": he, "tail_start": ts, "tail_end": te}
+        return {
+            "head": head,
+            "relation": item["relation"],
+            "tail": tail,
+            "head_start": hs,
+            "head_end": he,
+            "tail_start": ts,
+            "tail_end": te,
+        }
     trigger, s, e = loc.anchor(item["trigger"], key=("trigger", item["trigger"]), window=window)
     taken: dict[str, set[int]] = {}
     args = []
@@ -101,8 +120,7 @@ def _locate(task: str, item: dict, loc: SpanLocator, window: tuple[int, int]) ->
         if s2 is not None:
             taken.setdefault(a["text"], set()).add(s2)
         args.append({"role": a["role"], "text": t, "start": s2, "end": e2})
-    return {"type": item["type"], "trigger": trigger, "trigger_start": s, "trigger_end": e,
-            "arguments": args}
+    return {"type": item["type"], "trigger": trigger, "trigger_start": s, "trigger_end": e, "arguments": args}
 
 
 def _position(task: str, item: dict) -> tuple:
@@ -114,8 +132,17 @@ def _position(task: str, item: dict) -> tuple:
 
 
 def empty_record(record_id: str, text: str, lang: str | None = None) -> dict[str, Any]:
-    return {"id": record_id, "text": text, "lang": lang or guess_lang(text),
-            "entities": [], "relations": [], "events": [], "raw": [], "dropped": [], "unparsed": 0}
+    return {
+        "id": record_id,
+        "text": text,
+        "lang": lang or guess_lang(text),
+        "entities": [],
+        "relations": [],
+        "events": [],
+        "raw": [],
+        "dropped": [],
+        "unparsed": 0,
+    }
 
 
 def assemble(plan: ExtractionPlan, answers: Sequence[str]) -> dict[str, Any]:
@@ -141,9 +168,16 @@ def assemble(plan: ExtractionPlan, answers: Sequence[str]) -> dict[str, Any]:
                 continue
             in_chunk.add(key)
             located = _locate(task, item, locator, window)
-            full = (item_key(task, {**located, "arguments": [
-                {"role": a["role"], "text": a["text"]} for a in located.get("arguments", [])]}),
-                    _position(task, located))
+            full = (
+                item_key(
+                    task,
+                    {
+                        **located,
+                        "arguments": [{"role": a["role"], "text": a["text"]} for a in located.get("arguments", [])],
+                    },
+                ),
+                _position(task, located),
+            )
             if full not in seen:  # the same mention found from two chunks
                 seen.add(full)
                 out.append(located)
@@ -151,22 +185,43 @@ def assemble(plan: ExtractionPlan, answers: Sequence[str]) -> dict[str, Any]:
     return record
 
 
-def extract_record(generate_fn: GenerateFn, task: str, text: str, schema: Any, lang: str | None = None,
-                   *, record_id: str | None = None, fmt: str = "json", template: int = SERVE_TEMPLATE,
-                   split_num: int | None = None, max_chars: int | None = DEFAULT_MAX_CHARS) -> dict[str, Any]:
+def extract_record(
+    generate_fn: GenerateFn,
+    task: str,
+    text: str,
+    schema: Any,
+    lang: str | None = None,
+    *,
+    record_id: str | None = None,
+    fmt: str = "json",
+    template: int = SERVE_TEMPLATE,
+    split_num: int | None = None,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+) -> dict[str, Any]:
     """Extract ``task`` items of ``schema`` from ``text``: one IE record (+ raw, dropped, unparsed).
 
     Raises IERequestError for a bad request; never for what the model writes.
     """
-    plan = plan_extraction(task, text, schema, lang, record_id=record_id, fmt=fmt, template=template,
-                           split_num=split_num, max_chars=max_chars)
+    plan = plan_extraction(
+        task,
+        text,
+        schema,
+        lang,
+        record_id=record_id,
+        fmt=fmt,
+        template=template,
+        split_num=split_num,
+        max_chars=max_chars,
+    )
     return assemble(plan, list(generate_fn(plan.pairs)))
 
 
 def extract_many(generate_fn: GenerateFn, requests: Iterable[dict[str, Any]], **options: Any) -> list[dict]:
     """Several requests (``{"task", "text", "schema", "lang"?, "id"?}``), one ``generate_fn`` call."""
-    plans = [plan_extraction(r["task"], r["text"], r["schema"], r.get("lang"), record_id=r.get("id"),
-                             **options) for r in requests]
+    plans = [
+        plan_extraction(r["task"], r["text"], r["schema"], r.get("lang"), record_id=r.get("id"), **options)
+        for r in requests
+    ]
     pairs = [p for plan in plans for p in plan.pairs]
     answers = list(generate_fn(pairs)) if pairs else []
     if len(answers) != len(pairs):
@@ -174,7 +229,7 @@ def extract_many(generate_fn: GenerateFn, requests: Iterable[dict[str, Any]], **
     out, i = [], 0
     for plan in plans:
         n = len(plan.prompts)
-        out.append(assemble(plan, answers[i:i + n]))
+        out.append(assemble(plan, answers[i : i + n]))
         i += n
     return out
 
@@ -216,8 +271,7 @@ def engine_generate_fn(engine: Any, parameters: Any = None) -> Callable[..., lis
         prepared, index = [], []
         for k, (instruction, inp) in enumerate(pairs):
             try:
-                prepared.append(engine.prepare(GenerateRequest(instruction=instruction, input=inp,
-                                                               parameters=params)))
+                prepared.append(engine.prepare(GenerateRequest(instruction=instruction, input=inp, parameters=params)))
                 index.append(k)
             except RequestError:
                 pass
@@ -261,8 +315,9 @@ def parse_extract_request(body: Any) -> ExtractRequest:
         try:
             GenerationParams.model_validate(req.parameters)
         except ValidationError as err:
-            raise IERequestError("; ".join(
-                f"parameters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())) from None
+            raise IERequestError(
+                "; ".join(f"parameters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            ) from None
     return req
 
 
@@ -273,8 +328,6 @@ def handle_extract(body: Any, generate_fn: Callable[..., list[str]], **options: 
     body carries ``parameters`` it is called as ``generate_fn(pairs, parameters=dict)``.
     """
     req = parse_extract_request(body)
-    plan = plan_extraction(req.task, req.text, req.labels, req.lang, record_id=req.id, fmt=req.format,
-                           **options)
-    answers = generate_fn(plan.pairs) if req.parameters is None else \
-        generate_fn(plan.pairs, parameters=req.parameters)
+    plan = plan_extraction(req.task, req.text, req.labels, req.lang, record_id=req.id, fmt=req.format, **options)
+    answers = generate_fn(plan.pairs) if req.parameters is None else generate_fn(plan.pairs, parameters=req.parameters)
     return assemble(plan, list(answers))

@@ -15,12 +15,14 @@ micro P / R / F1 are on a 0-100 scale rounded to 2 places. EE is scored twice: e
 
 The output is IEPile's shape: ``{"total": {...}, "<source>": {...}, ...}``.
 """
+
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from knowlm_ray.ie.oneke import read_answer
 
@@ -51,8 +53,10 @@ def pred_units(task: str, items: Iterable[dict[str, Any]]) -> dict[str, list[tup
         return {"": [(x["text"], x["type"]) for x in items]}
     if task == "re":
         return {"": [(x["head"], x["relation"], x["tail"]) for x in items]}
-    return {"event_": [(x["type"], x["trigger"]) for x in items],
-            "argument_": [(x["type"], a["text"], a["role"]) for x in items for a in x["arguments"]]}
+    return {
+        "event_": [(x["type"], x["trigger"]) for x in items],
+        "argument_": [(x["type"], a["text"], a["role"]) for x in items for a in x["arguments"]],
+    }
 
 
 class Counts:

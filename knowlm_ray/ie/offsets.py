@@ -8,10 +8,11 @@ the text's own characters. Repeated spans take successive occurrences: the first
 already used by the same span (under the caller's ``key``); once all are used, the first one.
 A span the text does not contain gets ``None``.
 """
+
 from __future__ import annotations
 
 import unicodedata
-from typing import Hashable
+from collections.abc import Hashable
 
 
 def _fold(s: str) -> str:
@@ -61,8 +62,9 @@ class SpanLocator:
                         folded.append(pair)
         return [exact, folded]
 
-    def find(self, span: str, key: Hashable = None, window: tuple[int, int] | None = None,
-             avoid: set[int] | None = None) -> tuple[int, int] | None:
+    def find(
+        self, span: str, key: Hashable = None, window: tuple[int, int] | None = None, avoid: set[int] | None = None
+    ) -> tuple[int, int] | None:
         """``(start, end)`` of ``span`` in the text, or None; marks the occurrence used for ``key``.
 
         ``avoid``: starts not to take (e.g. the head's occurrence when placing a same-text tail).
@@ -94,7 +96,7 @@ class SpanLocator:
         pos = self.find(span, **kw)
         if pos is None:
             return span, None, None
-        return self.text[pos[0]:pos[1]], pos[0], pos[1]
+        return self.text[pos[0] : pos[1]], pos[0], pos[1]
 
 
 def span_offsets(text: str, span: str) -> tuple[int, int] | None:

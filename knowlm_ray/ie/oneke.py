@@ -14,10 +14,12 @@ of one text is its own prompt, and their answers are merged.
 A leaf module: it imports nothing from this package, so the instruction builder, the serving
 layer and the scorer can all depend on it.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 TASKS = ("ner", "re", "ee", "eet", "eea", "kg")
 LANGS = ("zh", "en")
@@ -26,40 +28,40 @@ SYSTEM = "<<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助�
 
 INSTRUCTIONS: dict[tuple[str, str], str] = {
     ("ner", "zh"): "你是专门进行实体抽取的专家。请从input中抽取出符合schema定义的实体，不存在的实体类型返回空列表。"
-                   "请按照JSON字符串的格式回答。",
+    "请按照JSON字符串的格式回答。",
     ("re", "zh"): "你是专门进行关系抽取的专家。请从input中抽取出符合schema定义的关系三元组，不存在的关系返回空列表。"
-                  "请按照JSON字符串的格式回答。",
+    "请按照JSON字符串的格式回答。",
     ("ee", "zh"): "你是专门进行事件提取的专家。请从input中抽取出符合schema定义的事件，不存在的事件返回空列表，"
-                  "不存在的论元返回NAN，如果论元存在多值请返回列表。请按照JSON字符串的格式回答。",
+    "不存在的论元返回NAN，如果论元存在多值请返回列表。请按照JSON字符串的格式回答。",
     ("eet", "zh"): "你是专门进行事件提取的专家。请从input中抽取出符合schema定义的事件类型及事件触发词，"
-                   "不存在的事件返回空列表。请按照JSON字符串的格式回答。",
+    "不存在的事件返回空列表。请按照JSON字符串的格式回答。",
     ("eea", "zh"): "你是专门进行事件论元提取的专家。请从input中抽取出符合schema定义的事件论元及论元角色，"
-                   "不存在的论元返回NAN或空字典，如果论元存在多值请返回列表。请按照JSON字符串的格式回答。",
+    "不存在的论元返回NAN或空字典，如果论元存在多值请返回列表。请按照JSON字符串的格式回答。",
     ("kg", "zh"): "你是一个图谱实体知识结构化专家。根据输入实体类型(entity type)的schema描述，"
-                  "从文本中抽取出相应的实体实例和其属性信息，不存在的属性不输出, 属性存在多值就返回列表，"
-                  "并输出为可解析的json格式。",
+    "从文本中抽取出相应的实体实例和其属性信息，不存在的属性不输出, 属性存在多值就返回列表，"
+    "并输出为可解析的json格式。",
     ("ner", "en"): "You are an expert in named entity recognition. Please extract entities that match the "
-                   "schema definition from the input. Return an empty list if the entity type does not exist. "
-                   "Please respond in the format of a JSON string.",
+    "schema definition from the input. Return an empty list if the entity type does not exist. "
+    "Please respond in the format of a JSON string.",
     ("re", "en"): "You are an expert in relationship extraction. Please extract relationship triples that match "
-                  "the schema definition from the input. Return an empty list for relationships that do not "
-                  "exist. Please respond in the format of a JSON string.",
+    "the schema definition from the input. Return an empty list for relationships that do not "
+    "exist. Please respond in the format of a JSON string.",
     ("ee", "en"): "You are an expert in event extraction. Please extract events from the input that conform to "
-                  "the schema definition. Return an empty list for events that do not exist, and return NAN for "
-                  "arguments that do not exist. If an argument has multiple values, please return a list. "
-                  "Respond in the format of a JSON string.",
+    "the schema definition. Return an empty list for events that do not exist, and return NAN for "
+    "arguments that do not exist. If an argument has multiple values, please return a list. "
+    "Respond in the format of a JSON string.",
     ("eet", "en"): "You are an expert in event extraction. Please extract event types and event trigger words "
-                   "from the input that conform to the schema definition. Return an empty list for non-existent "
-                   "events. Please respond in the format of a JSON string.",
+    "from the input that conform to the schema definition. Return an empty list for non-existent "
+    "events. Please respond in the format of a JSON string.",
     ("eea", "en"): "You are an expert in event argument extraction. Please extract event arguments and their "
-                   "roles from the input that conform to the schema definition, which already includes event "
-                   "trigger words. If an argument does not exist, return NAN or an empty dictionary. Please "
-                   "respond in the format of a JSON string.",
+    "roles from the input that conform to the schema definition, which already includes event "
+    "trigger words. If an argument does not exist, return NAN or an empty dictionary. Please "
+    "respond in the format of a JSON string.",
     ("kg", "en"): "You are an expert in structured knowledge systems for graph entities. Based on the schema "
-                  "description of the input entity type, you extract the corresponding entity instances and "
-                  "their attribute information from the text. Attributes that do not exist should not be "
-                  "output. If an attribute has multiple values, a list should be returned. The results should "
-                  "be output in a parsable JSON format.",
+    "description of the input entity type, you extract the corresponding entity instances and "
+    "their attribute information from the text. Attributes that do not exist should not be "
+    "output. If an attribute has multiple values, a list should be returned. The results should "
+    "be output in a parsable JSON format.",
 }
 
 # Appended to the instruction when examples are given. The Chinese sentence is OneKE's own
@@ -86,7 +88,7 @@ def split_labels(labels: Sequence[Any], split_num: int) -> list[list[Any]]:
     if split_num < 1:
         raise ValueError(f"split_num must be >= 1 or -1, got {split_num}")
     whole = max(len(labels) // split_num, 1) * split_num
-    batches = [labels[i:i + split_num] for i in range(0, whole, split_num)]
+    batches = [labels[i : i + split_num] for i in range(0, whole, split_num)]
     if len(labels) - whole >= max(1, split_num // 2):
         batches.append(labels[whole:])
     else:
@@ -115,12 +117,15 @@ def _batch_schema(batch: list[Any], described: bool) -> Any:
     return batch
 
 
-def instruction(task: str, schema: Any, text: str, lang: str = "zh",
-                example: list[dict[str, Any]] | None = None) -> str:
+def instruction(
+    task: str, schema: Any, text: str, lang: str = "zh", example: list[dict[str, Any]] | None = None
+) -> str:
     """One OneKE instruction object, as the JSON string the model reads."""
     _check(task, lang)
-    body: dict[str, Any] = {"instruction": INSTRUCTIONS[(task, lang)] + (EXAMPLE_HINT[lang] if example else ""),
-                            "schema": schema}
+    body: dict[str, Any] = {
+        "instruction": INSTRUCTIONS[(task, lang)] + (EXAMPLE_HINT[lang] if example else ""),
+        "schema": schema,
+    }
     if example:
         body["example"] = example
     body["input"] = text
@@ -132,8 +137,15 @@ def wrap(instruction_json: str) -> str:
     return "[INST] " + SYSTEM + instruction_json + "[/INST]"
 
 
-def prompts(task: str, text: str, schema: Any, lang: str = "zh", *, split_num: int | None = None,
-            example: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def prompts(
+    task: str,
+    text: str,
+    schema: Any,
+    lang: str = "zh",
+    *,
+    split_num: int | None = None,
+    example: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """``{"instruction", "prompt", "labels"}`` per label batch: the instruction JSON, the full
     prompt, and the batch's labels in order (the keys its answer must have)."""
     _check(task, lang)
@@ -194,7 +206,13 @@ def read_answer(task: str, answer: str) -> tuple[bool, list[dict[str, Any]]]:
                 args = v.get("arguments", {})
                 if not isinstance(trigger, str) or not isinstance(args, dict):
                     continue
-                items.append({"type": label, "trigger": trigger,
-                              "arguments": [{"role": role, "text": t} for role, value in args.items()
-                                            for t in _values(value)]})
+                items.append(
+                    {
+                        "type": label,
+                        "trigger": trigger,
+                        "arguments": [
+                            {"role": role, "text": t} for role, value in args.items() for t in _values(value)
+                        ],
+                    }
+                )
     return True, items

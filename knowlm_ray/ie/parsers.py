@@ -23,13 +23,15 @@ Two answer formats, as the instruction builder writes them (``knowlm_ray.instruc
 ``status`` says what happened: ``ok``, ``partial`` (recovered from truncated or malformed text),
 ``none`` (an explicit none-answer) or ``unparsed`` (no answer structure found at all).
 """
+
 from __future__ import annotations
 
 import json
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 TASKS = ("ner", "re", "ee")
 FORMATS = ("tuple", "json")
@@ -89,8 +91,7 @@ def _norm_label(s: str) -> str:
 
 def is_none_answer(text: str) -> bool:
     lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()] or [""]
-    return all(unicodedata.normalize("NFKC", ln).rstrip("。.!！").strip().casefold() in NONE_ANSWERS
-               for ln in lines)
+    return all(unicodedata.normalize("NFKC", ln).rstrip("。.!！").strip().casefold() in NONE_ANSWERS for ln in lines)
 
 
 _LAST_CLAUSE = re.compile(r"[。：:！!？?\n]")
@@ -170,10 +171,10 @@ def _tuples(text: str, opener: str) -> list[tuple[str, bool]]:
                     break
             j += 1
         if end is None:
-            out.append((text[i + 1:j], False))
+            out.append((text[i + 1 : j], False))
             i = j
         else:
-            out.append((text[i + 1:end], True))
+            out.append((text[i + 1 : end], True))
             i = end + 1
     return out
 
@@ -201,7 +202,7 @@ def _pair(inner: str) -> tuple[str | None, str | None] | None:
     parts = _split_parts(inner)
     if len(parts) < 2:
         return None
-    return _clean(inner[:parts[-1][0] - 1]), _clean(inner[parts[-1][0]:])
+    return _clean(inner[: parts[-1][0] - 1]), _clean(inner[parts[-1][0] :])
 
 
 def _triple(inner: str, labels: set[str] | None) -> tuple[str | None, str | None, str | None] | None:
@@ -218,8 +219,8 @@ def _triple(inner: str, labels: set[str] | None) -> tuple[str | None, str | None
     if len(hits) != 1:
         return None
     k = hits[0]
-    head, rel = _clean(inner[:parts[k][0] - 1]), _clean(inner[slice(*parts[k])])
-    tail = _clean(inner[parts[k][1] + 1:])
+    head, rel = _clean(inner[: parts[k][0] - 1]), _clean(inner[slice(*parts[k])])
+    tail = _clean(inner[parts[k][1] + 1 :])
     return head, rel, tail
 
 
@@ -231,7 +232,7 @@ def _event(inner: str, complete: bool) -> dict | None:
     if not (trigger and etype):
         return None
     args = []
-    rest = inner[parts[2][0]:] if len(parts) > 2 else ""
+    rest = inner[parts[2][0] :] if len(parts) > 2 else ""
     for sub, done in _tuples(rest, "("):
         pair = _pair(sub) if done else None
         if pair and all(pair):
@@ -315,7 +316,7 @@ class _Lenient:
                 j += 2
                 continue
             if c == close:
-                raw = self.s[i + 1:j]
+                raw = self.s[i + 1 : j]
                 if close == '"':
                     try:
                         return json.loads(f'"{raw}"'), j + 1, True
@@ -444,11 +445,13 @@ def _as_list(v: Any) -> list:
 def _per_value(make):
     """``items(label, values)``: ``make(label, value)`` for each value under a usable label
     (IEPile's ``{label: [values]}`` maps, one reader per task)."""
+
     def items(label: Any, values: Any) -> list[dict]:
         label = _clean(label)
         if not label:
             return []
         return [item for v in _as_list(values) if (item := make(label, v))]
+
     return items
 
 
@@ -507,8 +510,10 @@ def _record_items(task: str, rows: Any) -> list[dict]:
         if task == "ner":
             out += _ner_items(_first(r, "type", "entity_type", "label"), _first(r, "text", "entity", "mention"))
         elif task == "re":
-            out += _re_items(_first(r, "relation", "predicate", "rel"),
-                             {"subject": _first(r, "head", "subject"), "object": _first(r, "tail", "object")})
+            out += _re_items(
+                _first(r, "relation", "predicate", "rel"),
+                {"subject": _first(r, "head", "subject"), "object": _first(r, "tail", "object")},
+            )
         else:
             out += _ee_items(_first(r, "type", "event_type"), r)
     return out
@@ -550,8 +555,7 @@ def detect_format(text: str) -> str:
     return "json" if m and m.group(0) in "{｛" else "tuple"
 
 
-def parse_answer(task: str, text: str | None, fmt: str = "auto",
-                 labels: Iterable[str] | None = None) -> Parsed:
+def parse_answer(task: str, text: str | None, fmt: str = "auto", labels: Iterable[str] | None = None) -> Parsed:
     """Parse one model answer for ``task``; never raises on the text.
 
     ``labels`` (the schema's relation names) lets a tuple with extra commas be split around the

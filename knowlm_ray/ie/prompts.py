@@ -11,6 +11,7 @@ prompt; a remainder smaller than ``max(1, split_num // 2)`` joins the last batch
 batch of its own), and long texts into chunks at sentence boundaries; every (chunk, batch) pair
 is one prompt.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,7 @@ def schema_text(task: str, labels: Schema) -> str:
     return json.dumps(list(labels), ensure_ascii=False)
 
 
-def build_instruction(task: str, labels: Schema, lang: str, fmt: str = "json",
-                      template: int = SERVE_TEMPLATE) -> str:
+def build_instruction(task: str, labels: Schema, lang: str, fmt: str = "json", template: int = SERVE_TEMPLATE) -> str:
     """The instruction for one prompt: template ``template`` of ``task``/``lang`` with the labels."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
@@ -70,7 +70,7 @@ def split_schema(task: str, labels: Schema, split_num: int | None = None) -> lis
     out: list[Schema] = []
     start = 0
     for size in split_sizes(len(keys), split_num or SPLIT_NUM[task]):
-        part = keys[start:start + size]
+        part = keys[start : start + size]
         start += size
         out.append({k: labels[k] for k in part} if isinstance(labels, dict) else part)
     return out
@@ -104,9 +104,17 @@ def split_text(text: str, lang: str, max_chars: int | None = DEFAULT_MAX_CHARS) 
     return chunks
 
 
-def prompt_pairs(task: str, text: str, labels: Schema, lang: str, *, fmt: str = "json",
-                 template: int = SERVE_TEMPLATE, split_num: int | None = None,
-                 max_chars: int | None = DEFAULT_MAX_CHARS) -> list[dict[str, Any]]:
+def prompt_pairs(
+    task: str,
+    text: str,
+    labels: Schema,
+    lang: str,
+    *,
+    fmt: str = "json",
+    template: int = SERVE_TEMPLATE,
+    split_num: int | None = None,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+) -> list[dict[str, Any]]:
     """One ``{"instruction", "input", "offset", "chunk", "labels"}`` per (chunk, schema batch)."""
     batches = split_schema(task, labels, split_num)
     out = []
@@ -114,13 +122,27 @@ def prompt_pairs(task: str, text: str, labels: Schema, lang: str, *, fmt: str = 
         if not chunk.strip():
             continue
         for batch in batches:
-            out.append({"instruction": build_instruction(task, batch, lang, fmt, template),
-                        "input": chunk, "offset": offset, "chunk": ci, "labels": batch})
+            out.append(
+                {
+                    "instruction": build_instruction(task, batch, lang, fmt, template),
+                    "input": chunk,
+                    "offset": offset,
+                    "chunk": ci,
+                    "labels": batch,
+                }
+            )
     return out
 
 
-def serve_format_instructions(records: list[dict[str, Any]], task: str, labels: Schema, lang: str, *,
-                              fmt: str = "json", max_chars: int | None = DEFAULT_MAX_CHARS) -> list[dict]:
+def serve_format_instructions(
+    records: list[dict[str, Any]],
+    task: str,
+    labels: Schema,
+    lang: str,
+    *,
+    fmt: str = "json",
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+) -> list[dict]:
     """Alpaca rows that ask exactly what ``/extract`` will ask: the fixed template, ``labels`` in
     the given order, the same schema batches and text chunks (``prompt_pairs``), each answered
     with the record's gold items of that batch that lie in that chunk (``render_output``).
@@ -133,9 +155,18 @@ def serve_format_instructions(records: list[dict[str, Any]], task: str, labels: 
         for p in prompt_pairs(task, rec["text"], labels, lang, fmt=fmt, max_chars=max_chars):
             batch, chunk = set(p["labels"]), p["input"]
             items = [x for x in rec.get(FIELD[task]) or [] if _in_batch(task, x, batch, chunk)]
-            rows.append({"instruction": p["instruction"], "input": chunk,
-                         "output": render_output(task, lang, fmt, items),
-                         "task": task, "lang": lang, "format": fmt, "id": rec["id"], "labels": p["labels"]})
+            rows.append(
+                {
+                    "instruction": p["instruction"],
+                    "input": chunk,
+                    "output": render_output(task, lang, fmt, items),
+                    "task": task,
+                    "lang": lang,
+                    "format": fmt,
+                    "id": rec["id"],
+                    "labels": p["labels"],
+                }
+            )
     return rows
 
 

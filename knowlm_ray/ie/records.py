@@ -5,11 +5,13 @@ verbatim in the text; a label schema is ``{"zh": {"ner": [...], "re": [...], "ee
 "hard_negatives"?: {label: [labels]}}, "en": {...}}``. Bad input raises ``RecordError`` naming
 the file and line (or is reported per line by ``iter_ie_records``).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from knowlm_ray.alpaca import RecordError
 from knowlm_ray.ie.templates import LANGS, guess_lang
@@ -50,14 +52,22 @@ def validate_ie_record(obj: Any) -> dict:
     for i, e in enumerate(_list(obj, "entities")):
         if not isinstance(e, dict):
             raise ValueError(f"entities[{i}] is not an object")
-        rec["entities"].append({"text": _check_span(rec, e.get("text"), f"entities[{i}].text"),
-                                "type": _check_label(e.get("type"), f"entities[{i}].type")})
+        rec["entities"].append(
+            {
+                "text": _check_span(rec, e.get("text"), f"entities[{i}].text"),
+                "type": _check_label(e.get("type"), f"entities[{i}].type"),
+            }
+        )
     for i, r in enumerate(_list(obj, "relations")):
         if not isinstance(r, dict):
             raise ValueError(f"relations[{i}] is not an object")
-        rec["relations"].append({"head": _check_span(rec, r.get("head"), f"relations[{i}].head"),
-                                 "relation": _check_label(r.get("relation"), f"relations[{i}].relation"),
-                                 "tail": _check_span(rec, r.get("tail"), f"relations[{i}].tail")})
+        rec["relations"].append(
+            {
+                "head": _check_span(rec, r.get("head"), f"relations[{i}].head"),
+                "relation": _check_label(r.get("relation"), f"relations[{i}].relation"),
+                "tail": _check_span(rec, r.get("tail"), f"relations[{i}].tail"),
+            }
+        )
     for i, ev in enumerate(_list(obj, "events")):
         if not isinstance(ev, dict):
             raise ValueError(f"events[{i}] is not an object")
@@ -65,16 +75,23 @@ def validate_ie_record(obj: Any) -> dict:
         for j, a in enumerate(_list(ev, "arguments")):
             if not isinstance(a, dict):
                 raise ValueError(f"events[{i}].arguments[{j}] is not an object")
-            args.append({"role": _check_label(a.get("role"), f"events[{i}].arguments[{j}].role"),
-                         "text": _check_span(rec, a.get("text"), f"events[{i}].arguments[{j}].text")})
-        rec["events"].append({"type": _check_label(ev.get("type"), f"events[{i}].type"),
-                              "trigger": _check_span(rec, ev.get("trigger"), f"events[{i}].trigger"),
-                              "arguments": args})
+            args.append(
+                {
+                    "role": _check_label(a.get("role"), f"events[{i}].arguments[{j}].role"),
+                    "text": _check_span(rec, a.get("text"), f"events[{i}].arguments[{j}].text"),
+                }
+            )
+        rec["events"].append(
+            {
+                "type": _check_label(ev.get("type"), f"events[{i}].type"),
+                "trigger": _check_span(rec, ev.get("trigger"), f"events[{i}].trigger"),
+                "arguments": args,
+            }
+        )
     return rec
 
 
-def iter_ie_records(path: str | Path, schema: dict | None = None
-                    ) -> Iterator[tuple[int, str, dict | None, str | None]]:
+def iter_ie_records(path: str | Path, schema: dict | None = None) -> Iterator[tuple[int, str, dict | None, str | None]]:
     """``(line number, line, record, None)`` for each good line of an IE records file and
     ``(line number, line, None, reason)`` for each bad one: invalid JSON, a bad record, a duplicate
     id and, with ``schema``, a language or label outside it. Blank lines are skipped."""
@@ -154,11 +171,18 @@ def load_schema(path: str | Path) -> dict:
 
 
 def _check_in_schema(rec: dict, s: dict) -> None:
-    bad = ([f"entity type {e['type']!r}" for e in rec["entities"] if e["type"] not in s["ner"]]
-           + [f"relation {r['relation']!r}" for r in rec["relations"] if r["relation"] not in s["re"]]
-           + [f"event type {ev['type']!r}" for ev in rec["events"] if ev["type"] not in s["ee"]]
-           + [f"role {a['role']!r} of {ev['type']!r}" for ev in rec["events"] if ev["type"] in s["ee"]
-              for a in ev["arguments"] if a["role"] not in s["ee"][ev["type"]]])
+    bad = (
+        [f"entity type {e['type']!r}" for e in rec["entities"] if e["type"] not in s["ner"]]
+        + [f"relation {r['relation']!r}" for r in rec["relations"] if r["relation"] not in s["re"]]
+        + [f"event type {ev['type']!r}" for ev in rec["events"] if ev["type"] not in s["ee"]]
+        + [
+            f"role {a['role']!r} of {ev['type']!r}"
+            for ev in rec["events"]
+            if ev["type"] in s["ee"]
+            for a in ev["arguments"]
+            if a["role"] not in s["ee"][ev["type"]]
+        ]
+    )
     if bad:
         raise ValueError(f"record {rec['id']!r}: {', '.join(bad)} not in the {rec['lang']} schema")
 

@@ -11,10 +11,12 @@ A schema names the labels a request may return:
 matching exactly, else after NFKC + case folding, and then writing the schema's own spelling — and
 reports the rest as dropped labels.
 """
+
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from knowlm_ray.errors import UserError
 from knowlm_ray.ie.parsers import TASKS
@@ -72,8 +74,7 @@ def normalize_schema(task: str, schema: Any) -> Schema:
         elif isinstance(item, dict) and isinstance(item.get("event_type"), str):
             t = item["event_type"]
             raw = item.get("arguments", item.get("role_list"))
-            roles = None if raw is None else _labels(raw if isinstance(raw, list) else [raw],
-                                                     f"schema[{i}].arguments")
+            roles = None if raw is None else _labels(raw if isinstance(raw, list) else [raw], f"schema[{i}].arguments")
         else:
             raise SchemaError(f"schema[{i}] must be an event type or {{'event_type', 'arguments'}}")
         if not t.strip():
@@ -95,8 +96,11 @@ class SchemaChecker:
         self.task = task
         self.schema = schema
         self._labels = {_fold(x): x for x in schema}
-        self._roles = {t: ({_fold(r): r for r in roles} if roles is not None else None)
-                       for t, roles in schema.items()} if isinstance(schema, dict) else {}
+        self._roles = (
+            {t: ({_fold(r): r for r in roles} if roles is not None else None) for t, roles in schema.items()}
+            if isinstance(schema, dict)
+            else {}
+        )
         self.dropped: dict[tuple, int] = {}
 
     def _drop(self, kind: str, label: str, event: str | None = None) -> None:

@@ -19,17 +19,19 @@ broken line whose ``id`` can still be read makes its document unparseable, not m
 ``invalid_items`` (malformed items inside a readable prediction: skipped).
 Scores are fractions in [0, 1]; per-type figures are keyed by the gold spelling of the label.
 """
+
 from __future__ import annotations
 
 import json
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from knowlm_ray.ie.parsers import FIELD, TASKS
 from knowlm_ray.alpaca import RecordError
+from knowlm_ray.ie.parsers import FIELD, TASKS
 
 MATCHES = ("set", "count")
 KINDS = {"ner": ("entity",), "re": ("relation",), "ee": ("trigger", "argument")}
@@ -211,8 +213,13 @@ def score_records(task: str, gold: list[dict], pred_lines: Iterable[Any], match:
             stats["unparseable"] += 1
             continue
         key = rec.get("id")
-        key = str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else \
-            by_text.get(rec.get("text")) if isinstance(rec.get("text"), str) else None
+        key = (
+            str(key)
+            if isinstance(key, (str, int)) and not isinstance(key, bool)
+            else by_text.get(rec.get("text"))
+            if isinstance(rec.get("text"), str)
+            else None
+        )
         if key is None:
             stats["unparseable"] += 1
             continue
@@ -225,7 +232,7 @@ def score_records(task: str, gold: list[dict], pred_lines: Iterable[Any], match:
             continue
         try:
             bad: list = []
-            by_id[key] = units(task, rec, on_bad=lambda i, msg: bad.append(i))
+            by_id[key] = units(task, rec, on_bad=lambda i, msg, bad=bad: bad.append(i))
             stats["invalid_items"] += len(bad)
         except ValueError:
             bad_ids.add(key)  # e.g. the task's field is not a list: nothing usable
@@ -237,9 +244,14 @@ def score_records(task: str, gold: list[dict], pred_lines: Iterable[Any], match:
         missing += key not in by_id and key not in bad_ids
         tally.add(units(task, g), by_id.get(key, {}))
     stats["extra"] = sum(k not in gold_ids for k in list(by_id) + list(bad_ids))
-    result: dict[str, Any] = {"task": task, "match": match, "documents": len(gold),
-                              "predicted": sum(str(g["id"]) in by_id for g in gold),
-                              "missing": missing, **stats}
+    result: dict[str, Any] = {
+        "task": task,
+        "match": match,
+        "documents": len(gold),
+        "predicted": sum(str(g["id"]) in by_id for g in gold),
+        "missing": missing,
+        **stats,
+    }
     scores = tally.scores()
     if task == "ee":
         result.update(scores)

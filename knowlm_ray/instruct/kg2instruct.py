@@ -20,13 +20,14 @@ Answers come in two formats, as in KnowLM and IEPile: ``tuple`` — one ``(实�
     python -m knowlm_ray.instruct.kg2instruct --records R --schema S --out O [--seed N]
         [--tasks ner,re,ee] [--lang zh|en] [--limit N] [--serve-prompt]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import random
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # The instruction text, answer formats, record loading and parsers live in ie: this builder
 # writes training data in exactly the shapes extraction asks for and reads back.
@@ -36,6 +37,7 @@ from knowlm_ray.ie.prompts import SPLIT_NUM, serve_format_instructions, split_si
 from knowlm_ray.ie.records import load_ie_records, load_schema, schema_section
 from knowlm_ray.ie.templates import FORMAT_TEXT, LANGS, NONE_ANSWER, TEMPLATES, guess_lang, render_output, tuple_safe
 
+
 def _check_tasks(tasks: Sequence[str]) -> None:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -43,6 +45,7 @@ def _check_tasks(tasks: Sequence[str]) -> None:
 
 
 # -------------------------------------------------------------------------------- rendering
+
 
 def _batch_text(task: str, s: dict, batch: Sequence[str]) -> str:
     """The batch's labels as the instruction shows them (EE: ``{type: [roles]}``), order kept."""
@@ -59,8 +62,7 @@ def _task_labels(task: str, s: dict) -> list[str]:
     return list(s["ee"]) if task == "ee" else list(s[task])
 
 
-def cooccurrence_hard_negatives(records: Sequence[dict], schema: dict,
-                                top: int = 3) -> dict[str, dict[str, list[str]]]:
+def cooccurrence_hard_negatives(records: Sequence[dict], schema: dict, top: int = 3) -> dict[str, dict[str, list[str]]]:
     """``{lang: {label: [labels]}}``: for each label, the ``top`` labels of the same task that
     appear most often in the *same records* as it (ties: schema order). A record that has X but
     not its usual companion Y is where "Y" is a confusable negative: a hard negative."""
@@ -86,10 +88,15 @@ def cooccurrence_hard_negatives(records: Sequence[dict], schema: dict,
     return out
 
 
-def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
-                       tasks: Sequence[str] = TASKS, neg_ratio: float = 0.15,
-                       split_num: dict[str, int] | int | None = None,
-                       hard_negatives: dict[str, dict[str, list[str]]] | None = None) -> list[dict]:
+def build_instructions(
+    records: Sequence[dict],
+    schema: dict,
+    seed: int = 0,
+    tasks: Sequence[str] = TASKS,
+    neg_ratio: float = 0.15,
+    split_num: dict[str, int] | int | None = None,
+    hard_negatives: dict[str, dict[str, list[str]]] | None = None,
+) -> list[dict]:
     """Alpaca dicts (+ ``task``, ``lang``, ``format``, ``id``, ``labels``) for ``records``.
 
     IEPile-style schema batches: for each (record, task) the candidate labels are the record's
@@ -105,8 +112,11 @@ def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
     _check_tasks(tasks)
     if not 0 <= neg_ratio <= 1:
         raise ValueError(f"neg_ratio must be in [0, 1], got {neg_ratio}")
-    sizes = dict(SPLIT_NUM) if split_num is None else (
-        {t: int(split_num) for t in TASKS} if isinstance(split_num, int) else {**SPLIT_NUM, **split_num})
+    sizes = (
+        dict(SPLIT_NUM)
+        if split_num is None
+        else ({t: int(split_num) for t in TASKS} if isinstance(split_num, int) else {**SPLIT_NUM, **split_num})
+    )
     if hard_negatives is None:
         derived = None
         hard_negatives = {}
@@ -147,17 +157,26 @@ def build_instructions(records: Sequence[dict], schema: dict, seed: int = 0,
                 rng.shuffle(candidates)
             start = 0
             for size in split_sizes(len(candidates), k):
-                batch = candidates[start:start + size]
+                batch = candidates[start : start + size]
                 start += size
                 batch_items = [x for x in items if _label(task, x) in batch]
                 task_fmt = "json" if fmt == "tuple" and not tuple_safe(batch_items) else fmt
                 template = rng.choice(TEMPLATES[task][lang])
-                instruction = template.format(schema=_batch_text(task, s, batch),
-                                              fmt=FORMAT_TEXT[(task, task_fmt)][lang])
-                out.append({"instruction": instruction, "input": rec["text"],
-                            "output": render_output(task, lang, task_fmt, batch_items),
-                            "task": task, "lang": lang, "format": task_fmt, "id": rec["id"],
-                            "labels": list(batch)})
+                instruction = template.format(
+                    schema=_batch_text(task, s, batch), fmt=FORMAT_TEXT[(task, task_fmt)][lang]
+                )
+                out.append(
+                    {
+                        "instruction": instruction,
+                        "input": rec["text"],
+                        "output": render_output(task, lang, task_fmt, batch_items),
+                        "task": task,
+                        "lang": lang,
+                        "format": task_fmt,
+                        "id": rec["id"],
+                        "labels": list(batch),
+                    }
+                )
     return out
 
 
@@ -178,21 +197,29 @@ def build_serve_instructions(records: Sequence[dict], schema: dict, tasks: Seque
 
 # -------------------------------------------------------------------------------------- CLI
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kg2instruct", description=__doc__.split("\n")[0])
     ap.add_argument("--records", required=True, help="IE records, one JSON object per line")
     ap.add_argument("--schema", required=True, help="label schema JSON ({lang: {ner, re, ee}})")
     ap.add_argument("--out", required=True, help="output alpaca JSON list")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--neg-ratio", type=float, default=0.15,
-                    help="chance that a task with no labels still gets a none-answer instruction, and that "
-                         "each non-hard negative label joins a record's schema batches")
+    ap.add_argument(
+        "--neg-ratio",
+        type=float,
+        default=0.15,
+        help="chance that a task with no labels still gets a none-answer instruction, and that "
+        "each non-hard negative label joins a record's schema batches",
+    )
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of ner,re,ee")
     ap.add_argument("--lang", choices=LANGS, help="only the records of this language")
     ap.add_argument("--limit", type=int, help="only the first N records (after --lang)")
-    ap.add_argument("--serve-prompt", action="store_true",
-                    help="write the prompts /extract sends (fixed template, JSON, whole schema in order) "
-                         "instead of varied templates, formats and sampled negatives")
+    ap.add_argument(
+        "--serve-prompt",
+        action="store_true",
+        help="write the prompts /extract sends (fixed template, JSON, whole schema in order) "
+        "instead of varied templates, formats and sampled negatives",
+    )
     args = ap.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         ap.error(f"--limit must be >= 1, got {args.limit}")
@@ -202,18 +229,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.lang:
             records = [r for r in records if r["lang"] == args.lang]
         if args.limit is not None:
-            records = records[:args.limit]
+            records = records[: args.limit]
         schema = load_schema(args.schema)
-        rows = (build_serve_instructions(records, schema, tasks) if args.serve_prompt else
-                build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks))
+        rows = (
+            build_serve_instructions(records, schema, tasks)
+            if args.serve_prompt
+            else build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
+        )
     except ValueError as exc:  # RecordError is a ValueError: user-caused, one clear line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     write_json_atomic(rows, args.out)
     counts = {t: sum(r["task"] == t for r in rows) for t in TASKS}
     empty = sum(r["output"] == NONE_ANSWER[r["lang"]] for r in rows)
-    print(f"wrote {len(rows)} instructions from {len(records)} records to {args.out} "
-          f"(ner {counts['ner']}, re {counts['re']}, ee {counts['ee']}; none-answers {empty})")
+    print(
+        f"wrote {len(rows)} instructions from {len(records)} records to {args.out} "
+        f"(ner {counts['ner']}, re {counts['re']}, ee {counts['ee']}; none-answers {empty})"
+    )
     return 0
 
 

@@ -23,23 +23,25 @@ Output (what the LoRA trainer reads)::
   per file (``knowlm_ray.corpus.shards``'s scheme), so the same input + config gives
   byte-identical files. Everything is written to a temp dir beside ``out_dir`` and renamed.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 
+from knowlm_ray.alpaca import IGNORE_INDEX, RecordError, alpaca_files, tokenize_record, validate_record
 from knowlm_ray.atomic import atomic_dir, atomic_path
 from knowlm_ray.corpus.shards import _sha256, gather, plan_files, table_rows
 from knowlm_ray.errors import MissingPathError
-from knowlm_ray.alpaca import (IGNORE_INDEX, RecordError, alpaca_files, tokenize_record,
-                                        validate_record)
 
-INSTRUCTION_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
-                                ("id", pa.string()), ("task", pa.string())])
+INSTRUCTION_SCHEMA = pa.schema(
+    [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("id", pa.string()), ("task", pa.string())]
+)
 SPLITS = ("train", "validation")
 _TOKENIZED = pa.schema([*INSTRUCTION_SCHEMA, ("split", pa.string())])
 
@@ -77,6 +79,7 @@ def read_alpaca(path: str | Path, bad: list[dict]) -> list[dict]:
         if text.lstrip().startswith("["):
             items: Iterator = _iter_json_list(text)
         else:
+
             def lines(text=text):
                 for n, line in enumerate(text.splitlines(), 1):
                     if not line.strip():
@@ -85,6 +88,7 @@ def read_alpaca(path: str | Path, bad: list[dict]) -> list[dict]:
                         yield n, json.loads(line), None
                     except json.JSONDecodeError as exc:
                         yield n, line, f"invalid JSON: {exc.msg}"
+
             items = lines()
         for n, obj, err in items:
             if err:
@@ -109,8 +113,9 @@ def _content_id(rec: dict) -> str:
     return "h" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
-def read_ie(records_path: str | Path, schema_path: str | Path, seed: int, neg_ratio: float,
-            bad: list[dict]) -> list[dict]:
+def read_ie(
+    records_path: str | Path, schema_path: str | Path, seed: int, neg_ratio: float, bad: list[dict]
+) -> list[dict]:
     """IE records built into instructions (kg2instruct); bad records go to ``bad``."""
     from knowlm_ray.ie.records import iter_ie_records, load_schema
     from knowlm_ray.instruct.kg2instruct import build_instructions
@@ -123,15 +128,24 @@ def read_ie(records_path: str | Path, schema_path: str | Path, seed: int, neg_ra
         else:
             good.append(rec)
     rows = build_instructions(good, schema, seed=seed, neg_ratio=neg_ratio)
-    return [{"instruction": r["instruction"], "input": r["input"], "output": r["output"],
-             "group": r["id"], "task": r["task"]} for r in rows]
+    return [
+        {
+            "instruction": r["instruction"],
+            "input": r["input"],
+            "output": r["output"],
+            "group": r["id"],
+            "task": r["task"],
+        }
+        for r in rows
+    ]
 
 
 # ------------------------------------------------------------------------------- splitting
 def split_groups(group_rows: dict[str, int], val_set_size: int, seed: int) -> set[str]:
     """The source records (groups) in validation: seeded-hash order until ``val_set_size`` rows."""
+
     def key(g: str) -> tuple[str, str]:
-        return hashlib.sha256(f"{seed}\0{g}".encode("utf-8")).hexdigest(), g
+        return hashlib.sha256(f"{seed}\0{g}".encode()).hexdigest(), g
 
     val: set[str] = set()
     rows = 0
@@ -158,9 +172,16 @@ def assign(records: list[dict], val_set_size: int, seed: int) -> list[dict]:
     for r in records:
         k = seen.get(r["group"], 0)
         seen[r["group"]] = k + 1
-        rows.append({"id": f"{r['group']}#{k}", "task": r["task"],
-                     "split": "validation" if r["group"] in val else "train",
-                     "instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]})
+        rows.append(
+            {
+                "id": f"{r['group']}#{k}",
+                "task": r["task"],
+                "split": "validation" if r["group"] in val else "train",
+                "instruction": r["instruction"],
+                "input": r.get("input", ""),
+                "output": r["output"],
+            }
+        )
     return rows
 
 
@@ -198,14 +219,22 @@ def write_instruction_part(path: str, slices: list[tuple[int, int, int]], *block
     import pyarrow.compute as pc
 
     table = gather(slices, list(blocks)).select(INSTRUCTION_SCHEMA.names).cast(INSTRUCTION_SCHEMA)
-    with (atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink,
-          pa.ipc.new_file(sink, INSTRUCTION_SCHEMA) as writer):
+    with (
+        atomic_path(path) as tmp,
+        pa.OSFile(str(tmp), "wb") as sink,
+        pa.ipc.new_file(sink, INSTRUCTION_SCHEMA) as writer,
+    ):
         writer.write_table(table)
     tokens = int(pc.sum(pc.list_value_length(table["input_ids"])).as_py() or 0)
     flat = pc.list_flatten(table["labels"])
     label_tokens = int(pc.sum(pc.not_equal(flat, IGNORE_INDEX)).as_py() or 0) if len(flat) else 0
-    return {"rows": table.num_rows, "tokens": tokens, "label_tokens": label_tokens, "sha256": _sha256(path),
-            "first": table["id"][0].as_py() if table.num_rows else None}
+    return {
+        "rows": table.num_rows,
+        "tokens": tokens,
+        "label_tokens": label_tokens,
+        "sha256": _sha256(path),
+        "first": table["id"][0].as_py() if table.num_rows else None,
+    }
 
 
 def tokenize_and_write(rows: list[dict], cfg, tmp: Path) -> tuple[dict, list[dict]]:
@@ -221,10 +250,17 @@ def tokenize_and_write(rows: list[dict], cfg, tmp: Path) -> tuple[dict, list[dic
     if not rows:
         return splits, shards
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(64, len(rows) // 256)))
-    ds = ds.map_batches(Tokenize, fn_constructor_kwargs={"tokenizer": cfg.tokenizer, "cutoff_len": cfg.cutoff_len,
-                                                         "train_on_inputs": cfg.train_on_inputs},
-                        batch_format="pyarrow", batch_size=256,
-                        compute=ray.data.ActorPoolStrategy(size=cfg.num_tokenizers))
+    ds = ds.map_batches(
+        Tokenize,
+        fn_constructor_kwargs={
+            "tokenizer": cfg.tokenizer,
+            "cutoff_len": cfg.cutoff_len,
+            "train_on_inputs": cfg.train_on_inputs,
+        },
+        batch_format="pyarrow",
+        batch_size=256,
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_tokenizers),
+    )
     refs = ds.sort(["split", "id"]).to_arrow_refs()  # "train" < "validation": train rows first
     counts = map_refs(table_rows, refs)
     n_train = sum(map_refs(_count_train, refs))
@@ -242,8 +278,15 @@ def tokenize_and_write(rows: list[dict], cfg, tmp: Path) -> tuple[dict, list[dic
         info = ray.get(ref)
         for k in ("rows", "tokens", "label_tokens"):
             splits[split][k] += info[k]
-        shards.append({"file": name, "rows": info["rows"], "tokens": info["tokens"],
-                       "label_tokens": info["label_tokens"], "sha256": info["sha256"]})
+        shards.append(
+            {
+                "file": name,
+                "rows": info["rows"],
+                "tokens": info["tokens"],
+                "label_tokens": info["label_tokens"],
+                "sha256": info["sha256"],
+            }
+        )
     return splits, shards
 
 
@@ -276,8 +319,11 @@ def run(cfg) -> dict:
         manifest = {
             "splits": splits,
             "read": len(records) + empty,
-            "dropped": {"empty_response": empty, "malformed": len(bad),
-                        "cut_off": len(rows) - sum(s["rows"] for s in splits.values())},
+            "dropped": {
+                "empty_response": empty,
+                "malformed": len(bad),
+                "cut_off": len(rows) - sum(s["rows"] for s in splits.values()),
+            },
             "shards": shards,
             "config": cfg.model_dump(by_alias=True),
         }

@@ -17,6 +17,7 @@ through this module, so peak memory is set by the largest *tensor*, never by the
 * ``staged_dir`` writes an output directory under a temporary name and renames it into place,
   so nothing is ever half-written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,9 @@ import json
 import re
 import shutil
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -35,19 +36,38 @@ from knowlm_ray.atomic import atomic_dir
 from knowlm_ray.errors import UserError
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"),
-                     ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
+for _name, _attr in (
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+):
     if hasattr(torch, _attr):
         SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
 DTYPE_TO_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 # Files a model directory carries besides its weights (copied by every tool that writes a model).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 SIDE_FILES = ("generation_config.json",) + TOKENIZER_FILES
 MANIFEST = "checksums.sha256"
 MAX_HEADER = 100 * 2**20  # safetensors' own limit
@@ -56,8 +76,7 @@ WEIGHT_LAYOUTS = (  # (index file, single file) in the order transformers prefer
     ("model.safetensors.index.json", "model.safetensors"),
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
-ADAPTER_LAYOUTS = (("adapter_model.safetensors.index.json", "adapter_model.safetensors"),
-                   (None, "adapter_model.bin"))
+ADAPTER_LAYOUTS = (("adapter_model.safetensors.index.json", "adapter_model.safetensors"), (None, "adapter_model.bin"))
 
 
 class WeightsError(UserError, ValueError):
@@ -143,19 +162,25 @@ class SafetensorsFile:
             except (KeyError, TypeError, ValueError):
                 raise WeightsError(f"{self.path}: corrupt header entry for tensor {name!r}: {ent!r}") from None
             if any(s < 0 for s in shape) or e - b != nbytes_of(dt, shape):
-                raise WeightsError(f"{self.path}: tensor {name!r} has {e - b} bytes for shape {list(shape)} "
-                                   f"{ent['dtype']} (corrupt header)")
+                raise WeightsError(
+                    f"{self.path}: tensor {name!r} has {e - b} bytes for shape {list(shape)} "
+                    f"{ent['dtype']} (corrupt header)"
+                )
             infos.append(TensorInfo(name, dt, shape, self.path, data_start + b, e - b))
         end = data_start
         for ti in sorted(infos, key=lambda t: t.begin):
             if ti.begin != end:
-                raise WeightsError(f"{self.path}: tensor {ti.name!r} starts at byte {ti.begin - data_start}, "
-                                   f"expected {end - data_start} (corrupt or overlapping header)")
+                raise WeightsError(
+                    f"{self.path}: tensor {ti.name!r} starts at byte {ti.begin - data_start}, "
+                    f"expected {end - data_start} (corrupt or overlapping header)"
+                )
             end += ti.nbytes
         if end != size:
             what = "truncated" if end > size else "has trailing bytes"
-            raise WeightsError(f"{self.path}: file {what}: header describes {end} bytes, file has {size} "
-                               "(an interrupted download or copy?)")
+            raise WeightsError(
+                f"{self.path}: file {what}: header describes {end} bytes, file has {size} "
+                "(an interrupted download or copy?)"
+            )
         self.tensors: dict[str, TensorInfo] = {t.name: t for t in sorted(infos, key=lambda t: t.begin)}
         self._fh = None
 
@@ -223,8 +248,10 @@ class TorchBinFile:
                     raise
                 sd = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure to unpickle safely is the same user error
-            raise WeightsError(f"cannot load {self.path} as a weights-only PyTorch state dict: "
-                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise WeightsError(
+                f"cannot load {self.path} as a weights-only PyTorch state dict: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
         if not isinstance(sd, dict):
             raise WeightsError(f"{self.path}: expected a state dict, found {type(sd).__name__}")
         self._sd: dict[str, torch.Tensor] | None = {}
@@ -251,7 +278,7 @@ class TorchBinFile:
         assert self._sd is not None, "file closed"
         flat = self._sd[name].reshape(-1)
         for start in range(0, flat.numel(), n):
-            yield start, flat[start:start + n]
+            yield start, flat[start : start + n]
 
     def close(self) -> None:
         self._sd = None
@@ -273,8 +300,12 @@ class StreamingSafetensorsWriter:
     plan order. Bytes are hashed on the way out (``sha256`` after ``close``).
     """
 
-    def __init__(self, path: str | Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                 metadata: dict[str, str] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        plan: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ):
         self.path = Path(path)
         self.plan = [(n, dt, tuple(int(s) for s in shape)) for n, dt, shape in plan]
         names = [p[0] for p in self.plan]
@@ -303,8 +334,10 @@ class StreamingSafetensorsWriter:
             raise ValueError(f"tensor {name!r} is not in the plan of {self.path.name}")
         pname, dt, shape = self.plan[self._next]
         if name != pname or tensor.dtype != dt or tuple(tensor.shape) != shape:
-            raise ValueError(f"{self.path.name}: expected {pname} {dtype_name(dt)} {list(shape)}, got "
-                             f"{name} {dtype_name(tensor.dtype)} {list(tensor.shape)}")
+            raise ValueError(
+                f"{self.path.name}: expected {pname} {dtype_name(dt)} {list(shape)}, got "
+                f"{name} {dtype_name(tensor.dtype)} {list(tensor.shape)}"
+            )
         if tensor.numel():
             self._emit(memoryview(_byte_view(tensor.detach().cpu()).numpy()))
         self._next += 1
@@ -350,8 +383,9 @@ class ShardedWriter:
             self._finish_current()
             self._i += 1
             self._j = 0
-            self._cur = StreamingSafetensorsWriter(self.directory / self.files[self._i], self.shards[self._i],
-                                                   self.metadata)
+            self._cur = StreamingSafetensorsWriter(
+                self.directory / self.files[self._i], self.shards[self._i], self.metadata
+            )
         self._cur.write(name, tensor)
         self._j += 1
 
@@ -390,8 +424,12 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="tensor", disable=None, leave=False)
 
 
-def write_shards(directory: Path, shards: list[list[tuple[str, torch.dtype, tuple[int, ...]]]],
-                 produce: Callable[[str, torch.dtype], torch.Tensor], desc: str | None = None) -> dict[str, str]:
+def write_shards(
+    directory: Path,
+    shards: list[list[tuple[str, torch.dtype, tuple[int, ...]]]],
+    produce: Callable[[str, torch.dtype], torch.Tensor],
+    desc: str | None = None,
+) -> dict[str, str]:
     """Stream every planned tensor, in plan order, as ``produce(name, dtype)`` returns it, into
     ``directory`` (ShardedWriter); returns the files' sha256. Only one produced tensor is alive at a
     time; on failure the partial file is removed (the staged directory around it goes too)."""
@@ -479,15 +517,21 @@ class Checkpoint:
             if self._weight_map is not None:
                 for name, fname in self._weight_map.items():
                     if name not in infos:
-                        raise WeightsError(f"{self.index_file.name} maps tensor {name!r} to {fname}, "
-                                           "which does not contain it (corrupt or mismatched index)")
+                        raise WeightsError(
+                            f"{self.index_file.name} maps tensor {name!r} to {fname}, "
+                            "which does not contain it (corrupt or mismatched index)"
+                        )
                     if infos[name].file.name != fname:
-                        raise WeightsError(f"{self.index_file.name} maps tensor {name!r} to {fname}, "
-                                           f"but it is in {infos[name].file.name}")
+                        raise WeightsError(
+                            f"{self.index_file.name} maps tensor {name!r} to {fname}, "
+                            f"but it is in {infos[name].file.name}"
+                        )
                 extra = [n for n in infos if n not in self._weight_map]
                 if extra:
-                    raise WeightsError(f"tensor {extra[0]!r} in {infos[extra[0]].file.name} is not listed in "
-                                       f"{self.index_file.name} ({len(extra)} unlisted)")
+                    raise WeightsError(
+                        f"tensor {extra[0]!r} in {infos[extra[0]].file.name} is not listed in "
+                        f"{self.index_file.name} ({len(extra)} unlisted)"
+                    )
             self._infos = infos
         return self._infos
 

@@ -11,6 +11,7 @@ Offline (``--offline``, or no network) the same command finds a complete local c
 it, or says clearly that there is none. Note: ``knowlm`` sets ``HF_HUB_OFFLINE=1`` for every other
 command so nothing downloads implicitly; this command goes online unless ``--offline`` is given.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,8 +78,11 @@ def verify_snapshot(path: str | Path, repo_type: str = "model", include: list[st
 
     root = Path(path)
     in_cache = root.parent.name == "snapshots"
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if (p.is_file() or p.is_symlink()) and ".cache" not in p.relative_to(root).parts)
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if (p.is_file() or p.is_symlink()) and ".cache" not in p.relative_to(root).parts
+    )
     if in_cache:
         commit = root.name
         tree = _read_tree(root.parent.parent, commit)
@@ -131,28 +135,59 @@ def verify_snapshot(path: str | Path, repo_type: str = "model", include: list[st
         expected = list(filter_repo_objects(items=list(tree), allow_patterns=include))
         missing = [r for r in expected if r not in set(files)]
         problems += [f"{r}: listed by the hub for this commit but not downloaded" for r in missing]
-    return {"path": str(root), "commit": commit, "files": len(files), "bytes": total, "verified": counts,
-            "listing": tree is not None, "problems": problems}
+    return {
+        "path": str(root),
+        "commit": commit,
+        "files": len(files),
+        "bytes": total,
+        "verified": counts,
+        "listing": tree is not None,
+        "problems": problems,
+    }
 
 
-def download(repo: str, out: str | Path | None = None, revision: str | None = None,
-             include: list[str] | None = None, token: str | None = None, endpoint: str | None = None,
-             offline: bool = False, cache_dir: str | Path | None = None, repo_type: str = "model",
-             max_workers: int = 8, verify: bool = True) -> dict:
+def download(
+    repo: str,
+    out: str | Path | None = None,
+    revision: str | None = None,
+    include: list[str] | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    offline: bool = False,
+    cache_dir: str | Path | None = None,
+    repo_type: str = "model",
+    max_workers: int = 8,
+    verify: bool = True,
+) -> dict:
     """``snapshot_download`` + verification. ``out``: a plain directory (else the HF cache)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     t0 = time.perf_counter()
     where = str(out) if out else "the Hugging Face cache"
     hub = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     try:
         with _hub_offline(offline):
-            path = snapshot_download(repo, revision=revision, local_dir=str(out) if out else None,
-                                     cache_dir=str(cache_dir) if cache_dir else None, allow_patterns=include or None,
-                                     token=token, endpoint=endpoint, local_files_only=offline, repo_type=repo_type,
-                                     max_workers=max_workers)
+            path = snapshot_download(
+                repo,
+                revision=revision,
+                local_dir=str(out) if out else None,
+                cache_dir=str(cache_dir) if cache_dir else None,
+                allow_patterns=include or None,
+                token=token,
+                endpoint=endpoint,
+                local_files_only=offline,
+                repo_type=repo_type,
+                max_workers=max_workers,
+            )
     except GatedRepoError:
         raise WeightsError(f"{repo} is gated: accept its licence on the hub and pass --token") from None
     except RepositoryNotFoundError:
@@ -169,8 +204,9 @@ def download(repo: str, out: str | Path | None = None, revision: str | None = No
         else:
             hint = "Check the network or HF_ENDPOINT (e.g. a mirror), then re-run: partial files resume"
             why = f"the hub at {hub} cannot be reached"
-        raise WeightsError(f"cannot download {repo}: {why}, and no complete copy in {where}{partial}. {hint}. "
-                           f"[{type(exc).__name__}]") from None
+        raise WeightsError(
+            f"cannot download {repo}: {why}, and no complete copy in {where}{partial}. {hint}. [{type(exc).__name__}]"
+        ) from None
     except HfHubHTTPError as exc:
         raise WeightsError(f"the hub refused the download of {repo}: {str(exc).splitlines()[0]}") from None
     report = {"repo": repo, "revision": revision or "main", "path": path}
@@ -178,7 +214,9 @@ def download(repo: str, out: str | Path | None = None, revision: str | None = No
         report.update(verify_snapshot(path, repo_type=repo_type, include=include))
         if report["problems"]:
             more = f" (and {len(report['problems']) - 3} more)" if len(report["problems"]) > 3 else ""
-            raise WeightsError(f"downloaded files do not match the hub: {'; '.join(report['problems'][:3])}{more}. "
-                               "Delete those files and run the command again to fetch them anew")
+            raise WeightsError(
+                f"downloaded files do not match the hub: {'; '.join(report['problems'][:3])}{more}. "
+                "Delete those files and run the command again to fetch them anew"
+            )
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report

@@ -18,6 +18,7 @@ A LoRA adapter becomes a llama.cpp adapter GGUF (``general.type = adapter``, ``.
 ``.lora_b`` tensors, ``adapter.lora.alpha``), loadable with ``--lora`` next to the base GGUF.
 The output file appears under its name only when complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,19 +63,32 @@ def _permute_for_llama_cpp(t, hf_name: str, hp: dict):
 
 
 def _hparams(cfg: dict) -> dict:
-    arch = (cfg.get("architectures") or [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}.get(
-        cfg.get("model_type"), f"model_type {cfg.get('model_type')!r}")])[0]
+    arch = (
+        cfg.get("architectures")
+        or [
+            {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}.get(
+                cfg.get("model_type"), f"model_type {cfg.get('model_type')!r}"
+            )
+        ]
+    )[0]
     if arch not in LLAMA_ARCHITECTURES:
-        raise WeightsError(f"export-gguf handles LLaMA-family models ({', '.join(LLAMA_ARCHITECTURES)}); "
-                           f"config.json says {arch}. Use llama.cpp's convert_hf_to_gguf.py for others")
+        raise WeightsError(
+            f"export-gguf handles LLaMA-family models ({', '.join(LLAMA_ARCHITECTURES)}); "
+            f"config.json says {arch}. Use llama.cpp's convert_hf_to_gguf.py for others"
+        )
     if cfg.get("sliding_window") and arch == "MistralForCausalLM":
         raise WeightsError("sliding-window attention is not supported by this exporter")
     n_head = cfg["num_attention_heads"]
     hp = {
-        "arch": arch, "n_layer": cfg["num_hidden_layers"], "n_embd": cfg["hidden_size"],
-        "n_ff": cfg["intermediate_size"], "n_head": n_head, "n_kv": cfg.get("num_key_value_heads") or n_head,
+        "arch": arch,
+        "n_layer": cfg["num_hidden_layers"],
+        "n_embd": cfg["hidden_size"],
+        "n_ff": cfg["intermediate_size"],
+        "n_head": n_head,
+        "n_kv": cfg.get("num_key_value_heads") or n_head,
         "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // n_head,
-        "n_ctx": cfg.get("max_position_embeddings", 2048), "eps": cfg.get("rms_norm_eps", 1e-6),
+        "n_ctx": cfg.get("max_position_embeddings", 2048),
+        "eps": cfg.get("rms_norm_eps", 1e-6),
         "vocab": cfg["vocab_size"],
     }
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
@@ -93,8 +107,10 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int) -> tuple[list[bytes], 
 
     path = model_dir / "tokenizer.model"
     if not path.is_file():
-        raise WeightsError(f"{model_dir} has no tokenizer.model (the sentencepiece file llama.cpp's LLaMA vocab "
-                           "is built from): copy it from the base model")
+        raise WeightsError(
+            f"{model_dir} has no tokenizer.model (the sentencepiece file llama.cpp's LLaMA vocab "
+            "is built from): copy it from the base model"
+        )
     sp = SentencePieceProcessor()
     sp.LoadFromFile(str(path))
     T = gguf.TokenType
@@ -157,7 +173,7 @@ def _convert(gguf, t, qtype):
     return gguf.quants.quantize(t.to(torch.float32).numpy().astype(np.float32, copy=False), qtype)
 
 
-def _nbytes(gguf, shape, qtype) -> tuple[tuple[int, ...], "object", int]:
+def _nbytes(gguf, shape, qtype) -> tuple[tuple[int, ...], object, int]:
     """(shape as add_tensor_info wants it, numpy dtype, bytes) for a tensor of ``shape`` in ``qtype``."""
     import numpy as np
 
@@ -271,8 +287,14 @@ def export_gguf(model: str | Path, out: str | Path, outtype: str = "f16", name: 
             return _convert(gguf, _permute_for_llama_cpp(ckpt.read(hf_name), hf_name, hp), qtype)
 
         size = _write_streaming(gguf, out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA], add_kv, plan, produce)
-    return {"out": str(out), "outtype": outtype, "tensors": len(plan), "bytes": size, "vocab": len(tokens),
-            "seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "out": str(out),
+        "outtype": outtype,
+        "tensors": len(plan),
+        "bytes": size,
+        "vocab": len(tokens),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<kind>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
@@ -295,11 +317,18 @@ def export_lora_gguf(adapter: str | Path, base: str | Path, out: str | Path, out
     if not (base / "config.json").is_file():
         raise WeightsError(f"base model not found: {base} has no config.json")
     hp = _hparams(json.loads((base / "config.json").read_text()))
-    for key, what in (("use_rslora", "rsLoRA"), ("use_dora", "DoRA"), ("alpha_pattern", "alpha_pattern"),
-                      ("modules_to_save", "modules_to_save"), ("fan_in_fan_out", "fan_in_fan_out")):
+    for key, what in (
+        ("use_rslora", "rsLoRA"),
+        ("use_dora", "DoRA"),
+        ("alpha_pattern", "alpha_pattern"),
+        ("modules_to_save", "modules_to_save"),
+        ("fan_in_fan_out", "fan_in_fan_out"),
+    ):
         if acfg.get(key):
-            raise WeightsError(f"the adapter uses {what}, which llama.cpp LoRA GGUF cannot express: merge it "
-                               "(knowlm weights merge-lora) and export the merged model instead")
+            raise WeightsError(
+                f"the adapter uses {what}, which llama.cpp LoRA GGUF cannot express: merge it "
+                "(knowlm weights merge-lora) and export the merged model instead"
+            )
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, hp["n_layer"])
     with Checkpoint(adapter, ADAPTER_LAYOUTS, what="LoRA adapter") as ckpt:
         infos = ckpt.infos()
@@ -307,8 +336,10 @@ def export_lora_gguf(adapter: str | Path, base: str | Path, out: str | Path, out
         for n in infos:
             m = LORA_KEY.match(n)
             if not m:
-                raise WeightsError(f"adapter tensor {n} is not a LoRA A/B matrix of a linear layer "
-                                   "(embeddings / saved modules: merge and export the model instead)")
+                raise WeightsError(
+                    f"adapter tensor {n} is not a LoRA A/B matrix of a linear layer "
+                    "(embeddings / saved modules: merge and export the model instead)"
+                )
             pairs.setdefault(m["module"] + ".weight", {})[m["kind"]] = n
         if not pairs:
             raise WeightsError(f"adapter {adapter} holds no LoRA matrices")
@@ -338,5 +369,11 @@ def export_lora_gguf(adapter: str | Path, base: str | Path, out: str | Path, out
             return _convert(gguf, t, qtype)
 
         size = _write_streaming(gguf, out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA], add_kv, plan, produce)
-    return {"out": str(out), "tensors": len(plan), "bytes": size, "alpha": acfg.get("lora_alpha"),
-            "r": acfg.get("r"), "seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "out": str(out),
+        "tensors": len(plan),
+        "bytes": size,
+        "alpha": acfg.get("lora_alpha"),
+        "r": acfg.get("r"),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

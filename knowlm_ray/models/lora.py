@@ -16,6 +16,7 @@ a target the base lacks or with the wrong shape (wrong base model), a tokenizer 
 from the merged model's vocabulary (Chinese-LLaMA-Alpaca's 32000 / 49953 / 49954 mix-ups), and
 adapter features the plain formula does not cover (DoRA, LoRA biases, trainable tokens...).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,13 +24,24 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from knowlm_ray.models.checkpoint import (ADAPTER_LAYOUTS, TOKENIZER_FILES, Checkpoint, WeightsError, check_out,
-                                          copy_side_files, parse_dtype, single_threaded, staged_dir, write_config,
-                                          write_manifest, write_shards)
+from knowlm_ray.models.checkpoint import (
+    ADAPTER_LAYOUTS,
+    TOKENIZER_FILES,
+    Checkpoint,
+    WeightsError,
+    check_out,
+    copy_side_files,
+    parse_dtype,
+    single_threaded,
+    staged_dir,
+    write_config,
+    write_manifest,
+    write_shards,
+)
 
 
 class MergeError(WeightsError):
@@ -42,12 +54,21 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> list[str]:
 
 
 # adapter options whose effect is not W += scale * B @ A (config key -> what it is)
-UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases", "trainable_token_indices": "trainable tokens",
-               "layer_replication": "layer replication", "target_parameters": "parameter targets",
-               "use_qalora": "QA-LoRA", "use_bdlora": "BD-LoRA", "arrow_config": "Arrow routing",
-               "alora_invocation_tokens": "activated LoRA"}
-LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_embedding_A|"
-                      r"lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$")
+UNSUPPORTED = {
+    "use_dora": "DoRA",
+    "lora_bias": "LoRA biases",
+    "trainable_token_indices": "trainable tokens",
+    "layer_replication": "layer replication",
+    "target_parameters": "parameter targets",
+    "use_qalora": "QA-LoRA",
+    "use_bdlora": "BD-LoRA",
+    "arrow_config": "Arrow routing",
+    "alora_invocation_tokens": "activated LoRA",
+}
+LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_embedding_A|"
+    r"lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
+)
 VOCAB_TENSORS = re.compile(r"(^|\.)(embed_tokens|lm_head|wte|word_embeddings|embed_in|embed_out)\.weight$")
 
 
@@ -57,8 +78,10 @@ def _check_inputs(base: Path, lora: Path) -> dict:
     cfg_path = lora / "adapter_config.json"
     if not cfg_path.is_file():
         raise MergeError(f"LoRA adapter not found: {lora} has no adapter_config.json")
-    if not any((lora / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin",
-                                              "adapter_model.safetensors.index.json")):
+    if not any(
+        (lora / n).is_file()
+        for n in ("adapter_model.safetensors", "adapter_model.bin", "adapter_model.safetensors.index.json")
+    ):
         raise MergeError(f"LoRA adapter {lora} has no adapter_model.safetensors")
     try:
         cfg = json.loads(cfg_path.read_text())
@@ -68,8 +91,10 @@ def _check_inputs(base: Path, lora: Path) -> dict:
         raise MergeError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not a LoRA adapter")
     used = [what for key, what in UNSUPPORTED.items() if cfg.get(key)]
     if used:
-        raise MergeError(f"adapter {lora} uses {', '.join(used)}, which the streaming merge does not support: "
-                         "merge it with peft's merge_and_unload instead")
+        raise MergeError(
+            f"adapter {lora} uses {', '.join(used)}, which the streaming merge does not support: "
+            "merge it with peft's merge_and_unload instead"
+        )
     return cfg
 
 
@@ -90,13 +115,17 @@ def _plan(adapter: Checkpoint, acfg: dict) -> _Plan:
     plan = _Plan()
     infos = adapter.infos()
     if not infos:
-        raise MergeError(f"adapter {adapter.dir} holds no tensors (an empty adapter_model file: the known "
-                         "alpaca-lora state_dict patch bug)")
+        raise MergeError(
+            f"adapter {adapter.dir} holds no tensors (an empty adapter_model file: the known "
+            "alpaca-lora state_dict patch bug)"
+        )
     ranks: dict[str, tuple[int, str]] = {}
     empty = [n for n, ti in infos.items() if ti.numel == 0]
     if empty:
-        raise MergeError(f"adapter {adapter.dir} holds empty tensors (e.g. {empty[0]}, shape {list(infos[empty[0]].shape)}"
-                         f"; {len(empty)} in all): a ZeRO-3 save of partitioned shards?")
+        raise MergeError(
+            f"adapter {adapter.dir} holds empty tensors (e.g. {empty[0]}, shape {list(infos[empty[0]].shape)}"
+            f"; {len(empty)} in all): a ZeRO-3 save of partitioned shards?"
+        )
     for name in infos:
         m = LORA_KEY.match(name)
         if m:
@@ -128,8 +157,10 @@ def _plan(adapter: Checkpoint, acfg: dict) -> _Plan:
     if half:
         raise MergeError(f"adapter has only one of lora_A / lora_B for {half[0]}: incomplete adapter file")
     if not plan.lora:
-        warnings.warn(f"adapter {adapter.dir} has no LoRA matrices, only whole tensors "
-                      f"({', '.join(list(plan.replace)[:3])})", stacklevel=3)
+        warnings.warn(
+            f"adapter {adapter.dir} has no LoRA matrices, only whole tensors ({', '.join(list(plan.replace)[:3])})",
+            stacklevel=3,
+        )
     return plan
 
 
@@ -184,8 +215,10 @@ class _Adapter:
             else:
                 want = None
             if want != tuple(w):
-                problems.append(f"LoRA matrices for {target} have shapes A {list(a)} / B {list(b)}, which do not fit "
-                                f"the base tensor's {list(w)}")
+                problems.append(
+                    f"LoRA matrices for {target} have shapes A {list(a)} / B {list(b)}, which do not fit "
+                    f"the base tensor's {list(w)}"
+                )
         return problems
 
     def add_lora(self, name: str, w):
@@ -216,8 +249,9 @@ def _as_paths(lora: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 @single_threaded()
-def merge_lora(base: str | Path, lora: str | Path | Sequence[str | Path], out: str | Path,
-               dtype: str = "float32") -> Path:
+def merge_lora(
+    base: str | Path, lora: str | Path | Sequence[str | Path], out: str | Path, dtype: str = "float32"
+) -> Path:
     """base + adapter(s) -> merged HF dir (safetensors shards + index + tokenizer), written atomically.
 
     Several adapters are folded in the order given, each onto the result of the ones before (as
@@ -231,8 +265,10 @@ def merge_lora(base: str | Path, lora: str | Path | Sequence[str | Path], out: s
     out_dtype = parse_dtype(dtype)
     with contextlib.ExitStack() as stack:
         B = stack.enter_context(Checkpoint(base, what="base model"))
-        adapters = [_Adapter(d, c, stack.enter_context(Checkpoint(d, ADAPTER_LAYOUTS, what=f"LoRA adapter {d}")))
-                    for d, c in zip(loras, cfgs)]
+        adapters = [
+            _Adapter(d, c, stack.enter_context(Checkpoint(d, ADAPTER_LAYOUTS, what=f"LoRA adapter {d}")))
+            for d, c in zip(loras, cfgs)
+        ]
         binfo = B.infos()
         shapes: dict[str, tuple[int, ...]] = {n: ti.shape for n, ti in binfo.items()}
         for k, ad in enumerate(adapters):
@@ -240,9 +276,12 @@ def merge_lora(base: str | Path, lora: str | Path | Sequence[str | Path], out: s
             problems = ad.check_shapes(shapes, set(binfo))
             if problems:
                 more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-                hint = ("Is --base the model this adapter was trained on?" if k == 0 else
-                        f"Was it trained on --base merged with the adapters before it "
-                        f"({', '.join(str(a.dir) for a in adapters[:k])})?")
+                hint = (
+                    "Is --base the model this adapter was trained on?"
+                    if k == 0
+                    else f"Was it trained on --base merged with the adapters before it "
+                    f"({', '.join(str(a.dir) for a in adapters[:k])})?"
+                )
                 raise MergeError(f"adapter {ad.dir}: {'; '.join(problems[:3])}{more}. {hint}")
 
         # vocabulary: every vocab-sized tensor, the config and the tokenizer must agree
@@ -254,24 +293,29 @@ def merge_lora(base: str | Path, lora: str | Path | Sequence[str | Path], out: s
             sizes = set(vocab_rows.values())
             if len(sizes) > 1:
                 detail = ", ".join(f"{n}: {v}" for n, v in vocab_rows.items())
-                raise MergeError(f"the merged model would have inconsistent vocabulary sizes ({detail}): the adapter "
-                                 "must save every vocabulary-sized module (embed_tokens and lm_head) when it resizes them")
+                raise MergeError(
+                    f"the merged model would have inconsistent vocabulary sizes ({detail}): the adapter "
+                    "must save every vocabulary-sized module (embed_tokens and lm_head) when it resizes them"
+                )
             v_out = sizes.pop()
         # the tokenizer of the last adapter that ships one (it resized the vocabulary last), else the base's
-        tok_dir = next((d for d in reversed(loras) if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))),
-                       base)
+        tok_dir = next(
+            (d for d in reversed(loras) if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))), base
+        )
         v_tok = _tokenizer_size(tok_dir)
         if v_tok is not None and v_out is not None and v_tok != v_out:
-            raise MergeError(f"the tokenizer in {tok_dir} has {v_tok} tokens but the merged model's embeddings have "
-                             f"{v_out} rows (base config vocab_size {v_base}): mixing tokenizers gives garbage output. "
-                             "Use the tokenizer the adapter was trained with")
+            raise MergeError(
+                f"the tokenizer in {tok_dir} has {v_tok} tokens but the merged model's embeddings have "
+                f"{v_out} rows (base config vocab_size {v_base}): mixing tokenizers gives garbage output. "
+                "Use the tokenizer the adapter was trained with"
+            )
 
         def produce(name: str, _dt):
             # start at the last adapter that saved this tensor whole (modules_to_save): what came before
             # it is overwritten, so it is never read
             last = max((k for k, ad in enumerate(adapters) if name in ad.plan.replace), default=None)
             w = B.read(name) if last is None else adapters[last].ckpt.read(adapters[last].plan.replace[name])
-            for ad in adapters[last or 0:]:
+            for ad in adapters[last or 0 :]:
                 w = ad.add_lora(name, w)
             return w
 
@@ -286,6 +330,8 @@ def merge_lora(base: str | Path, lora: str | Path | Sequence[str | Path], out: s
             write_manifest(tmp, sums)
     for ad in adapters:
         if ad.plan.lora and not ad.changed:
-            warnings.warn(f"every lora_B matrix in {ad.dir} is zero: the merge changed nothing (an untrained adapter?)",
-                          stacklevel=2)
+            warnings.warn(
+                f"every lora_B matrix in {ad.dir} is zero: the merge changed nothing (an untrained adapter?)",
+                stacklevel=2,
+            )
     return out

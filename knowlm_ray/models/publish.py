@@ -2,13 +2,14 @@
 given the usual file modes, then renamed over it (``knowlm_ray.atomic.publish_dir``), so a reader
 never sees half a model. Used by training's export and by the weights tools (``vocab``).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from knowlm_ray import atomic
 

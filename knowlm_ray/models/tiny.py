@@ -3,13 +3,14 @@
 It stands in for LLaMA-13B on a 2-core CPU: same architecture class, same tokenizer family
 (BPE, byte fallback, <unk>=0 <s>=1 </s>=2), saved as an ordinary Hugging Face directory.
 """
+
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from knowlm_ray.atomic import atomic_dir
 
@@ -58,17 +59,34 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int) -> bytes:
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
-        character_coverage=0.9995, byte_fallback=True, split_digits=True, unk_id=0, bos_id=1,
-        eos_id=2, pad_id=-1, hard_vocab_limit=False, normalization_rule_name="identity",
-        max_sentence_length=1 << 16, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        num_threads=1, minloglevel=2)
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        character_coverage=0.9995,
+        byte_fallback=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        hard_vocab_limit=False,
+        normalization_rule_name="identity",
+        max_sentence_length=1 << 16,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        num_threads=1,
+        minloglevel=2,
+    )
     return buf.getvalue()
 
 
-def build_tiny(out_dir: str | Path, corpus: Iterable[str | Path] = DEFAULT_CORPUS,
-               spec: TinySpec = TinySpec()) -> Path:
-    """Train the tokenizer and build a randomly initialised tiny LlamaForCausalLM into ``out_dir``."""
+def build_tiny(
+    out_dir: str | Path, corpus: Iterable[str | Path] = DEFAULT_CORPUS, spec: TinySpec | None = None
+) -> Path:
+    """Train the tokenizer and build a randomly initialised tiny LlamaForCausalLM into ``out_dir``
+    (``spec``: the embedded default's sizes unless given)."""
+    spec = spec or TinySpec()
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
@@ -86,11 +104,19 @@ def build_tiny(out_dir: str | Path, corpus: Iterable[str | Path] = DEFAULT_CORPU
         tok.pad_token = tok.unk_token
         tok.padding_side = "left"
         cfg = LlamaConfig(
-            vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-            num_key_value_heads=spec.heads, max_position_embeddings=spec.max_positions,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, tie_word_embeddings=False, rms_norm_eps=1e-5)
+            vocab_size=len(tok),
+            hidden_size=spec.hidden,
+            intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.heads,
+            max_position_embeddings=spec.max_positions,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
+        )
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(cfg)
         model.generation_config.pad_token_id = tok.pad_token_id

@@ -13,6 +13,7 @@ device; the files' headers give shapes and dtypes):
 Reports parameter count, dtypes, sizes and the sha256 of every file; problems make the exit
 status non-zero.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from knowlm_ray.models.checkpoint import (MANIFEST, Checkpoint, WeightsError, check_manifest, dtype_name,
-                                          read_manifest, sha256_file, write_manifest)
+from knowlm_ray.models.checkpoint import (
+    MANIFEST,
+    Checkpoint,
+    WeightsError,
+    check_manifest,
+    dtype_name,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 
 
 def _human(n: float) -> str:
@@ -32,8 +41,15 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def verify(directory: str | Path, write: bool = False, load: bool = False, scan: bool = False,
-           checksums: bool = True, allow_padded_vocab: bool = False, trust_remote_code: bool = False) -> dict:
+def verify(
+    directory: str | Path,
+    write: bool = False,
+    load: bool = False,
+    scan: bool = False,
+    checksums: bool = True,
+    allow_padded_vocab: bool = False,
+    trust_remote_code: bool = False,
+) -> dict:
     """Check a model directory; returns a report with a ``problems`` list (empty = healthy)."""
     import torch
 
@@ -62,9 +78,12 @@ def verify(directory: str | Path, write: bool = False, load: bool = False, scan:
     empty = [n for n, ti in infos.items() if ti.numel == 0]
     if empty:
         problems.append(f"{len(empty)} empty tensors (e.g. {empty[0]}): a ZeRO-3 save of partitioned shards?")
-    report["weights"] = {"files": [f.name for f in ckpt.files] if ckpt else [], "tensors": len(infos),
-                         "format": "safetensors" if ckpt and ckpt.is_safetensors else "pytorch .bin",
-                         "dtypes": dict(Counter(dtype_name(ti.dtype) for ti in infos.values()))}
+    report["weights"] = {
+        "files": [f.name for f in ckpt.files] if ckpt else [],
+        "tensors": len(infos),
+        "format": "safetensors" if ckpt and ckpt.is_safetensors else "pytorch .bin",
+        "dtypes": dict(Counter(dtype_name(ti.dtype) for ti in infos.values())),
+    }
     if ckpt and not ckpt.is_safetensors:
         notes.append("legacy pytorch .bin weights: `knowlm weights recover/merge-lora` write safetensors")
 
@@ -75,20 +94,28 @@ def verify(directory: str | Path, write: bool = False, load: bool = False, scan:
 
         cfg = AutoConfig.from_pretrained(d, trust_remote_code=trust_remote_code)
         if infos:
-            model, info = AutoModelForCausalLM.from_pretrained(d, device_map="meta", output_loading_info=True,
-                                                               ignore_mismatched_sizes=True,
-                                                               trust_remote_code=trust_remote_code)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                d,
+                device_map="meta",
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                trust_remote_code=trust_remote_code,
+            )
             for key in ("missing_keys", "unexpected_keys"):  # shapes: checked below, with the shapes named
                 keys = sorted(map(str, info.get(key) or []))
                 if keys:
-                    problems.append(f"{len(keys)} {key.replace('_', ' ')} when loading: {', '.join(keys[:5])}"
-                                    + (" ..." if len(keys) > 5 else ""))
+                    problems.append(
+                        f"{len(keys)} {key.replace('_', ' ')} when loading: {', '.join(keys[:5])}"
+                        + (" ..." if len(keys) > 5 else "")
+                    )
             for key in info.get("error_msgs") or []:
                 problems.append(f"load error: {key}")
             expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             for name, ti in infos.items():
                 if name in expected and expected[name] != ti.shape:
-                    problems.append(f"tensor {name} has shape {list(ti.shape)}, the config implies {list(expected[name])}")
+                    problems.append(
+                        f"tensor {name} has shape {list(ti.shape)}, the config implies {list(expected[name])}"
+                    )
             seen, n_params = set(), 0
             for p in model.parameters():
                 if id(p) not in seen:
@@ -97,7 +124,9 @@ def verify(directory: str | Path, write: bool = False, load: bool = False, scan:
             report["parameters"] = n_params
             report["architecture"] = type(model).__name__
     except Exception as exc:  # noqa: BLE001 - any failure to build/load is the finding
-        problems.append(f"transformers cannot load it: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        problems.append(
+            f"transformers cannot load it: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
 
     # 3. tokenizer vs config vs embeddings
     vocab = getattr(cfg, "vocab_size", None) if cfg is not None else None
@@ -121,11 +150,15 @@ def verify(directory: str | Path, write: bool = False, load: bool = False, scan:
             report["vocab"]["tokenizer"] = n_tok
             if vocab is not None:
                 if n_tok > vocab:
-                    problems.append(f"the tokenizer has {n_tok} tokens but config vocab_size is {vocab}: ids >= {vocab} "
-                                    "index past the embeddings (wrong tokenizer for this model?)")
+                    problems.append(
+                        f"the tokenizer has {n_tok} tokens but config vocab_size is {vocab}: ids >= {vocab} "
+                        "index past the embeddings (wrong tokenizer for this model?)"
+                    )
                 elif n_tok < vocab and not allow_padded_vocab:
-                    problems.append(f"the tokenizer has {n_tok} tokens but config vocab_size is {vocab}: mismatched "
-                                    "tokenizer? (pass --allow-padded-vocab if the embeddings are padded on purpose)")
+                    problems.append(
+                        f"the tokenizer has {n_tok} tokens but config vocab_size is {vocab}: mismatched "
+                        "tokenizer? (pass --allow-padded-vocab if the embeddings are padded on purpose)"
+                    )
                 elif n_tok < vocab:
                     notes.append(f"embeddings padded: {vocab - n_tok} rows beyond the tokenizer")
             if emb_rows is not None and vocab is not None and emb_rows != vocab:
@@ -137,7 +170,9 @@ def verify(directory: str | Path, write: bool = False, load: bool = False, scan:
             if not (d / "tokenizer.model").is_file():
                 notes.append("no tokenizer.model (sentencepiece): export-gguf needs it for LLaMA models")
         except Exception as exc:  # noqa: BLE001
-            problems.append(f"the tokenizer does not load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            problems.append(
+                f"the tokenizer does not load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
 
     # 4. sizes and checksums
     files = sorted(p for p in d.rglob("*") if p.is_file() and p.name != MANIFEST and ".cache" not in p.parts)
@@ -163,8 +198,9 @@ def verify(directory: str | Path, write: bool = False, load: bool = False, scan:
         try:
             from transformers import AutoModelForCausalLM
 
-            m, info = AutoModelForCausalLM.from_pretrained(d, output_loading_info=True,
-                                                           trust_remote_code=trust_remote_code)
+            m, info = AutoModelForCausalLM.from_pretrained(
+                d, output_loading_info=True, trust_remote_code=trust_remote_code
+            )
             for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
                 if info.get(key):
                     problems.append(f"{key.replace('_', ' ')} on a real load: {sorted(map(str, info[key]))[:5]}")

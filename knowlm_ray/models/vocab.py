@@ -14,11 +14,12 @@ BPE with byte fallback). Then pretrain stage 1 (embeddings + lm_head) and stage 
 
 The model is loaded whole (as Chinese-LLaMA-Alpaca's script does): RAM ~ the model's size.
 """
+
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from knowlm_ray.errors import UserError
 
@@ -97,8 +98,9 @@ def _resize_with_mean(model, new_size: int) -> int:
     return old_size
 
 
-def expand_vocab(base_dir: str | Path, extra: str | Path | Iterable[str | Path], out_dir: str | Path,
-                 vocab_size: int = 20000) -> dict:
+def expand_vocab(
+    base_dir: str | Path, extra: str | Path | Iterable[str | Path], out_dir: str | Path, vocab_size: int = 20000
+) -> dict:
     """Merge ``extra``'s pieces into ``base_dir``'s tokenizer.model and write tokenizer + resized
     model to ``out_dir`` (staged, then swapped in). Returns a summary dict."""
     import torch
@@ -119,8 +121,10 @@ def expand_vocab(base_dir: str | Path, extra: str | Path | Iterable[str | Path],
     rows = json.loads((base / "config.json").read_text(encoding="utf-8")).get("vocab_size")
     if rows != base_size:
         # New pieces take ids base_size.. : they must be fresh rows, not padding rows or missing ones.
-        raise VocabError(f"{base}: the model has vocab_size {rows} but tokenizer.model has {base_size} pieces; "
-                         "expand a base whose embeddings match its sentencepiece model")
+        raise VocabError(
+            f"{base}: the model has vocab_size {rows} but tokenizer.model has {base_size} pieces; "
+            "expand a base whose embeddings match its sentencepiece model"
+        )
     extra_bytes = _extra_model_bytes(extra, vocab_size)
     merged, added = merge_sp_models(base_bytes, extra_bytes)
 
@@ -144,10 +148,19 @@ def expand_vocab(base_dir: str | Path, extra: str | Path | Iterable[str | Path],
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    summary = {"base_vocab": base_size, "model_rows_before": old_rows, "extra_pieces": len(_pieces(extra_bytes)),
-               "added": len(added), "vocab_size": len(tok), "out_dir": str(out_dir)}
-    print(f"expand-vocab: {base_size} + {len(added)} new pieces = {len(tok)} tokens; embeddings "
-          f"{old_rows} -> {len(tok)} rows (new rows = mean of old) -> {out_dir}", flush=True)
+    summary = {
+        "base_vocab": base_size,
+        "model_rows_before": old_rows,
+        "extra_pieces": len(_pieces(extra_bytes)),
+        "added": len(added),
+        "vocab_size": len(tok),
+        "out_dir": str(out_dir),
+    }
+    print(
+        f"expand-vocab: {base_size} + {len(added)} new pieces = {len(tok)} tokens; embeddings "
+        f"{old_rows} -> {len(tok)} rows (new rows = mean of old) -> {out_dir}",
+        flush=True,
+    )
     return summary
 
 

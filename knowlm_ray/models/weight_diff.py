@@ -18,6 +18,7 @@ Integrity, strongest first:
 * Always: the same tensor names and shapes on both sides (a message names the tensor), finite
   values in the result, and an output written under a temporary name and renamed at the end.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,22 @@ from pathlib import Path
 
 import torch
 
-from knowlm_ray.models.checkpoint import (MANIFEST, Checkpoint, WeightsError, check_manifest, check_out,
-                                          copy_side_files, dtype_name, parse_dtype, read_manifest, single_threaded, staged_dir,
-                                          write_config, write_manifest, write_shards)
+from knowlm_ray.models.checkpoint import (
+    MANIFEST,
+    Checkpoint,
+    WeightsError,
+    check_manifest,
+    check_out,
+    copy_side_files,
+    dtype_name,
+    parse_dtype,
+    read_manifest,
+    single_threaded,
+    staged_dir,
+    write_config,
+    write_manifest,
+    write_shards,
+)
 
 DIFF_META = "knowlm_diff.json"
 DIFF_FORMAT = "knowlm-ray-diff/1"
@@ -82,13 +96,19 @@ def tensor_stats(t: torch.Tensor) -> Stats:
     flat = t.reshape(-1)
     acc = _Acc()
     for i in range(0, flat.numel(), CHUNK):
-        acc.add(flat[i:i + CHUNK])
+        acc.add(flat[i : i + CHUNK])
     # KnowLM's number: the tensor's own sum, as torch computes it for the whole tensor
     return acc.stats(float(t.sum()) if t.dtype == torch.float32 else float(t.sum(dtype=torch.float32)))
 
 
-def _chunked_add(a: torch.Tensor, b_chunks, dtype: torch.dtype, sign: float = 1.0,
-                 check: torch.Tensor | None = None, b_acc: _Acc | None = None) -> tuple[torch.Tensor, int, float]:
+def _chunked_add(
+    a: torch.Tensor,
+    b_chunks,
+    dtype: torch.dtype,
+    sign: float = 1.0,
+    check: torch.Tensor | None = None,
+    b_acc: _Acc | None = None,
+) -> tuple[torch.Tensor, int, float]:
     """``(a + sign*b).to(dtype)``, computed in float32, with ``b`` streamed as (start, flat chunk)
     pairs: in place in ``a`` when the dtypes allow, so memory is one whole tensor plus one chunk.
     With ``check`` (the tuned tensor, for a diff), also count the elements where ``b + result`` does
@@ -136,13 +156,17 @@ def _pair_problems(left: Checkpoint, right: Checkpoint, lwhat: str, rwhat: str) 
         if name not in ri:
             problems.append(f"tensor {name} is in the {lwhat} but not in the {rwhat}")
         elif ti.shape != ri[name].shape:
-            problems.append(f"tensor {name} has shape {list(ti.shape)} in the {lwhat} but "
-                            f"{list(ri[name].shape)} in the {rwhat}")
+            problems.append(
+                f"tensor {name} has shape {list(ti.shape)} in the {lwhat} but {list(ri[name].shape)} in the {rwhat}"
+            )
         elif not (ti.dtype.is_floating_point and ri[name].dtype.is_floating_point):
-            problems.append(f"tensor {name} is {dtype_name(ti.dtype)}/{dtype_name(ri[name].dtype)}: "
-                            "only floating-point tensors can be diffed")
-    problems += [f"tensor {n} is in the {rwhat} but not in the {lwhat}" for n in ri
-                 if n not in li and not IGNORED.search(n)]
+            problems.append(
+                f"tensor {name} is {dtype_name(ti.dtype)}/{dtype_name(ri[name].dtype)}: "
+                "only floating-point tensors can be diffed"
+            )
+    problems += [
+        f"tensor {n} is in the {rwhat} but not in the {lwhat}" for n in ri if n not in li and not IGNORED.search(n)
+    ]
     return problems
 
 
@@ -160,11 +184,15 @@ def make_diff(raw: str | Path, tuned: str | Path, out: str | Path, dtype: str | 
     check_out(out, raw, tuned)
     R, T = Checkpoint(raw, what="raw model"), Checkpoint(tuned, what="tuned model")
     with R, T:
-        _refuse(_pair_problems(T, R, "tuned model", "raw model"),
-                "The raw model must be the exact base the tuned model was trained from.")
+        _refuse(
+            _pair_problems(T, R, "tuned model", "raw model"),
+            "The raw model must be the exact base the tuned model was trained from.",
+        )
         tinfo, rinfo = T.infos(), R.infos()
-        shards = [[(n, out_dtype or tinfo[n].dtype, tinfo[n].shape) for n in names if not IGNORED.search(n)]
-                  for names in T.shards()]
+        shards = [
+            [(n, out_dtype or tinfo[n].dtype, tinfo[n].shape) for n in names if not IGNORED.search(n)]
+            for names in T.shards()
+        ]
         meta = {"format": DIFF_FORMAT, "convention": "tuned = raw + diff", "tensors": {}}
         total = {"raw": 0.0, "tuned": 0.0}
         inexact = 0
@@ -183,24 +211,39 @@ def make_diff(raw: str | Path, tuned: str | Path, out: str | Path, dtype: str | 
             total["tuned"] += st.knowlm_sum
             inexact += n_bad
             max_err = max(max_err, err)
-            meta["tensors"][name] = {"shape": list(d.shape), "raw_dtype": dtype_name(rinfo[name].dtype),
-                                     "tuned_dtype": dtype_name(tinfo[name].dtype), "raw": sr.as_list(),
-                                     "tuned": st.as_list()}
+            meta["tensors"][name] = {
+                "shape": list(d.shape),
+                "raw_dtype": dtype_name(rinfo[name].dtype),
+                "tuned_dtype": dtype_name(tinfo[name].dtype),
+                "raw": sr.as_list(),
+                "tuned": st.as_list(),
+            }
             return d
 
         with staged_dir(out) as tmp:
             sums = write_shards(tmp, shards, produce, "diff")
-            meta.update(raw_sum=total["raw"], tuned_sum=total["tuned"],
-                        tuned_dtype=dtype_name(next(iter(tinfo.values())).dtype) if tinfo else None,
-                        inexact_elements=inexact, max_abs_error=max_err)
+            meta.update(
+                raw_sum=total["raw"],
+                tuned_sum=total["tuned"],
+                tuned_dtype=dtype_name(next(iter(tinfo.values())).dtype) if tinfo else None,
+                inexact_elements=inexact,
+                max_abs_error=max_err,
+            )
             (tmp / DIFF_META).write_text(json.dumps(meta, indent=1) + "\n")
             write_config(T.dir, tmp, dtype=out_dtype)
             copy_side_files(T.dir, tmp)
             write_manifest(tmp, sums)
     n = len(meta["tensors"])
-    return {"out": str(out), "tensors": n, "shards": len(shards), "tuned_sum": total["tuned"],
-            "raw_sum": total["raw"], "inexact_elements": inexact, "max_abs_error": max_err,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "out": str(out),
+        "tensors": n,
+        "shards": len(shards),
+        "tuned_sum": total["tuned"],
+        "raw_sum": total["raw"],
+        "inexact_elements": inexact,
+        "max_abs_error": max_err,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def _load_meta(diff_dir: Path) -> dict | None:
@@ -222,8 +265,15 @@ def default_sum_tol(expected: float) -> float:
 
 
 @single_threaded()
-def recover(raw: str | Path, diff: str | Path, out: str | Path, expect_sum: float | None = None,
-            sum_tol: float | None = None, dtype: str | None = None, verify_checksums: bool = True) -> dict:
+def recover(
+    raw: str | Path,
+    diff: str | Path,
+    out: str | Path,
+    expect_sum: float | None = None,
+    sum_tol: float | None = None,
+    dtype: str | None = None,
+    verify_checksums: bool = True,
+) -> dict:
     """tuned = raw + diff, tensor by tensor; refuses a corrupted diff or a wrong base."""
     t0 = time.perf_counter()
     out_dtype = parse_dtype(dtype)
@@ -246,7 +296,9 @@ def recover(raw: str | Path, diff: str | Path, out: str | Path, expect_sum: floa
         if meta is not None:
             want = set(meta["tensors"])
             have = {n for n in dinfo if not IGNORED.search(n)}
-            problems += [f"tensor {n} is listed in {DIFF_META} but missing from the diff files" for n in sorted(want - have)]
+            problems += [
+                f"tensor {n} is listed in {DIFF_META} but missing from the diff files" for n in sorted(want - have)
+            ]
             problems += [f"tensor {n} is in the diff files but not in {DIFF_META}" for n in sorted(have - want)]
         _refuse(problems, "Is --raw the base model this diff was made from, and is the diff complete?")
 
@@ -257,8 +309,9 @@ def recover(raw: str | Path, diff: str | Path, out: str | Path, expect_sum: floa
                 return parse_dtype(meta["tensors"][name]["tuned_dtype"])
             return dinfo[name].dtype
 
-        shards = [[(n, target_dtype(n), dinfo[n].shape) for n in names if not IGNORED.search(n)]
-                  for names in D.shards()]
+        shards = [
+            [(n, target_dtype(n), dinfo[n].shape) for n in names if not IGNORED.search(n)] for names in D.shards()
+        ]
         ignored_sum = 0.0
         for n in dinfo:  # KnowLM summed the checkpoints' inv_freq buffers too (they are not written out)
             if IGNORED.search(n) and n in rinfo:
@@ -276,7 +329,8 @@ def recover(raw: str | Path, diff: str | Path, out: str | Path, expect_sum: floa
                 if not _same(sr, rec["raw"][1], rec["raw"][2], tol + 1e-30):
                     raise WeightsError(
                         f"raw tensor {name} is not the one this diff was made from (sum {sr.sum:.6g} vs "
-                        f"{rec['raw'][1]:.6g}, norm {sr.l2:.6g} vs {rec['raw'][2]:.6g}): wrong --raw model?")
+                        f"{rec['raw'][1]:.6g}, norm {sr.l2:.6g} vs {rec['raw'][2]:.6g}): wrong --raw model?"
+                    )
             t, _, _ = _chunked_add(r, D.iter_chunks(name, CHUNK), dt)
             del r
             st = tensor_stats(t)
@@ -290,7 +344,8 @@ def recover(raw: str | Path, diff: str | Path, out: str | Path, expect_sum: floa
                     raise WeightsError(
                         f"recovered tensor {name} does not match the tuned model the diff was made from "
                         f"(sum {st.sum:.6g} vs {rec['tuned'][1]:.6g}, norm {st.l2:.6g} vs "
-                        f"{rec['tuned'][2]:.6g}): corrupted diff?")
+                        f"{rec['tuned'][2]:.6g}): corrupted diff?"
+                    )
             return t
 
         with staged_dir(out) as tmp:
@@ -299,11 +354,15 @@ def recover(raw: str | Path, diff: str | Path, out: str | Path, expect_sum: floa
             if expected is not None:
                 tol = sum_tol if sum_tol is not None else default_sum_tol(expected)
                 if meta is not None and expect_sum is None and sum_tol is None:
-                    tol += sum(8 * _eps(parse_dtype(v["tuned_dtype"])) * v["tuned"][2] for v in meta["tensors"].values())
+                    tol += sum(
+                        8 * _eps(parse_dtype(v["tuned_dtype"])) * v["tuned"][2] for v in meta["tensors"].values()
+                    )
                 if not abs(total - expected) <= tol:
-                    raise WeightsError(f"integrity check failed: the recovered weights sum to {total:.4f}, expected "
-                                       f"{expected:.4f} (tolerance {tol:.3g}). A shard of the diff or the raw model "
-                                       "is corrupted, or --raw is not the right base model")
+                    raise WeightsError(
+                        f"integrity check failed: the recovered weights sum to {total:.4f}, expected "
+                        f"{expected:.4f} (tolerance {tol:.3g}). A shard of the diff or the raw model "
+                        "is corrupted, or --raw is not the right base model"
+                    )
                 notes.append(f"sum check passed ({total:.4f} vs {expected:.4f})")
             elif meta is None:
                 notes.append("no integrity information in the diff: pass --expect-sum to check the result")
@@ -311,5 +370,12 @@ def recover(raw: str | Path, diff: str | Path, out: str | Path, expect_sum: floa
             write_config(D.dir, tmp, dtype=first)
             copy_side_files(D.dir, tmp)
             write_manifest(tmp, sums)
-    return {"out": str(out), "tensors": sum(map(len, shards)), "shards": len(shards), "sum": total,
-            "expected_sum": expected, "notes": notes, "seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "out": str(out),
+        "tensors": sum(map(len, shards)),
+        "shards": len(shards),
+        "sum": total,
+        "expected_sum": expected,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

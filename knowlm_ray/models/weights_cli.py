@@ -1,12 +1,13 @@
 """`knowlm weights ...` subcommands (registered by knowlm_ray.cli). Imports stay lazy: --help is instant.
 
-    knowlm weights download --repo ID --out DIR [--revision R] [--include PATTERN ...] [--token T]
-    knowlm weights diff --raw R --tuned T --out D [--dtype float16]
-    knowlm weights recover --raw R --diff D --out T [--expect-sum X] [--sum-tol E]
-    knowlm weights merge-lora --base B --lora L [--lora L2 ...] --out M [--dtype float16]
-    knowlm weights verify DIR [--write-manifest] [--load]
-    knowlm weights export-gguf --model M --out F.gguf [--outtype f16|q8_0|f32]
+knowlm weights download --repo ID --out DIR [--revision R] [--include PATTERN ...] [--token T]
+knowlm weights diff --raw R --tuned T --out D [--dtype float16]
+knowlm weights recover --raw R --diff D --out T [--expect-sum X] [--sum-tol E]
+knowlm weights merge-lora --base B --lora L [--lora L2 ...] --out M [--dtype float16]
+knowlm weights verify DIR [--write-manifest] [--load]
+knowlm weights export-gguf --model M --out F.gguf [--outtype f16|q8_0|f32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,23 +34,40 @@ def _diff(a: argparse.Namespace) -> None:
     from knowlm_ray.models.weight_diff import make_diff
 
     s = make_diff(a.raw, a.tuned, a.out, dtype=a.dtype)
-    _report(s, f"diff of {s['tensors']} tensors written to {s['out']} (tuned = raw + diff; "
-               f"tuned sum {s['tuned_sum']:.4f}, {s['inexact_elements']} inexact elements)")
+    _report(
+        s,
+        f"diff of {s['tensors']} tensors written to {s['out']} (tuned = raw + diff; "
+        f"tuned sum {s['tuned_sum']:.4f}, {s['inexact_elements']} inexact elements)",
+    )
 
 
 def _recover(a: argparse.Namespace) -> None:
     from knowlm_ray.models.weight_diff import recover
 
-    s = recover(a.raw, a.diff, a.out, expect_sum=a.expect_sum, sum_tol=a.sum_tol, dtype=a.dtype,
-                verify_checksums=not a.no_checksums)
+    s = recover(
+        a.raw,
+        a.diff,
+        a.out,
+        expect_sum=a.expect_sum,
+        sum_tol=a.sum_tol,
+        dtype=a.dtype,
+        verify_checksums=not a.no_checksums,
+    )
     _report(s, f"recovered {s['tensors']} tensors into {s['out']} (sum {s['sum']:.4f}; {'; '.join(s['notes'])})")
 
 
 def _verify(a: argparse.Namespace) -> None:
     from knowlm_ray.models.verify import print_report, verify
 
-    report = verify(a.dir, write=a.write_manifest, load=a.load, scan=a.scan, checksums=not a.no_checksums,
-                    allow_padded_vocab=a.allow_padded_vocab, trust_remote_code=a.trust_remote_code)
+    report = verify(
+        a.dir,
+        write=a.write_manifest,
+        load=a.load,
+        scan=a.scan,
+        checksums=not a.no_checksums,
+        allow_padded_vocab=a.allow_padded_vocab,
+        trust_remote_code=a.trust_remote_code,
+    )
     print_report(report)
     if report["problems"]:
         raise SystemExit(1)
@@ -58,12 +76,24 @@ def _verify(a: argparse.Namespace) -> None:
 def _download(a: argparse.Namespace) -> None:
     from knowlm_ray.models.download import download
 
-    s = download(a.repo, a.out, revision=a.revision, include=a.include, token=a.token, endpoint=a.endpoint,
-                 offline=a.offline, repo_type=a.repo_type, max_workers=a.max_workers)
+    s = download(
+        a.repo,
+        a.out,
+        revision=a.revision,
+        include=a.include,
+        token=a.token,
+        endpoint=a.endpoint,
+        offline=a.offline,
+        repo_type=a.repo_type,
+        max_workers=a.max_workers,
+    )
     v = s.get("verified", {})
-    _report(s, f"{s['repo']}@{s.get('commit') or s['revision']}: {s.get('files', '?')} files in {s['path']} "
-               f"({v.get('sha256', 0)} sha256-verified, {v.get('git_sha1', 0)} git-verified, "
-               f"{v.get('unverified', 0)} unverified)")
+    _report(
+        s,
+        f"{s['repo']}@{s.get('commit') or s['revision']}: {s.get('files', '?')} files in {s['path']} "
+        f"({v.get('sha256', 0)} sha256-verified, {v.get('git_sha1', 0)} git-verified, "
+        f"{v.get('unverified', 0)} unverified)",
+    )
 
 
 def _expand_vocab(a: argparse.Namespace) -> None:
@@ -84,25 +114,37 @@ def _export_gguf(a: argparse.Namespace) -> None:
         if not a.base:
             raise InputError("--model is a LoRA adapter: pass --base (the model it was trained on) too")
         s = export_lora_gguf(a.model, a.base, a.out, outtype=a.outtype if a.outtype != "q8_0" else "f16")
-        _report(s, f"llama.cpp adapter GGUF written to {s['out']} ({s['tensors']} tensors; load it with --lora "
-                   "next to the base model's GGUF)")
+        _report(
+            s,
+            f"llama.cpp adapter GGUF written to {s['out']} ({s['tensors']} tensors; load it with --lora "
+            "next to the base model's GGUF)",
+        )
         return
     s = export_gguf(a.model, a.out, outtype=a.outtype, name=a.name)
     _report(s, f"GGUF ({s['outtype']}, {s['tensors']} tensors, {s['bytes'] / 2**20:.1f} MiB) written to {s['out']}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    w = sub.add_parser("weights", help="weight tools: download, diff/recover, merge-lora, verify, export-gguf",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-                       ).add_subparsers(dest="wcmd", required=True)
+    w = sub.add_parser(
+        "weights",
+        help="weight tools: download, diff/recover, merge-lora, verify, export-gguf",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).add_subparsers(dest="wcmd", required=True)
 
     p = w.add_parser("merge-lora", help="fold LoRA adapter(s) into their base model (streamed, shard by shard)")
     p.add_argument("--base", required=True)
-    p.add_argument("--lora", required=True, action="append", metavar="DIR",
-                   help="peft adapter; repeat to fold several in this order, each onto the result of the ones before")
+    p.add_argument(
+        "--lora",
+        required=True,
+        action="append",
+        metavar="DIR",
+        help="peft adapter; repeat to fold several in this order, each onto the result of the ones before",
+    )
     p.add_argument("--out", required=True)
-    p.add_argument("--dtype", default="float32", choices=DTYPES + ["auto"],
-                   help="output dtype (auto: keep the base model's)")
+    p.add_argument(
+        "--dtype", default="float32", choices=DTYPES + ["auto"], help="output dtype (auto: keep the base model's)"
+    )
     p.set_defaults(fn=_merge_lora)
 
     p = w.add_parser("diff", help="publish a fine-tuned model as tuned - raw (KnowLM's weight-diff convention)")
@@ -116,8 +158,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", required=True, help="base model directory (e.g. LLaMA-13B in HF format)")
     p.add_argument("--diff", required=True, help="diff directory (ours, or KnowLM's published one)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--expect-sum", type=float,
-                   help="KnowLM's naive integrity check: sum of all weights (94052.2891 for ZhiXi-13B fp32)")
+    p.add_argument(
+        "--expect-sum",
+        type=float,
+        help="KnowLM's naive integrity check: sum of all weights (94052.2891 for ZhiXi-13B fp32)",
+    )
     p.add_argument("--sum-tol", type=float, help="absolute tolerance of --expect-sum (default 1e-2 + 2e-6*|X|)")
     p.add_argument("--dtype", choices=DTYPES, help="output dtype (default: the tuned model's)")
     p.add_argument("--no-checksums", action="store_true", help="skip re-hashing the diff against checksums.sha256")
@@ -129,8 +174,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--load", action="store_true", help="also load the real weights and run one forward pass")
     p.add_argument("--scan", action="store_true", help="also read every tensor: NaN/Inf or all-zero tensors")
     p.add_argument("--no-checksums", action="store_true", help="skip hashing the files (faster on big models)")
-    p.add_argument("--allow-padded-vocab", action="store_true",
-                   help="accept config vocab_size > tokenizer size (embeddings padded on purpose)")
+    p.add_argument(
+        "--allow-padded-vocab",
+        action="store_true",
+        help="accept config vocab_size > tokenizer size (embeddings padded on purpose)",
+    )
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(fn=_verify)
 
@@ -154,8 +202,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="general.name in the file (default: the directory name)")
     p.set_defaults(fn=_export_gguf)
 
-    p = w.add_parser("expand-vocab", help="merge a second sentencepiece vocabulary into a model "
-                                          "(Chinese-LLaMA-Alpaca style) and resize its embeddings")
+    p = w.add_parser(
+        "expand-vocab",
+        help="merge a second sentencepiece vocabulary into a model "
+        "(Chinese-LLaMA-Alpaca style) and resize its embeddings",
+    )
     p.add_argument("--base", required=True, help="HF model directory with tokenizer.model")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sp-model", help="a sentencepiece .model whose pieces are added")

@@ -19,8 +19,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -88,21 +89,48 @@ def _timeout_from(request: Request | None) -> float | None:
     return value
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32,
-                  autoscaling_config=DEFAULT_AUTOSCALING)
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=32,
+    autoscaling_config=DEFAULT_AUTOSCALING,
+)
 @serve.ingress(api)
 class KnowLMServer:
-    def __init__(self, model_dir: str, model_id: str, max_batch_size: int = 16,
-                 batch_wait_timeout_s: float = 0.01, num_threads: int | None = None, *,
-                 loras: dict[str, str] | None = None, max_loras_per_replica: int = 4,
-                 device: str = "auto", dtype: str = "float32", quantization: str = "none",
-                 device_map: Any = None, max_memory: dict | None = None, trust_remote_code: bool = False,
-                 max_waiting_requests: int = 16, request_timeout_s: float = 300.0,
-                 retry_after_s: float = 1.0, api_key: str | None = None, batching: str = "continuous"):
+    def __init__(
+        self,
+        model_dir: str,
+        model_id: str,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.01,
+        num_threads: int | None = None,
+        *,
+        loras: dict[str, str] | None = None,
+        max_loras_per_replica: int = 4,
+        device: str = "auto",
+        dtype: str = "float32",
+        quantization: str = "none",
+        device_map: Any = None,
+        max_memory: dict | None = None,
+        trust_remote_code: bool = False,
+        max_waiting_requests: int = 16,
+        request_timeout_s: float = 300.0,
+        retry_after_s: float = 1.0,
+        api_key: str | None = None,
+        batching: str = "continuous",
+    ):
         self.engine = GenerationEngine(
-            model_dir, device=device, dtype=dtype, num_threads=num_threads, quantization=quantization,
-            device_map=device_map, max_memory=max_memory, trust_remote_code=trust_remote_code,
-            loras=loras, max_loras=max_loras_per_replica)
+            model_dir,
+            device=device,
+            dtype=dtype,
+            num_threads=num_threads,
+            quantization=quantization,
+            device_map=device_map,
+            max_memory=max_memory,
+            trust_remote_code=trust_remote_code,
+            loras=loras,
+            max_loras=max_loras_per_replica,
+        )
         self.model_id = model_id
         self.started = int(time.time())
         self.metrics = serve_metrics.ServeMetrics(export=True)
@@ -119,9 +147,15 @@ class KnowLMServer:
         self.batching = batching
         self.batcher = ContinuousBatcher(self.engine, max_batch_size) if batching == "continuous" else None
         submit = continuous_submit(self.batcher) if self.batcher is not None else self._generate_batch
-        self.runner = Runner(self.engine, submit, max_waiting=max_waiting_requests,
-                             timeout_s=request_timeout_s, retry_after_s=retry_after_s,
-                             on_queue_change=self.metrics.queue_length, on_event=on_event)
+        self.runner = Runner(
+            self.engine,
+            submit,
+            max_waiting=max_waiting_requests,
+            timeout_s=request_timeout_s,
+            retry_after_s=retry_after_s,
+            on_queue_change=self.metrics.queue_length,
+            on_event=on_event,
+        )
         api_key = api_key or os.environ.get(API_KEY_ENV) or None
         serve_metrics.configure(api_key, self.metrics)
         self._generate_batch.set_max_batch_size(max_batch_size)
@@ -138,8 +172,9 @@ class KnowLMServer:
     def _adapter(self, model: str | None, adapter: str | None = None) -> str | None:
         if adapter is not None:
             if adapter not in self.engine.loras:
-                raise UnknownModelError(f"adapter {adapter!r} not found; configured: "
-                                        f"{', '.join(sorted(self.engine.loras)) or 'none'}")
+                raise UnknownModelError(
+                    f"adapter {adapter!r} not found; configured: {', '.join(sorted(self.engine.loras)) or 'none'}"
+                )
             if model is not None and oai.resolve_model(model, self.model_id, self.engine.loras) != adapter:
                 raise RequestError(f"model {model!r} and adapter {adapter!r} disagree: give one of them")
             return adapter
@@ -148,13 +183,17 @@ class KnowLMServer:
     def _model_name(self, adapter: str | None) -> str:
         return adapter or self.model_id
 
-    async def _complete(self, rows: Sequence[Prepared], route: str, timeout_s: float | None = None
-                        ) -> list[GenerationResult]:
+    async def _complete(
+        self, rows: Sequence[Prepared], route: str, timeout_s: float | None = None
+    ) -> list[GenerationResult]:
         job = self.runner.admit(rows)
         results = await self.runner.run(job, self.runner.deadline(timeout_s))
-        self.metrics.tokens(route, self._model_name(rows[0].adapter),
-                            sum(r.num_prompt_tokens for r in results),
-                            sum(r.num_output_tokens for r in results))
+        self.metrics.tokens(
+            route,
+            self._model_name(rows[0].adapter),
+            sum(r.num_prompt_tokens for r in results),
+            sum(r.num_output_tokens for r in results),
+        )
         return results
 
     # -- routes -------------------------------------------------------------------------------
@@ -187,8 +226,9 @@ class KnowLMServer:
             req = parse_extract_request(body)
             plan = plan_extraction(req.task, req.text, req.labels, req.lang, record_id=req.id, fmt=req.format)
             params = {**EXTRACT_DEFAULTS, **(req.parameters or {})}
-            answers = await self.generate_texts(plan.pairs, params, adapter=self._adapter(req.model),
-                                                timeout_s=_timeout_from(http))
+            answers = await self.generate_texts(
+                plan.pairs, params, adapter=self._adapter(req.model), timeout_s=_timeout_from(http)
+            )
             return assemble(plan, answers)
         except IERequestError as exc:
             return error_response(400, str(exc))
@@ -202,8 +242,11 @@ class KnowLMServer:
                 raise RequestError(msg)
             adapter = self._adapter(request.model)
             params = request.generation_params(request.max_tokens)
-            rows = [self.engine.prepare_prompt(p, params, stop=request.stop_list, adapter=adapter)
-                    for p in request.prompts for _ in range(request.n)]
+            rows = [
+                self.engine.prepare_prompt(p, params, stop=request.stop_list, adapter=adapter)
+                for p in request.prompts
+                for _ in range(request.n)
+            ]
             return await self._answer(rows, request, "/v1/completions", http)
         except Exception as exc:
             return error_for(exc)
@@ -232,13 +275,25 @@ class KnowLMServer:
             return JSONResponse(body)
         job = self.runner.admit(rows, stream=True)  # overload: a plain 503 before the stream starts
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        events = self._sse(job, self.runner.deadline(timeout_s), route, rid, created, model,
-                           request.n, include_usage, chat)
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        events = self._sse(
+            job, self.runner.deadline(timeout_s), route, rid, created, model, request.n, include_usage, chat
+        )
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
-    async def _sse(self, job: Job, deadline: float, route: str, rid: str, created: int, model: str,
-                   n: int, include_usage: bool, chat: bool):
+    async def _sse(
+        self,
+        job: Job,
+        deadline: float,
+        route: str,
+        rid: str,
+        created: int,
+        model: str,
+        n: int,
+        include_usage: bool,
+        chat: bool,
+    ):
         obj = "chat.completion.chunk" if chat else "text_completion"
         if chat:
             for i in range(len(job.rows)):
@@ -248,19 +303,28 @@ class KnowLMServer:
                 async for ev in events:
                     if isinstance(ev, tuple):
                         row, delta = ev
-                        yield oai.sse(oai.chat_chunk(rid, created, model, row, {"content": delta}) if chat
-                                      else oai.completion_chunk(rid, created, model, row, delta))
+                        yield oai.sse(
+                            oai.chat_chunk(rid, created, model, row, {"content": delta})
+                            if chat
+                            else oai.completion_chunk(rid, created, model, row, delta)
+                        )
                         continue
                     results = ev
                     for i, r in enumerate(results):
                         reason = oai.finish_reason(r)
-                        yield oai.sse(oai.chat_chunk(rid, created, model, i, {}, reason) if chat
-                                      else oai.completion_chunk(rid, created, model, i, "", reason))
+                        yield oai.sse(
+                            oai.chat_chunk(rid, created, model, i, {}, reason)
+                            if chat
+                            else oai.completion_chunk(rid, created, model, i, "", reason)
+                        )
                     if include_usage:
                         yield oai.sse(oai.usage_chunk(rid, created, model, obj, results, n))
-                    self.metrics.tokens(route, self._model_name(job.rows[0].adapter),
-                                        sum(r.num_prompt_tokens for r in results),
-                                        sum(r.num_output_tokens for r in results))
+                    self.metrics.tokens(
+                        route,
+                        self._model_name(job.rows[0].adapter),
+                        sum(r.num_prompt_tokens for r in results),
+                        sum(r.num_output_tokens for r in results),
+                    )
         except (RequestTimeout, Exception) as exc:  # the 200 is sent already: the error is an event
             kind = "timeout_error" if isinstance(exc, RequestTimeout) else "server_error"
             if kind == "server_error":
@@ -269,8 +333,13 @@ class KnowLMServer:
         yield oai.SSE_DONE
 
     # -- for other code in the cluster (handles) and the /extract route --------------------------
-    async def generate_texts(self, pairs: Sequence[tuple[str, str]], params: GenerationParams | dict | None = None,
-                             adapter: str | None = None, timeout_s: float | None = None) -> list[str]:
+    async def generate_texts(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        params: GenerationParams | dict | None = None,
+        adapter: str | None = None,
+        timeout_s: float | None = None,
+    ) -> list[str]:
         """Answers to (instruction, input) pairs under KnowLM's alpaca prompt, in order.
 
         One job through the same batcher as HTTP requests (its rows share forward passes with
@@ -279,9 +348,14 @@ class KnowLMServer:
         """
         return [r.text for r in await self.generate_results(pairs, params, adapter, timeout_s)]
 
-    async def generate_results(self, pairs: Sequence[tuple[str, str]], params: GenerationParams | dict | None = None,
-                               adapter: str | None = None, timeout_s: float | None = None,
-                               route: str = "/extract") -> list[GenerationResult]:
+    async def generate_results(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        params: GenerationParams | dict | None = None,
+        adapter: str | None = None,
+        timeout_s: float | None = None,
+        route: str = "/extract",
+    ) -> list[GenerationResult]:
         """``generate_texts`` with token counts and finish reasons."""
         if not isinstance(params, GenerationParams):
             params = GenerationParams.model_validate(params or {})
@@ -293,10 +367,15 @@ class KnowLMServer:
         return await self._complete(rows, route, timeout_s)
 
     async def get_stats(self) -> dict[str, Any]:
-        return {"metrics": self.metrics.snapshot(), "runner": dict(self.runner.counts), "batching": self.batching,
-                "batcher": self.batcher.stats() if self.batcher is not None else None,
-                "waiting": self.runner.waiting, "engine": self.engine.describe(),
-                "adapter_loads": self.engine.adapter_loads}
+        return {
+            "metrics": self.metrics.snapshot(),
+            "runner": dict(self.runner.counts),
+            "batching": self.batching,
+            "batcher": self.batcher.stats() if self.batcher is not None else None,
+            "waiting": self.runner.waiting,
+            "engine": self.engine.describe(),
+            "adapter_loads": self.engine.adapter_loads,
+        }
 
 
 def resolve_model_dir(model: str | os.PathLike, cwd: str | os.PathLike | None = None) -> Path:
@@ -319,8 +398,10 @@ def resolve_lora_dirs(loras: dict[str, str], cwd: str | os.PathLike | None = Non
         path = Path(d).expanduser()
         path = (path if path.is_absolute() else base / path).resolve()
         if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"LoRA adapter {name!r}: {path} has no adapter_config.json "
-                                    f"(from {d!r}; expected a peft adapter directory)")
+            raise FileNotFoundError(
+                f"LoRA adapter {name!r}: {path} has no adapter_config.json "
+                f"(from {d!r}; expected a peft adapter directory)"
+            )
         out[name] = str(path)
     return out
 
@@ -332,9 +413,11 @@ def deployment_options(cfg: AppArgs) -> dict[str, Any]:
     if cfg.num_gpus:
         actor["num_gpus"] = cfg.num_gpus
     options: dict[str, Any] = {
-        "ray_actor_options": actor, "max_ongoing_requests": cfg.max_ongoing_requests,
+        "ray_actor_options": actor,
+        "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
-        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=cfg.retry_after_s)}
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=cfg.retry_after_s),
+    }
     if cfg.num_replicas is not None:
         options.update(num_replicas=cfg.num_replicas, autoscaling_config=None)
     else:
@@ -351,10 +434,20 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if model_id in loras:
         raise ConfigError(f"loras: adapter name {model_id!r} is the base model's id; rename the adapter")
     settings = dict(
-        loras=loras, max_loras_per_replica=cfg.max_loras_per_replica, device=cfg.device, dtype=cfg.dtype,
-        quantization=cfg.quantization, device_map=cfg.device_map, max_memory=cfg.max_memory,
-        trust_remote_code=cfg.trust_remote_code, max_waiting_requests=cfg.max_waiting_requests,
-        request_timeout_s=cfg.request_timeout_s, retry_after_s=cfg.retry_after_s,
-        api_key=cfg.api_key or os.environ.get(API_KEY_ENV) or None, batching=cfg.batching)
+        loras=loras,
+        max_loras_per_replica=cfg.max_loras_per_replica,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        quantization=cfg.quantization,
+        device_map=cfg.device_map,
+        max_memory=cfg.max_memory,
+        trust_remote_code=cfg.trust_remote_code,
+        max_waiting_requests=cfg.max_waiting_requests,
+        request_timeout_s=cfg.request_timeout_s,
+        retry_after_s=cfg.retry_after_s,
+        api_key=cfg.api_key or os.environ.get(API_KEY_ENV) or None,
+        batching=cfg.batching,
+    )
     return KnowLMServer.options(**deployment_options(cfg)).bind(
-        str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings)
+        str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings
+    )

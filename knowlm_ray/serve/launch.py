@@ -1,4 +1,5 @@
 """Start and stop the Serve app from Python: ``start``/``stop`` (demo, tests), ``serve_blocking`` (CLI)."""
+
 from __future__ import annotations
 
 import signal
@@ -75,8 +76,15 @@ def wait_ready(base_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
     raise ServeStartError(f"{base_url}/healthz not ready after {timeout_s:.0f}s (last: {last})")
 
 
-def start(model: str, loras: dict[str, str] | None = None, host: str = "127.0.0.1", port: int = 8000,
-          *, timeout_s: float = READY_TIMEOUT_S, **app_args: Any) -> str:
+def start(
+    model: str,
+    loras: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    timeout_s: float = READY_TIMEOUT_S,
+    **app_args: Any,
+) -> str:
     """Deploy the app in this process's Ray (initialised if needed); returns the base URL.
 
     ``app_args`` are further ``AppArgs`` (e.g. ``num_replicas=1``, ``max_batch_size``).
@@ -92,8 +100,10 @@ def start(model: str, loras: dict[str, str] | None = None, host: str = "127.0.0.
     if running is None:
         _check_port_free(host, port)
     elif running != (host, port):
-        raise ServeStartError(f"Serve already runs in this Ray on {running[0]}:{running[1]}, not "
-                              f"{host}:{port}: call launch.stop() first or use that address")
+        raise ServeStartError(
+            f"Serve already runs in this Ray on {running[0]}:{running[1]}, not "
+            f"{host}:{port}: call launch.stop() first or use that address"
+        )
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
@@ -115,8 +125,14 @@ def stop() -> None:
     serve.shutdown()
 
 
-def serve_blocking(model: str, loras: dict[str, str] | None = None, host: str = "127.0.0.1",
-                   port: int = 8000, ingress: str | None = None, **app_args: Any) -> None:
+def serve_blocking(
+    model: str,
+    loras: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    ingress: str | None = None,
+    **app_args: Any,
+) -> None:
     """``knowlm serve``: serve until SIGINT/SIGTERM, then shut Serve (and our Ray) down.
 
     ``ingress`` (proxy | haproxy; None: what the environment says) is set up for the Ray this
@@ -141,9 +157,12 @@ def serve_blocking(model: str, loras: dict[str, str] | None = None, host: str = 
         t0 = time.perf_counter()
         url = start(model, loras, host=host, port=port, **app_args)
         adapters = f"; adapters: {', '.join(sorted(loras))}" if loras else ""
-        print(f"serving {model} at {url} (POST /generate, /v1/completions, /v1/chat/completions; "
-              f"GET /v1/models, /healthz){adapters}; ingress {current_ingress()}; "
-              f"ready in {time.perf_counter() - t0:.1f}s; Ctrl-C to stop", flush=True)
+        print(
+            f"serving {model} at {url} (POST /generate, /v1/completions, /v1/chat/completions; "
+            f"GET /v1/models, /healthz){adapters}; ingress {current_ingress()}; "
+            f"ready in {time.perf_counter() - t0:.1f}s; Ctrl-C to stop",
+            flush=True,
+        )
         while not done.wait(1.0):  # wait with a timeout so signals are handled promptly
             pass
         print("shutting down ...", flush=True)

@@ -16,6 +16,7 @@ Each is mirrored in ``ServeMetrics.snapshot()`` (plain numbers), which the deplo
 One replica is one process, so the replica's settings (API key, metrics) live in this module's
 ``STATE``, set by the deployment's constructor and read by the middleware.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,28 +36,43 @@ LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 
 
 class ServeMetrics:
     def __init__(self, export: bool = True):
-        self.local: dict[str, Any] = {"requests": Tally(), "latency_ms": {}, "generated_tokens": Tally(),
-                                      "prompt_tokens": Tally(), "queue_length": 0, "rejected": Tally(),
-                                      "cancelled": 0}
+        self.local: dict[str, Any] = {
+            "requests": Tally(),
+            "latency_ms": {},
+            "generated_tokens": Tally(),
+            "prompt_tokens": Tally(),
+            "queue_length": 0,
+            "rejected": Tally(),
+            "cancelled": 0,
+        }
         self._ray = None
         if export:
             try:
                 from ray.serve import metrics as m
 
                 self._ray = {
-                    "requests": m.Counter("knowlm_requests", description="HTTP requests by route and status",
-                                          tag_keys=("route", "status")),
-                    "latency": m.Histogram("knowlm_request_latency_ms", description="request latency (ms)",
-                                           boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("route",)),
-                    "generated": m.Counter("knowlm_generated_tokens", description="tokens generated",
-                                           tag_keys=("route", "model")),
-                    "prompt": m.Counter("knowlm_prompt_tokens", description="prompt tokens processed",
-                                        tag_keys=("route", "model")),
+                    "requests": m.Counter(
+                        "knowlm_requests", description="HTTP requests by route and status", tag_keys=("route", "status")
+                    ),
+                    "latency": m.Histogram(
+                        "knowlm_request_latency_ms",
+                        description="request latency (ms)",
+                        boundaries=LATENCY_BOUNDARIES_MS,
+                        tag_keys=("route",),
+                    ),
+                    "generated": m.Counter(
+                        "knowlm_generated_tokens", description="tokens generated", tag_keys=("route", "model")
+                    ),
+                    "prompt": m.Counter(
+                        "knowlm_prompt_tokens", description="prompt tokens processed", tag_keys=("route", "model")
+                    ),
                     "queue": m.Gauge("knowlm_queue_length", description="requests waiting for a batch"),
-                    "rejected": m.Counter("knowlm_rejected_requests", description="503 overload / 504 timeout",
-                                          tag_keys=("reason",)),
-                    "cancelled": m.Counter("knowlm_cancelled_requests",
-                                           description="generations stopped by a client disconnect"),
+                    "rejected": m.Counter(
+                        "knowlm_rejected_requests", description="503 overload / 504 timeout", tag_keys=("reason",)
+                    ),
+                    "cancelled": m.Counter(
+                        "knowlm_cancelled_requests", description="generations stopped by a client disconnect"
+                    ),
                 }
             except Exception as exc:  # outside a replica: keep the local tallies only
                 log.debug("Ray metrics unavailable: %s", exc)
@@ -115,8 +131,10 @@ def configure(api_key: str | None, metrics: ServeMetrics) -> None:
 def _json_response(status: int, message: str, type: str, extra_headers: list | None = None):
     body = json.dumps({"error": {"message": message, "type": type}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return ({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])},
-            {"type": "http.response.body", "body": body})
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])},
+        {"type": "http.response.body", "body": body},
+    )
 
 
 def _bearer(scope) -> str | None:
@@ -158,17 +176,15 @@ class ServeMiddleware:
         path = scope.get("path", "/")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
-            path = path[len(root):] or "/"
+            path = path[len(root) :] or "/"
         route = path if path in _known_paths(scope) else "other"  # bounded label values
         t0 = time.perf_counter()
         key = STATE.api_key
         if key and path not in OPEN_PATHS:
             token = _bearer(scope)
             if token is None or not hmac.compare_digest(token.encode(), key.encode()):
-                msg = ("missing API key: send 'Authorization: Bearer <key>'" if token is None
-                       else "invalid API key")
-                start, body = _json_response(401, msg, "authentication_error",
-                                             [(b"www-authenticate", b"Bearer")])
+                msg = "missing API key: send 'Authorization: Bearer <key>'" if token is None else "invalid API key"
+                start, body = _json_response(401, msg, "authentication_error", [(b"www-authenticate", b"Bearer")])
                 await send(start)
                 await send(body)
                 STATE.metrics.request(route, 401, (time.perf_counter() - t0) * 1000)

@@ -3,12 +3,14 @@
 Chat messages become KnowLM's alpaca prompt in ``knowlm_ray.generation.chat.render_chat``;
 ``/v1/completions`` sends its prompt to the model as it is (no template), as OpenAI does.
 """
+
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from knowlm_ray.generation.engine import GenerationResult
 from knowlm_ray.generation.errors import UnknownModelError
@@ -33,10 +35,27 @@ def resolve_model(requested: str | None, base_id: str, adapters: Iterable[str]) 
 
 
 def models_list(base_id: str, adapters: Iterable[str], created: int) -> dict[str, Any]:
-    data = [{"id": base_id, "object": "model", "created": created, "owned_by": "knowlm-ray",
-             "root": base_id, "parent": None}]
-    data += [{"id": name, "object": "model", "created": created, "owned_by": "knowlm-ray",
-              "root": base_id, "parent": base_id} for name in sorted(adapters)]
+    data = [
+        {
+            "id": base_id,
+            "object": "model",
+            "created": created,
+            "owned_by": "knowlm-ray",
+            "root": base_id,
+            "parent": None,
+        }
+    ]
+    data += [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "knowlm-ray",
+            "root": base_id,
+            "parent": base_id,
+        }
+        for name in sorted(adapters)
+    ]
     return {"object": "list", "data": data}
 
 
@@ -59,38 +78,68 @@ def finish_reason(r: GenerationResult) -> str:
     return "stop" if r.finish_reason == "stop" else "length"
 
 
-def completion_body(rid: str, created: int, model: str, results: Sequence[GenerationResult],
-                    n: int) -> dict[str, Any]:
-    choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": finish_reason(r)}
-               for i, r in enumerate(results)]
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": choices, "usage": usage(results, n)}
+def completion_body(rid: str, created: int, model: str, results: Sequence[GenerationResult], n: int) -> dict[str, Any]:
+    choices = [
+        {"index": i, "text": r.text, "logprobs": None, "finish_reason": finish_reason(r)} for i, r in enumerate(results)
+    ]
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage(results, n),
+    }
 
 
-def chat_body(rid: str, created: int, model: str, results: Sequence[GenerationResult],
-              n: int) -> dict[str, Any]:
-    choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
-                "finish_reason": finish_reason(r)} for i, r in enumerate(results)]
-    return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-            "choices": choices, "usage": usage(results, n)}
+def chat_body(rid: str, created: int, model: str, results: Sequence[GenerationResult], n: int) -> dict[str, Any]:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": r.text},
+            "logprobs": None,
+            "finish_reason": finish_reason(r),
+        }
+        for i, r in enumerate(results)
+    ]
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage(results, n),
+    }
 
 
-def completion_chunk(rid: str, created: int, model: str, index: int, text: str,
-                     finish: str | None = None) -> dict[str, Any]:
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
+def completion_chunk(
+    rid: str, created: int, model: str, index: int, text: str, finish: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
 
 
-def chat_chunk(rid: str, created: int, model: str, index: int, delta: Mapping[str, Any],
-               finish: str | None = None) -> dict[str, Any]:
-    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": index, "delta": dict(delta), "logprobs": None, "finish_reason": finish}]}
+def chat_chunk(
+    rid: str, created: int, model: str, index: int, delta: Mapping[str, Any], finish: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": index, "delta": dict(delta), "logprobs": None, "finish_reason": finish}],
+    }
 
 
-def usage_chunk(rid: str, created: int, model: str, obj: str, results: Sequence[GenerationResult],
-                n: int) -> dict[str, Any]:
-    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [],
-            "usage": usage(results, n)}
+def usage_chunk(
+    rid: str, created: int, model: str, obj: str, results: Sequence[GenerationResult], n: int
+) -> dict[str, Any]:
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage(results, n)}
 
 
 def sse(obj: Mapping[str, Any]) -> str:

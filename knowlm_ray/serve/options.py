@@ -1,6 +1,7 @@
 """The options of the Serve application (``AppArgs``): a config file's ``applications[].args``,
 ``knowlm serve --set KEY=VALUE``, ``knowlm config show serve``. Ray-free, so ``knowlm serve
 --help`` and config checks need not import Ray Serve."""
+
 from __future__ import annotations
 
 import re
@@ -13,8 +14,12 @@ from knowlm_ray.config import Strict
 # Measured on 2 cores: 0.5 CPU per replica leaves room for the proxy and a
 # second replica; scale on queue depth, back down after a quiet 30 s.
 DEFAULT_AUTOSCALING: dict[str, Any] = {
-    "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
-    "upscale_delay_s": 2, "downscale_delay_s": 30}
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 4,
+    "upscale_delay_s": 2,
+    "downscale_delay_s": 30,
+}
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)$")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -31,52 +36,79 @@ class AppArgs(Strict):
     ``max_queued_requests`` wait for a replica (both with ``Retry-After``).
     """
 
-    model: str = Field(description="HF model directory; a relative path resolves against the current "
-                                   "working directory.")
-    model_id: str | None = Field(None, description="Name reported by /healthz and /v1/models (and chosen with "
-                                                   "a request's model); null: the directory's name.")
-    loras: dict[str, str] = Field(default_factory=dict, description="Adapter name -> peft adapter directory; "
-                                  "a request selects one with \"model\": NAME.")
+    model: str = Field(
+        description="HF model directory; a relative path resolves against the current working directory."
+    )
+    model_id: str | None = Field(
+        None,
+        description="Name reported by /healthz and /v1/models (and chosen with "
+        "a request's model); null: the directory's name.",
+    )
+    loras: dict[str, str] = Field(
+        default_factory=dict,
+        description='Adapter name -> peft adapter directory; a request selects one with "model": NAME.',
+    )
     max_loras_per_replica: int = Field(4, ge=1, description="LRU bound on the adapters held in one replica.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica has a GPU.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Weights' dtype; float16 is GPU only (an error on CPU, by choice).")
+        "float32", description="Weights' dtype; float16 is GPU only (an error on CPU, by choice)."
+    )
     quantization: Literal["none", "int8"] = Field(
-        "none", description="int8: bitsandbytes 8-bit on CUDA (the quant extra), torch dynamic int8 on CPU.")
+        "none", description="int8: bitsandbytes 8-bit on CUDA (the quant extra), torch dynamic int8 on CPU."
+    )
     device_map: str | dict[str, int | str] | None = Field(
-        None, description="Spread one replica over num_gpus GPUs: auto, balanced, balanced_low_0, sequential or "
-                          "a module -> device dict (KnowLM's --multi_gpu).")
+        None,
+        description="Spread one replica over num_gpus GPUs: auto, balanced, balanced_low_0, sequential or "
+        "a module -> device dict (KnowLM's --multi_gpu).",
+    )
     max_memory: dict[int | str, int | str] | None = Field(
-        None, description="With device_map: memory cap per device, e.g. {0: 20GiB, 1: 20GiB, cpu: 30GiB} "
-                          "(KnowLM's --allocate).")
-    trust_remote_code: bool = Field(False, strict=True, description="Run Python shipped with the model "
-                                    "directory: only for sources you trust (a strict bool).")
-    num_threads: int | None = Field(None, ge=1, description="torch threads per replica; null: Ray's "
-                                                            "OMP_NUM_THREADS.")
+        None,
+        description="With device_map: memory cap per device, e.g. {0: 20GiB, 1: 20GiB, cpu: 30GiB} "
+        "(KnowLM's --allocate).",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        strict=True,
+        description="Run Python shipped with the model directory: only for sources you trust (a strict bool).",
+    )
+    num_threads: int | None = Field(None, ge=1, description="torch threads per replica; null: Ray's OMP_NUM_THREADS.")
     batching: Literal["continuous", "dynamic"] = Field(
-        "continuous", description="continuous: requests join the running batch at the next decode step, each "
+        "continuous",
+        description="continuous: requests join the running batch at the next decode step, each "
         "row with its own parameters (beam search runs apart); dynamic: @serve.batch collects up to "
-        "max_batch_size requests and runs them to the end as one generate per parameter group.")
+        "max_batch_size requests and runs them to the end as one generate per parameter group.",
+    )
     max_batch_size: int = Field(16, ge=1, le=64, description="Rows decoded together (either batching).")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=1, description="dynamic only: how long a batch waits "
-                                                                      "to fill.")
-    max_waiting_requests: int = Field(16, ge=1, description="Requests waiting for a batch in one replica; "
-                                                            "more get 503 + Retry-After.")
-    request_timeout_s: float = Field(300.0, gt=0, description="Then 504; a client may ask for less with "
-                                                              "X-KnowLM-Timeout-S.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=1, description="dynamic only: how long a batch waits to fill.")
+    max_waiting_requests: int = Field(
+        16, ge=1, description="Requests waiting for a batch in one replica; more get 503 + Retry-After."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Then 504; a client may ask for less with X-KnowLM-Timeout-S."
+    )
     retry_after_s: float = Field(1.0, ge=0, description="The Retry-After of a 503.")
-    api_key: str | None = Field(None, description="Bearer token clients must send; null: $KNOWLM_API_KEY, and "
-                                                  "unset there too: no auth.")
-    num_cpus: float = Field(0.5, gt=0, description="CPUs per replica (a config file's deployments: entry "
-                                                   "overrides this and the deployment options below).")
+    api_key: str | None = Field(
+        None, description="Bearer token clients must send; null: $KNOWLM_API_KEY, and unset there too: no auth."
+    )
+    num_cpus: float = Field(
+        0.5,
+        gt=0,
+        description="CPUs per replica (a config file's deployments: entry "
+        "overrides this and the deployment options below).",
+    )
     num_gpus: float = Field(0, ge=0, description="GPUs per replica.")
     max_ongoing_requests: int = Field(32, ge=1, description="Requests one replica holds at once (Serve).")
-    max_queued_requests: int = Field(64, ge=-1, description="Requests waiting for a replica before Serve "
-                                                            "answers 503 itself; -1: unbounded (not advised).")
-    num_replicas: int | None = Field(None, ge=1, description="A fixed replica count (turns autoscaling off); "
-                                                             "null: autoscaling_config.")
-    autoscaling_config: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_AUTOSCALING),
-                                                      description="Serve's autoscaling_config for the deployment.")
+    max_queued_requests: int = Field(
+        64,
+        ge=-1,
+        description="Requests waiting for a replica before Serve answers 503 itself; -1: unbounded (not advised).",
+    )
+    num_replicas: int | None = Field(
+        None, ge=1, description="A fixed replica count (turns autoscaling off); null: autoscaling_config."
+    )
+    autoscaling_config: dict[str, Any] | None = Field(
+        default_factory=lambda: dict(DEFAULT_AUTOSCALING), description="Serve's autoscaling_config for the deployment."
+    )
 
     @field_validator("loras")
     @classmethod
@@ -120,8 +152,10 @@ class AppArgs(Strict):
         if self.max_memory and self.device_map is None:
             raise ValueError("max_memory needs device_map (e.g. device_map: auto)")
         if gpus and max(gpus) + 1 > self.num_gpus:
-            raise ValueError(f"max_memory names GPU {max(gpus)} but num_gpus is {self.num_gpus:g} "
-                             "(a replica sees GPUs 0..num_gpus-1)")
+            raise ValueError(
+                f"max_memory names GPU {max(gpus)} but num_gpus is {self.num_gpus:g} "
+                "(a replica sees GPUs 0..num_gpus-1)"
+            )
         on_cpu = self.device == "cpu" or (self.device == "auto" and self.num_gpus == 0)
         if self.device == "cuda" and self.num_gpus == 0:
             raise ValueError("device cuda needs num_gpus >= 1 (Ray gives a replica no GPU otherwise)")
@@ -129,9 +163,10 @@ class AppArgs(Strict):
             raise ValueError("dtype float16 needs a GPU (num_gpus >= 1); on CPU use float32 or bfloat16")
         if on_cpu and self.quantization == "int8":
             if self.dtype != "float32":
-                raise ValueError("quantization int8 on CPU (torch dynamic int8) computes in float32: "
-                                 "set dtype float32")
+                raise ValueError("quantization int8 on CPU (torch dynamic int8) computes in float32: set dtype float32")
             if self.loras:
-                raise ValueError("LoRA adapters cannot sit on torch's dynamic int8 layers (CPU int8): "
-                                 "merge them or serve without quantization")
+                raise ValueError(
+                    "LoRA adapters cannot sit on torch's dynamic int8 layers (CPU int8): "
+                    "merge them or serve without quantization"
+                )
         return self

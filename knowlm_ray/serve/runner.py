@@ -13,14 +13,16 @@ deployment passes either ``continuous_submit(batcher)`` (continuous batching: a 
 the running batch at the next decode step) or a ``@serve.batch`` method that calls
 ``Runner.execute`` for a list of jobs in a worker thread; tests pass anything with the same shape.
 """
+
 from __future__ import annotations
 
 import asyncio
 import itertools
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared
 
@@ -32,8 +34,7 @@ class Overloaded(Exception):
     """Too many requests wait already (503 with Retry-After)."""
 
     def __init__(self, waiting: int, retry_after_s: float):
-        super().__init__(f"server overloaded: {waiting} requests are already waiting; retry in "
-                         f"{retry_after_s:g}s")
+        super().__init__(f"server overloaded: {waiting} requests are already waiting; retry in {retry_after_s:g}s")
         self.retry_after_s = retry_after_s
 
 
@@ -53,13 +54,14 @@ class Job:
     _loop: asyncio.AbstractEventLoop | None = None
     _queue: asyncio.Queue | None = None
     _waiting: bool = False
-    _on_dequeue: Callable[["Job"], None] | None = None
+    _on_dequeue: Callable[[Job], None] | None = None
     generated_tokens: int = 0
     created: float = field(default_factory=time.monotonic)
 
-    def timed_out(self) -> "RequestTimeout":
-        return RequestTimeout(f"request timed out after {time.monotonic() - self.created:.1f}s; "
-                              "its generation was stopped")
+    def timed_out(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"request timed out after {time.monotonic() - self.created:.1f}s; its generation was stopped"
+        )
 
     @property
     def cancelled(self) -> bool:
@@ -99,7 +101,7 @@ class _BatchHooks:
         return self.where[i][0].cancelled
 
 
-def continuous_submit(batcher: "ContinuousBatcher") -> Callable[[Job], Awaitable[list[GenerationResult]]]:
+def continuous_submit(batcher: ContinuousBatcher) -> Callable[[Job], Awaitable[list[GenerationResult]]]:
     """A ``submit`` for ``Runner`` that hands each job to a continuous batcher.
 
     The job leaves the waiting line when its rows join the batch; cancelling the awaiting task
@@ -108,8 +110,7 @@ def continuous_submit(batcher: "ContinuousBatcher") -> Callable[[Job], Awaitable
 
     async def submit(job: Job) -> list[GenerationResult]:
         loop = asyncio.get_running_loop()
-        future = batcher.submit(job.rows, _BatchHooks([job]),
-                                on_start=lambda: loop.call_soon_threadsafe(job.dequeued))
+        future = batcher.submit(job.rows, _BatchHooks([job]), on_start=lambda: loop.call_soon_threadsafe(job.dequeued))
         results = await asyncio.wrap_future(future)
         job.generated_tokens = sum(r.num_output_tokens for r in results)
         return results
@@ -118,10 +119,17 @@ def continuous_submit(batcher: "ContinuousBatcher") -> Callable[[Job], Awaitable
 
 
 class Runner:
-    def __init__(self, engine: GenerationEngine | None, submit: Callable[[Job], Awaitable[list]],
-                 *, max_waiting: int = 16, timeout_s: float = 300.0, retry_after_s: float = 1.0,
-                 on_queue_change: Callable[[int], None] | None = None,
-                 on_event: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        engine: GenerationEngine | None,
+        submit: Callable[[Job], Awaitable[list]],
+        *,
+        max_waiting: int = 16,
+        timeout_s: float = 300.0,
+        retry_after_s: float = 1.0,
+        on_queue_change: Callable[[int], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ):
         self.engine = engine
         self.submit = submit
         self.max_waiting = max_waiting
@@ -180,7 +188,7 @@ class Runner:
         flat = self.engine.generate_prepared(rows, hooks=_BatchHooks(jobs))
         out, k = [], 0
         for job in jobs:
-            res = flat[k:k + len(job.rows)]
+            res = flat[k : k + len(job.rows)]
             job.generated_tokens = sum(r.num_output_tokens for r in res)
             out.append(res)
             k += len(job.rows)
@@ -228,8 +236,9 @@ class Runner:
             while True:
                 getter = asyncio.ensure_future(job._queue.get())
                 remaining = deadline - time.monotonic()
-                done, _ = await asyncio.wait({getter, task}, timeout=max(remaining, 0.001),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {getter, task}, timeout=max(remaining, 0.001), return_when=asyncio.FIRST_COMPLETED
+                )
                 if getter in done:
                     yield getter.result()
                     continue

@@ -2,6 +2,7 @@
 
 pydantic, strict types, no extra keys: a misspelt or unsupported field is a 4xx naming the field.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -22,8 +23,9 @@ class GenerateResponse(BaseModel):
 
 
 # 4xx (also 404 for an unknown model, as OpenAI) are invalid_request_error, except 401.
-ErrorType = Literal["invalid_request_error", "authentication_error", "overloaded_error",
-                    "timeout_error", "server_error"]
+ErrorType = Literal[
+    "invalid_request_error", "authentication_error", "overloaded_error", "timeout_error", "server_error"
+]
 
 
 class ErrorDetail(BaseModel):
@@ -36,8 +38,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def error_body(message: str, type: str = "invalid_request_error", code: str | None = None
-               ) -> dict[str, Any]:
+def error_body(message: str, type: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
     err = {"message": message, "type": type}
     if code is not None:
         err["code"] = code
@@ -93,8 +94,13 @@ class _OpenAISampling(BaseModel):
         return tuple(self.stop or ())
 
     def generation_params(self, max_tokens: int) -> GenerationParams:
-        return GenerationParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                max_tokens=max_tokens, repetition_penalty=self.repetition_penalty)
+        return GenerationParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_tokens=max_tokens,
+            repetition_penalty=self.repetition_penalty,
+        )
 
     def unsupported(self) -> str | None:
         """A message naming the first field set to something this server cannot do, or None."""

@@ -16,6 +16,7 @@ that wrote them, so the loader converts them first to DeepSpeed's *universal* ch
 size (exact: nothing is lost). The sampler's state is global (samples consumed of one seeded
 stream), so each rank just takes its slice of the new, smaller or larger, global batch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,8 +85,9 @@ def _describe(state: TrainState) -> str:
     return f"{state.engine}{stage} on {state.world_size} worker(s) at step {state.step}"
 
 
-def check_resumable(state: TrainState, engine: str, world_size: int, where: str = "",
-                    zero_stage: int | None = None) -> None:
+def check_resumable(
+    state: TrainState, engine: str, world_size: int, where: str = "", zero_stage: int | None = None
+) -> None:
     """Raise unless this run can load ``state``'s checkpoint. DeepSpeed ZeRO shards load into
     DeepSpeed with the same ZeRO stage on any number of ranks (another number through the
     universal conversion, see ``needs_universal``); torch checkpoints (whole trainable weights)
@@ -103,7 +105,8 @@ def check_resumable(state: TrainState, engine: str, world_size: int, where: str 
     raise IncompatibleCheckpoint(
         f"the checkpoint to resume from{' (' + where + ')' if where else ''} was written by {_describe(state)}, "
         f"but this run uses {engine}{stage} on {world_size} worker(s); {fix}, or pick a new run_name to "
-        "start over")
+        "start over"
+    )
 
 
 def needs_universal(state: TrainState, engine: str, world_size: int) -> bool:
@@ -129,16 +132,26 @@ def zero_param_shapes(directory: str | Path, tag: str) -> dict[str, tuple[int, .
 def check_same_shapes(saved: dict[str, tuple[int, ...]], model: dict[str, tuple[int, ...]], where: str) -> None:
     """The model must have exactly the checkpoint's trainable parameters, shape for shape."""
     missing, unexpected = sorted(set(model) - set(saved)), sorted(set(saved) - set(model))
-    differ = [f"{n}: checkpoint {list(saved[n])} vs model {list(model[n])}"
-              for n in sorted(set(saved) & set(model)) if saved[n] != model[n]]
+    differ = [
+        f"{n}: checkpoint {list(saved[n])} vs model {list(model[n])}"
+        for n in sorted(set(saved) & set(model))
+        if saved[n] != model[n]
+    ]
     if missing or unexpected or differ:
         raise IncompatibleCheckpoint(
             f"checkpoint {where} cannot be loaded into this model: "
-            + "; ".join(filter(None, [
-                differ and f"{len(differ)} shape(s) differ ({', '.join(differ[:3])})",
-                missing and f"model parameters not in the checkpoint {missing[:3]}",
-                unexpected and f"checkpoint parameters not in the model {unexpected[:3]}"]))
-            + " (a different model or trainable_modules than the run that wrote it)")
+            + "; ".join(
+                filter(
+                    None,
+                    [
+                        differ and f"{len(differ)} shape(s) differ ({', '.join(differ[:3])})",
+                        missing and f"model parameters not in the checkpoint {missing[:3]}",
+                        unexpected and f"checkpoint parameters not in the model {unexpected[:3]}",
+                    ],
+                )
+            )
+            + " (a different model or trainable_modules than the run that wrote it)"
+        )
 
 
 def convert_to_universal(directory: str | Path, tag: str, out_dir: str | Path) -> Path:
@@ -155,13 +168,22 @@ def convert_to_universal(directory: str | Path, tag: str, out_dir: str | Path) -
 
     out = Path(out_dir, tag)
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = Namespace(input_folder=str(Path(directory, tag)), output_folder=str(out), num_extract_workers=1,
-                     num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    args = Namespace(
+        input_folder=str(Path(directory, tag)),
+        output_folder=str(out),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             ds_to_universal.main(args)
     except Exception as exc:
-        raise RuntimeError(f"converting DeepSpeed checkpoint {args.input_folder} to the universal format failed: "
-                           f"{type(exc).__name__}: {exc}\n{buf.getvalue()[-2000:]}") from exc
+        raise RuntimeError(
+            f"converting DeepSpeed checkpoint {args.input_folder} to the universal format failed: "
+            f"{type(exc).__name__}: {exc}\n{buf.getvalue()[-2000:]}"
+        ) from exc
     return out

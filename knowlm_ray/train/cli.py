@@ -2,6 +2,7 @@
 
 Imports stay lazy so `knowlm --help` does not load matplotlib.
 """
+
 from __future__ import annotations
 
 import argparse

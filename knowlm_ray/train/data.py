@@ -11,11 +11,13 @@ as probabilities): the source of the g-th sample is a seeded draw, and each sour
 seeded permutation epoch by epoch (small sources repeat, big ones are cut). Its state is the
 global sample count plus every source's (epoch, offset).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -130,10 +132,12 @@ class RecordRows:
             raise DataError("no usable instruction records (all empty, or their response cut away by cutoff_len)")
         lengths = np.fromiter((len(r["input_ids"]) for r in records), dtype=np.int64, count=len(records))
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
-        self.input_ids = np.fromiter((t for r in records for t in r["input_ids"]), dtype=np.int32,
-                                     count=int(self.offsets[-1]))
-        self.labels = np.fromiter((t for r in records for t in r["labels"]), dtype=np.int32,
-                                  count=int(self.offsets[-1]))
+        self.input_ids = np.fromiter(
+            (t for r in records for t in r["input_ids"]), dtype=np.int32, count=int(self.offsets[-1])
+        )
+        self.labels = np.fromiter(
+            (t for r in records for t in r["labels"]), dtype=np.int32, count=int(self.offsets[-1])
+        )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -153,8 +157,15 @@ class SamplerState:
 class RankSampler:
     """Deterministic, resumable index stream; each rank takes a disjoint slice of a global batch."""
 
-    def __init__(self, num_rows: int, seed: int, rank: int, world_size: int, micro_batch: int,
-                 state: SamplerState | dict | None = None):
+    def __init__(
+        self,
+        num_rows: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        micro_batch: int,
+        state: SamplerState | dict | None = None,
+    ):
         if num_rows <= 0:
             raise DataError("cannot sample from an empty dataset")
         if not 0 <= rank < world_size:
@@ -175,7 +186,7 @@ class RankSampler:
         need, out = self.micro_batch * self.world_size, []
         while need > 0:
             perm = self.permutation(self.state.epoch)
-            take = perm[self.state.offset:self.state.offset + need]
+            take = perm[self.state.offset : self.state.offset + need]
             out.append(take)
             need -= len(take)
             self.state.offset += len(take)
@@ -185,7 +196,7 @@ class RankSampler:
 
     def next_indices(self) -> list[int]:
         g = self.next_global()
-        return g[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch].tolist()
+        return g[self.rank * self.micro_batch : (self.rank + 1) * self.micro_batch].tolist()
 
     def state_dict(self) -> dict:
         return asdict(self.state)
@@ -201,8 +212,16 @@ class MixedSampler:
 
     CHUNK = 4096
 
-    def __init__(self, groups: dict[str, np.ndarray], probs: dict[str, float], seed: int, rank: int,
-                 world_size: int, micro_batch: int, state: dict | None = None):
+    def __init__(
+        self,
+        groups: dict[str, np.ndarray],
+        probs: dict[str, float],
+        seed: int,
+        rank: int,
+        world_size: int,
+        micro_batch: int,
+        state: dict | None = None,
+    ):
         names = [n for n in groups if probs.get(n, 0) > 0]
         if not names:
             raise DataError("data mix: every source has weight 0")
@@ -251,7 +270,7 @@ class MixedSampler:
 
     def next_indices(self) -> list[int]:
         g = self.next_global()
-        return g[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch].tolist()
+        return g[self.rank * self.micro_batch : (self.rank + 1) * self.micro_batch].tolist()
 
     def state_dict(self) -> dict:
         return {"consumed": self.consumed, "sources": {n: dict(v) for n, v in self.pos.items()}}
@@ -270,8 +289,9 @@ def manifest_source_weights(manifest: dict) -> dict[str, float]:
     return weights
 
 
-def mixing_probs(counts: dict[str, int], data_mix: dict[str, float] | None,
-                 manifest_weights: dict[str, float]) -> dict[str, float] | None:
+def mixing_probs(
+    counts: dict[str, int], data_mix: dict[str, float] | None, manifest_weights: dict[str, float]
+) -> dict[str, float] | None:
     """Share of samples per source, or None for the natural (unmixed) order.
 
     ``data_mix`` (training config) gives the shares directly. Otherwise the manifest's weights are
@@ -282,8 +302,9 @@ def mixing_probs(counts: dict[str, int], data_mix: dict[str, float] | None,
         unknown = sorted(set(data_mix) - set(counts))
         missing = sorted(set(counts) - set(data_mix))
         if unknown:
-            raise DataError(f"data_mix names source(s) {unknown} that the data does not have "
-                            f"(sources: {sorted(counts)})")
+            raise DataError(
+                f"data_mix names source(s) {unknown} that the data does not have (sources: {sorted(counts)})"
+            )
         if missing:
             raise DataError(f"data_mix has no weight for source(s) {missing} (give 0 to leave them out)")
         if any(w < 0 for w in data_mix.values()) or sum(data_mix.values()) <= 0:
@@ -308,8 +329,13 @@ def segment_starts(starts: np.ndarray | None, n_tokens: int) -> list[int]:
     return [0] + [int(s) for s in starts if 0 < s < n_tokens]
 
 
-def collate(rows: Sequence[Row], seq_len: int, pad_id: int, pad_to_multiple_of: int = 1,
-            starts: Sequence[np.ndarray | None] | None = None):
+def collate(
+    rows: Sequence[Row],
+    seq_len: int,
+    pad_id: int,
+    pad_to_multiple_of: int = 1,
+    starts: Sequence[np.ndarray | None] | None = None,
+):
     """Cut rows to ``seq_len``, right-pad to the longest; labels are IGNORE_INDEX on padding.
 
     ``starts``: per row, where its documents start (packed rows). When any row holds more than
@@ -327,9 +353,9 @@ def collate(rows: Sequence[Row], seq_len: int, pad_id: int, pad_to_multiple_of: 
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     for i, (ids, lab) in enumerate(cut):
         t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-        input_ids[i, :len(t)] = t
-        labels[i, :len(t)] = t if lab is None else torch.as_tensor(np.asarray(lab, dtype=np.int64))
-        attention_mask[i, :len(t)] = 1
+        input_ids[i, : len(t)] = t
+        labels[i, : len(t)] = t if lab is None else torch.as_tensor(np.asarray(lab, dtype=np.int64))
+        attention_mask[i, : len(t)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     if starts is not None:
         segs = [segment_starts(s, len(ids)) for s, (ids, _) in zip(starts, cut)]
@@ -361,8 +387,9 @@ class BatchStream:
     starts come from the shards' ``doc_starts`` column, or else from BOS tokens (``bos_id``).
     """
 
-    def __init__(self, rows: Rows, sampler, seq_len: int, pad_id: int, packed: str | None = None,
-                 bos_id: int | None = None):
+    def __init__(
+        self, rows: Rows, sampler, seq_len: int, pad_id: int, packed: str | None = None, bos_id: int | None = None
+    ):
         self.rows, self.sampler, self.seq_len, self.pad_id = rows, sampler, seq_len, pad_id
         self.packed, self.bos_id = packed, bos_id
 
@@ -370,7 +397,7 @@ class BatchStream:
         starts = getattr(self.rows, "doc_starts", None)
         got = starts(i) if starts is not None else None
         if got is None and self.bos_id is not None:
-            got = np.flatnonzero(np.asarray(row[0][:self.seq_len]) == self.bos_id)
+            got = np.flatnonzero(np.asarray(row[0][: self.seq_len]) == self.bos_id)
         return got
 
     def collate_indices(self, indices: Sequence[int]):

@@ -18,6 +18,7 @@ Then the config's switches are applied (``build_ds_config``):
                            optimizer offload); CPU: no optimizer block, the engine passes
                            torch.optim.AdamW (DeepSpeed's optimizers JIT-compile ~40 s each on CPU)
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,17 +46,31 @@ KNOWLM_ZERO3: dict[str, Any] = {
 }
 # KnowLM's fp16 block: dynamic loss scaling starting at 2^32, halved after 2 overflows in a row
 # (hysteresis), doubled after 1000 clean steps, never below 1.
-KNOWLM_FP16: dict[str, Any] = {"enabled": True, "auto_cast": False, "loss_scale": 0, "initial_scale_power": 32,
-                               "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
+KNOWLM_FP16: dict[str, Any] = {
+    "enabled": True,
+    "auto_cast": False,
+    "loss_scale": 0,
+    "initial_scale_power": 32,
+    "loss_scale_window": 1000,
+    "hysteresis": 2,
+    "min_loss_scale": 1,
+}
 OFFLOAD = {"device": "cpu", "pin_memory": True}
 
 PRESETS: dict[str, dict[str, Any] | None] = {
     "zero3": {"zero_optimization": KNOWLM_ZERO3},
     # For comparison (KnowLM measured ZeRO-2 slower than ZeRO-3 across nodes); Chinese-LLaMA-Alpaca's
     # pretraining ran ZeRO-2 with 1e8 buckets.
-    "zero2": {"zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
-                                    "reduce_scatter": True, "reduce_bucket_size": "auto",
-                                    "allgather_bucket_size": "auto"}},
+    "zero2": {
+        "zero_optimization": {
+            "stage": 2,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_scatter": True,
+            "reduce_bucket_size": "auto",
+            "allgather_bucket_size": "auto",
+        }
+    },
     "ddp": None,
 }
 COMMON = {"steps_per_print": 10**9, "wall_clock_breakdown": False}
@@ -112,9 +127,12 @@ def fill_auto_from_model(zero: dict[str, Any], hidden: int | None) -> None:
     """HF Trainer's rule for the ZeRO "auto" sizes; without a hidden size DeepSpeed's defaults apply."""
     sizes = {}
     if hidden:
-        sizes = {"reduce_bucket_size": hidden * hidden, "allgather_bucket_size": hidden * hidden,
-                 "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
-                 "stage3_param_persistence_threshold": 10 * hidden}
+        sizes = {
+            "reduce_bucket_size": hidden * hidden,
+            "allgather_bucket_size": hidden * hidden,
+            "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+            "stage3_param_persistence_threshold": 10 * hidden,
+        }
     for key, value in list(zero.items()):
         if value == "auto":
             if key in sizes:
@@ -144,8 +162,9 @@ def build_ds_config(cfg, world_size: int, use_gpu: bool | None = None) -> dict[s
     offload_opt, offload_param = getattr(cfg, "offload_optimizer", False), getattr(cfg, "offload_param", False)
     if ds is None:
         if offload_opt or offload_param:
-            raise DeepSpeedConfigError("offload_optimizer / offload_param need a DeepSpeed ZeRO preset, "
-                                       "not deepspeed: ddp")
+            raise DeepSpeedConfigError(
+                "offload_optimizer / offload_param need a DeepSpeed ZeRO preset, not deepspeed: ddp"
+            )
         return None
     use_gpu = cfg.use_gpu if use_gpu is None else use_gpu
     _fill(ds, "train_micro_batch_size_per_gpu", cfg.micro_batch_size)
@@ -168,19 +187,24 @@ def build_ds_config(cfg, world_size: int, use_gpu: bool | None = None) -> dict[s
             raise DeepSpeedConfigError(f"offload_param needs ZeRO stage 3, got stage {stage}")
         zero["offload_param"] = deep_merge(OFFLOAD, zero.get("offload_param") or {})
     fill_auto_from_model(zero, model_hidden_size(cfg.model))
-    offloaded = any(isinstance(zero.get(k), dict) and zero[k].get("device") not in (None, "none")
-                    for k in ("offload_optimizer", "offload_param"))
+    offloaded = any(
+        isinstance(zero.get(k), dict) and zero[k].get("device") not in (None, "none")
+        for k in ("offload_optimizer", "offload_param")
+    )
 
     if not use_gpu:
         # CPU: no fp16 kernels; no DeepSpeed optimizer (each JIT-compiles for ~40 s): the engine
         # passes torch.optim.AdamW as the client optimizer. Pinned memory needs CUDA.
         if isinstance(ds.get("fp16"), dict) and ds["fp16"].get("enabled"):
-            raise DeepSpeedConfigError("deepspeed.fp16 (precision: fp16): not supported on CPU (use_gpu: false); "
-                                       "use precision fp32 or bf16")
+            raise DeepSpeedConfigError(
+                "deepspeed.fp16 (precision: fp16): not supported on CPU (use_gpu: false); use precision fp32 or bf16"
+            )
         ds.pop("fp16", None)
         if isinstance(ds.get("optimizer"), dict):
-            raise DeepSpeedConfigError("deepspeed.optimizer: DeepSpeed's optimizers JIT-compile on CPU; remove the "
-                                       "block (the loop uses torch AdamW with use_gpu: false)")
+            raise DeepSpeedConfigError(
+                "deepspeed.optimizer: DeepSpeed's optimizers JIT-compile on CPU; remove the "
+                "block (the loop uses torch AdamW with use_gpu: false)"
+            )
         for key in ("offload_optimizer", "offload_param"):
             if isinstance(zero.get(key), dict):
                 zero[key]["pin_memory"] = False
@@ -190,9 +214,15 @@ def build_ds_config(cfg, world_size: int, use_gpu: bool | None = None) -> dict[s
     elif "optimizer" not in ds:
         # DeepSpeed's AdamW: FusedAdam on the GPU, DeepSpeedCPUAdam when the optimizer is offloaded.
         # The loop sets the learning rate of every param group each step (no scheduler block).
-        ds["optimizer"] = {"type": "AdamW", "params": {
-            "lr": cfg.lr, "betas": list(cfg.betas), "eps": getattr(cfg, "eps", 1e-8),
-            "weight_decay": cfg.weight_decay}}
+        ds["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.lr,
+                "betas": list(cfg.betas),
+                "eps": getattr(cfg, "eps", 1e-8),
+                "weight_decay": cfg.weight_decay,
+            },
+        }
     return ds
 
 
@@ -205,7 +235,8 @@ def check_batch_arithmetic(ds: dict[str, Any], world_size: int) -> None:
     if tb != mb * ga * world_size:
         raise DeepSpeedConfigError(
             "deepspeed: train_batch_size must equal train_micro_batch_size_per_gpu * "
-            f"gradient_accumulation_steps * world_size, but {tb} != {mb} * {ga} * {world_size}")
+            f"gradient_accumulation_steps * world_size, but {tb} != {mb} * {ga} * {world_size}"
+        )
 
 
 def validate_ds_config(ds: dict[str, Any], world_size: int) -> None:

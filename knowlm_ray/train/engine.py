@@ -10,11 +10,13 @@
     engine.full_state_dict()                  every rank; the whole model on rank 0, else None
     engine.gathered(params)                   context in which ZeRO-3 params are whole everywhere
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -38,8 +40,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     # torch AdamW on CPU on purpose: DeepSpeed's own optimizers JIT-compile for ~40 s on first use.
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                             eps=getattr(cfg, "eps", 1e-8))
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=getattr(cfg, "eps", 1e-8)
+    )
 
 
 def _set_lr(optimizer, lr: float) -> None:
@@ -71,10 +74,12 @@ class DeepSpeedEngine:
         if isinstance(ds_config.get("optimizer"), dict):
             # GPU: DeepSpeed builds its AdamW (FusedAdam / DeepSpeedCPUAdam) over our param groups.
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=model, model_parameters=param_groups(model, cfg.weight_decay), config=ds_config)
+                model=model, model_parameters=param_groups(model, cfg.weight_decay), config=ds_config
+            )
         else:
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=model, optimizer=make_optimizer(model, cfg), config=ds_config)
+                model=model, optimizer=make_optimizer(model, cfg), config=ds_config
+            )
         self.device = self.engine.device
         self.stage = self.engine.zero_optimization_stage()
 
@@ -154,7 +159,8 @@ class TorchEngine:
             # An 8-bit (bitsandbytes) base was placed on its GPU by from_pretrained and cannot move.
             quantized = bool(getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_quantized", False))
             self.model = ray.train.torch.prepare_model(
-                model, move_to_device=not quantized, parallel_strategy_kwargs={"find_unused_parameters": False})
+                model, move_to_device=not quantized, parallel_strategy_kwargs={"find_unused_parameters": False}
+            )
             self.device = ray.train.torch.get_device()
         else:
             self.device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
@@ -192,8 +198,9 @@ class TorchEngine:
                 self.scaler.unscale_(self.optimizer)
             trainable = [p for p in self.module.parameters() if p.requires_grad]
             # max_norm inf: the norm without clipping
-            norm = torch.nn.utils.clip_grad_norm_(trainable, self.max_grad_norm if self.max_grad_norm > 0
-                                                  else float("inf"))
+            norm = torch.nn.utils.clip_grad_norm_(
+                trainable, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+            )
             self._stats = {"grad_norm": float(norm)}
             if self.scaler:
                 self.scaler.step(self.optimizer)
@@ -242,8 +249,9 @@ class TorchEngine:
         expected = set(self._trainable())
         if set(weights) != expected:
             missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-            raise RuntimeError(f"checkpoint {d} does not match the model: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
+            raise RuntimeError(
+                f"checkpoint {d} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         params = dict(self.module.named_parameters())
         with torch.no_grad():
             for name, value in weights.items():

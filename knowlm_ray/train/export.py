@@ -4,6 +4,7 @@ Written to a staging dir next to ``output_dir`` and swapped in, so a reader neve
 model; ``metrics.jsonl`` is carried over. Every saved tensor is checked to be non-empty: under
 ZeRO-3 a naive ``save_pretrained`` writes the local (0,)-shaped shards and only warns.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,10 @@ def check_nonempty(shapes: dict[str, tuple[int, ...]], where: str) -> None:
         raise ExportError(f"{where}: no tensors were saved")
     empty = [k for k, s in shapes.items() if math.prod(s) == 0]
     if empty:
-        raise ExportError(f"{where}: {len(empty)} saved tensor(s) are empty, e.g. {empty[:3]} "
-                          "(ZeRO-3 shards saved without gathering?)")
+        raise ExportError(
+            f"{where}: {len(empty)} saved tensor(s) are empty, e.g. {empty[:3]} "
+            "(ZeRO-3 shards saved without gathering?)"
+        )
 
 
 def check_full_model(saved: dict[str, tuple[int, ...]], state_dict: dict, where: str) -> None:
@@ -59,8 +62,10 @@ def check_full_model(saved: dict[str, tuple[int, ...]], state_dict: dict, where:
     unexpected = [k for k in saved if k not in state_dict]
     wrong = [k for k in saved if k in state_dict and tuple(state_dict[k].shape) != saved[k]]
     if missing or unexpected or wrong:
-        raise ExportError(f"{where}: saved weights do not match the model: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+        raise ExportError(
+            f"{where}: saved weights do not match the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+        )
 
 
 def write_full_model(module, state_dict: dict, base_dir: str | Path, output_dir: str | Path) -> Path:

@@ -25,6 +25,7 @@ Checkpoints are written every ``save_every`` steps, and also when ``save_every_m
 passed since the last one. Rank 0's clock decides; the decision rides on the per-step loss
 all-reduce, so every rank enters the (collective) save at the same step at no extra cost.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,15 +33,26 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from knowlm_ray.train.checkpoint import (IncompatibleCheckpoint, TrainState, check_resumable, check_same_shapes,
-                                         convert_to_universal, latest_local_checkpoint, needs_universal,
-                                         read_train_state, step_tag, write_train_state, zero_param_shapes)
+from knowlm_ray.train.checkpoint import (
+    IncompatibleCheckpoint,
+    TrainState,
+    check_resumable,
+    check_same_shapes,
+    convert_to_universal,
+    latest_local_checkpoint,
+    needs_universal,
+    read_train_state,
+    step_tag,
+    write_train_state,
+    zero_param_shapes,
+)
 from knowlm_ray.train.data import BatchStream, RankSampler, Rows, batch_tokens
 from knowlm_ray.train.deepspeed_presets import build_ds_config, validate_ds_config, zero_stage
 from knowlm_ray.train.engine import DeepSpeedEngine, TorchEngine, use_deepspeed
@@ -137,8 +149,11 @@ def _load_universal(engine, d: str, state: TrainState, ctx: WorkerContext, run_n
         shutil.rmtree(out, ignore_errors=True)  # a half-written one from a crashed attempt
         t0 = time.perf_counter()
         convert_to_universal(d, state.tag, out)
-        print(f"[{run_name}] converted the step-{state.step} checkpoint ({state.world_size} worker(s)) to "
-              f"DeepSpeed's universal format in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"[{run_name}] converted the step-{state.step} checkpoint ({state.world_size} worker(s)) to "
+            f"DeepSpeed's universal format in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
     _barrier(ctx)
     try:
         engine.load(str(out), state.tag)
@@ -166,10 +181,13 @@ def _engine_name(ds_config: dict | None, ctx: WorkerContext) -> str:
 
 def _announce_resize(cfg, state: TrainState, ctx: WorkerContext) -> None:
     old = f", global batch {state.global_batch}" if state.global_batch else ""
-    print(f"[{cfg.run_name}] resuming the step-{state.step} checkpoint of {state.world_size} worker(s){old} on "
-          f"{ctx.world_size} worker(s): global batch now {cfg.global_batch} = micro {cfg.micro_batch_size} x "
-          f"accum {cfg.grad_accum} x {ctx.world_size} worker(s); weights and optimizer state restored exactly, "
-          f"the sample stream continues where it stopped (nothing repeated or skipped)", flush=True)
+    print(
+        f"[{cfg.run_name}] resuming the step-{state.step} checkpoint of {state.world_size} worker(s){old} on "
+        f"{ctx.world_size} worker(s): global batch now {cfg.global_batch} = micro {cfg.micro_batch_size} x "
+        f"accum {cfg.grad_accum} x {ctx.world_size} worker(s); weights and optimizer state restored exactly, "
+        f"the sample stream continues where it stopped (nothing repeated or skipped)",
+        flush=True,
+    )
 
 
 def _save(engine, state: TrainState, metrics: dict, ctx: WorkerContext) -> None:
@@ -199,8 +217,9 @@ def evaluate(engine, stream: BatchStream, val_rows: Rows, micro_batch: int, ctx:
     for start in range(0, n, per):
         idx = list(range(min(start + ctx.rank * micro_batch, n), min(start + (ctx.rank + 1) * micro_batch, n)))
         weight = 1 if idx else 0
-        batch = BatchStream(val_rows, None, stream.seq_len, stream.pad_id, stream.packed,
-                            stream.bos_id).collate_indices(idx or [0])
+        batch = BatchStream(
+            val_rows, None, stream.seq_len, stream.pad_id, stream.packed, stream.bos_id
+        ).collate_indices(idx or [0])
         s, c = engine.evaluate(batch)
         loss_sum, count = loss_sum + weight * s, count + weight * c
     total, tokens = _all_reduce_sum([loss_sum, count], ctx, engine.device)
@@ -253,23 +272,28 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext, cloc
                 loss_sum += float(engine.micro_step(batch, lr))
                 tokens += batch_tokens(batch)
             # Rank 0's clock decides a time-based save for everyone (summed flag, same all-reduce).
-            due = float(ctx.rank == 0 and cfg.save_every_minutes > 0
-                        and clock() - last_save >= cfg.save_every_minutes * 60)
+            due = float(
+                ctx.rank == 0 and cfg.save_every_minutes > 0 and clock() - last_save >= cfg.save_every_minutes * 60
+            )
             total_loss, total_tokens, due = _all_reduce_sum([loss_sum, tokens, due], ctx, engine.device)
             loss = total_loss / (cfg.grad_accum * ctx.world_size)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step} (lr {lr:.3g}); stopping")
             dt = max(time.perf_counter() - t0, 1e-9)
             tps = total_tokens / dt
-            extra = {"samples_per_s": round(cfg.micro_batch_size * cfg.grad_accum * ctx.world_size / dt, 2),
-                     **{k: round(v, 6) for k, v in engine.step_stats().items()}}
+            extra = {
+                "samples_per_s": round(cfg.micro_batch_size * cfg.grad_accum * ctx.world_size / dt, 2),
+                **{k: round(v, 6) for k, v in engine.step_stats().items()},
+            }
             if peak > 0:
                 extra["mfu"] = round(flops_per_token * tps / peak, 4)
             if log is not None:
                 log.log(step, loss, lr, tps, **extra)
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    print(f"[{cfg.run_name}] step {step}/{cfg.max_steps} loss {loss:.4f} lr {lr:.3g} "
-                          f"{tps:,.0f} tok/s", flush=True)
+                    print(
+                        f"[{cfg.run_name}] step {step}/{cfg.max_steps} loss {loss:.4f} lr {lr:.3g} {tps:,.0f} tok/s",
+                        flush=True,
+                    )
             if val_rows is not None and (step % eval_every == 0 or step == cfg.max_steps):
                 val_loss = evaluate(engine, stream, val_rows, cfg.micro_batch_size, ctx)
                 if log is not None:
@@ -279,10 +303,15 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext, cloc
             if val_loss is not None:
                 metrics["val_loss"] = val_loss
             if step % cfg.save_every == 0 or step == cfg.max_steps or due > 0:
-                state = TrainState(step=step, tag=step_tag(step), sampler=stream.state_dict(),
-                                   engine=engine_name, world_size=ctx.world_size,
-                                   zero_stage=engine.stage if isinstance(engine, DeepSpeedEngine) else 0,
-                                   global_batch=cfg.micro_batch_size * cfg.grad_accum * ctx.world_size)
+                state = TrainState(
+                    step=step,
+                    tag=step_tag(step),
+                    sampler=stream.state_dict(),
+                    engine=engine_name,
+                    world_size=ctx.world_size,
+                    zero_stage=engine.stage if isinstance(engine, DeepSpeedEngine) else 0,
+                    global_batch=cfg.micro_batch_size * cfg.grad_accum * ctx.world_size,
+                )
                 _save(engine, state, metrics, ctx)
                 last_save = clock()
             elif step % cfg.log_every == 0:
@@ -292,10 +321,17 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext, cloc
             log.close()
     t_export = time.perf_counter()
     out = task.export(engine, ctx.rank)
-    summary = {"step": state.step, "start_step": start_step, "loss": loss, "val_loss": val_loss,
-               "init_s": round(t_start - t_init, 2), "train_s": round(t_export - t_start, 2),
-               "export_s": round(time.perf_counter() - t_export, 2),
-               "output_dir": str(out or cfg.output_dir), "engine": engine_name}
+    summary = {
+        "step": state.step,
+        "start_step": start_step,
+        "loss": loss,
+        "val_loss": val_loss,
+        "init_s": round(t_start - t_init, 2),
+        "train_s": round(t_export - t_start, 2),
+        "export_s": round(time.perf_counter() - t_export, 2),
+        "output_dir": str(out or cfg.output_dir),
+        "engine": engine_name,
+    }
     return summary  # rank 0's comes back to the driver as Result.return_value
 
 
@@ -313,9 +349,13 @@ def _train_fn(config: dict) -> dict:
 
     tctx = ray.train.get_context()
     ctx = WorkerContext(
-        rank=tctx.get_world_rank(), world_size=tctx.get_world_size(), local_rank=tctx.get_local_rank(),
+        rank=tctx.get_world_rank(),
+        world_size=tctx.get_world_size(),
+        local_rank=tctx.get_local_rank(),
         distributed=torch.distributed.is_available() and torch.distributed.is_initialized(),
-        checkpoint=ray.train.get_checkpoint(), report=_ray_report)
+        checkpoint=ray.train.get_checkpoint(),
+        report=_ray_report,
+    )
     cfg = config["cfg"]
     import ray
 
@@ -331,8 +371,11 @@ def resolve_max_steps(cfg, num_rows: int) -> int:
             raise ValueError("num_epochs: no training rows to count epochs over")
         steps = max(1, math.ceil(cfg.num_epochs * num_rows / cfg.global_batch))
         cfg.max_steps = steps
-        print(f"[{cfg.run_name}] {cfg.num_epochs:g} epoch(s) of {num_rows} rows at {cfg.global_batch} per step "
-              f"-> max_steps {steps}", flush=True)
+        print(
+            f"[{cfg.run_name}] {cfg.num_epochs:g} epoch(s) of {num_rows} rows at {cfg.global_batch} per step "
+            f"-> max_steps {steps}",
+            flush=True,
+        )
     return cfg.max_steps
 
 
@@ -366,10 +409,14 @@ def keep_global_batch(cfg, saved: TrainState, where: str) -> None:
             f"keep_global_batch: the checkpoint {where} trained with global batch {saved.global_batch} "
             f"({saved.world_size} worker(s)), which is not a multiple of micro_batch_size {cfg.micro_batch_size} "
             f"x {cfg.world_size} worker(s) = {per_step}; change micro_batch_size or num_workers, or set "
-            "keep_global_batch: false")
+            "keep_global_batch: false"
+        )
     accum = saved.global_batch // per_step
-    print(f"[{cfg.run_name}] keep_global_batch: grad_accum {cfg.grad_accum} -> {accum} so the global batch stays "
-          f"{saved.global_batch} on {cfg.world_size} worker(s)", flush=True)
+    print(
+        f"[{cfg.run_name}] keep_global_batch: grad_accum {cfg.grad_accum} -> {accum} so the global batch stays "
+        f"{saved.global_batch} on {cfg.world_size} worker(s)",
+        flush=True,
+    )
     cfg.grad_accum = accum
 
 
@@ -386,8 +433,11 @@ def fit(cfg, make_task: Callable[..., Task], shared: dict[str, Any] | None = Non
 
     ds_config = prepare_ds_config(cfg)
     if cfg.num_workers == 0:
-        print(f"[{cfg.run_name}] local mode (num_workers: 0): one process, plain torch, no DeepSpeed; "
-              "checkpoints are not kept, so a re-run starts over", flush=True)
+        print(
+            f"[{cfg.run_name}] local mode (num_workers: 0): one process, plain torch, no DeepSpeed; "
+            "checkpoints are not kept, so a re-run starts over",
+            flush=True,
+        )
     ray = init_ray()
     refs = {k: ray.put(v) for k, v in (shared or {}).items()}
     t0 = time.perf_counter()
@@ -395,13 +445,16 @@ def fit(cfg, make_task: Callable[..., Task], shared: dict[str, Any] | None = Non
         _train_fn,
         train_loop_config={"cfg": cfg, "make_task": make_task, "ds_config": ds_config, "shared": refs},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
         run_config=RunConfig(
-            name=cfg.run_name, storage_path=cfg.storage_path,
+            name=cfg.run_name,
+            storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": worker_env()}),
+            worker_runtime_env={"env_vars": worker_env()},
+        ),
     )
     result = trainer.fit()
     if getattr(result, "error", None):
@@ -411,8 +464,9 @@ def fit(cfg, make_task: Callable[..., Task], shared: dict[str, Any] | None = Non
 
 def summarize(cfg, final: dict, checkpoint, seconds: float) -> dict:
     start = final.get("start_step", 0)
-    rows = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
-            if r.get("step", 0) > start and "loss" in r]  # not the {"step", "val_loss"} lines
+    rows = [
+        r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if r.get("step", 0) > start and "loss" in r
+    ]  # not the {"step", "val_loss"} lines
     tps = [r["tokens_per_s"] for r in rows[1:]] or [r["tokens_per_s"] for r in rows]
     return {
         "run_name": cfg.run_name,

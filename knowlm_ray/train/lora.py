@@ -14,16 +14,17 @@ Data (``cfg.data``):
 Validation loss runs every ``eval_every`` steps (and at the last) and goes to metrics.jsonl as
 ``{"step", "val_loss"}`` lines. ``num_epochs`` (KnowLM: 3) sets max_steps unless it is given.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from knowlm_ray.config import ConfigError, FinetuneConfig
 from knowlm_ray.alpaca import RecordError, load_alpaca, tokenize_records
+from knowlm_ray.config import ConfigError, FinetuneConfig
 from knowlm_ray.train.checkpoint import IncompatibleCheckpoint
-from knowlm_ray.train.data import (DataError, RecordRows, Rows, ShardRows, find_shards, find_validation_shards)
+from knowlm_ray.train.data import DataError, RecordRows, Rows, ShardRows, find_shards, find_validation_shards
 from knowlm_ray.train.deepspeed_presets import DeepSpeedConfigError, resolve_preset
 from knowlm_ray.train.export import write_adapter
 from knowlm_ray.train.loop import Task, fit, prepare_ds_config, resolve_max_steps
@@ -48,8 +49,10 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndar
     if val_size <= 0:
         return np.arange(n), np.empty(0, dtype=np.int64)
     if val_size >= n:
-        raise DataError(f"val_set_size {val_size} leaves no training rows: the data has {n} usable rows "
-                        "(lower val_set_size, or 0 for no validation)")
+        raise DataError(
+            f"val_set_size {val_size} leaves no training rows: the data has {n} usable rows "
+            "(lower val_set_size, or 0 for no validation)"
+        )
     perm = np.random.default_rng([seed, 0x76616C]).permutation(n)
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
@@ -66,8 +69,11 @@ def _load_8bit(model_dir: str):
     except Exception:
         device = torch.device("cuda", torch.cuda.current_device())
     base = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
-        device_map={"": device.index or 0}, dtype=torch.float16)
+        model_dir,
+        quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        device_map={"": device.index or 0},
+        dtype=torch.float16,
+    )
     # fp32 norms/head, input grads for the frozen int8 layers (alpaca-lora's prepare_model_for_int8_training)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
 
@@ -76,9 +82,15 @@ def build_lora_model(cfg: FinetuneConfig):
     from peft import LoraConfig, get_peft_model
 
     base = _load_8bit(cfg.model) if cfg.load_in_8bit else load_causal_lm(cfg.model)
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none",
-                      modules_to_save=list(cfg.lora.modules_to_save) or None, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        bias="none",
+        modules_to_save=list(cfg.lora.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+    )
     # Under ZeRO-3 the base is already partitioned here; peft wraps it afterwards (notes §5).
     return get_peft_model(base, lora)
 
@@ -98,8 +110,10 @@ def tokenize_instructions(cfg: FinetuneConfig) -> RecordRows:
     records = load_alpaca(cfg.data)
     rows = tokenize_records(tok, records, cfg.cutoff_len, cfg.train_on_inputs)
     if not rows:
-        raise DataError(f"{cfg.data}: none of {len(records)} records keeps a response token within "
-                        f"cutoff_len={cfg.cutoff_len} (raise cutoff_len or shorten the prompts)")
+        raise DataError(
+            f"{cfg.data}: none of {len(records)} records keeps a response token within "
+            f"cutoff_len={cfg.cutoff_len} (raise cutoff_len or shorten the prompts)"
+        )
     return RecordRows(rows)
 
 
@@ -150,16 +164,24 @@ def make_task(cfg: FinetuneConfig, rows: Rows | None = None, val_rows: Rows | No
                 return write_adapter(engine.module, cfg.model, cfg.output_dir)
         return None
 
-    return Task(build_model=lambda: build_lora_model(cfg), load_rows=load_rows, load_val_rows=load_val_rows,
-                export=export, seq_len=cfg.cutoff_len, pad_id=pad_id_of(cfg.model))
+    return Task(
+        build_model=lambda: build_lora_model(cfg),
+        load_rows=load_rows,
+        load_val_rows=load_val_rows,
+        export=export,
+        seq_len=cfg.cutoff_len,
+        pad_id=pad_id_of(cfg.model),
+    )
 
 
 def check_8bit(cfg: FinetuneConfig) -> None:
     if not cfg.load_in_8bit:
         return
     if not cfg.use_gpu:
-        raise ConfigError("load_in_8bit: int8 base weights (bitsandbytes, QLoRA style) train on a GPU only; "
-                          "set use_gpu: true, or load_in_8bit: false to train the fp32 base on CPU")
+        raise ConfigError(
+            "load_in_8bit: int8 base weights (bitsandbytes, QLoRA style) train on a GPU only; "
+            "set use_gpu: true, or load_in_8bit: false to train the fp32 base on CPU"
+        )
     if resolve_preset(cfg.deepspeed) is not None:
         raise ConfigError("load_in_8bit: DeepSpeed ZeRO cannot partition int8 weights; use deepspeed: ddp")
 

@@ -6,6 +6,7 @@ The same scalars go to TensorBoard event files in ``output_dir/tensorboard/`` (t
 On resume the log is first cut back to the checkpoint's step, so steps re-run after a failure
 are not duplicated and the file always reads as one clean run.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,16 @@ class MetricsLog:
         return rec
 
     def log(self, step: int, loss: float, lr: float, tokens_per_s: float, **extra) -> dict:
-        return self._write({"step": step, "loss": round(float(loss), 6), "lr": float(lr),
-                            "tokens_per_s": round(float(tokens_per_s), 1), "time": round(time.time(), 3), **extra})
+        return self._write(
+            {
+                "step": step,
+                "loss": round(float(loss), 6),
+                "lr": float(lr),
+                "tokens_per_s": round(float(tokens_per_s), 1),
+                "time": round(time.time(), 3),
+                **extra,
+            }
+        )
 
     def log_eval(self, step: int, val_loss: float) -> dict:
         return self._write({"step": step, "val_loss": round(float(val_loss), 6)})

@@ -5,6 +5,7 @@ learning rate, and throughput (tokens/s; MFU on a second axis when the config na
 A torn last line (a killed run) is skipped; where a step appears more than once (a resumed run whose
 log was not cut back) the last record wins, as it is the one the run continued from.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,7 @@ def load_curves(run_dir: str | Path) -> Curves:
         elif "val_loss" in rec:
             val[step] = _num(rec, "val_loss")
     if not train:
-        raise PlotError(f"{path} holds no training step records (lines with \"step\" and \"loss\")")
+        raise PlotError(f'{path} holds no training step records (lines with "step" and "loss")')
     c = Curves()
     for step in sorted(train):
         rec = train[step]
@@ -85,8 +86,9 @@ def _from_zero(ax, values: list[float]) -> None:
         ax.set_ylim(0, top * 1.12)
 
 
-def render(curves: Curves, out: str | Path, size: tuple[int, int] = DEFAULT_SIZE,
-           title: str | None = None) -> dict[str, tuple[list, list]]:
+def render(
+    curves: Curves, out: str | Path, size: tuple[int, int] = DEFAULT_SIZE, title: str | None = None
+) -> dict[str, tuple[list, list]]:
     """Draw ``curves`` into the PNG ``out`` (written atomically) of ``size`` pixels; returns the
     data of every line as drawn, label -> (x, y), so a caller can check what the picture shows."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display on training machines
@@ -101,8 +103,7 @@ def render(curves: Curves, out: str | Path, size: tuple[int, int] = DEFAULT_SIZE
     ax_loss, ax_lr, ax_tps = fig.subplots(3, 1, sharex=True)
     ax_loss.plot(curves.step, curves.loss, label="loss", color="tab:blue", lw=1.2)
     if curves.val_step:
-        ax_loss.plot(curves.val_step, curves.val_loss, label="val loss", color="tab:orange", lw=1.5,
-                     marker="o", ms=3)
+        ax_loss.plot(curves.val_step, curves.val_loss, label="val loss", color="tab:orange", lw=1.5, marker="o", ms=3)
     ax_loss.set_ylabel("loss")
     ax_loss.legend(loc="upper right")
     ax_lr.plot(curves.step, curves.lr, label="lr", color="tab:green", lw=1.2)
@@ -125,16 +126,20 @@ def render(curves: Curves, out: str | Path, size: tuple[int, int] = DEFAULT_SIZE
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title)
-    drawn = {line.get_label(): ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
-             for ax in axes for line in ax.get_lines()}
+    drawn = {
+        line.get_label(): ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
+        for ax in axes
+        for line in ax.get_lines()
+    }
 
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     return drawn
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None,
-             size: tuple[int, int] = DEFAULT_SIZE) -> tuple[Path, dict[str, tuple[list, list]]]:
+def plot_run(
+    run_dir: str | Path, out: str | Path | None = None, size: tuple[int, int] = DEFAULT_SIZE
+) -> tuple[Path, dict[str, tuple[list, list]]]:
     """``run_dir/metrics.jsonl`` -> PNG (default ``run_dir/metrics.png``); returns its path and the drawn data."""
     run_dir = Path(run_dir)
     curves = load_curves(run_dir)

@@ -7,6 +7,7 @@ global batch from a deterministic, resumable sampler; sources are mixed by ``dat
 manifest's per-source weights; packed rows (``doc_starts``, or BOS tokens) restart positions and
 attention at every document.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ from pathlib import Path
 
 from knowlm_ray.config import ConfigError, PretrainConfig
 from knowlm_ray.train.checkpoint import IncompatibleCheckpoint
-from knowlm_ray.train.data import (DataError, MixedSampler, RankSampler, ShardRows, find_shards,
-                                   manifest_source_weights, mixing_probs, read_manifest)
+from knowlm_ray.train.data import (
+    DataError,
+    MixedSampler,
+    RankSampler,
+    ShardRows,
+    find_shards,
+    manifest_source_weights,
+    mixing_probs,
+    read_manifest,
+)
 from knowlm_ray.train.deepspeed_presets import DeepSpeedConfigError
 from knowlm_ray.train.export import write_full_model
 from knowlm_ray.train.loop import Task, fit, prepare_ds_config, resolve_max_steps
@@ -102,12 +111,16 @@ def make_task(cfg: PretrainConfig) -> Task:
             return write_full_model(engine.module, state_dict, cfg.model, cfg.output_dir)
         return None
 
-    return Task(build_model=lambda: freeze_except(load_causal_lm(cfg.model, cfg.gradient_checkpointing),
-                                                  cfg.trainable_modules),
-                load_rows=lambda: ShardRows(find_shards(cfg.data)),
-                export=export, seq_len=cfg.seq_len, pad_id=pad_id_of(cfg.model),
-                make_sampler=make_sampler_factory(cfg), packed=cfg.packed_attention,
-                bos_id=bos_id_of(cfg.model))
+    return Task(
+        build_model=lambda: freeze_except(load_causal_lm(cfg.model, cfg.gradient_checkpointing), cfg.trainable_modules),
+        load_rows=lambda: ShardRows(find_shards(cfg.data)),
+        export=export,
+        seq_len=cfg.seq_len,
+        pad_id=pad_id_of(cfg.model),
+        make_sampler=make_sampler_factory(cfg),
+        packed=cfg.packed_attention,
+        bos_id=bos_id_of(cfg.model),
+    )
 
 
 def check_inputs(cfg: PretrainConfig) -> None:

@@ -2,6 +2,7 @@
 
 A pure function of the step, so a resumed run needs no scheduler state in its checkpoint.
 """
+
 from __future__ import annotations
 
 import math

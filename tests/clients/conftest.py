@@ -1,5 +1,6 @@
 """One real knowlm server (tiny model, API key, one replica) for the client tests, and helpers
 to run ``knowlm`` as a subprocess the way a user would."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,14 @@ def free_port():
 def _knowlm(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("KNOWLM_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "knowlm_ray.cli", *args], input=stdin, text=True,
-                          capture_output=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "knowlm_ray.cli", *args],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +61,9 @@ def server(ray_local, tiny_model):
 
     serve.shutdown()  # Serve keeps the port of its first start; another module may have left one
     t0 = time.perf_counter()
-    url = launch.start(str(tiny_model), port=_free_port(), num_replicas=1, timeout_s=120, api_key=API_KEY,
-                       request_timeout_s=60)
+    url = launch.start(
+        str(tiny_model), port=_free_port(), num_replicas=1, timeout_s=120, api_key=API_KEY, request_timeout_s=60
+    )
     print(f"\nServe ready at {url} in {time.perf_counter() - t0:.1f}s")
     yield url
     launch.stop()
@@ -64,8 +72,10 @@ def server(ray_local, tiny_model):
 @pytest.fixture(scope="session")
 def server_post(server):
     """``server_post(route, body)``: the JSON of a 200 answer from the test server."""
+
     def post(route: str, body: dict) -> dict:
         r = requests.post(f"{server}{route}", headers=AUTH, json=body, timeout=60)
         assert r.status_code == 200, r.text
         return r.json()
+
     return post

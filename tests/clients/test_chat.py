@@ -1,6 +1,7 @@
 """``knowlm chat`` driven as a user would: a subprocess reading turns from stdin, against the real
 server (streamed /v1/chat/completions) and against a local model, checked turn by turn against
 the server's own non-streamed greedy answers for the conversation the history should hold."""
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 MAX = "12"
 Q1, Q2 = "介绍一下浙江大学", "它在哪个城市？"
-LONG = ("浙江大学位于杭州市，学生在西湖边读书。The river flows through the old city. " * 18).strip()  # chat strips each line
+LONG = (
+    "浙江大学位于杭州市，学生在西湖边读书。The river flows through the old city. " * 18
+).strip()  # chat strips each line
 STATS = re.compile(r"\[prompt_tokens=(\d+) completion_tokens=(\d+) finish=(\w+) history=(\d+)\]")
 DROPPED = "dropped the oldest exchange"
 
@@ -52,17 +55,29 @@ def _answers(server_post, *conversations):
 
 
 def test_chat_with_a_server_streams_keeps_history_resets_and_drops_old_turns(
-        knowlm, server, api_key, server_post, long_tokens):
+    knowlm, server, api_key, server_post, long_tokens
+):
     turns = [Q1, Q2, "/reset", Q1, LONG, LONG, "/exit", "never sent"]
-    res = knowlm("chat", "--server", server, "--api-key", api_key, "--temperature", "0", "--max-tokens", MAX,
-                 "--verbose", stdin="\n".join(turns) + "\n")
+    res = knowlm(
+        "chat",
+        "--server",
+        server,
+        "--api-key",
+        api_key,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        MAX,
+        "--verbose",
+        stdin="\n".join(turns) + "\n",
+    )
     assert res.returncode == 0, res.stderr
-    (a1, p1), = _answers(server_post, [_u(Q1)])
-    (a2, p2), = _answers(server_post, [_u(Q1), _a(a1), _u(Q2)])
-    (a4, p4), = _answers(server_post, [_u(Q1), _a(a1), _u(LONG)])
+    ((a1, p1),) = _answers(server_post, [_u(Q1)])
+    ((a2, p2),) = _answers(server_post, [_u(Q1), _a(a1), _u(Q2)])
+    ((a4, p4),) = _answers(server_post, [_u(Q1), _a(a1), _u(LONG)])
     # Turn 5: [Q1, a1, LONG, a4, LONG] is past the context, so is [LONG, a4, LONG]: the server
     # answers 400 twice and chat drops the two oldest exchanges before it is answered.
-    (a5, p5), = _answers(server_post, [_u(LONG)])
+    ((a5, p5),) = _answers(server_post, [_u(LONG)])
     assert res.stdout == "".join(f"{a}\n" for a in (a1, a2, a1, a4, a5))
     stats = _stats(res.stderr)
     assert [(p, h) for p, _, h in stats] == [(p1, 1), (p2, 2), (p1, 1), (p4, 2), (p5, 1)], res.stderr
@@ -71,28 +86,42 @@ def test_chat_with_a_server_streams_keeps_history_resets_and_drops_old_turns(
 
 
 def test_chat_with_a_local_model_uses_the_servers_prompt_and_bounds_history(
-        knowlm, server, server_post, tiny_model, long_tokens):
-    res = knowlm("chat", "--model-dir", str(tiny_model), "--temperature", "0", "--max-tokens", MAX,
-                 "--verbose", "--show-prompt", stdin="\n".join([Q1, Q2, LONG, LONG]) + "\n")
+    knowlm, server, server_post, tiny_model, long_tokens
+):
+    res = knowlm(
+        "chat",
+        "--model-dir",
+        str(tiny_model),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        MAX,
+        "--verbose",
+        "--show-prompt",
+        stdin="\n".join([Q1, Q2, LONG, LONG]) + "\n",
+    )
     assert res.returncode == 0, res.stderr
-    (a1, p1), = _answers(server_post, [_u(Q1)])
+    ((a1, p1),) = _answers(server_post, [_u(Q1)])
     second = [_u(Q1), _a(a1), _u(Q2)]
-    (a2, p2), = _answers(server_post, second)
-    (a3, p3), = _answers(server_post, [*second, _a(a2), _u(LONG)])
+    ((a2, p2),) = _answers(server_post, second)
+    ((a3, p3),) = _answers(server_post, [*second, _a(a2), _u(LONG)])
     # Turn 4 is checked before it is sent: prompt + max_tokens must fit 1024 tokens, which only
     # LONG alone does, so all three older exchanges go.
-    (a4, p4), = _answers(server_post, [_u(LONG)])
+    ((a4, p4),) = _answers(server_post, [_u(LONG)])
     assert res.stdout == "".join(f"{a}\n" for a in (a1, a2, a3, a4))  # local model == server
     assert [(p, h) for p, _, h in _stats(res.stderr)] == [(p1, 1), (p2, 2), (p3, 3), (p4, 1)], res.stderr
     assert render_prompt(second) in res.stderr  # --show-prompt: the history the model read
     assert res.stderr.count(DROPPED) == 3 and "of 1024 tokens" in res.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    ((), "HTTP 401 (authentication_error)"),  # no --api-key
-    (("--top-p", "0"), "--top-p: Input should be greater than 0"),
-    (("--model", "nope"), "HTTP 404 (invalid_request_error): model 'nope' not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((), "HTTP 401 (authentication_error)"),  # no --api-key
+        (("--top-p", "0"), "--top-p: Input should be greater than 0"),
+        (("--model", "nope"), "HTTP 404 (invalid_request_error): model 'nope' not found"),
+    ],
+)
 def test_chat_errors_are_one_readable_line(knowlm, server, api_key, args, message):
     key = () if not args else ("--api-key", api_key)
     res = knowlm("chat", "--server", server, *key, *args, stdin=f"{Q1}\n")
@@ -119,8 +148,21 @@ def test_chat_in_a_terminal_prompts_answers_and_quits_on_ctrl_c(server, api_key,
         try:
             # as in a terminal: a shell's background job (nohup cmd &) inherits SIGINT ignored
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.execv(sys.executable, [sys.executable, "-m", "knowlm_ray.cli", "chat", "--server", server,
-                                      "--api-key", api_key, "--max-tokens", MAX])
+            os.execv(
+                sys.executable,
+                [
+                    sys.executable,
+                    "-m",
+                    "knowlm_ray.cli",
+                    "chat",
+                    "--server",
+                    server,
+                    "--api-key",
+                    api_key,
+                    "--max-tokens",
+                    MAX,
+                ],
+            )
         finally:
             os._exit(127)
     seen = ""
@@ -152,7 +194,7 @@ def test_chat_in_a_terminal_prompts_answers_and_quits_on_ctrl_c(server, api_key,
             pytest.fail(f"knowlm chat did not quit on Ctrl-C: {seen!r}")
     finally:
         os.close(fd)
-    (a1, _), = _answers(server_post, [_u(Q1)])
+    ((a1, _),) = _answers(server_post, [_u(Q1)])
     assert os.waitstatus_to_exitcode(status) == 0 and "Traceback" not in seen, seen
     assert "/reset clears the history" in seen and f"bot> {a1}".replace("\n", "\r\n") in seen
 
@@ -166,7 +208,10 @@ def test_server_backend_hands_out_the_answer_in_pieces_as_they_stream(server, ap
     ref = server_post("/v1/chat/completions", {"messages": [_u(Q1)], "temperature": 0, "max_tokens": int(MAX)})
     assert len(pieces) > 1 and "".join(pieces) == reply.text == ref["choices"][0]["message"]["content"]
     assert (reply.prompt_tokens, reply.completion_tokens, reply.finish_reason) == (
-        ref["usage"]["prompt_tokens"], ref["usage"]["completion_tokens"], ref["choices"][0]["finish_reason"])
+        ref["usage"]["prompt_tokens"],
+        ref["usage"]["completion_tokens"],
+        ref["choices"][0]["finish_reason"],
+    )
 
 
 def test_both_backends_know_an_overflow_by_its_code_and_nothing_else(server, api_key, tiny_model, long_tokens):

@@ -1,4 +1,5 @@
 """`knowlm extract`: schema arguments, --server client (routes present and missing), --model path."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ from knowlm_ray.clients.extract import parse_schema_args
 
 
 class _Handler(BaseHTTPRequestHandler):
-
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.bodies.append((self.path, body))
@@ -21,8 +21,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif body["task"] == "kg":
             self._send(400, {"error": {"message": "task: bad", "type": "invalid_request_error"}})
         else:
-            self._send(200, {"id": "x", "text": body["text"], "entities": [{"text": "鲁迅", "type": "人物"}],
-                             "relations": [], "events": [], "raw": ["(鲁迅,人物)"]})
+            self._send(
+                200,
+                {
+                    "id": "x",
+                    "text": body["text"],
+                    "entities": [{"text": "鲁迅", "type": "人物"}],
+                    "relations": [],
+                    "events": [],
+                    "raw": ["(鲁迅,人物)"],
+                },
+            )
 
     def _send(self, code, obj):
         data = json.dumps(obj).encode()
@@ -44,6 +53,7 @@ def server():
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
     servers: list = []
     yield start
     for s in servers:
@@ -66,8 +76,21 @@ def test_server_client(server, capsys, tmp_path):
     assert srv.bodies == [("/extract", {"task": "ner", "text": "鲁迅是作家。", "schema": ["人物"], "lang": "zh"})]
     docs = tmp_path / "docs.jsonl"
     docs.write_text('{"id": "a", "text": "鲁迅"}\n\n{"text": "周树人"}\n', encoding="utf-8")
-    main(["extract", "--task", "ner", "--schema", "人物", "--file", str(docs), "--server", url + "/",
-          "--max-tokens", "32"])
+    main(
+        [
+            "extract",
+            "--task",
+            "ner",
+            "--schema",
+            "人物",
+            "--file",
+            str(docs),
+            "--server",
+            url + "/",
+            "--max-tokens",
+            "32",
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and srv.bodies[1][1]["id"] == "a" and srv.bodies[2][1]["parameters"] == {"max_tokens": 32}
 
@@ -84,9 +107,11 @@ def test_server_without_extract_route_is_one_clear_error(server, capsys):
 
 
 def test_request_errors_before_any_model(capsys, tmp_path):
-    for argv, msg in [(["--schema", "人物", "人物", "--text", "x"], "twice"),
-                      (["--schema", "人物", "--text", "  "], "text"),
-                      (["--schema", "人物", "--file", str(tmp_path / "nope.txt")], "not found")]:
+    for argv, msg in [
+        (["--schema", "人物", "人物", "--text", "x"], "twice"),
+        (["--schema", "人物", "--text", "  "], "text"),
+        (["--schema", "人物", "--file", str(tmp_path / "nope.txt")], "not found"),
+    ]:
         with pytest.raises(SystemExit):
             main(["extract", "--task", "ner", *argv, "--model", str(tmp_path / "no-model")])
         assert msg in capsys.readouterr().err
@@ -96,8 +121,24 @@ def test_request_errors_before_any_model(capsys, tmp_path):
 def test_model_in_process(tiny_model, capsys, tmp_path):
     doc = tmp_path / "doc.txt"
     doc.write_text("鲁迅，原名周树人。" * 3, encoding="utf-8")
-    main(["extract", "--task", "re", "--schema", "出生地", "作者", "--file", str(doc), "--model", str(tiny_model),
-          "--max-tokens", "6", "--format", "tuple"])
+    main(
+        [
+            "extract",
+            "--task",
+            "re",
+            "--schema",
+            "出生地",
+            "作者",
+            "--file",
+            str(doc),
+            "--model",
+            str(tiny_model),
+            "--max-tokens",
+            "6",
+            "--format",
+            "tuple",
+        ]
+    )
     rec = json.loads(capsys.readouterr().out)
     assert set(rec) >= {"id", "text", "entities", "relations", "events", "raw", "dropped"}
     assert rec["text"] == doc.read_text(encoding="utf-8") and len(rec["raw"]) == 1

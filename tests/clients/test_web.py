@@ -1,5 +1,6 @@
 """``knowlm web``: request building against the server's own schema, error display over real
 HTTP, and the page itself driven in headless Chromium against a running server."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,16 @@ from knowlm_ray.clients.web import SLIDERS, ask, generate_body, slider_bounds
 from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; `make setup` installs it under CI
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 INSTRUCTION = "介绍一下浙江大学"
 
 
@@ -38,8 +47,10 @@ def test_server_errors_become_a_readable_status(server, api_key, free_port):
     answer, status = ask(server, {"instruction": INSTRUCTION}, None)
     assert answer == "" and "HTTP 401 (authentication_error)" in status
     dead = f"http://127.0.0.1:{free_port()}"
-    assert ask(dead, {"instruction": INSTRUCTION}) == ("", f"**Error:** cannot reach {dead}/generate: "
-                                                           "no server answers there (is it running?)")
+    assert ask(dead, {"instruction": INSTRUCTION}) == (
+        "",
+        f"**Error:** cannot reach {dead}/generate: no server answers there (is it running?)",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +58,13 @@ def web(server, api_key, free_port):
     """``knowlm web`` in its own process against the test server (key from $KNOWLM_API_KEY)."""
     port = free_port()
     env = {**os.environ, "KNOWLM_API_KEY": api_key, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "knowlm_ray.cli", "web", "--server", server,
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "knowlm_ray.cli", "web", "--server", server, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     try:

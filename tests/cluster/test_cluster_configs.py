@@ -1,4 +1,5 @@
 """cluster/*.yaml pass Ray's own cluster-config validation (offline: no cloud calls, no SSH)."""
+
 from __future__ import annotations
 
 import copy

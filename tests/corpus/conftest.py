@@ -1,4 +1,5 @@
 """Corpus fixtures: a small tokenizer trained on fixture text (independent of data/sample)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,10 +39,14 @@ TINY_CORPUS = REPO / "jobs" / "configs" / "tiny_corpus.yaml"
 # data/sample/README.md, "Deliberate problems" (1-based lines).
 SAMPLE_JUNK = {"baike/zh.jsonl": {12, 20, 36, 50, 75, 103}, "wiki/en.jsonl": {3, 17, 26, 37, 48, 54}}
 SAMPLE_NEAR_DUPS = {  # near duplicate -> the document it copies (the cluster's representative)
-    "baike/zh.jsonl:000000024": "baike/zh.jsonl:000000023", "baike/zh.jsonl:000000040": "baike/zh.jsonl:000000029",
-    "baike/zh.jsonl:000000054": "baike/zh.jsonl:000000031", "baike/zh.jsonl:000000072": "baike/zh.jsonl:000000046",
-    "wiki/en.jsonl:000000015": "wiki/en.jsonl:000000007", "wiki/en.jsonl:000000023": "wiki/en.jsonl:000000020",
-    "wiki/en.jsonl:000000035": "wiki/en.jsonl:000000024", "wiki/en.jsonl:000000058": "wiki/en.jsonl:000000057",
+    "baike/zh.jsonl:000000024": "baike/zh.jsonl:000000023",
+    "baike/zh.jsonl:000000040": "baike/zh.jsonl:000000029",
+    "baike/zh.jsonl:000000054": "baike/zh.jsonl:000000031",
+    "baike/zh.jsonl:000000072": "baike/zh.jsonl:000000046",
+    "wiki/en.jsonl:000000015": "wiki/en.jsonl:000000007",
+    "wiki/en.jsonl:000000023": "wiki/en.jsonl:000000020",
+    "wiki/en.jsonl:000000035": "wiki/en.jsonl:000000024",
+    "wiki/en.jsonl:000000058": "wiki/en.jsonl:000000057",
 }
 SAMPLE_GENERATED_CODE = "code/generated/job_pb2.py"
 

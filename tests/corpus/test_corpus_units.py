@@ -1,4 +1,5 @@
 """Plain-Python cores of the corpus stages: readers, filters, dedup, shard planning and I/O, counts."""
+
 from __future__ import annotations
 
 import json
@@ -35,21 +36,31 @@ def test_jsonl_fields_joined_and_malformed_lines_kept_with_reasons(tmp_path):
     content = ("\n".join(lines) + "\n").encode() + b'{"title": "\xff", "content": "y"}\n'
     rows = _rows(tmp_path, "zh.jsonl", content, source="baike", lang="zh", text_field=["title", "content"])
     assert [(r["doc_id"], r["status"]) for r in rows] == [
-        ("baike/zh.jsonl:000000001", OK), ("baike/zh.jsonl:000000003", MALFORMED),
-        ("baike/zh.jsonl:000000004", MALFORMED), ("baike/zh.jsonl:000000005", MALFORMED),
-        ("baike/zh.jsonl:000000006", MALFORMED), ("baike/zh.jsonl:000000007", MALFORMED)]
+        ("baike/zh.jsonl:000000001", OK),
+        ("baike/zh.jsonl:000000003", MALFORMED),
+        ("baike/zh.jsonl:000000004", MALFORMED),
+        ("baike/zh.jsonl:000000005", MALFORMED),
+        ("baike/zh.jsonl:000000006", MALFORMED),
+        ("baike/zh.jsonl:000000007", MALFORMED),
+    ]
     assert rows[0]["text"] == "标题\n正文。"
     reasons = [r["reason"] for r in rows[1:]]
     assert reasons[0].startswith("invalid JSON")
-    assert reasons[1:] == ["missing field 'content'", "field 'content' is int, not a string",
-                           "not a JSON object (got list)", "not valid UTF-8 (byte 11)"]
+    assert reasons[1:] == [
+        "missing field 'content'",
+        "field 'content' is int, not a string",
+        "not a JSON object (got list)",
+        "not valid UTF-8 (byte 11)",
+    ]
     assert rows[1]["raw"] == lines[2] and rows[1]["file"].endswith("zh.jsonl")
 
 
 def test_text_and_files_formats(tmp_path):
     rows = _rows(tmp_path, "b.txt", "first line\r\n\n  second  \n", source="books", lang="en", format="text")
-    assert [(r["doc_id"], r["text"]) for r in rows] == [("books/b.txt:000000001", "first line"),
-                                                        ("books/b.txt:000000003", "second")]
+    assert [(r["doc_id"], r["text"]) for r in rows] == [
+        ("books/b.txt:000000001", "first line"),
+        ("books/b.txt:000000003", "second"),
+    ]
     code = tmp_path / "code"
     (code / "pkg").mkdir(parents=True)
     (code / "pkg" / "b.py").write_text("print(2)\n")
@@ -69,7 +80,9 @@ def test_bad_paths_fail_early_with_the_input_named(tmp_path):
 
 
 def test_filters_flat_keys_still_accepted():
-    cfg = FilterConfig.model_validate({"length": {"min_chars": 10, "max_chars": 100}, "char_ratio": {"max_symbol_ratio": 0.3}})
+    cfg = FilterConfig.model_validate(
+        {"length": {"min_chars": 10, "max_chars": 100}, "char_ratio": {"max_symbol_ratio": 0.3}}
+    )
     assert (cfg.length.min_chars, cfg.length.max_chars, cfg.char_ratio.max_symbol_ratio) == (10, 100, 0.3)
     assert filter_reason("", cfg) == "length: empty"
     assert filter_reason("short", cfg).startswith("length: too short")
@@ -77,7 +90,10 @@ def test_filters_flat_keys_still_accepted():
     assert filter_reason("@@@@ #### $$$$ %%%% &&&&", cfg).startswith("char_ratio: symbol ratio")
     assert filter_reason("知识图谱是一种结构化的语义知识库，用于描述概念。", cfg, "zh") is None
     code = "def f(x):\n    return {'a': [x, x + 1], 'b': x * 2}  # note\n"
-    assert symbol_ratio(code) < 0.3 and filter_reason(code, FilterConfig.model_validate({"length": {"min_chars": 10}}), "code") is None
+    assert (
+        symbol_ratio(code) < 0.3
+        and filter_reason(code, FilterConfig.model_validate({"length": {"min_chars": 10}}), "code") is None
+    )
 
 
 def test_dedup_key_normalises_width_and_whitespace():
@@ -86,13 +102,30 @@ def test_dedup_key_normalises_width_and_whitespace():
 
 
 def _doc(doc_id, text, status=OK):
-    return {"doc_id": doc_id, "source": "s", "lang": "en", "file": "f", "line": 1, "text": text,
-            "status": status, "reason": None, "raw": None, "key": None}
+    return {
+        "doc_id": doc_id,
+        "source": "s",
+        "lang": "en",
+        "file": "f",
+        "line": 1,
+        "text": text,
+        "status": status,
+        "reason": None,
+        "raw": None,
+        "key": None,
+    }
 
 
 def test_annotate_then_exact_dedup_keeps_the_first():
-    batch = pa.Table.from_pylist([_doc("s/f:3", "the same text, long enough"), _doc("s/f:1", "the  same text, long enough"),
-                                  _doc("s/f:2", "tiny"), _doc("s/f:4", "", MALFORMED)], schema=DOC_SCHEMA)
+    batch = pa.Table.from_pylist(
+        [
+            _doc("s/f:3", "the same text, long enough"),
+            _doc("s/f:1", "the  same text, long enough"),
+            _doc("s/f:2", "tiny"),
+            _doc("s/f:4", "", MALFORMED),
+        ],
+        schema=DOC_SCHEMA,
+    )
     rows = annotate_batch(batch, FilterConfig.model_validate({"length": {"min_chars": 10}}).model_dump()).to_pylist()
     assert [r["status"] for r in rows] == [OK, OK, FILTERED, MALFORMED]
     assert rows[0]["key"] == rows[1]["key"] and rows[2]["key"] == "~s/f:2" and rows[2]["text"] == ""
@@ -102,8 +135,10 @@ def test_annotate_then_exact_dedup_keeps_the_first():
     pairs = [(r["a"], r["b"], r["kind"]) for r in bucket_pairs(buckets, 64).to_pylist() if r["a"]]
     assert pairs == [("s/f:1", "s/f:3", EXACT)]
     exact, _, _ = resolve(pairs, dict, 0.8)
-    marked = sorted(mark_duplicates(table, {d: (EXACT_DUP, rep) for d, rep in exact.items()}).to_pylist()[:2],
-                    key=lambda r: r["doc_id"])
+    marked = sorted(
+        mark_duplicates(table, {d: (EXACT_DUP, rep) for d, rep in exact.items()}).to_pylist()[:2],
+        key=lambda r: r["doc_id"],
+    )
     assert [(r["doc_id"], r["status"]) for r in marked] == [("s/f:1", OK), ("s/f:3", EXACT_DUP)]
     assert marked[1]["reason"] == "duplicate of s/f:1"
 
@@ -167,30 +202,97 @@ def test_arrow_shards_roundtrip_and_bytes_do_not_depend_on_chunking(tmp_path):
 
 def test_summarise_counts_documents_once():
     rows = [
-        dict(doc_id="a:1", source="a", file="f", line=1, sample=-1, input_ids=[], n_tokens=0, status=MALFORMED,
-             reason="bad", raw="{", sentences_cut=0, tail=False),
-        dict(doc_id="a:2", source="a", file="f", line=2, sample=0, input_ids=[1, 5], n_tokens=2, status=OK,
-             reason=None, raw=None, sentences_cut=1, tail=False),
-        dict(doc_id="a:2", source="a", file="f", line=2, sample=1, input_ids=[], n_tokens=1, status="short",
-             reason="x", raw=None, sentences_cut=0, tail=True),
-        dict(doc_id="a:3", source="a", file="f", line=3, sample=-1, input_ids=[], n_tokens=0, status=EXACT_DUP,
-             reason="dup", raw=None, sentences_cut=0, tail=False),
+        dict(
+            doc_id="a:1",
+            source="a",
+            file="f",
+            line=1,
+            sample=-1,
+            input_ids=[],
+            n_tokens=0,
+            status=MALFORMED,
+            reason="bad",
+            raw="{",
+            sentences_cut=0,
+            tail=False,
+        ),
+        dict(
+            doc_id="a:2",
+            source="a",
+            file="f",
+            line=2,
+            sample=0,
+            input_ids=[1, 5],
+            n_tokens=2,
+            status=OK,
+            reason=None,
+            raw=None,
+            sentences_cut=1,
+            tail=False,
+        ),
+        dict(
+            doc_id="a:2",
+            source="a",
+            file="f",
+            line=2,
+            sample=1,
+            input_ids=[],
+            n_tokens=1,
+            status="short",
+            reason="x",
+            raw=None,
+            sentences_cut=0,
+            tail=True,
+        ),
+        dict(
+            doc_id="a:3",
+            source="a",
+            file="f",
+            line=3,
+            sample=-1,
+            input_ids=[],
+            n_tokens=0,
+            status=EXACT_DUP,
+            reason="dup",
+            raw=None,
+            sentences_cut=0,
+            tail=False,
+        ),
     ]
     table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     stages, by_source, stats = summarise(partial_counts(table).to_pylist())
-    assert stages == {"read": 3, "malformed": 1, "filtered": 0, "exact_dups": 1, "near_dups": 0, "capped": 0,
-                      "documents": 1, "samples": 1, "tokens": 2}
+    assert stages == {
+        "read": 3,
+        "malformed": 1,
+        "filtered": 0,
+        "exact_dups": 1,
+        "near_dups": 0,
+        "capped": 0,
+        "documents": 1,
+        "samples": 1,
+        "tokens": 2,
+    }
     assert by_source == {"a": {**stages, "filters": dict.fromkeys(FILTER_NAMES, 0)}}
-    assert stats == {"sentences_cut": 1, "short_dropped": 1, "short_dropped_tokens": 1, "tail_samples": 0,
-                     "tail_tokens": 0, "short_tail_samples": 0, "backfill_tokens": 0, "capped_samples": 0,
-                     "filters": dict.fromkeys(FILTER_NAMES, 0)}
+    assert stats == {
+        "sentences_cut": 1,
+        "short_dropped": 1,
+        "short_dropped_tokens": 1,
+        "tail_samples": 0,
+        "tail_tokens": 0,
+        "short_tail_samples": 0,
+        "backfill_tokens": 0,
+        "capped_samples": 0,
+        "filters": dict.fromkeys(FILTER_NAMES, 0),
+    }
 
 
 def test_summarise_counts_filters_and_tails():
     base = dict(source="a", file="f", input_ids=[], raw=None, sentences_cut=0, tail=False)
     rows = [
         dict(base, doc_id="a:1", line=1, sample=-1, n_tokens=0, status=FILTERED, reason="length: empty"),
-        dict(base, doc_id="a:2", line=2, sample=-1, n_tokens=0, status=FILTERED, reason="repetition: dup_line_frac 0.9"),
+        dict(
+            base, doc_id="a:2", line=2, sample=-1, n_tokens=0, status=FILTERED, reason="repetition: dup_line_frac 0.9"
+        ),
         dict(base, doc_id="a:3", line=3, sample=-1, n_tokens=0, status=FILTERED, reason="length: too short (3 < 20)"),
         dict(base, doc_id="a:4", line=4, sample=0, n_tokens=16, status=OK, reason=None, input_ids=[1] * 16),
         dict(base, doc_id="a:4", line=4, sample=1, n_tokens=3, status=OK, reason=None, input_ids=[1] * 3, tail=True),

@@ -1,4 +1,5 @@
 """MinHash LSH near-dedup cores (plain Python, no Ray) and data/sample's planted near duplicates."""
+
 from __future__ import annotations
 
 import random
@@ -11,9 +12,26 @@ from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
 from knowlm_ray.config import ConfigError, CorpusConfig, DedupConfig, load_config
-from knowlm_ray.corpus.dedup import (BAND, EXACT, Signer, band_keys, bucket_pairs, bucket_rows, connected_components,
-                                     SIG_COLUMN, doc_signature, jaccard, local_near_dups, lsh_params, mark_duplicates,
-                                     partition_buckets, resolve, shingle_hashes, shingle_mode, shingles)
+from knowlm_ray.corpus.dedup import (
+    BAND,
+    EXACT,
+    SIG_COLUMN,
+    Signer,
+    band_keys,
+    bucket_pairs,
+    bucket_rows,
+    connected_components,
+    doc_signature,
+    jaccard,
+    local_near_dups,
+    lsh_params,
+    mark_duplicates,
+    partition_buckets,
+    resolve,
+    shingle_hashes,
+    shingle_mode,
+    shingles,
+)
 from knowlm_ray.corpus.filters import dedup_key, filter_reason, load_blocklist
 from knowlm_ray.corpus.schema import DOC_SCHEMA, EXACT_DUP, NEAR_DUP, OK
 
@@ -42,10 +60,16 @@ def test_shingles_words_for_latin_characters_for_cjk_and_code():
     assert shingles("  \n ", "en") == set()
 
 
-@pytest.mark.parametrize("text,lang", [
-    ("The quick brown fox jumps over the lazy dog again and again and again", "en"),
-    ("知识图谱是一种结构化的语义知识库，用于描述物理世界中的概念及其相互关系。", "zh"),
-    ("def f(x):\n    return x + 1\n", "code"), ("short", "en"), ("", "zh")])
+@pytest.mark.parametrize(
+    "text,lang",
+    [
+        ("The quick brown fox jumps over the lazy dog again and again and again", "en"),
+        ("知识图谱是一种结构化的语义知识库，用于描述物理世界中的概念及其相互关系。", "zh"),
+        ("def f(x):\n    return x + 1\n", "code"),
+        ("short", "en"),
+        ("", "zh"),
+    ],
+)
 def test_shingle_hashes_match_the_shingles(text, lang):
     hashes = shingle_hashes(text, lang)
     assert hashes.dtype == np.uint32 and len(hashes) == len(shingles(text, lang)) == len(set(hashes.tolist()))
@@ -66,16 +90,28 @@ def test_signatures_are_datasketch_minhash_and_deterministic():
 
 
 def _doc(doc_id, text, lang="en", status=OK):
-    return {"doc_id": doc_id, "source": "s", "lang": lang, "file": "f", "line": 1, "text": text,
-            "status": status, "reason": None, "raw": None, "key": None}
+    return {
+        "doc_id": doc_id,
+        "source": "s",
+        "lang": lang,
+        "file": "f",
+        "line": 1,
+        "text": text,
+        "status": status,
+        "reason": None,
+        "raw": None,
+        "key": None,
+    }
 
 
-BASE = ("Tides are the rise and fall of sea levels caused by the combined effects of the gravitational "
-        "forces exerted by the Moon and the Sun and the rotation of the Earth. Most places have two high "
-        "tides and two low tides every lunar day, and the tidal range varies from place to place. Some "
-        "places, for example parts of the Gulf of Mexico, have only one high tide a day. The largest tidal "
-        "ranges in the world occur in the Bay of Fundy in Canada, where the difference between high and low "
-        "water can exceed sixteen metres during spring tides, which follow the new and the full moon.")
+BASE = (
+    "Tides are the rise and fall of sea levels caused by the combined effects of the gravitational "
+    "forces exerted by the Moon and the Sun and the rotation of the Earth. Most places have two high "
+    "tides and two low tides every lunar day, and the tidal range varies from place to place. Some "
+    "places, for example parts of the Gulf of Mexico, have only one high tide a day. The largest tidal "
+    "ranges in the world occur in the Bay of Fundy in Canada, where the difference between high and low "
+    "water can exceed sixteen metres during spring tides, which follow the new and the full moon."
+)
 
 
 def _edit(text, rng, n):
@@ -100,9 +136,13 @@ def _pairs(table):
 
 def test_bucket_pairs_verified_into_components_with_the_smallest_id():
     rng = random.Random(0)
-    docs = [_doc("d/3", BASE), _doc("d/1", _edit(BASE, rng, 1)), _doc("d/2", _edit(BASE, rng, 1)),
-            _doc("d/9", "An unrelated document about bread, flour, water, salt and yeast, baked in an oven."),
-            _doc("d/5", BASE, status="filtered")]  # not ok: never signed
+    docs = [
+        _doc("d/3", BASE),
+        _doc("d/1", _edit(BASE, rng, 1)),
+        _doc("d/2", _edit(BASE, rng, 1)),
+        _doc("d/9", "An unrelated document about bread, flour, water, salt and yeast, baked in an oven."),
+        _doc("d/5", BASE, status="filtered"),
+    ]  # not ok: never signed
     cfg = DedupConfig(near=True)
     table, sigs = _buckets(docs, cfg)
     assert table.num_rows == 4 * 12 and "d/5" not in table["doc_id"].to_pylist()
@@ -121,8 +161,12 @@ def test_bucket_pairs_verified_into_components_with_the_smallest_id():
 def test_exact_pairs_come_first_and_candidates_touching_them_are_left_out():
     rng = random.Random(1)
     near_copy = _edit(BASE, rng, 1)
-    docs = [_doc("d/4", BASE), _doc("d/2", "  " + BASE.replace(" ", "\n ", 3)),  # exact copy of d/4
-            _doc("d/7", near_copy), _doc("d/8", "Bread is made of flour, water, salt and yeast, then baked.")]
+    docs = [
+        _doc("d/4", BASE),
+        _doc("d/2", "  " + BASE.replace(" ", "\n ", 3)),  # exact copy of d/4
+        _doc("d/7", near_copy),
+        _doc("d/8", "Bread is made of flour, water, salt and yeast, then baked."),
+    ]
     cfg = DedupConfig(near=True)
     table, sigs = _buckets(docs, cfg, exact=True)
     assert table["kind"].to_pylist().count(EXACT) == 4
@@ -153,15 +197,19 @@ def test_large_bucket_is_compared_against_its_first_members():
 
 
 def test_mark_duplicates_only_touches_listed_ok_rows_and_drops_extra_columns():
-    batch = pa.Table.from_pylist([_doc("a", "x"), _doc("b", "y"), _doc("c", "z", status="filtered"),
-                                  _doc("d", "w")], schema=DOC_SCHEMA)
+    batch = pa.Table.from_pylist(
+        [_doc("a", "x"), _doc("b", "y"), _doc("c", "z", status="filtered"), _doc("d", "w")], schema=DOC_SCHEMA
+    )
     batch = batch.append_column("sig", pa.array([b"1", b"2", None, b"4"], pa.binary()))
     marks = {"b": (NEAR_DUP, "a"), "c": (NEAR_DUP, "a"), "d": (EXACT_DUP, "a")}
     out = mark_duplicates(batch, marks)
     assert out.schema == DOC_SCHEMA
     assert [(r["status"], r["reason"], r["text"]) for r in out.to_pylist()] == [
-        (OK, None, "x"), (NEAR_DUP, "near duplicate of a", ""), ("filtered", None, "z"),
-        (EXACT_DUP, "duplicate of a", "")]
+        (OK, None, "x"),
+        (NEAR_DUP, "near duplicate of a", ""),
+        ("filtered", None, "z"),
+        (EXACT_DUP, "duplicate of a", ""),
+    ]
     assert mark_duplicates(batch, {}).to_pylist() == batch.select(DOC_SCHEMA.names).to_pylist()
 
 
@@ -219,8 +267,10 @@ def test_pairs_do_not_depend_on_the_partitioning(sample_survivors):
     def summary(blocks, parts):
         pairs, count = set(), 0
         for k in range(parts):
-            out = bucket_pairs(pa.concat_tables([partition_buckets([b], True, bands, rows, parts)[k] for b in blocks]),
-                               cfg.dedup.max_bucket_compare)
+            out = bucket_pairs(
+                pa.concat_tables([partition_buckets([b], True, bands, rows, parts)[k] for b in blocks]),
+                cfg.dedup.max_bucket_compare,
+            )
             pairs.update(_pairs(out))
             count += sum(out["collisions"].to_pylist())
         return pairs, count

@@ -1,4 +1,5 @@
 """Quality filters, one by one, on awkward input, and on data/sample (plain Python, no Ray)."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -6,19 +7,31 @@ import pytest
 
 from knowlm_ray.config import ConfigError, CorpusConfig, FilterConfig
 from knowlm_ray.corpus import filters
-from knowlm_ray.corpus.filters import (FILTER_NAMES, Blocklist, annotate_batch, filter_name, filter_reason,
-                                       filter_reasons, load_blocklist, repetition_stats)
+from knowlm_ray.corpus.filters import (
+    FILTER_NAMES,
+    Blocklist,
+    annotate_batch,
+    filter_name,
+    filter_reason,
+    filter_reasons,
+    load_blocklist,
+    repetition_stats,
+)
 from knowlm_ray.corpus.schema import DOC_SCHEMA, FILTERED, OK
 
 from .conftest import SAMPLE_GENERATED_CODE, SAMPLE_JUNK
 
-EN = ("The printing press is a device that applies pressure to an inked surface resting upon a medium, "
-      "thereby transferring the ink. It was invented in Germany around 1440 by Johannes Gutenberg, and it "
-      "spread to more than two hundred cities in a dozen European countries within several decades.")
-ZH = ("光合作用是植物、藻类和某些细菌利用光能，把二氧化碳和水转化为储存能量的有机物，并释放出氧气的过程。"
-      "它为地球上几乎所有生命提供了能量来源，也维持了大气中氧气和二氧化碳含量的相对稳定。研究表明，ＡＴＰ和"
-      "ＮＡＤＰＨ在这一过程中起着关键作用。")
-CODE = "import os\n\n\ndef read(path):\n    \"\"\"Read a file.\"\"\"\n    with open(path) as fh:\n        return fh.read()\n"
+EN = (
+    "The printing press is a device that applies pressure to an inked surface resting upon a medium, "
+    "thereby transferring the ink. It was invented in Germany around 1440 by Johannes Gutenberg, and it "
+    "spread to more than two hundred cities in a dozen European countries within several decades."
+)
+ZH = (
+    "光合作用是植物、藻类和某些细菌利用光能，把二氧化碳和水转化为储存能量的有机物，并释放出氧气的过程。"
+    "它为地球上几乎所有生命提供了能量来源，也维持了大气中氧气和二氧化碳含量的相对稳定。研究表明，ＡＴＰ和"
+    "ＮＡＤＰＨ在这一过程中起着关键作用。"
+)
+CODE = 'import os\n\n\ndef read(path):\n    """Read a file."""\n    with open(path) as fh:\n        return fh.read()\n'
 CFG = FilterConfig()
 
 
@@ -31,8 +44,10 @@ def test_clean_documents_pass_including_awkward_ones():
     assert reason(EN.replace(". ", ".\r\n")) is None  # CRLF
     assert reason(ZH.replace("，", ", ").replace("。", "."), "zh") is None  # half-width punctuation
     assert reason(EN + " 😀 🎉", "en") is None  # a few emoji
-    mixed = ("知识图谱（Knowledge Graph）是一种语义网络，由 Google 在2012年提出，用于增强搜索引擎的能力。"
-             "它以三元组（head, relation, tail）的形式存储事实，常用的格式有 RDF 和 JSON-LD。")
+    mixed = (
+        "知识图谱（Knowledge Graph）是一种语义网络，由 Google 在2012年提出，用于增强搜索引擎的能力。"
+        "它以三元组（head, relation, tail）的形式存储事实，常用的格式有 RDF 和 JSON-LD。"
+    )
     assert reason(mixed, "zh") is None
 
 
@@ -45,16 +60,26 @@ def test_length():
     assert reason("Too short.", cfg=off) is None
 
 
-@pytest.mark.parametrize("text,prefix", [
-    ("★★★###@@@%%%☆☆☆&&&***！！！###@@@$$$★★★……%%%^^^~~~◆◆◆", "char_ratio: symbol ratio"),
-    ("Call 555-0142 555-0199 (555) 010-2233 1-800-555-0100 +1 555 0134", "char_ratio: digit ratio"),
-    ("😀😀😀 🎉🎉🎉 😀😀😀 🎉🎉🎉 😀😀😀 🎉🎉🎉 ok", "char_ratio: symbol ratio"),  # emoji only
-    ("... --- ... !!! ??? ,,, ;;; ::: ((( ))) --- ...", "char_ratio: letter ratio"),  # prose punctuation only
-])
+@pytest.mark.parametrize(
+    "text,prefix",
+    [
+        ("★★★###@@@%%%☆☆☆&&&***！！！###@@@$$$★★★……%%%^^^~~~◆◆◆", "char_ratio: symbol ratio"),
+        ("Call 555-0142 555-0199 (555) 010-2233 1-800-555-0100 +1 555 0134", "char_ratio: digit ratio"),
+        ("😀😀😀 🎉🎉🎉 😀😀😀 🎉🎉🎉 😀😀😀 🎉🎉🎉 ok", "char_ratio: symbol ratio"),  # emoji only
+        ("... --- ... !!! ??? ,,, ;;; ::: ((( ))) --- ...", "char_ratio: letter ratio"),  # prose punctuation only
+    ],
+)
 def test_char_ratio(text, prefix):
     assert reason(text).startswith(prefix)
-    assert reason(text, cfg=FilterConfig.model_validate({"char_ratio": {"enabled": False}, "language": {
-        "enabled": False}, "repetition": {"enabled": False}})) is None
+    assert (
+        reason(
+            text,
+            cfg=FilterConfig.model_validate(
+                {"char_ratio": {"enabled": False}, "language": {"enabled": False}, "repetition": {"enabled": False}}
+            ),
+        )
+        is None
+    )
 
 
 def test_char_ratio_thresholds_are_configurable():
@@ -84,8 +109,13 @@ def test_repetition_gopher_rules():
     zh_spam = "点击这里免费领取优惠券，限时抢购，先到先得！" * 10
     assert reason(zh_spam, "zh").startswith("repetition:")
     short = "good good good good"  # under min_words: the n-gram rules do not apply
-    assert reason(short + " enough text here", cfg=FilterConfig.model_validate(
-        {"length": {"min_chars": 1}, "char_ratio": {"enabled": False}})) is None
+    assert (
+        reason(
+            short + " enough text here",
+            cfg=FilterConfig.model_validate({"length": {"min_chars": 1}, "char_ratio": {"enabled": False}}),
+        )
+        is None
+    )
 
 
 def test_code_rules():
@@ -124,9 +154,21 @@ def test_blocklist_builtin_custom_and_thresholds(tmp_path):
 
 
 def test_annotate_batch_names_the_filter():
-    rows = [{"doc_id": f"s/f:{i}", "source": "s", "lang": lang, "file": "f", "line": i, "text": text,
-             "status": OK, "reason": None, "raw": None, "key": None}
-            for i, (lang, text) in enumerate([("en", EN), ("en", "x"), ("zh", EN), ("en", EN + " free porn")])]
+    rows = [
+        {
+            "doc_id": f"s/f:{i}",
+            "source": "s",
+            "lang": lang,
+            "file": "f",
+            "line": i,
+            "text": text,
+            "status": OK,
+            "reason": None,
+            "raw": None,
+            "key": None,
+        }
+        for i, (lang, text) in enumerate([("en", EN), ("en", "x"), ("zh", EN), ("en", EN + " free porn")])
+    ]
     out = annotate_batch(pa.Table.from_pylist(rows, schema=DOC_SCHEMA), CFG.model_dump(), ["free porn"]).to_pylist()
     assert [r["status"] for r in out] == [OK, FILTERED, FILTERED, FILTERED]
     assert [filter_name(r["reason"]) for r in out] == [None, "length", "language", "blocklist"]
@@ -148,8 +190,11 @@ def test_sample_junk_and_generated_code_dropped_nothing_else(sample_rows):
     assert set(dropped) == want, {k: v for k, v in dropped.items() if k not in want}
     assert {filter_name(v) for v in dropped.values()} <= set(FILTER_NAMES)
     assert filter_name(dropped[SAMPLE_GENERATED_CODE]) == "code"
-    assert filter_name(dropped["baike/zh.jsonl:000000050"]) == filter_name(dropped["wiki/en.jsonl:000000037"]) \
+    assert (
+        filter_name(dropped["baike/zh.jsonl:000000050"])
+        == filter_name(dropped["wiki/en.jsonl:000000037"])
         == "repetition"
+    )
 
 
 def _repetitive_documents() -> list[tuple[str, str]]:
@@ -162,17 +207,26 @@ def _repetitive_documents() -> list[tuple[str, str]]:
             gram = " ".join(rng.choice(vocab) for _ in range(n))
             filler = " ".join(rng.choice(vocab) for _ in range(rng.randint(10, 120)))
             docs.append(("en", " ".join([gram] * reps) + " " + filler + ". " + EN))
-            docs.append(("zh", "这是一段" * reps + ZH[:rng.randint(20, 120)]))
+            docs.append(("zh", "这是一段" * reps + ZH[: rng.randint(20, 120)]))
     return docs + [("en", EN + " Online casino bonus."), ("en", "\n".join(["Same line, again and again."] * 6))]
 
 
-@pytest.mark.parametrize("cfg", [
-    CFG,
-    # later dup limits below earlier ones: the early stop must not skip them
-    FilterConfig.model_validate({"repetition": {"max_dup_ngram_char_frac": {5: 0.9, 6: 0.05, 10: 0.01},
-                                                "max_top_ngram_char_frac": {3: 0.05}}}),
-    FilterConfig.model_validate({"repetition": {"min_words": 0}, "length": {"min_chars": 0}}),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        CFG,
+        # later dup limits below earlier ones: the early stop must not skip them
+        FilterConfig.model_validate(
+            {
+                "repetition": {
+                    "max_dup_ngram_char_frac": {5: 0.9, 6: 0.05, 10: 0.01},
+                    "max_top_ngram_char_frac": {3: 0.05},
+                }
+            }
+        ),
+        FilterConfig.model_validate({"repetition": {"min_words": 0}, "length": {"min_chars": 0}}),
+    ],
+)
 def test_batched_filters_equal_one_at_a_time(cfg, sample_rows, monkeypatch):
     """filter_reasons (the pipeline's, n-grams grouped over many documents) gives exactly
     filter_reason's answer for every document, in batches that cut groups anywhere."""

@@ -1,4 +1,5 @@
 """Per-source caps and shares (corpus/mix.py): plain cores, no Ray."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,23 @@ def _samples(docs: dict[str, list[int]], source_of) -> pa.Table:
     rows = []
     for doc_id, lengths in docs.items():
         for i, n in enumerate(lengths):
-            rows.append(dict(doc_id=doc_id, source=source_of(doc_id), file="f", line=1, sample=i,
-                             input_ids=[7] * n, n_tokens=n, status=OK if n else SHORT, reason=None, raw=None,
-                             sentences_cut=0, tail=False, backfill=0))
+            rows.append(
+                dict(
+                    doc_id=doc_id,
+                    source=source_of(doc_id),
+                    file="f",
+                    line=1,
+                    sample=i,
+                    input_ids=[7] * n,
+                    n_tokens=n,
+                    status=OK if n else SHORT,
+                    reason=None,
+                    raw=None,
+                    sentences_cut=0,
+                    tail=False,
+                    backfill=0,
+                )
+            )
     return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
 
 
@@ -62,8 +77,10 @@ def test_token_caps_and_shares():
 
 
 def test_mix_config_errors_name_the_key():
-    base = {"inputs": [{"path": "x", "source": "zh", "lang": "zh"}, {"path": "y", "source": "en", "lang": "en"}],
-            "tokenizer": "t"}
+    base = {
+        "inputs": [{"path": "x", "source": "zh", "lang": "zh"}, {"path": "y", "source": "en", "lang": "en"}],
+        "tokenizer": "t",
+    }
     with pytest.raises(ValueError, match=r"mix.caps names source\(s\) \['fr'\]"):
         CorpusConfig.model_validate({**base, "mix": {"caps": {"fr": 3}}})
     with pytest.raises(ValueError, match=r"mix.shares has no share for source\(s\) \['en'\]"):

@@ -3,6 +3,7 @@ near dedup, greedy packing, and data/sample's documented counts.
 
 Ray Data costs seconds per pipeline on 2 cores, so the pipeline runs three times in this module.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,20 +19,28 @@ from knowlm_ray.corpus.shards import read_shards, shard_files
 
 from .conftest import SAMPLE_NEAR_DUPS, tiny_corpus_config
 
-ZH_A = {"title": "知识图谱", "content": "知识图谱是一种结构化的语义知识库。它以符号形式描述物理世界中的概念及其相互关系！"
-        "“你好。”他说。大语言模型通过预训练学习语言知识；指令微调让它更好地遵循人类指令。"}
+ZH_A = {
+    "title": "知识图谱",
+    "content": "知识图谱是一种结构化的语义知识库。它以符号形式描述物理世界中的概念及其相互关系！"
+    "“你好。”他说。大语言模型通过预训练学习语言知识；指令微调让它更好地遵循人类指令。",
+}
 ZH_B = {"title": "浙江大学", "content": "浙江大学位于杭州市。今天天气很好！明天会下雨吗？"}
-EN_A = {"title": "Foxes", "text": "The quick brown fox jumps over the lazy dog. Mr. Smith paid $3.50 for it! "
-        "Dr. Watson lives in the U.S. and works at Baker Street."}
+EN_A = {
+    "title": "Foxes",
+    "text": "The quick brown fox jumps over the lazy dog. Mr. Smith paid $3.50 for it! "
+    "Dr. Watson lives in the U.S. and works at Baker Street.",
+}
 BOOK_1 = "Knowledge graphs describe entities and the relations between them, e.g. people and places."
 BOOK_2 = "It is 3.14 miles away. The quick brown fox jumps over the lazy dog again and again."
-BOOK_3 = ("The lighthouse keeper climbed the hundred and twelve steps every evening at dusk, trimmed the wick, "
-          "polished the great lens until it shone, and wrote the state of the sea in a leather-bound log. "
-          "In winter the spray froze on the gallery rail, and he chipped it away with a small brass hammer "
-          "that had belonged to his father, who had kept the same light for forty years before him. On clear "
-          "nights he could see the lamps of the fishing fleet strung out across the bay like beads on a "
-          "thread, and he counted them as they came home one by one, and he did not sleep until the last "
-          "of them had rounded the point and was safe inside the harbour wall.")
+BOOK_3 = (
+    "The lighthouse keeper climbed the hundred and twelve steps every evening at dusk, trimmed the wick, "
+    "polished the great lens until it shone, and wrote the state of the sea in a leather-bound log. "
+    "In winter the spray froze on the gallery rail, and he chipped it away with a small brass hammer "
+    "that had belonged to his father, who had kept the same light for forty years before him. On clear "
+    "nights he could see the lamps of the fishing fleet strung out across the bay like beads on a "
+    "thread, and he counted them as they came home one by one, and he did not sleep until the last "
+    "of them had rounded the point and was safe inside the harbour wall."
+)
 BOOK_3_NEAR = BOOK_3.replace("small brass", "small iron")
 CODE_A = "import os\n\n\nclass Reader:\n    def __init__(self, path):\n        self.path = os.path.abspath(path)\n"
 CODE_B = "def tokenize(text):\n    return [t for t in text.split() if t]\n"
@@ -43,17 +52,28 @@ def _j(obj) -> str:
 
 def write_corpus(root: Path) -> dict:
     """A small corpus with malformed lines, junk and duplicates; returns what should come out."""
-    zh = [_j(ZH_A), _j(ZH_B), "", '{"title": "坏", "content": ',            # 1 2 (3 blank) 4: bad JSON
-          _j({"title": "缺"}),                                               # 5: missing content
-          _j({"title": "ＡＢＣ", "content": "@@@@ #### $$$$ %%%% &&&& **** ^^^^ ~~~~ ||||"}),  # 6: junk
-          _j({"title": " 知识图谱\t", "content": ZH_A["content"].replace("！", "!") + " "})]  # 7: NFKC dup of 1
-    en = [_j(EN_A), _j({"title": "Num", "text": 42}), _j({"title": "Hi", "text": "Hi"}),  # 2 bad, 3 short
-          _j({"title": "", "text": BOOK_1})]                                                # 4: dup of books 1
+    zh = [
+        _j(ZH_A),
+        _j(ZH_B),
+        "",
+        '{"title": "坏", "content": ',  # 1 2 (3 blank) 4: bad JSON
+        _j({"title": "缺"}),  # 5: missing content
+        _j({"title": "ＡＢＣ", "content": "@@@@ #### $$$$ %%%% &&&& **** ^^^^ ~~~~ ||||"}),  # 6: junk
+        _j({"title": " 知识图谱\t", "content": ZH_A["content"].replace("！", "!") + " "}),
+    ]  # 7: NFKC dup of 1
+    en = [
+        _j(EN_A),
+        _j({"title": "Num", "text": 42}),
+        _j({"title": "Hi", "text": "Hi"}),  # 2 bad, 3 short
+        _j({"title": "", "text": BOOK_1}),
+    ]  # 4: dup of books 1
     root.mkdir(parents=True)
     (root / "zh.jsonl").write_text("\n".join(zh) + "\n", encoding="utf-8")
     (root / "en.jsonl").write_text("\n".join(en) + "\n", encoding="utf-8")
-    (root / "books.txt").write_text(f"{BOOK_1}\n{BOOK_2}\n{BOOK_1}\n{BOOK_3_NEAR}\n{BOOK_3}\n",  # 3: dup of 1
-                                    encoding="utf-8")                                   # 4: near-dup of 5
+    (root / "books.txt").write_text(
+        f"{BOOK_1}\n{BOOK_2}\n{BOOK_1}\n{BOOK_3_NEAR}\n{BOOK_3}\n",  # 3: dup of 1
+        encoding="utf-8",
+    )  # 4: near-dup of 5
     (root / "code" / "pkg").mkdir(parents=True)
     (root / "code" / "a.py").write_text(CODE_A)
     (root / "code" / "pkg" / "b.py").write_text(CODE_B)
@@ -70,8 +90,11 @@ def write_corpus(root: Path) -> dict:
             "code/a.py": CODE_A.strip(),
             "code/pkg/b.py": CODE_B.strip(),
         },
-        "quarantine": {("zh.jsonl", 4, "invalid JSON"), ("zh.jsonl", 5, "missing field 'content'"),
-                       ("en.jsonl", 2, "field 'text' is int, not a string")},
+        "quarantine": {
+            ("zh.jsonl", 4, "invalid JSON"),
+            ("zh.jsonl", 5, "missing field 'content'"),
+            ("en.jsonl", 2, "field 'text' is int, not a string"),
+        },
         "by_source": {
             "baike": {"read": 6, "malformed": 2, "filtered": 1, "exact_dups": 1, "documents": 2},
             "wiki": {"read": 4, "malformed": 1, "filtered": 1, "exact_dups": 1, "documents": 1},
@@ -82,15 +105,23 @@ def write_corpus(root: Path) -> dict:
 
 
 def make_cfg(root: Path, tokenizer: Path, out: Path, **extra) -> CorpusConfig:
-    return CorpusConfig.model_validate({
-        "inputs": [
-            {"path": str(root / "zh.jsonl"), "source": "baike", "lang": "zh", "text_field": ["title", "content"]},
-            {"path": str(root / "en.jsonl"), "source": "wiki", "lang": "en", "text_field": ["title", "text"]},
-            {"path": str(root / "books.txt"), "source": "books", "lang": "en", "format": "text"},
-            {"path": str(root / "code"), "source": "code", "lang": "code", "format": "files", "glob": "**/*.py"},
-        ],
-        "tokenizer": str(tokenizer), "max_tokens": 24, "out_dir": str(out), "rows_per_shard": 4,
-        "filters": {"length": {"min_chars": 10}}, "dedup": {"near": True}, **extra})
+    return CorpusConfig.model_validate(
+        {
+            "inputs": [
+                {"path": str(root / "zh.jsonl"), "source": "baike", "lang": "zh", "text_field": ["title", "content"]},
+                {"path": str(root / "en.jsonl"), "source": "wiki", "lang": "en", "text_field": ["title", "text"]},
+                {"path": str(root / "books.txt"), "source": "books", "lang": "en", "format": "text"},
+                {"path": str(root / "code"), "source": "code", "lang": "code", "format": "files", "glob": "**/*.py"},
+            ],
+            "tokenizer": str(tokenizer),
+            "max_tokens": 24,
+            "out_dir": str(out),
+            "rows_per_shard": 4,
+            "filters": {"length": {"min_chars": 10}},
+            "dedup": {"near": True},
+            **extra,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +151,25 @@ def test_manifest_counts(first_run, corpus_tokenizer):
     tok = load_tokenizer(str(corpus_tokenizer))
     n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 2 for t in expected["docs"].values())
     stages = manifest["stages"]
-    assert stages == {"read": 18, "malformed": 3, "filtered": 2, "exact_dups": 4, "near_dups": 1, "capped": 0,
-                      "documents": 8, "samples": stages["samples"], "tokens": n_tokens}
-    assert manifest["filters"] == {"length": 1, "char_ratio": 1, "language": 0, "repetition": 0, "code": 0,
-                                   "blocklist": 0}
+    assert stages == {
+        "read": 18,
+        "malformed": 3,
+        "filtered": 2,
+        "exact_dups": 4,
+        "near_dups": 1,
+        "capped": 0,
+        "documents": 8,
+        "samples": stages["samples"],
+        "tokens": n_tokens,
+    }
+    assert manifest["filters"] == {
+        "length": 1,
+        "char_ratio": 1,
+        "language": 0,
+        "repetition": 0,
+        "code": 0,
+        "blocklist": 0,
+    }
     assert manifest["near_dedup"]["edges"] == 1 and manifest["near_dedup"]["near_dups"] == 1
     assert stages["samples"] == sum(s["rows"] for s in manifest["shards"]) > 7
     for source, want in expected["by_source"].items():
@@ -212,44 +258,90 @@ def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokeni
     from knowlm_ray.corpus.pipeline import run
 
     base, cfg, first, _, _ = first_run
-    sample_cfg = tiny_corpus_config(tokenizer=str(corpus_tokenizer), out_dir=str(base / "out"),
-                                    max_tokens=128, **{"pack.mode": "greedy", "rows_per_shard": 400})
+    sample_cfg = tiny_corpus_config(
+        tokenizer=str(corpus_tokenizer),
+        out_dir=str(base / "out"),
+        max_tokens=128,
+        **{"pack.mode": "greedy", "rows_per_shard": 400},
+    )
     manifest = run(sample_cfg)
     assert manifest["stages"] | {"samples": 0, "tokens": 0} == {
-        "read": 224, "malformed": 9, "filtered": 13, "exact_dups": 9, "near_dups": 8, "capped": 0, "documents": 185,
-        "samples": 0, "tokens": 0}
+        "read": 224,
+        "malformed": 9,
+        "filtered": 13,
+        "exact_dups": 9,
+        "near_dups": 8,
+        "capped": 0,
+        "documents": 185,
+        "samples": 0,
+        "tokens": 0,
+    }
     bs = manifest["by_source"]
-    assert [bs["baike"][k] for k in ("malformed", "filtered", "exact_dups", "near_dups", "documents")] == [5, 6, 4, 4, 97]
-    assert [bs["wiki"][k] for k in ("malformed", "filtered", "exact_dups", "near_dups", "documents")] == [4, 6, 3, 4, 41]
+    assert [bs["baike"][k] for k in ("malformed", "filtered", "exact_dups", "near_dups", "documents")] == [
+        5,
+        6,
+        4,
+        4,
+        97,
+    ]
+    assert [bs["wiki"][k] for k in ("malformed", "filtered", "exact_dups", "near_dups", "documents")] == [
+        4,
+        6,
+        3,
+        4,
+        41,
+    ]
     assert [bs["books"][k] for k in ("exact_dups", "near_dups", "documents")] == [2, 0, 38]
     assert [bs["code"][k] for k in ("filtered", "documents")] == [1, 9] and bs["code"]["filters"]["code"] == 1
-    assert manifest["filters"] == {"length": 6, "char_ratio": 4, "language": 0, "repetition": 2, "code": 1,
-                                   "blocklist": 0}
+    assert manifest["filters"] == {
+        "length": 6,
+        "char_ratio": 4,
+        "language": 0,
+        "repetition": 2,
+        "code": 1,
+        "blocklist": 0,
+    }
     near = manifest["near_dedup"]
-    assert near | {"bucket_pairs": 0, "candidate_pairs": 0} == {"bands": 18, "rows": 7, "bucket_pairs": 0,
-                                                                "candidate_pairs": 0, "edges": 8, "clusters": 8,
-                                                                "near_dups": 8}
+    assert near | {"bucket_pairs": 0, "candidate_pairs": 0} == {
+        "bands": 18,
+        "rows": 7,
+        "bucket_pairs": 0,
+        "candidate_pairs": 0,
+        "edges": 8,
+        "clusters": 8,
+        "near_dups": 8,
+    }
     assert near["bucket_pairs"] >= near["candidate_pairs"] >= near["edges"]
     assert [b["file"] for b in manifest["blocklists"]] == ["builtin:zh", "builtin:en"]
-    quarantined = [ln for f in (base / "out" / "quarantine").glob("*.jsonl")
-                   for ln in f.read_text(encoding="utf-8").splitlines()]
+    quarantined = [
+        ln for f in (base / "out" / "quarantine").glob("*.jsonl") for ln in f.read_text(encoding="utf-8").splitlines()
+    ]
     assert len(quarantined) == 9
     # dropped/: the audit trail, one line per filtered / duplicate document with the reason
-    dropped = [json.loads(ln) for f in sorted((base / "out" / "dropped").glob("*.jsonl"))
-               for ln in f.read_text(encoding="utf-8").splitlines()]
-    assert [f"dropped/{p.name}" for p in sorted((base / "out" / "dropped").glob("*.jsonl"))] == \
-        [d["file"] for d in manifest["dropped"]]
+    dropped = [
+        json.loads(ln)
+        for f in sorted((base / "out" / "dropped").glob("*.jsonl"))
+        for ln in f.read_text(encoding="utf-8").splitlines()
+    ]
+    assert [f"dropped/{p.name}" for p in sorted((base / "out" / "dropped").glob("*.jsonl"))] == [
+        d["file"] for d in manifest["dropped"]
+    ]
     ids = [d["doc_id"] for d in dropped]
     assert len(dropped) == 13 + 9 + 8 and ids == sorted(ids, key=input_order(manifest["config"]["inputs"]))
     near = {d["doc_id"]: d["reason"] for d in dropped if d["status"] == "near_dup"}
     assert near == {k: f"near duplicate of {v}" for k, v in SAMPLE_NEAR_DUPS.items()}
     assert {d["reason"].split(":")[0] for d in dropped if d["status"] == "filtered"} == {
-        "length", "char_ratio", "repetition", "code"}
+        "length",
+        "char_ratio",
+        "repetition",
+        "code",
+    }
     # greedy packing: rows of exactly max_tokens but for each source's last row in a shard, and
     # every document start (BOS) recorded in doc_starts
     assert manifest["format"]["columns"]["doc_starts"] == "list<int32>"
-    assert sorted(p.name for p in (base / "out" / "shards").iterdir()) == \
-        [Path(s["file"]).name for s in manifest["shards"]]  # the first run's parts are gone
+    assert sorted(p.name for p in (base / "out" / "shards").iterdir()) == [
+        Path(s["file"]).name for s in manifest["shards"]
+    ]  # the first run's parts are gone
     tok = load_tokenizer(str(corpus_tokenizer))
     table = read_shards(base / "out")
     assert table.column_names == ["input_ids", "doc_id", "source", "doc_starts"]

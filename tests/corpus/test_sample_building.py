@@ -1,4 +1,5 @@
 """Greedy sample building, tokenisation by sentence, packing (plain Python, no Ray)."""
+
 from __future__ import annotations
 
 import random
@@ -56,8 +57,11 @@ def test_empty_document_builds_nothing():
 
 DOCS = [
     ("zh", "知识图谱是一种结构化的语义知识库。它描述概念及其相互关系！“你好。”他说。\n浙江大学位于杭州市。"),
-    ("en", "Mr. Smith paid $3.50 for it! Dr. Watson lives in the U.S. and works at Baker Street. "
-           "The quick brown fox jumps over the lazy dog.\nKnowledge graphs describe entities."),
+    (
+        "en",
+        "Mr. Smith paid $3.50 for it! Dr. Watson lives in the U.S. and works at Baker Street. "
+        "The quick brown fox jumps over the lazy dog.\nKnowledge graphs describe entities.",
+    ),
     ("code", "import os\nclass Reader:\n    def __init__(self, path):\n        self.path = os.path.abspath(path)\n"),
 ]
 
@@ -86,14 +90,22 @@ def test_slow_tokenizer_falls_back_to_per_sentence(corpus_tokenizer):
             return fast(texts, add_special_tokens=add_special_tokens, **kw)
 
     sentences = split_sentences(DOCS[1][1], "en")
-    assert encode_sentences(Slow(), sentences) == [fast(s, add_special_tokens=False)["input_ids"]
-                                                   for s in sentences]
+    assert encode_sentences(Slow(), sentences) == [fast(s, add_special_tokens=False)["input_ids"] for s in sentences]
 
 
 def test_doc_rows_mark_short_samples(corpus_tokenizer):
     tok = load_tokenizer(str(corpus_tokenizer))
-    doc = {"doc_id": "d/x:000000001", "source": "d", "file": "x", "line": 1, "lang": "zh",
-           "text": DOCS[0][1], "status": OK, "reason": None, "raw": None}
+    doc = {
+        "doc_id": "d/x:000000001",
+        "source": "d",
+        "file": "x",
+        "line": 1,
+        "lang": "zh",
+        "text": DOCS[0][1],
+        "status": OK,
+        "reason": None,
+        "raw": None,
+    }
     rows = list(doc_to_sample_rows(doc, tok, max_tokens=16, min_tokens=6))
     assert [r["sample"] for r in rows] == list(range(len(rows)))
     assert all(r["n_tokens"] <= 16 for r in rows)
@@ -110,18 +122,40 @@ def test_batch_tokenising_equals_per_document_rows(corpus_tokenizer):
     """The Ray stage's batch path (one tokenizer call per batch, columns built directly) gives
     exactly the rows of the per-document core, whatever the documents hold."""
     tok = load_tokenizer(str(corpus_tokenizer))
-    texts = [("zh", DOCS[0][1]), ("en", DOCS[1][1]), ("code", DOCS[2][1]), ("en", ""), ("en", "   "),
-             ("code", "x = '<s>' + '</s>'\n<unk> stays text\n"), ("zh", "表情😀😀。全角，标点！\r\n第二行。"),
-             ("en", "word " * 700)]
-    docs = [{"doc_id": f"d/x:{i:09d}", "source": "d", "lang": lang, "file": "x", "line": i, "text": text,
-             "status": OK, "reason": None, "raw": None, "key": None} for i, (lang, text) in enumerate(texts)]
-    docs.insert(2, {**docs[0], "doc_id": "d/x:bad", "status": "malformed", "text": None, "reason": "bad JSON",
-                    "raw": "{"})
+    texts = [
+        ("zh", DOCS[0][1]),
+        ("en", DOCS[1][1]),
+        ("code", DOCS[2][1]),
+        ("en", ""),
+        ("en", "   "),
+        ("code", "x = '<s>' + '</s>'\n<unk> stays text\n"),
+        ("zh", "表情😀😀。全角，标点！\r\n第二行。"),
+        ("en", "word " * 700),
+    ]
+    docs = [
+        {
+            "doc_id": f"d/x:{i:09d}",
+            "source": "d",
+            "lang": lang,
+            "file": "x",
+            "line": i,
+            "text": text,
+            "status": OK,
+            "reason": None,
+            "raw": None,
+            "key": None,
+        }
+        for i, (lang, text) in enumerate(texts)
+    ]
+    docs.insert(
+        2, {**docs[0], "doc_id": "d/x:bad", "status": "malformed", "text": None, "reason": "bad JSON", "raw": "{"}
+    )
     sentences = [split_sentences(d["text"], d["lang"]) for d in docs if d["status"] == OK]
     assert encode_documents(tok, sentences) == [encode_sentences(tok, s) for s in sentences]
     for ids, sents in zip(encode_documents(tok, sentences), sentences):
-        assert [t for s in ids for t in s] == (tok("".join(sents), add_special_tokens=False,
-                                                  split_special_tokens=True)["input_ids"] if sents else [])
+        assert [t for s in ids for t in s] == (
+            tok("".join(sents), add_special_tokens=False, split_special_tokens=True)["input_ids"] if sents else []
+        )
     for tail in ("keep", "drop", "backfill"):
         got = docs_to_samples(pa.Table.from_pylist(docs, schema=DOC_SCHEMA), tok, 16, 4, tail, 0.5)
         want = [r for d in docs for r in doc_to_sample_rows(d, tok, 16, 4, tail, 0.5)]
@@ -192,9 +226,47 @@ def test_pack_property_random():
                 assert set(r["doc_starts"][1:]) == set(bos_at) - {0}
 
 
-_PIECES = ["<s>", "</s>", "<unk>", "知识图谱", "是", "一种", "结构化的", "。", "！", "？", "；", "“你好。”", "他说", "3.14", "ＡＴＰ",
-           "The", "quick", "fox", "Dr.", "U.S.", "e.g.", "...", "Mr. Smith", ".", "!", "?", "\"", "😀",
-           "\r\n", "\n", "\n\n", "  ", "，", "def f(x):", "    return x", "#", "$3.50", "——", "……"]
+_PIECES = [
+    "<s>",
+    "</s>",
+    "<unk>",
+    "知识图谱",
+    "是",
+    "一种",
+    "结构化的",
+    "。",
+    "！",
+    "？",
+    "；",
+    "“你好。”",
+    "他说",
+    "3.14",
+    "ＡＴＰ",
+    "The",
+    "quick",
+    "fox",
+    "Dr.",
+    "U.S.",
+    "e.g.",
+    "...",
+    "Mr. Smith",
+    ".",
+    "!",
+    "?",
+    '"',
+    "😀",
+    "\r\n",
+    "\n",
+    "\n\n",
+    "  ",
+    "，",
+    "def f(x):",
+    "    return x",
+    "#",
+    "$3.50",
+    "——",
+    "……",
+]
 
 
 def _random_doc(rng: random.Random) -> str:
@@ -213,8 +285,17 @@ def test_samples_never_exceed_max_tokens_random_docs(corpus_tokenizer):
     for i in range(120):
         text, lang = _random_doc(rng), rng.choice(["zh", "en", "code"])
         max_tokens = rng.choice([8, 13, 32, 100])
-        doc = {"doc_id": f"r/x:{i:09d}", "source": "r", "file": "x", "line": i, "lang": lang, "text": text,
-               "status": OK, "reason": None, "raw": None}
+        doc = {
+            "doc_id": f"r/x:{i:09d}",
+            "source": "r",
+            "file": "x",
+            "line": i,
+            "lang": lang,
+            "text": text,
+            "status": OK,
+            "reason": None,
+            "raw": None,
+        }
         rows = list(doc_to_sample_rows(doc, tok, max_tokens=max_tokens, min_tokens=1))
         assert all(r["n_tokens"] <= max_tokens for r in rows), (text, lang, max_tokens)
         ids = [r["input_ids"] for r in rows if r["status"] == OK]
@@ -231,8 +312,17 @@ def test_samples_never_exceed_max_tokens_random_docs(corpus_tokenizer):
 def test_special_token_strings_in_text_stay_text(corpus_tokenizer):
     tok = load_tokenizer(str(corpus_tokenizer))
     text = 'SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")\nids.insert(0, vocab["<s>"])\n'
-    doc = {"doc_id": "c/x.py", "source": "c", "file": "x.py", "line": 0, "lang": "code", "text": text,
-           "status": OK, "reason": None, "raw": None}
+    doc = {
+        "doc_id": "c/x.py",
+        "source": "c",
+        "file": "x.py",
+        "line": 0,
+        "lang": "code",
+        "text": text,
+        "status": OK,
+        "reason": None,
+        "raw": None,
+    }
     flat = [t for r in doc_to_sample_rows(doc, tok, max_tokens=16, min_tokens=1) for t in r["input_ids"]]
     assert flat.count(tok.bos_token_id) == flat.count(tok.eos_token_id) == 1
     assert flat[0] == tok.bos_token_id and flat[-1] == tok.eos_token_id
@@ -268,7 +358,7 @@ def test_backfill_property_random():
         flat = [t for s in keep.samples for t in s]
         if prefix:  # the repeated tokens are exactly the ones before the tail (BOS never repeated)
             assert len(keep.samples) > 1 and len(keep.samples[-1]) < max_tokens // 2
-            before = flat[:len(flat) - len(keep.samples[-1])]
+            before = flat[: len(flat) - len(keep.samples[-1])]
             assert tail[:prefix] == [t for t in before if t != BOS][-prefix:]
         assert [s[0] == BOS for s in back.samples] == [True] + [False] * (len(back.samples) - 1)
 
@@ -276,8 +366,17 @@ def test_backfill_property_random():
 def test_dropped_tail_is_a_counted_short_row(corpus_tokenizer):
     tok = load_tokenizer(str(corpus_tokenizer))
     text = " ".join(f"Sentence number {i} talks about rivers and mills." for i in range(7))
-    doc = {"doc_id": "a/1", "source": "a", "file": "f", "line": 1, "status": OK, "reason": None, "raw": None,
-           "text": text, "lang": "en"}
+    doc = {
+        "doc_id": "a/1",
+        "source": "a",
+        "file": "f",
+        "line": 1,
+        "status": OK,
+        "reason": None,
+        "raw": None,
+        "text": text,
+        "lang": "en",
+    }
     keep = list(doc_to_sample_rows(doc, tok, 100, 1))
     drop = list(doc_to_sample_rows(doc, tok, 100, 1, tail="drop", short_tail=0.5))
     assert keep[-1]["tail"] and keep[-1]["n_tokens"] < 50  # 3 + 3 + 1 sentences: a short tail

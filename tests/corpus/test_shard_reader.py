@@ -1,4 +1,5 @@
 """ShardReader: memory-mapped random access to the rows of corpus shards."""
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,27 @@ def _write_corpus(root, rows_per_file, n_files, seed=0, packed=False):
         rows = []
         for j in range(rows_per_file):
             n = int(rng.integers(0, 300))
-            row = {"input_ids": rng.integers(0, 32000, n).astype(np.int32).tolist(),
-                   "doc_id": f"s{k % 3}/f:{k * rows_per_file + j:06d}", "source": f"s{k % 3}"}
+            row = {
+                "input_ids": rng.integers(0, 32000, n).astype(np.int32).tolist(),
+                "doc_id": f"s{k % 3}/f:{k * rows_per_file + j:06d}",
+                "source": f"s{k % 3}",
+            }
             if packed:
-                row["doc_starts"] = [0] + sorted(rng.choice(np.arange(1, max(n, 2)), min(2, max(n - 1, 0)),
-                                                            replace=False).tolist())
+                row["doc_starts"] = [0] + sorted(
+                    rng.choice(np.arange(1, max(n, 2)), min(2, max(n - 1, 0)), replace=False).tolist()
+                )
             rows.append(row)
         table = pa.Table.from_pylist(rows)
-        entries.append({"file": f"shards/part-{k:05d}.arrow",
-                        **{key: v for key, v in write_arrow_file(table, shards / f"part-{k:05d}.arrow").items()
-                           if key != "file"}})
+        entries.append(
+            {
+                "file": f"shards/part-{k:05d}.arrow",
+                **{
+                    key: v
+                    for key, v in write_arrow_file(table, shards / f"part-{k:05d}.arrow").items()
+                    if key != "file"
+                },
+            }
+        )
         expected += rows
     (root / "manifest.json").write_text(json.dumps({"shards": entries}), encoding="utf-8")
     return expected
@@ -94,7 +106,6 @@ def test_verify_and_bad_shards_fail_naming_the_file(tmp_path):
         ShardReader(tmp_path / "bad", verify=True)
 
 
-
 def test_mapped_shards_hold_no_open_files(tmp_path):
     import os
 
@@ -103,8 +114,10 @@ def test_mapped_shards_hold_no_open_files(tmp_path):
     shards = tmp_path / "c" / "shards"
     shards.mkdir(parents=True)
     for k in range(50):
-        write_arrow_file(pa.Table.from_pylist([{"input_ids": [k, 1], "doc_id": f"d{k}", "source": "s"}]),
-                         shards / f"part-{k:05d}.arrow")
+        write_arrow_file(
+            pa.Table.from_pylist([{"input_ids": [k, 1], "doc_id": f"d{k}", "source": "s"}]),
+            shards / f"part-{k:05d}.arrow",
+        )
     before = len(os.listdir("/proc/self/fd"))
     reader = ShardReader(tmp_path / "c")  # thousands of shards must not hit the open-file limit
     assert len(os.listdir("/proc/self/fd")) - before < 5
@@ -121,8 +134,14 @@ def test_uneven_record_batches_are_found_in_constant_steps(tmp_path):
         schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_id", pa.string()), ("source", pa.string())])
         with pa.OSFile(str(tmp_path / f"part-{k:05d}.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
             for n in batch_sizes:
-                rows = [{"input_ids": rng.integers(0, 9, int(rng.integers(1, 5))).tolist(),
-                         "doc_id": f"d{len(expected) + j}", "source": "s"} for j in range(n)]
+                rows = [
+                    {
+                        "input_ids": rng.integers(0, 9, int(rng.integers(1, 5))).tolist(),
+                        "doc_id": f"d{len(expected) + j}",
+                        "source": "s",
+                    }
+                    for j in range(n)
+                ]
                 w.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
                 expected += rows
     reader = ShardReader(sorted(tmp_path.glob("*.arrow")))

@@ -1,4 +1,5 @@
 """Readers (parquet, gzip, zstd) and per-source converters (plain Python, no Ray)."""
+
 from __future__ import annotations
 
 import gzip
@@ -24,21 +25,29 @@ def _rows(path, **src):
 LINES = [json.dumps({"text": f"Document number {i} has some text."}) for i in range(1, 4)]
 
 
-@pytest.mark.parametrize("suffix,compress", [
-    (".jsonl.gz", gzip.compress),
-    (".jsonl.zst", lambda b: zstandard.ZstdCompressor().compress(b)),
-    (".jsonl.zstd", lambda b: zstandard.ZstdCompressor().compress(b[:40]) + zstandard.ZstdCompressor().compress(b[40:])),
-])
+@pytest.mark.parametrize(
+    "suffix,compress",
+    [
+        (".jsonl.gz", gzip.compress),
+        (".jsonl.zst", lambda b: zstandard.ZstdCompressor().compress(b)),
+        (
+            ".jsonl.zstd",
+            lambda b: zstandard.ZstdCompressor().compress(b[:40]) + zstandard.ZstdCompressor().compress(b[40:]),
+        ),
+    ],
+)
 def test_compressed_jsonl(tmp_path, suffix, compress):
     p = tmp_path / f"d{suffix}"
     p.write_bytes(compress(("\n".join(LINES) + "\n").encode()))
     rows = _rows(p, source="s", lang="en")
     assert [(r["doc_id"], r["status"], r["text"]) for r in rows] == [
-        (f"s/d{suffix}:{i:09d}", OK, f"Document number {i} has some text.") for i in range(1, 4)]
+        (f"s/d{suffix}:{i:09d}", OK, f"Document number {i} has some text.") for i in range(1, 4)
+    ]
 
 
-@pytest.mark.parametrize("suffix,compress", [(".txt.gz", gzip.compress),
-                                             (".txt.zst", lambda b: zstandard.ZstdCompressor().compress(b))])
+@pytest.mark.parametrize(
+    "suffix,compress", [(".txt.gz", gzip.compress), (".txt.zst", lambda b: zstandard.ZstdCompressor().compress(b))]
+)
 def test_truncated_stream_keeps_what_was_read_and_quarantines_the_rest(tmp_path, suffix, compress):
     body = "".join(f"line {i} " + "x" * (i % 50) + f" {i * 7919 % 1000}\n" for i in range(20000)).encode()
     blob = compress(body)
@@ -54,20 +63,26 @@ def test_compressed_code_files(tmp_path):
     (tmp_path / "pkg" / "a.py.gz").write_bytes(gzip.compress(b"def f():  \r\n    return 1\r\n"))
     (tmp_path / "b.py.zst").write_bytes(zstandard.ZstdCompressor().compress(b"print(2)\n"))
     rows = _rows(tmp_path, source="code", lang="code", format="files", glob="**/*.py*")
-    assert [(r["doc_id"], r["text"]) for r in rows] == [("code/b.py.zst", "print(2)"),
-                                                        ("code/pkg/a.py.gz", "def f():\n    return 1")]
+    assert [(r["doc_id"], r["text"]) for r in rows] == [
+        ("code/b.py.zst", "print(2)"),
+        ("code/pkg/a.py.gz", "def f():\n    return 1"),
+    ]
 
 
 def test_parquet_rows_fields_and_malformed(tmp_path):
-    table = pa.table({"title": ["A", "B", None, "D"], "content": ["first body", "", "third", None],
-                      "n": [1, 2, 3, 4]})
+    table = pa.table({"title": ["A", "B", None, "D"], "content": ["first body", "", "third", None], "n": [1, 2, 3, 4]})
     pq.write_table(table, tmp_path / "d.parquet", row_group_size=2)
     rows = _rows(tmp_path / "d.parquet", source="pq", lang="en", format="parquet", text_field=["title", "content"])
     assert [(r["doc_id"], r["status"]) for r in rows] == [
-        ("pq/d.parquet:000000001", OK), ("pq/d.parquet:000000002", OK),
-        ("pq/d.parquet:000000003", MALFORMED), ("pq/d.parquet:000000004", MALFORMED)]
+        ("pq/d.parquet:000000001", OK),
+        ("pq/d.parquet:000000002", OK),
+        ("pq/d.parquet:000000003", MALFORMED),
+        ("pq/d.parquet:000000004", MALFORMED),
+    ]
     assert rows[0]["text"] == "A\nfirst body" and rows[1]["text"] == "B"
-    assert rows[2]["reason"] == "field 'title' is null, not a string" and json.loads(rows[2]["raw"])["content"] == "third"
+    assert (
+        rows[2]["reason"] == "field 'title' is null, not a string" and json.loads(rows[2]["raw"])["content"] == "third"
+    )
     missing = _rows(tmp_path / "d.parquet", source="pq", lang="en", format="parquet", text_field="body")
     assert {r["reason"] for r in missing} == {"missing field 'body'"} and len(missing) == 4
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
@@ -76,12 +91,15 @@ def test_parquet_rows_fields_and_malformed(tmp_path):
 
 
 def test_wiki_and_baike_markup_stripped():
-    raw = ("'''Karsholm''' is a city.[1] It lies on the [[Kars River|river Kars]].[citation needed]\n"
-           "== History ==\n{{Infobox settlement|name={{lang|en|K}}|pop=1}}[[File:Harbour.jpg|thumb|The [[harbour]]]]"
-           "Founded in 1201.<ref>Smith 2001, p. 4</ref> See [http://example.com the site].&nbsp;It grew.<br/>"
-           "<div class=\"x\">Text</div><!-- hidden -->[edit][[Category:Cities]]")
-    assert convert(raw, "wiki", "en") == ("Karsholm is a city. It lies on the river Kars.\nHistory\n"
-                                          "Founded in 1201. See the site. It grew.\nText")
+    raw = (
+        "'''Karsholm''' is a city.[1] It lies on the [[Kars River|river Kars]].[citation needed]\n"
+        "== History ==\n{{Infobox settlement|name={{lang|en|K}}|pop=1}}[[File:Harbour.jpg|thumb|The [[harbour]]]]"
+        "Founded in 1201.<ref>Smith 2001, p. 4</ref> See [http://example.com the site].&nbsp;It grew.<br/>"
+        '<div class="x">Text</div><!-- hidden -->[edit][[Category:Cities]]'
+    )
+    assert convert(raw, "wiki", "en") == (
+        "Karsholm is a city. It lies on the river Kars.\nHistory\nFounded in 1201. See the site. It grew.\nText"
+    )
     zh = "'''林慕白'''（1931年—2014年）[编辑]，物理学家。[2]&nbsp;&nbsp;他在{{模板|x}}江南大学任教[3]。"
     assert convert(zh, "baike", "zh") == "林慕白（1931年—2014年），物理学家。 他在江南大学任教。"
     assert strip_wiki_markup("a < b and c > d, x<y") == "a < b and c > d, x<y"  # not tags
@@ -110,9 +128,13 @@ def test_sample_markup_remnants_gone(sample_rows):
     assert all(t == t.strip() for t in texts.values())
 
 
-AWKWARD = (b'{"text": "first"}\r\n\r\n{"text": "second, CRLF"}\r\n{not json}\n\n\n'
-           + b'{"text": "' + "长".encode() * 300 + b'"}\n'  # a line longer than most ranges
-           + b'\xff\xfe bad utf-8\n{"text": "last, no newline"}')
+AWKWARD = (
+    b'{"text": "first"}\r\n\r\n{"text": "second, CRLF"}\r\n{not json}\n\n\n'
+    + b'{"text": "'
+    + "长".encode() * 300
+    + b'"}\n'  # a line longer than most ranges
+    + b'\xff\xfe bad utf-8\n{"text": "last, no newline"}'
+)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -138,8 +160,9 @@ def test_byte_ranges_give_the_rows_of_the_whole_file(tmp_path, chunk, workers):
     assert [r for p in pieces for r in read_file_rows(p, cfg)] == whole
 
 
-@pytest.mark.parametrize("total,chunk,workers", [(0, 8, 2), (5, 8, 2), (100, 8, 1), (100, 8, 2), (1000, 64, 3),
-                                                 (10, 1, 4), (33, 3, 2)])
+@pytest.mark.parametrize(
+    "total,chunk,workers", [(0, 8, 2), (5, 8, 2), (100, 8, 1), (100, 8, 2), (1000, 64, 3), (10, 1, 4), (33, 3, 2)]
+)
 def test_read_task_sizes_end_with_smaller_tasks(total, chunk, workers):
     """Every byte in exactly one task; ``chunk`` each, except the last ``workers`` (a quarter) and
     the ``workers`` before them (half), and the first, which takes what is left."""
@@ -148,7 +171,7 @@ def test_read_task_sizes_end_with_smaller_tasks(total, chunk, workers):
     sizes = read_task_sizes(total, chunk, workers)
     assert sum(sizes) == total and all(s > 0 for s in sizes)
     full = [max(1, chunk // 4)] * workers + [max(1, chunk // 2)] * workers + [chunk] * len(sizes)
-    assert sizes[::-1][:-1] == full[:max(0, len(sizes) - 1)]
+    assert sizes[::-1][:-1] == full[: max(0, len(sizes) - 1)]
     assert not sizes or 0 < sizes[0] <= full[len(sizes) - 1]
 
 
@@ -169,9 +192,11 @@ def test_plan_reads_groups_small_files_and_keeps_input_order(tmp_path, ray_local
     big.write_text("".join(f"line {i}\n" for i in range(1000)))  # 8,890 bytes
     gz = tmp_path / "big.txt.gz"
     gz.write_bytes(gzip.compress(big.read_bytes()))
-    inputs = [SourceConfig(path=str(tree), source="code", lang="code", format="files", glob="*.py"),
-              SourceConfig(path=str(big), source="t", lang="en", format="text"),
-              SourceConfig(path=str(gz), source="g", lang="en", format="text")]
+    inputs = [
+        SourceConfig(path=str(tree), source="code", lang="code", format="files", glob="*.py"),
+        SourceConfig(path=str(big), source="t", lang="en", format="text"),
+        SourceConfig(path=str(gz), source="g", lang="en", format="text"),
+    ]
     files = list_input_files(inputs)
     total = sum(f["size"] for f in files)
     tasks = sources.plan_reads(inputs, files, chunk_bytes=1000, workers=2)
@@ -179,8 +204,9 @@ def test_plan_reads_groups_small_files_and_keeps_input_order(tmp_path, ray_local
     # each small file in the task its first byte falls in, several to a task
     starts = list(accumulate([0] + [300] * 5))
     where = [next(k for k, e in enumerate(ends) if s < e) for s in starts]
-    assert [[p["rel"] for p in t if p["rel"].endswith(".py")] for t in tasks[:where[-1] + 1]] == \
-        [[f"m{i}.py" for i, w in enumerate(where) if w == k] for k in range(where[-1] + 1)]
+    assert [[p["rel"] for p in t if p["rel"].endswith(".py")] for t in tasks[: where[-1] + 1]] == [
+        [f"m{i}.py" for i, w in enumerate(where) if w == k] for k in range(where[-1] + 1)
+    ]
     assert len(set(where)) < 6
     ranges = [p for t in tasks for p in t if p["rel"] == "big.txt"]
     assert [1800 + p["end"] for p in ranges[:-1]] == [e for e in ends if 1800 < e < 1800 + 8890]
@@ -193,4 +219,3 @@ def test_plan_reads_groups_small_files_and_keeps_input_order(tmp_path, ray_local
     assert [r["text"] for r in rows if r["source"] == "t"] == [f"line {i}" for i in range(1000)]
     assert [r["line"] for r in rows if r["source"] == "t"] == list(range(1, 1001))
     assert rows == [r for e in files for r in read_file_rows(e, inputs[e["input"]])]  # input order
-

@@ -1,5 +1,6 @@
 """The continuous batcher without Ray: rows join and leave the running batch step by step, each
 with its own parameters, and every greedy row equals what it gives alone."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,13 @@ from knowlm_ray.generation.continuous import ContinuousBatcher
 from knowlm_ray.generation.engine import GenerationEngine
 from knowlm_ray.generation.params import GenerationParams as P
 
-PROMPTS = ["浙江大学位于", "Name the capital of France.", "写一首关于知识图谱的短诗，" * 6,
-           "Marie Curie was born in Warsaw and worked in Paris. " * 4, "信息抽取"]
+PROMPTS = [
+    "浙江大学位于",
+    "Name the capital of France.",
+    "写一首关于知识图谱的短诗，" * 6,
+    "Marie Curie was born in Warsaw and worked in Paris. " * 4,
+    "信息抽取",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +49,13 @@ class Hooks:
 
 
 def test_staggered_greedy_rows_with_different_params_each_equal_their_sequential_result(engine, batcher):
-    params = [P(max_tokens=6), P(max_tokens=11, repetition_penalty=1.3), P(max_tokens=16),
-              P(max_tokens=21, repetition_penalty=1.1), P(max_tokens=9)]
+    params = [
+        P(max_tokens=6),
+        P(max_tokens=11, repetition_penalty=1.3),
+        P(max_tokens=16),
+        P(max_tokens=21, repetition_penalty=1.1),
+        P(max_tokens=9),
+    ]
     rows = [engine.prepare_prompt(p, q) for p, q in zip(PROMPTS, params)]
     sequential = [engine.generate_prepared([r])[0] for r in rows]
     # Each row arrives once the batcher has stepped since the previous one, the longest first, so
@@ -93,7 +104,7 @@ def test_stop_strings_streaming_and_cancellation(engine, batcher):
     cancel = Hooks(cancel_after=5)
     f_stop, f_cancel = batcher.submit([row], hooks), batcher.submit([other], cancel)
     (res,) = f_stop.result(timeout=60)
-    assert res.text == full.text[:full.text.find(stop)] and res.finish_reason == "stop"
+    assert res.text == full.text[: full.text.find(stop)] and res.finish_reason == "stop"
     assert "".join(hooks.deltas) == res.text and len(hooks.deltas) > 1
     (gone,) = f_cancel.result(timeout=60)
     assert gone.finish_reason == "cancelled" and gone.num_output_tokens < 40

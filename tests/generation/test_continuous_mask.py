@@ -1,6 +1,7 @@
 """Decode steps hand SDPA a ready 4-D padding mask (transformers skips rebuilding one each step);
 other attention implementations keep the 2-D mask. Either way greedy rows equal their results
 alone, with rows of different prompt lengths (left padding) joining a running batch."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,12 @@ from knowlm_ray.generation.continuous import ContinuousBatcher
 from knowlm_ray.generation.engine import GenerationEngine
 from knowlm_ray.generation.params import GenerationParams as P
 
-PROMPTS = ["浙江大学位于", "Marie Curie was born in Warsaw and worked in Paris. " * 3, "信息抽取",
-           "写一首关于知识图谱的短诗，" * 4]
+PROMPTS = [
+    "浙江大学位于",
+    "Marie Curie was born in Warsaw and worked in Paris. " * 3,
+    "信息抽取",
+    "写一首关于知识图谱的短诗，" * 4,
+]
 
 
 def _staggered(batcher: ContinuousBatcher, rows) -> list:

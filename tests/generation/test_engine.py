@@ -1,4 +1,5 @@
 """The generation engine and request schema, without Ray."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,12 +43,15 @@ def test_one_request_equals_plain_transformers(engine, reference):
 
 
 def test_mixed_parameters_are_grouped_and_keep_order(engine, reference):
-    reqs = [_req("a", max_tokens=5), _req("b", max_tokens=5, num_beams=2, repetition_penalty=1.3),
-            _req("c", max_tokens=5), _req("d", max_tokens=5, num_beams=2, repetition_penalty=1.3)]
+    reqs = [
+        _req("a", max_tokens=5),
+        _req("b", max_tokens=5, num_beams=2, repetition_penalty=1.3),
+        _req("c", max_tokens=5),
+        _req("d", max_tokens=5, num_beams=2, repetition_penalty=1.3),
+    ]
     out = engine.generate_batch(reqs)
     assert (out[0].text, out[0].num_output_tokens) == reference("a", max_tokens=5)
-    assert (out[1].text, out[1].num_output_tokens) == reference("b", max_tokens=5, num_beams=2,
-                                                                repetition_penalty=1.3)
+    assert (out[1].text, out[1].num_output_tokens) == reference("b", max_tokens=5, num_beams=2, repetition_penalty=1.3)
     assert out[2] == engine.generate_batch([reqs[2]])[0]
     assert out[3] == engine.generate_batch([reqs[3]])[0]
 
@@ -89,23 +93,42 @@ def test_a_batch_never_runs_past_the_context(engine):
     assert engine._fit_context([0, 1], short) == [[0, 1]]
 
 
-@pytest.mark.parametrize("params", [
-    {"temperature": -0.1}, {"temperature": 2.5}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -1},
-    {"num_beams": 0}, {"num_beams": 9}, {"max_tokens": 0}, {"repetition_penalty": 0.9},
-    {"repetition_penalty": 2.1}, {"max_tokens": "12"}, {"max_tokens": 1.5}, {"temperature": True},
-    {"seed": 1},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": -0.1},
+        {"temperature": 2.5},
+        {"top_p": 0},
+        {"top_p": 1.5},
+        {"top_k": -1},
+        {"num_beams": 0},
+        {"num_beams": 9},
+        {"max_tokens": 0},
+        {"repetition_penalty": 0.9},
+        {"repetition_penalty": 2.1},
+        {"max_tokens": "12"},
+        {"max_tokens": 1.5},
+        {"temperature": True},
+        {"seed": 1},
+    ],
+)
 def test_out_of_range_or_wrong_typed_parameters_are_rejected(params):
     with pytest.raises(ValidationError) as err:
         GenerateRequest.model_validate({"instruction": "x", "parameters": params})
     assert err.value.errors()[0]["loc"][:2] == ("parameters", next(iter(params)))
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "instruction"), ({"instruction": ""}, "instruction"), ({"instruction": "  "}, "instruction"),
-    ({"instruction": 3}, "instruction"), ({"instruction": "x", "input": None}, "input"),
-    ({"instruction": "x", "prompt": "y"}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "instruction"),
+        ({"instruction": ""}, "instruction"),
+        ({"instruction": "  "}, "instruction"),
+        ({"instruction": 3}, "instruction"),
+        ({"instruction": "x", "input": None}, "input"),
+        ({"instruction": "x", "prompt": "y"}, "prompt"),
+    ],
+)
 def test_bad_request_bodies_name_the_field(body, field):
     with pytest.raises(ValidationError) as err:
         GenerateRequest.model_validate(body)
@@ -114,8 +137,14 @@ def test_bad_request_bodies_name_the_field(body, field):
 
 def test_defaults_are_greedy_and_documented():
     p = GenerateRequest(instruction="x").parameters
-    assert (p.temperature, p.top_p, p.top_k, p.num_beams, p.max_tokens, p.repetition_penalty) == \
-        (0.0, 1.0, 0, 1, 128, 1.0)
+    assert (p.temperature, p.top_p, p.top_k, p.num_beams, p.max_tokens, p.repetition_penalty) == (
+        0.0,
+        1.0,
+        0,
+        1,
+        128,
+        1.0,
+    )
     assert not p.sampling and GenerationParams(temperature=0.5).sampling
     assert not GenerationParams(temperature=0.5, do_sample=False).sampling
     assert "max_tokens" in GenerationParams.__doc__

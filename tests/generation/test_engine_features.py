@@ -1,11 +1,17 @@
 """Engine features without Ray: stop strings, streaming hooks, cancellation, LoRA adapters
 (per-request, LRU), precision and device options."""
+
 from __future__ import annotations
 
 import pytest
 
-from knowlm_ray.generation.engine import (EngineConfigError, GenerationEngine, check_engine_options, find_stop,
-                                          safe_text_end)
+from knowlm_ray.generation.engine import (
+    EngineConfigError,
+    GenerationEngine,
+    check_engine_options,
+    find_stop,
+    safe_text_end,
+)
 from knowlm_ray.generation.errors import UnknownModelError
 from knowlm_ray.generation.params import GenerationParams
 
@@ -58,7 +64,7 @@ def test_stop_string_cuts_text_and_stream_never_shows_it(engine):
     row = engine.prepare_prompt("浙江大学位于", GREEDY, stop=[stop, "never-there"])
     hooks = Hooks(stream={0})
     (res,) = engine.generate_prepared([row], hooks)
-    assert res.text == full.text[:full.text.find(stop)] and res.finish_reason == "stop"
+    assert res.text == full.text[: full.text.find(stop)] and res.finish_reason == "stop"
     assert res.num_output_tokens < full.num_output_tokens  # generation itself stopped early
     assert "".join(hooks.deltas[0]) == res.text
 
@@ -72,8 +78,7 @@ def test_a_cancelled_row_stops_and_the_others_are_unchanged(engine):
     assert out[1] == engine.generate_prepared([rows[1]])[0]
 
 
-def test_adapter_output_equals_peft_and_base_is_unchanged(engine, tiny_model, lora_dirs, reference,
-                                                          reference_cls):
+def test_adapter_output_equals_peft_and_base_is_unchanged(engine, tiny_model, lora_dirs, reference, reference_cls):
     from knowlm_ray.alpaca import build_prompt
 
     prompt = build_prompt("请抽取实体。", "浙江大学位于杭州。")
@@ -127,13 +132,16 @@ def test_bfloat16_on_cpu_runs(tiny_model):
     assert eng.generate_prepared([eng.prepare_prompt("hi", GenerationParams(max_tokens=3))])[0].num_output_tokens == 3
 
 
-@pytest.mark.parametrize("args, match", [
-    (("cpu", "float16", "none"), "float16 needs a GPU"),
-    (("cpu", "bfloat16", "int8"), "set dtype float32"),
-    (("cpu", "float64", "none"), "dtype must be one of"),
-    (("cpu", "float32", "int4"), "quantization must be one of"),
-    (("cuda", "float16", "int8"), "bitsandbytes"),  # not installed here: the `quant` extra
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("cpu", "float16", "none"), "float16 needs a GPU"),
+        (("cpu", "bfloat16", "int8"), "set dtype float32"),
+        (("cpu", "float64", "none"), "dtype must be one of"),
+        (("cpu", "float32", "int4"), "quantization must be one of"),
+        (("cuda", "float16", "int8"), "bitsandbytes"),  # not installed here: the `quant` extra
+    ],
+)
 def test_precision_options_fail_clearly(args, match):
     with pytest.raises(EngineConfigError, match=match):
         check_engine_options(*args)

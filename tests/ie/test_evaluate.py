@@ -1,4 +1,5 @@
 """evaluate: extraction scores end to end with an oracle model double; perplexity against HF's loss."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,8 +33,9 @@ class GoldOracle:
             rec = self.by_text[text]
             task = next(t for t in TEMPLATES if TEMPLATES[t][rec["lang"]][0].split("{")[0] in instruction)
             label = {"ner": "type", "re": "relation", "ee": "type"}[task]
-            items = [x for x in rec[FIELD[task]]
-                     if (f'"{x[label]}": [' if task == "ee" else f'"{x[label]}"') in instruction]
+            items = [
+                x for x in rec[FIELD[task]] if (f'"{x[label]}": [' if task == "ee" else f'"{x[label]}"') in instruction
+            ]
             out.append(render_output(task, rec["lang"], self.fmt, items))
         return out
 
@@ -43,6 +45,7 @@ def test_oracle_scores_perfectly_through_the_whole_path(fmt):
     gold = load_ie_records(IE / "records.jsonl")[:40]
     if fmt == "tuple":  # the tuple format cannot hold spans with commas or brackets
         from knowlm_ray.ie.templates import tuple_safe
+
         gold = [g for g in gold if all(tuple_safe(g[f]) for f in FIELD.values())]
     schema = load_schema(IE / "schema.json")
     preds, scores = evaluate_extraction(gold, schema, GoldOracle(gold, fmt), docs_per_call=16)
@@ -67,8 +70,10 @@ def _write_shard(path: Path, rows):
     from knowlm_ray.corpus.schema import SHARD_SCHEMA
 
     path.mkdir(parents=True)
-    table = pa.table({"input_ids": rows, "doc_id": [str(i) for i in range(len(rows))],
-                      "source": ["s"] * len(rows)}, schema=SHARD_SCHEMA)
+    table = pa.table(
+        {"input_ids": rows, "doc_id": [str(i) for i in range(len(rows))], "source": ["s"] * len(rows)},
+        schema=SHARD_SCHEMA,
+    )
     with pa.OSFile(str(path / "part-00000.arrow"), "wb") as sink, pa.ipc.new_file(sink, SHARD_SCHEMA) as w:
         w.write_table(table)
 
@@ -95,9 +100,18 @@ def test_perplexity_matches_hf_loss_and_the_job_runs(tiny_model, tmp_path, ray_l
 
     _write_shard(tmp_path / "corpus" / "shards", rows)
     job = _evaluate_job()
-    report = job.main(["--config", str(REPO / "jobs" / "configs" / "tiny_eval.yaml"), f"model={tiny_model}",
-                       f"shards={tmp_path / 'corpus'}", f"out_dir={tmp_path / 'eval'}", "limit=3",
-                       "max_tokens=4", "tasks=[ner, re]"])
+    report = job.main(
+        [
+            "--config",
+            str(REPO / "jobs" / "configs" / "tiny_eval.yaml"),
+            f"model={tiny_model}",
+            f"shards={tmp_path / 'corpus'}",
+            f"out_dir={tmp_path / 'eval'}",
+            "limit=3",
+            "max_tokens=4",
+            "tasks=[ner, re]",
+        ]
+    )
     assert report["perplexity"]["perplexity"] == pytest.approx(got["perplexity"], rel=1e-4)
     assert set(report["extraction"]["scores"]) == {"ner", "re"} and report["extraction"]["documents"] == 3
     saved = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
@@ -114,11 +128,21 @@ def _evaluate_job():
 
 @pytest.mark.parametrize("key", ["model", "gold"])
 def test_job_names_a_bad_input_path_and_exits_2(key, tiny_model, tmp_path, ray_local, capsys):
-    paths = {"model": str(tiny_model), "gold": str(REPO / "data" / "sample" / "ie" / "records.jsonl"),
-             key: str(tmp_path / "missing")}
+    paths = {
+        "model": str(tiny_model),
+        "gold": str(REPO / "data" / "sample" / "ie" / "records.jsonl"),
+        key: str(tmp_path / "missing"),
+    }
     with pytest.raises(SystemExit) as exit_:
-        _evaluate_job().main(["--config", str(REPO / "jobs" / "configs" / "tiny_eval.yaml"),
-                              f"model={paths['model']}", f"gold={paths['gold']}", f"out_dir={tmp_path / 'eval'}"])
+        _evaluate_job().main(
+            [
+                "--config",
+                str(REPO / "jobs" / "configs" / "tiny_eval.yaml"),
+                f"model={paths['model']}",
+                f"gold={paths['gold']}",
+                f"out_dir={tmp_path / 'eval'}",
+            ]
+        )
     assert exit_.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight-loading progress bar
     assert last.startswith(f"error: {key}: ") and str(tmp_path / "missing") in last

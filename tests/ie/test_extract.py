@@ -1,5 +1,6 @@
 """extract_record: prompts per (chunk, schema batch), merge, schema check, offsets — driven by test
 doubles of ``generate_fn`` (canned answers); the real engine only for plumbing."""
+
 from __future__ import annotations
 
 import json
@@ -7,17 +8,31 @@ import random
 
 import pytest
 
-from knowlm_ray.ie.extract import (IERequestError, engine_generate_fn, extract_many, extract_record,
-                                   handle_extract, merge_records, plan_extraction)
+from knowlm_ray.ie.extract import (
+    IERequestError,
+    engine_generate_fn,
+    extract_many,
+    extract_record,
+    handle_extract,
+    merge_records,
+    plan_extraction,
+)
 from knowlm_ray.ie.schema import normalize_schema
 
 RECORD_KEYS = {"id", "text", "lang", "entities", "relations", "events", "raw", "dropped", "unparsed"}
 
-TEXT = ("鲁迅，原名周树人，1881年出生于浙江绍兴。鲁迅的代表作有小说集《呐喊》。"
-        "1918年，鲁迅在北京发表了《狂人日记》。")
+TEXT = "鲁迅，原名周树人，1881年出生于浙江绍兴。鲁迅的代表作有小说集《呐喊》。1918年，鲁迅在北京发表了《狂人日记》。"
 NER_SCHEMA = ["人物", "地理位置", "组织机构", "时间", "作品", "职业", "国家", "民族"]
-GOLD_NER = [("鲁迅", "人物"), ("周树人", "人物"), ("1881年", "时间"), ("浙江绍兴", "地理位置"),
-            ("呐喊", "作品"), ("1918年", "时间"), ("北京", "地理位置"), ("狂人日记", "作品")]
+GOLD_NER = [
+    ("鲁迅", "人物"),
+    ("周树人", "人物"),
+    ("1881年", "时间"),
+    ("浙江绍兴", "地理位置"),
+    ("呐喊", "作品"),
+    ("1918年", "时间"),
+    ("北京", "地理位置"),
+    ("狂人日记", "作品"),
+]
 
 
 def assert_conforms(rec: dict, task: str, schema) -> None:
@@ -48,8 +63,10 @@ def assert_conforms(rec: dict, task: str, schema) -> None:
             assert set(a) == {"role", "text", "start", "end"}
             assert labels[ev["type"]] is None or a["role"] in labels[ev["type"]]
             span_ok(a["text"], a["start"], a["end"])
-    assert [k for k in ("entities", "relations", "events") if rec[k]] in ([], [{"ner": "entities",
-            "re": "relations", "ee": "events"}[task]])
+    assert [k for k in ("entities", "relations", "events") if rec[k]] in (
+        [],
+        [{"ner": "entities", "re": "relations", "ee": "events"}[task]],
+    )
     json.dumps(rec, ensure_ascii=False)  # JSON-serialisable
 
 
@@ -98,8 +115,9 @@ def test_merges_schema_batches_and_text_chunks():
 def test_same_record_whatever_the_batching(fmt):
     want = None
     for max_chars, split_num in [(None, None), (25, 1), (60, 3), (1000, 8)]:
-        rec = extract_record(Oracle(GOLD_NER, fmt), "ner", TEXT, NER_SCHEMA, "zh", fmt=fmt,
-                             max_chars=max_chars, split_num=split_num)
+        rec = extract_record(
+            Oracle(GOLD_NER, fmt), "ner", TEXT, NER_SCHEMA, "zh", fmt=fmt, max_chars=max_chars, split_num=split_num
+        )
         got = sorted({(e["text"], e["type"]) for e in rec["entities"]})
         assert got == sorted(GOLD_NER)
         want = want or got
@@ -108,14 +126,23 @@ def test_same_record_whatever_the_batching(fmt):
 
 def test_dropped_labels_duplicates_and_truncation():
     def model(pairs):
-        return ['答案：{"人物": ["鲁迅", "鲁迅", "许广平"], "组织": ["绍兴府"], "作品": ["呐喊", "狂人',
-                "(1881年,时间)\n(1881年,时间)\n(北京,城市)\n(北京,城市)\n(浙江绍"]
+        return [
+            '答案：{"人物": ["鲁迅", "鲁迅", "许广平"], "组织": ["绍兴府"], "作品": ["呐喊", "狂人',
+            "(1881年,时间)\n(1881年,时间)\n(北京,城市)\n(北京,城市)\n(浙江绍",
+        ]
+
     rec = extract_record(model, "ner", TEXT, ["人物", "作品", "时间"], "zh", split_num=2)
     assert_conforms(rec, "ner", ["人物", "作品", "时间"])
     assert [(e["text"], e["type"], e["start"]) for e in rec["entities"]] == [
-        ("鲁迅", "人物", 0), ("许广平", "人物", None), ("呐喊", "作品", 33), ("1881年", "时间", 9)]
-    assert rec["dropped"] == [{"kind": "entity type", "label": "组织", "count": 1},
-                              {"kind": "entity type", "label": "城市", "count": 1}]  # after de-duplication
+        ("鲁迅", "人物", 0),
+        ("许广平", "人物", None),
+        ("呐喊", "作品", 33),
+        ("1881年", "时间", 9),
+    ]
+    assert rec["dropped"] == [
+        {"kind": "entity type", "label": "组织", "count": 1},
+        {"kind": "entity type", "label": "城市", "count": 1},
+    ]  # after de-duplication
 
 
 def test_relations_and_events_with_offsets():
@@ -127,16 +154,27 @@ def test_relations_and_events_with_offsets():
             if "毕业院校" in instruction:
                 out.append("(屠呦呦,毕业院校,北京医学院)\n(屠呦呦,配偶,李廷钊)")
             elif "获奖" in instruction:
-                out.append('{"获奖": [{"trigger": "获得", "arguments": {"获奖者": "屠呦呦", '
-                           '"奖项": "诺贝尔生理学或医学奖", "时间": "2015年", "颁奖方": "瑞典"}}]}')
+                out.append(
+                    '{"获奖": [{"trigger": "获得", "arguments": {"获奖者": "屠呦呦", '
+                    '"奖项": "诺贝尔生理学或医学奖", "时间": "2015年", "颁奖方": "瑞典"}}]}'
+                )
             else:
                 out.append("无")
         return out
 
     rec = extract_record(model, "re", text, ["毕业院校", "出生地"], "zh")
     assert_conforms(rec, "re", ["毕业院校", "出生地"])
-    assert rec["relations"] == [{"head": "屠呦呦", "relation": "毕业院校", "tail": "北京医学院",
-                                 "head_start": 0, "head_end": 3, "tail_start": 6, "tail_end": 11}]
+    assert rec["relations"] == [
+        {
+            "head": "屠呦呦",
+            "relation": "毕业院校",
+            "tail": "北京医学院",
+            "head_start": 0,
+            "head_end": 3,
+            "tail_start": 6,
+            "tail_end": 11,
+        }
+    ]
     assert rec["dropped"] == [{"kind": "relation", "label": "配偶", "count": 1}]
     schema = {"获奖": ["获奖者", "奖项", "时间"], "地震": ["震中", "震级"]}
     rec = extract_record(model, "ee", text, schema, "zh")
@@ -144,26 +182,33 @@ def test_relations_and_events_with_offsets():
     (ev,) = rec["events"]
     assert (ev["type"], ev["trigger"], ev["trigger_start"]) == ("获奖", "获得", text.index("获得"))
     assert [(a["role"], a["text"], a["start"]) for a in ev["arguments"]] == [
-        ("获奖者", "屠呦呦", 0), ("奖项", "诺贝尔生理学或医学奖", text.index("诺贝尔")), ("时间", "2015年", 12)]
+        ("获奖者", "屠呦呦", 0),
+        ("奖项", "诺贝尔生理学或医学奖", text.index("诺贝尔")),
+        ("时间", "2015年", 12),
+    ]
     assert rec["dropped"] == [{"kind": "role", "label": "颁奖方", "count": 1, "event": "获奖"}]
 
 
 def test_junk_answers_still_give_schema_conforming_records():
     rng = random.Random(0)
-    alphabet = list('{}[]()（），：:,"\'NAN无 鲁迅人物出生地获奖\n') + ["NAN", "None", "人物", '"subject"']
+    alphabet = list("{}[]()（），：:,\"'NAN无 鲁迅人物出生地获奖\n") + ["NAN", "None", "人物", '"subject"']
     schemas = {"ner": ["人物", "时间"], "re": ["出生地", "作者"], "ee": {"获奖": ["获奖者"], "地震": None}}
     for i in range(300):
         task = ("ner", "re", "ee")[i % 3]
         junk = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
-        rec = extract_record(lambda pairs: [junk] * len(pairs), task, TEXT, schemas[task], "zh")
+        rec = extract_record(lambda pairs, junk=junk: [junk] * len(pairs), task, TEXT, schemas[task], "zh")
         assert_conforms(rec, task, schemas[task])
 
 
 def test_bad_requests_raise_one_clear_error():
     ok = lambda pairs: ["无"] * len(pairs)  # noqa: E731
-    for args, msg in [(("kg", TEXT, ["a"]), "task"), (("ner", "  ", ["a"]), "text"),
-                      (("ner", TEXT, []), "schema"), (("ner", TEXT, ["a", "A"]), "schema"),
-                      (("ner", TEXT, ["a"], "fr"), "lang")]:
+    for args, msg in [
+        (("kg", TEXT, ["a"]), "task"),
+        (("ner", "  ", ["a"]), "text"),
+        (("ner", TEXT, []), "schema"),
+        (("ner", TEXT, ["a", "A"]), "schema"),
+        (("ner", TEXT, ["a"], "fr"), "lang"),
+    ]:
         with pytest.raises(IERequestError, match=msg):
             extract_record(ok, *args)
     with pytest.raises(RuntimeError, match="answers"):
@@ -182,10 +227,16 @@ def test_handle_extract_body():
 
     handle_extract({**body, "id": "d1", "format": "tuple", "parameters": {"max_tokens": 16}}, with_params)
     assert seen["p"] == {"max_tokens": 16}
-    for bad, msg in [({**body, "task": "kg"}, "task"), ({**body, "schema": []}, "schema"),
-                     ({**body, "extra": 1}, "extra: unknown field"), ({"task": "ner"}, "text"),
-                     ({**body, "text": " "}, "text"), ({**body, "parameters": {"max_tokens": 0}}, "max_tokens"),
-                     ({**body, "lang": "fr"}, "lang"), ([1], "body")]:
+    for bad, msg in [
+        ({**body, "task": "kg"}, "task"),
+        ({**body, "schema": []}, "schema"),
+        ({**body, "extra": 1}, "extra: unknown field"),
+        ({"task": "ner"}, "text"),
+        ({**body, "text": " "}, "text"),
+        ({**body, "parameters": {"max_tokens": 0}}, "max_tokens"),
+        ({**body, "lang": "fr"}, "lang"),
+        ([1], "body"),
+    ]:
         with pytest.raises(IERequestError, match=msg):
             handle_extract(bad, with_params)
 
@@ -196,9 +247,12 @@ def test_extract_many_one_call_and_merge():
     def model(pairs):
         calls.append(len(pairs))
         return Oracle(GOLD_NER)(pairs)
-    reqs = [{"task": "ner", "text": TEXT, "schema": ["人物"], "id": "a"},
-            {"task": "re", "text": TEXT, "schema": ["出生地"], "id": "a"},
-            {"task": "ner", "text": "北京是首都。", "schema": ["地理位置"], "id": "b"}]
+
+    reqs = [
+        {"task": "ner", "text": TEXT, "schema": ["人物"], "id": "a"},
+        {"task": "re", "text": TEXT, "schema": ["出生地"], "id": "a"},
+        {"task": "ner", "text": "北京是首都。", "schema": ["地理位置"], "id": "b"},
+    ]
     recs = extract_many(model, reqs)
     assert calls == [3] and [r["id"] for r in recs] == ["a", "a", "b"]
     merged = merge_records(recs[:2])
@@ -213,8 +267,13 @@ def test_real_engine_plumbing(tiny_model):
 
     gen = engine_generate_fn(GenerationEngine(tiny_model), {"max_tokens": 8})
     schema = {"获奖": ["获奖者", "奖项"]}
-    recs = extract_many(gen, [{"task": "ner", "text": TEXT, "schema": ["人物", "作品"]},
-                              {"task": "ee", "text": "Marie Curie won the Nobel Prize.", "schema": schema}])
+    recs = extract_many(
+        gen,
+        [
+            {"task": "ner", "text": TEXT, "schema": ["人物", "作品"]},
+            {"task": "ee", "text": "Marie Curie won the Nobel Prize.", "schema": schema},
+        ],
+    )
     assert_conforms(recs[0], "ner", ["人物", "作品"])
     assert_conforms(recs[1], "ee", schema)
     assert all(isinstance(r, str) for rec in recs for r in rec["raw"]) and len(recs[0]["raw"]) == 1

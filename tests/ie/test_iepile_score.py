@@ -1,4 +1,5 @@
 """IEPile's scoring rules on cases computed by hand."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ def _write(tmp_path, rows):
 
 
 def _row(id_, label, output, source="s1"):
-    return {"id": id_, "source": source, "task": "NER", "instruction": json.dumps({"input": "t"}),
-            "label": json.dumps(label, ensure_ascii=False), "output": output}
+    return {
+        "id": id_,
+        "source": source,
+        "task": "NER",
+        "instruction": json.dumps({"input": "t"}),
+        "label": json.dumps(label, ensure_ascii=False),
+        "output": output,
+    }
 
 
 NER_GOLD = [{"entity": "鲁迅", "entity_type": "人物"}, {"entity": "绍兴", "entity_type": "地理位置"}]
@@ -48,19 +55,40 @@ def test_exact_case_sensitive_and_normal_vs_set(tmp_path):
 
 
 def test_re(tmp_path):
-    gold = [{"head": "鲁迅", "relation": "出生地", "tail": "绍兴"}, {"head": "鲁迅", "relation": "国籍", "tail": "中国"}]
-    rows = [_row("1", gold, '{"出生地": [{"subject": "鲁迅", "object": "绍兴"}], "国籍": [{"subject": "鲁迅", "object": "中华"}]}')]
+    gold = [
+        {"head": "鲁迅", "relation": "出生地", "tail": "绍兴"},
+        {"head": "鲁迅", "relation": "国籍", "tail": "中国"},
+    ]
+    rows = [
+        _row(
+            "1",
+            gold,
+            '{"出生地": [{"subject": "鲁迅", "object": "绍兴"}], "国籍": [{"subject": "鲁迅", "object": "中华"}]}',
+        )
+    ]
     assert score_iepile(_write(tmp_path, rows), "re")["total"] == {"错误数": 0, "P": 50.0, "R": 50.0, "F1": 50.0}
 
 
 def test_ee_events_and_arguments_separately(tmp_path):
-    gold = [{"event_type": "地震", "event_trigger": "地震",
-             "arguments": [{"argument": "5级", "role": "震级"}, {"argument": "四川", "role": "地点"}]}]
+    gold = [
+        {
+            "event_type": "地震",
+            "event_trigger": "地震",
+            "arguments": [{"argument": "5级", "role": "震级"}, {"argument": "四川", "role": "地点"}],
+        }
+    ]
     answer = '{"地震": [{"trigger": "地震", "arguments": {"震级": "5级", "地点": "NAN", "时间": "昨天"}}], "火灾": []}'
     got = score_iepile(_write(tmp_path, [_row("1", gold, answer)]), "ee")["total"]
     # events: 1/1; arguments: predicted (震级 5级), (时间 昨天); gold 2; 1 hit
-    assert got == {"错误数": 0, "event_P": 100.0, "event_R": 100.0, "event_F1": 100.0,
-                   "argument_P": 50.0, "argument_R": 50.0, "argument_F1": 50.0}
+    assert got == {
+        "错误数": 0,
+        "event_P": 100.0,
+        "event_R": 100.0,
+        "event_F1": 100.0,
+        "argument_P": 50.0,
+        "argument_R": 50.0,
+        "argument_F1": 50.0,
+    }
 
 
 def test_bad_lines_name_the_line(tmp_path):

@@ -1,4 +1,5 @@
 """Answer parsers against a table of messy model outputs; schema check; offsets; prompts."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,7 @@ import pytest
 
 from knowlm_ray.ie.offsets import SpanLocator, span_offsets
 from knowlm_ray.ie.parsers import detect_format, parse_answer
-from knowlm_ray.ie.prompts import (SPLIT_NUM, build_instruction, split_schema, split_sizes,
-                                   split_text)
+from knowlm_ray.ie.prompts import SPLIT_NUM, build_instruction, split_schema, split_sizes, split_text
 from knowlm_ray.ie.schema import SchemaError, check_items, normalize_schema
 from knowlm_ray.ie.templates import TEMPLATES
 
@@ -40,15 +40,27 @@ TABLE = [
     ("ner", '{"人物": ["鲁迅", "周树人"], "地理位置": ["浙江', LUXUN, "partial"),
     ("ner", '{"人物": ["鲁迅", "周树', [E("鲁迅", "人物")], "partial"),
     ("ner", '{"人物": ["鲁迅"], "地理', [E("鲁迅", "人物")], "partial"),
-    ("re", '{"出生地": [{"subject": "鲁迅", "object": "浙江绍兴"}, {"subject": "周树人", "obj',
-     [R("鲁迅", "出生地", "浙江绍兴")], "partial"),
-    ("ee", '{"获奖": [{"trigger": "获得", "arguments": {"获奖者": "屠呦呦", "奖项": "诺贝尔',
-     [V("获奖", "获得", ("屠呦呦", "获奖者"))], "partial"),
+    (
+        "re",
+        '{"出生地": [{"subject": "鲁迅", "object": "浙江绍兴"}, {"subject": "周树人", "obj',
+        [R("鲁迅", "出生地", "浙江绍兴")],
+        "partial",
+    ),
+    (
+        "ee",
+        '{"获奖": [{"trigger": "获得", "arguments": {"获奖者": "屠呦呦", "奖项": "诺贝尔',
+        [V("获奖", "获得", ("屠呦呦", "获奖者"))],
+        "partial",
+    ),
     # truncated tuples: the cut tuple dropped (an event keeps its complete arguments)
     ("ner", "(鲁迅,人物)\n(周树人,人物)\n(浙江绍", LUXUN, "partial"),
     ("re", "(鲁迅,出生地,浙江绍兴)\n(鲁迅,出生日期,1881", [R("鲁迅", "出生地", "浙江绍兴")], "partial"),
-    ("ee", "(获得,获奖,[(屠呦呦,获奖者),(2015年,时间),(诺贝",
-     [V("获奖", "获得", ("屠呦呦", "获奖者"), ("2015年", "时间"))], "partial"),
+    (
+        "ee",
+        "(获得,获奖,[(屠呦呦,获奖者),(2015年,时间),(诺贝",
+        [V("获奖", "获得", ("屠呦呦", "获奖者"), ("2015年", "时间"))],
+        "partial",
+    ),
     ("ee", "(获得,获", [], "partial"),
     # full-width punctuation
     ("ner", "（鲁迅，人物）\n（周树人，人物）", LUXUN, "ok"),
@@ -56,26 +68,45 @@ TABLE = [
     ("re", "（鲁迅，出生地，浙江绍兴）", [R("鲁迅", "出生地", "浙江绍兴")], "ok"),
     ("ee", "（获得，获奖，［（屠呦呦，获奖者）］）", [V("获奖", "获得", ("屠呦呦", "获奖者"))], "ok"),
     # none answers, in every spelling
-    ("ner", "NAN", [], "none"), ("ner", "无", [], "none"), ("ner", "无。", [], "none"),
-    ("re", "none", [], "none"), ("re", "None.", [], "none"), ("ee", "null", [], "none"),
-    ("ee", "[]", [], "none"), ("ner", "  \n ", [], "none"), ("ner", "NAN\nNAN", [], "none"),
-    ("ner", "好的。无", [], "none"), ("re", "The answer is: None.", [], "none"),
+    ("ner", "NAN", [], "none"),
+    ("ner", "无", [], "none"),
+    ("ner", "无。", [], "none"),
+    ("re", "none", [], "none"),
+    ("re", "None.", [], "none"),
+    ("ee", "null", [], "none"),
+    ("ee", "[]", [], "none"),
+    ("ner", "  \n ", [], "none"),
+    ("ner", "NAN\nNAN", [], "none"),
+    ("ner", "好的。无", [], "none"),
+    ("re", "The answer is: None.", [], "none"),
     ("ner", "抽取结果：\n无", [], "none"),
     # NAN values inside an answer
     ("ner", '{"人物": ["鲁迅"], "作品": ["NAN"], "时间": []}', [E("鲁迅", "人物")], "ok"),
     ("re", "(鲁迅,出生地,NAN)\n(鲁迅,出生日期,1881年)", [R("鲁迅", "出生日期", "1881年")], "ok"),
-    ("ee", '{"award": [{"trigger": "won", "arguments": {"winner": "A", "date": "NAN", "award": ["B", "C"]}}]}',
-     [V("award", "won", ("A", "winner"), ("B", "award"), ("C", "award"))], "ok"),
+    (
+        "ee",
+        '{"award": [{"trigger": "won", "arguments": {"winner": "A", "date": "NAN", "award": ["B", "C"]}}]}',
+        [V("award", "won", ("A", "winner"), ("B", "award"), ("C", "award"))],
+        "ok",
+    ),
     # duplicated items (a looping model)
     ("ner", "(鲁迅,人物)\n(鲁迅,人物)\n(鲁迅,人物)\n(周树人,人物)\n(鲁迅,人物)", LUXUN, "ok"),
     ("ner", '{"人物": ["鲁迅", "周树人", "鲁迅"]}\n{"人物": ["鲁迅"]}', LUXUN, "ok"),
-    ("ee", "(获得,获奖,[(屠呦呦,获奖者)])\n(获得,获奖,[(屠呦呦,获奖者),(2015年,时间)])\n(获得,获奖,[(屠",
-     [V("获奖", "获得", ("屠呦呦", "获奖者"), ("2015年", "时间"))], "partial"),
+    (
+        "ee",
+        "(获得,获奖,[(屠呦呦,获奖者)])\n(获得,获奖,[(屠呦呦,获奖者),(2015年,时间)])\n(获得,获奖,[(屠",
+        [V("获奖", "获得", ("屠呦呦", "获奖者"), ("2015年", "时间"))],
+        "partial",
+    ),
     # a key written twice keeps both values (strict JSON and the lenient reader)
     ("ner", '{"人物": ["鲁迅"], "时间": ["1881年"], "人物": ["周树人"]}', LUXUN + [E("1881年", "时间")], "ok"),
     ("ner", '{"人物": "鲁迅", "人物": ["周树人"],}', LUXUN, "partial"),
-    ("ee", '{"获奖": {"trigger": "获得", "arguments": {"获奖者": "屠呦呦", "获奖者": "屠"}}}',
-     [V("获奖", "获得", ("屠呦呦", "获奖者"), ("屠", "获奖者"))], "ok"),
+    (
+        "ee",
+        '{"获奖": {"trigger": "获得", "arguments": {"获奖者": "屠呦呦", "获奖者": "屠"}}}',
+        [V("获奖", "获得", ("屠呦呦", "获奖者"), ("屠", "获奖者"))],
+        "ok",
+    ),
     # other shapes models produce
     ("ner", "{'人物': ['鲁迅', '周树人'],}", LUXUN, "partial"),
     ("ner", "{人物: [鲁迅, 周树人]}", LUXUN, "partial"),
@@ -86,8 +117,12 @@ TABLE = [
     ("re", "<Marie Curie, place of birth, Warsaw>", [R("Marie Curie", "place of birth", "Warsaw")], "ok"),
     ("re", "[Marie Curie, place of birth, Warsaw]", [R("Marie Curie", "place of birth", "Warsaw")], "ok"),
     ("re", '{"place of birth": [["Marie Curie", "Warsaw"]]}', [R("Marie Curie", "place of birth", "Warsaw")], "ok"),
-    ("ee", '[{"event_type": "获奖", "trigger": "获得", "arguments": [{"role": "获奖者", "argument": "屠呦呦"}]}]',
-     [V("获奖", "获得", ("屠呦呦", "获奖者"))], "ok"),
+    (
+        "ee",
+        '[{"event_type": "获奖", "trigger": "获得", "arguments": [{"role": "获奖者", "argument": "屠呦呦"}]}]',
+        [V("获奖", "获得", ("屠呦呦", "获奖者"))],
+        "ok",
+    ),
     ("ee", '{"地震": {"trigger": "地震", "arguments": {"震级": 5.2}}}', [V("地震", "地震", ("5.2", "震级"))], "ok"),
     # junk: nothing, never an exception
     ("ner", "今天天气很好，我们去公园散步吧", [], "unparsed"),
@@ -152,8 +187,13 @@ def test_schema_shapes():
     assert normalize_schema("ee", {"获奖": ["获奖者", "时间"]}) == {"获奖": ["获奖者", "时间"]}
     assert normalize_schema("ee", ["获奖", "地震"]) == {"获奖": None, "地震": None}
     assert normalize_schema("ee", [{"event_type": "获奖", "arguments": ["获奖者"]}]) == {"获奖": ["获奖者"]}
-    for bad, msg in [([], "non-empty"), (["a", ""], "non-empty string"), (["Person", "person"], "twice"),
-                     ([1], "non-empty string"), ("", "non-empty")]:
+    for bad, msg in [
+        ([], "non-empty"),
+        (["a", ""], "non-empty string"),
+        (["Person", "person"], "twice"),
+        ([1], "non-empty string"),
+        ("", "non-empty"),
+    ]:
         with pytest.raises(SchemaError, match=msg):
             normalize_schema("ner", bad)
     with pytest.raises(SchemaError, match="roles"):
@@ -170,8 +210,10 @@ def test_labels_outside_the_schema_are_dropped_and_reported():
     events = [V("获奖", "获得", ("屠呦呦", "获奖者"), ("瑞典", "颁奖方")), V("战争", "打响", ("甲", "攻方"))]
     kept, dropped = check_items("ee", events, {"获奖": ["获奖者", "奖项"]})
     assert kept == [V("获奖", "获得", ("屠呦呦", "获奖者"))]
-    assert dropped == [{"kind": "role", "label": "颁奖方", "count": 1, "event": "获奖"},
-                       {"kind": "event type", "label": "战争", "count": 1}]
+    assert dropped == [
+        {"kind": "role", "label": "颁奖方", "count": 1, "event": "获奖"},
+        {"kind": "event type", "label": "战争", "count": 1},
+    ]
     kept, _ = check_items("ee", events[:1], ["获奖"])  # types only: any role accepted
     assert kept == events[:1]
 
@@ -202,11 +244,26 @@ def test_offsets_after_normalisation_use_the_texts_own_characters():
 
 
 # ---------------------------------------------------------------------------------- prompts
-@pytest.mark.parametrize("n,split,want", [
-    (5, 6, [5]), (6, 6, [6]), (7, 6, [7]), (8, 6, [8]), (9, 6, [6, 3]), (13, 6, [6, 7]), (14, 6, [6, 8]), (15, 6, [6, 6, 3]),
-    (11, 4, [4, 4, 3]), (9, 4, [4, 5]), (10, 4, [4, 4, 2]), (1, 4, [1]), (2, 4, [2]), (3, 1, [1, 1, 1]),
-    (0, 4, []),
-])
+@pytest.mark.parametrize(
+    "n,split,want",
+    [
+        (5, 6, [5]),
+        (6, 6, [6]),
+        (7, 6, [7]),
+        (8, 6, [8]),
+        (9, 6, [6, 3]),
+        (13, 6, [6, 7]),
+        (14, 6, [6, 8]),
+        (15, 6, [6, 6, 3]),
+        (11, 4, [4, 4, 3]),
+        (9, 4, [4, 5]),
+        (10, 4, [4, 4, 2]),
+        (1, 4, [1]),
+        (2, 4, [2]),
+        (3, 1, [1, 1, 1]),
+        (0, 4, []),
+    ],
+)
 def test_iepile_split_sizes(n, split, want):
     assert split_sizes(n, split) == want
 
@@ -226,7 +283,7 @@ def test_split_text_at_sentence_ends():
     text = "鲁迅是作家。他生于绍兴。" * 10 + "一句没有句号的很长很长的话" * 5
     chunks = split_text(text, "zh", max_chars=40)
     assert "".join(c for _, c in chunks) == text
-    assert all(text[o:o + len(c)] == c and len(c) <= 40 for o, c in chunks)
+    assert all(text[o : o + len(c)] == c and len(c) <= 40 for o, c in chunks)
     assert all(c.endswith("。") for _, c in chunks[:-3])  # whole sentences until the long one
     assert split_text("short.", "en", 40) == [(0, "short.")]
     en = "Marie Curie was born in Warsaw. She studied in Paris. Dr. Smith met her in 1911. " * 3

@@ -1,4 +1,5 @@
 """The P/R/F1 scorer: exact agreement with seqeval on NER (through BIO), hand-computed RE/EE."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import warnings
 
 import pytest
 
-from knowlm_ray.ie.scorer import normalize, score_files, score_records
 from knowlm_ray.alpaca import RecordError
+from knowlm_ray.ie.scorer import normalize, score_files, score_records
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
 
@@ -67,14 +68,14 @@ def test_ner_agrees_exactly_with_seqeval(seed, tmp_path):
         g = _random_spans(rng, n)
         p = _perturb(rng, g, n)
         text = " ".join(tokens)
-        ents = lambda spans: [{"text": " ".join(tokens[s:e]), "type": t} for s, e, t in spans]  # noqa: E731
+        ents = lambda spans, tokens=tokens: [{"text": " ".join(tokens[s:e]), "type": t} for s, e, t in spans]  # noqa: E731
         gold.append({"id": f"d{d}", "text": text, "entities": ents(g)})
         y_true.append(_bio(g, n))
         fate = rng.random()
         if fate < 0.08:  # no prediction at all: every gold entity is a miss
             p = []
         elif fate < 0.14:  # an unreadable prediction line
-            pred_lines.append('{"id": "d%d", "entities": [{"text": "w", "ty' % d)
+            pred_lines.append('{"id": "d' + str(d) + '", "entities": [{"text": "w", "ty')
             p = []
         else:
             pred_lines.append(json.dumps({"id": f"d{d}", "text": text, "entities": ents(p)}))
@@ -106,11 +107,15 @@ def _re(h, r, t):
 
 
 def test_re_hand_computed():
-    gold = [{"id": "1", "relations": [_re("鲁迅", "出生地", "浙江绍兴"), _re("呐喊", "作者", "鲁迅")]},
-            {"id": "2", "relations": [_re("Marie Curie", "place of birth", "Warsaw")]},
-            {"id": "3", "relations": [_re("A", "employer", "B")]}]
-    pred = [{"id": "1", "relations": [_re(" 鲁迅 ", "出生地", "浙江绍兴"), _re("鲁迅", "作者", "呐喊")]},
-            {"id": "2", "relations": [_re("marie curie", "Place of Birth", "ＷＡＲＳＡＷ"), _re("x", "employer", "y")]}]
+    gold = [
+        {"id": "1", "relations": [_re("鲁迅", "出生地", "浙江绍兴"), _re("呐喊", "作者", "鲁迅")]},
+        {"id": "2", "relations": [_re("Marie Curie", "place of birth", "Warsaw")]},
+        {"id": "3", "relations": [_re("A", "employer", "B")]},
+    ]
+    pred = [
+        {"id": "1", "relations": [_re(" 鲁迅 ", "出生地", "浙江绍兴"), _re("鲁迅", "作者", "呐喊")]},
+        {"id": "2", "relations": [_re("marie curie", "Place of Birth", "ＷＡＲＳＡＷ"), _re("x", "employer", "y")]},
+    ]
     s = score_records("re", gold, pred)
     # tp 2 (normalised: trim, case-fold, full-width Latin), pred 4, gold 4; doc 3 missing
     assert (s["micro"]["tp"], s["micro"]["pred"], s["micro"]["gold"]) == (2, 4, 4)
@@ -137,13 +142,26 @@ def _ev(t, trig, *args):
 
 
 def test_ee_triggers_and_arguments_scored_separately():
-    gold = [{"id": "1", "events": [_ev("获奖", "获得", ("获奖者", "屠呦呦"), ("奖项", "诺贝尔奖"), ("时间", "2015年")),
-                                   _ev("毕业", "毕业", ("人物", "屠呦呦"))]},
-            {"id": "2", "events": [_ev("地震", "地震", ("震级", "5.2级"))]}]
-    pred = [{"id": "1", "events": [
-        _ev("获奖", "获得", ("获奖者", "屠呦呦"), ("奖项", "诺贝尔生理学奖"), ("时间", "2015年")),
-        _ev("毕业", "毕业于", ("人物", "屠呦呦"))]},  # wrong trigger, right argument
-        {"id": "2", "events": [_ev("地震", "发生", ("震级", "5.2级"), ("震中", "四川"))]}]
+    gold = [
+        {
+            "id": "1",
+            "events": [
+                _ev("获奖", "获得", ("获奖者", "屠呦呦"), ("奖项", "诺贝尔奖"), ("时间", "2015年")),
+                _ev("毕业", "毕业", ("人物", "屠呦呦")),
+            ],
+        },
+        {"id": "2", "events": [_ev("地震", "地震", ("震级", "5.2级"))]},
+    ]
+    pred = [
+        {
+            "id": "1",
+            "events": [
+                _ev("获奖", "获得", ("获奖者", "屠呦呦"), ("奖项", "诺贝尔生理学奖"), ("时间", "2015年")),
+                _ev("毕业", "毕业于", ("人物", "屠呦呦")),
+            ],
+        },  # wrong trigger, right argument
+        {"id": "2", "events": [_ev("地震", "发生", ("震级", "5.2级"), ("震中", "四川"))]},
+    ]
     s = score_records("ee", gold, pred)
     t, a = s["trigger"]["micro"], s["argument"]["micro"]
     assert (t["tp"], t["pred"], t["gold"]) == (1, 3, 3)
@@ -151,17 +169,29 @@ def test_ee_triggers_and_arguments_scored_separately():
     assert a["precision"] == 4 / 6 and a["recall"] == 4 / 5
     assert a["f1"] == 2 * (4 / 6) * (4 / 5) / (4 / 6 + 4 / 5)
     assert s["trigger"]["per_type"]["获奖"]["f1"] == 1.0 and s["trigger"]["per_type"]["地震"]["tp"] == 0
-    assert s["argument"]["per_type"]["地震"] == {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "tp": 1,
-                                                 "pred": 2, "gold": 1}
+    assert s["argument"]["per_type"]["地震"] == {
+        "precision": 0.5,
+        "recall": 1.0,
+        "f1": 2 / 3,
+        "tp": 1,
+        "pred": 2,
+        "gold": 1,
+    }
 
 
 def test_unreadable_predictions_are_counted_and_score_as_misses():
     gold = [{"id": str(i), "text": f"t{i}", "entities": [{"text": f"t{i}", "type": "X"}]} for i in range(6)]
     good = {"text": "t0", "entities": [{"text": "t0", "type": "x"}]}  # joined on text; type case-folded
-    lines = [json.dumps(good), "not json", '{"id": "1", "entities": "oops"}', '[1, 2]',
-             json.dumps({"id": "2", "error": "generation failed"}),
-             json.dumps({"id": "3", "entities": [{"text": "t3"}, {"text": "t3", "type": "X"}]}),
-             json.dumps({"id": "3", "entities": []}), json.dumps({"id": "99", "entities": []})]
+    lines = [
+        json.dumps(good),
+        "not json",
+        '{"id": "1", "entities": "oops"}',
+        "[1, 2]",
+        json.dumps({"id": "2", "error": "generation failed"}),
+        json.dumps({"id": "3", "entities": [{"text": "t3"}, {"text": "t3", "type": "X"}]}),
+        json.dumps({"id": "3", "entities": []}),
+        json.dumps({"id": "99", "entities": []}),
+    ]
     s = score_records("ner", gold, lines)
     assert (s["micro"]["tp"], s["micro"]["pred"], s["micro"]["gold"]) == (2, 2, 6)
     assert s["unparseable"] == 4 and s["duplicates"] == 1 and s["extra"] == 1 and s["invalid_items"] == 1
@@ -192,10 +222,24 @@ def test_cli_ie_score(tmp_path, capsys):
 
     g, p = tmp_path / "g.jsonl", tmp_path / "p.jsonl"
     g.write_text(json.dumps({"id": "1", "relations": [_re("a", "r", "b")]}) + "\n", encoding="utf-8")
-    p.write_text(json.dumps({"id": "1", "relations": [_re("A", "r", "b"), _re("a", "r", "c")]}) + "\n",
-                 encoding="utf-8")
-    main(["ie-score", "--task", "re", "--gold", str(g), "--pred", str(p), "--match", "count",
-          "--out", str(tmp_path / "s.json")])
+    p.write_text(
+        json.dumps({"id": "1", "relations": [_re("A", "r", "b"), _re("a", "r", "c")]}) + "\n", encoding="utf-8"
+    )
+    main(
+        [
+            "ie-score",
+            "--task",
+            "re",
+            "--gold",
+            str(g),
+            "--pred",
+            str(p),
+            "--match",
+            "count",
+            "--out",
+            str(tmp_path / "s.json"),
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["micro"]["precision"] == 0.5 and out["match"] == "count"
     assert json.loads((tmp_path / "s.json").read_text()) == out

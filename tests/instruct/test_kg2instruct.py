@@ -1,4 +1,5 @@
 """KG → IE instruction builder: sample data sanity, render/parse round trips, determinism, errors."""
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,14 @@ def canon(task: str, items: list[dict]) -> list:
     elif task == "re":
         keys = [(r["head"], r["relation"], r["tail"]) for r in items]
     else:
-        keys = [(ev["type"], ev["trigger"], tuple(sorted((a["role"], a["text"]) for a in ev["arguments"])))
-                for ev in items]
+        keys = [
+            (ev["type"], ev["trigger"], tuple(sorted((a["role"], a["text"]) for a in ev["arguments"]))) for ev in items
+        ]
     return sorted(keys)
 
 
 # ------------------------------------------------------------------------- the sample data
+
 
 def test_sample_records_cover_the_brief(records, schema):
     langs = Counter(r["lang"] for r in records)
@@ -60,10 +63,12 @@ def test_every_span_occurs_verbatim(records):
     # load_ie_records already enforces this; re-check from the raw file so the test stands alone.
     for line in RECORDS.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        spans = ([e["text"] for e in r["entities"]]
-                 + [x for rel in r["relations"] for x in (rel["head"], rel["tail"])]
-                 + [ev["trigger"] for ev in r["events"]]
-                 + [a["text"] for ev in r["events"] for a in ev["arguments"]])
+        spans = (
+            [e["text"] for e in r["entities"]]
+            + [x for rel in r["relations"] for x in (rel["head"], rel["tail"])]
+            + [ev["trigger"] for ev in r["events"]]
+            + [a["text"] for ev in r["events"] for a in ev["arguments"]]
+        )
         for span in spans:
             assert span in r["text"], (r["id"], span)
         assert r["lang"] in LANGS
@@ -74,11 +79,13 @@ def test_committed_instructions_are_current(records, schema):
     assert committed == build_instructions(records, schema, seed=0), (
         "data/sample/ie/instructions.json is stale: regenerate with python -m "
         "knowlm_ray.instruct.kg2instruct --records data/sample/ie/records.jsonl "
-        "--schema data/sample/ie/schema.json --out data/sample/ie/instructions.json --seed 0")
+        "--schema data/sample/ie/schema.json --out data/sample/ie/instructions.json --seed 0"
+    )
     assert len(load_alpaca(INSTRUCTIONS)) == len(committed) >= 300
 
 
 # ------------------------------------------------------------------------ render and parse
+
 
 def test_render_parse_round_trip_every_task_lang_format(records):
     seen = set()
@@ -94,7 +101,7 @@ def test_render_parse_round_trip_every_task_lang_format(records):
                 assert parse_output(task, rec["lang"], "auto", text) == got
                 if items:
                     seen.add((task, rec["lang"], fmt))
-    assert seen == {(t, l, f) for t in TASKS for l in LANGS for f in FORMATS}
+    assert seen == {(t, lg, f) for t in TASKS for lg in LANGS for f in FORMATS}
 
 
 def _label(task: str, item: dict) -> str:
@@ -105,28 +112,29 @@ def test_built_outputs_parse_back_to_the_record(records, schema):
     """build -> gold text -> parse == the record's items restricted to the batch's labels."""
     by_id = {r["id"]: r for r in records}
     rows = build_instructions(records, schema, seed=0)
-    assert {(r["task"], r["lang"], r["format"]) for r in rows} == \
-        {(t, l, f) for t in TASKS for l in LANGS for f in FORMATS}
+    assert {(r["task"], r["lang"], r["format"]) for r in rows} == {
+        (t, lg, f) for t in TASKS for lg in LANGS for f in FORMATS
+    }
     for row in rows:
         rec = by_id[row["id"]]
         got = parse_output(row["task"], row["lang"], row["format"], row["output"])
         for task in TASKS:  # the batch's part of the task's list comes back; the others stay empty
-            want = [x for x in rec[FIELD[task]] if _label(task, x) in row["labels"]] \
-                if task == row["task"] else []
+            want = [x for x in rec[FIELD[task]] if _label(task, x) in row["labels"]] if task == row["task"] else []
             assert canon(task, got[FIELD[task]]) == canon(task, want), (row["id"], row["task"])
         assert row["input"] == rec["text"]
-        assert (row["output"] == NONE_ANSWER[row["lang"]]) == \
-            (not any(_label(row["task"], x) in row["labels"] for x in rec[FIELD[row["task"]]]))
+        assert (row["output"] == NONE_ANSWER[row["lang"]]) == (
+            not any(_label(row["task"], x) in row["labels"] for x in rec[FIELD[row["task"]]])
+        )
 
 
 def test_instructions_name_labels_and_format(records, schema):
     for row in build_instructions(records, schema, seed=0):
         s = schema[row["lang"]]
-        labels = row["labels"] + [r for t in row["labels"] for r in s["ee"][t]] \
-            if row["task"] == "ee" else row["labels"]
+        labels = (
+            row["labels"] + [r for t in row["labels"] for r in s["ee"][t]] if row["task"] == "ee" else row["labels"]
+        )
         assert all(label in row["instruction"] for label in labels)
-        others = [lab for lab in (list(s["ee"]) if row["task"] == "ee" else s[row["task"]])
-                  if lab not in row["labels"]]
+        others = [lab for lab in (list(s["ee"]) if row["task"] == "ee" else s[row["task"]]) if lab not in row["labels"]]
         assert not any(f'"{lab}"' in row["instruction"] for lab in others)  # only the batch is offered
         assert NONE_ANSWER[row["lang"]] in row["instruction"]
         assert ("JSON" in row["instruction"]) == (row["format"] == "json")
@@ -161,8 +169,14 @@ def test_schema_batches_cover_positives_once_with_iepile_sizes(records, schema, 
 
 
 def test_hard_negatives_are_preferred(schema):
-    rec = {"id": "h", "lang": "en", "text": "Ada was born in London.", "entities": [],
-           "relations": [{"head": "Ada", "relation": "place of birth", "tail": "London"}], "events": []}
+    rec = {
+        "id": "h",
+        "lang": "en",
+        "text": "Ada was born in London.",
+        "entities": [],
+        "relations": [{"head": "Ada", "relation": "place of birth", "tail": "London"}],
+        "events": [],
+    }
     hard = {"en": {"place of birth": ["date of birth", "country"]}}
     for seed in range(5):
         rows = build_instructions([rec], schema, seed=seed, tasks=("re",), neg_ratio=0.0, hard_negatives=hard)
@@ -202,15 +216,23 @@ def test_parse_is_tolerant():
     got = parse_output("ner", "zh", "tuple", "答案如下：\n( 鲁迅 , 人物 )\n(坏行\n(周树人,人物)")
     assert got["entities"] == [{"text": "鲁迅", "type": "人物"}, {"text": "周树人", "type": "人物"}]
     assert parse_output("re", "en", "json", "{not json")["relations"] == []
-    got = parse_output("ee", "en", "json", '{"award": [{"trigger": "won", "arguments": {"winner": "A", "date": "NAN"}}]}')
+    got = parse_output(
+        "ee", "en", "json", '{"award": [{"trigger": "won", "arguments": {"winner": "A", "date": "NAN"}}]}'
+    )
     assert got["events"] == [{"type": "award", "trigger": "won", "arguments": [{"role": "winner", "text": "A"}]}]
     got = parse_output("ee", "zh", "tuple", "(地震,地震,[])")
     assert got["events"] == [{"type": "地震", "trigger": "地震", "arguments": []}]
 
 
 def test_spans_with_tuple_syntax_fall_back_to_json(schema):
-    rec = {"id": "x", "lang": "en", "text": "Microsoft is headquartered in Redmond, Washington.",
-           "entities": [{"text": "Redmond, Washington", "type": "location"}], "relations": [], "events": []}
+    rec = {
+        "id": "x",
+        "lang": "en",
+        "text": "Microsoft is headquartered in Redmond, Washington.",
+        "entities": [{"text": "Redmond, Washington", "type": "location"}],
+        "relations": [],
+        "events": [],
+    }
     for seed in range(6):  # some seed picks "tuple" for the record
         (row,) = build_instructions([rec], schema, seed=seed, tasks=("ner",))
         assert row["format"] == "json"
@@ -218,6 +240,7 @@ def test_spans_with_tuple_syntax_fall_back_to_json(schema):
 
 
 # ----------------------------------------------------------------------------- determinism
+
 
 def test_deterministic_for_a_seed(records, schema):
     import random
@@ -237,22 +260,39 @@ def test_deterministic_for_a_seed(records, schema):
 
 # ---------------------------------------------------------------------------------- errors
 
+
 def _good(i: int) -> str:
-    return json.dumps({"id": f"r{i}", "lang": "en", "text": "Ada lived in London.",
-                       "entities": [{"text": "Ada", "type": "person"}], "relations": [], "events": []})
+    return json.dumps(
+        {
+            "id": f"r{i}",
+            "lang": "en",
+            "text": "Ada lived in London.",
+            "entities": [{"text": "Ada", "type": "person"}],
+            "relations": [],
+            "events": [],
+        }
+    )
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("{not json", "invalid JSON"),
-    ('["a list"]', "expected a JSON object"),
-    ('{"id": "r9", "text": "Ada lived in London.", "entities": [{"text": "Paris", "type": "location"}]}',
-     "does not occur in the text"),
-    ('{"id": "r9", "text": "Ada lived in London.", "events": [{"type": "award", "trigger": "lived", '
-     '"arguments": [{"role": "winner", "text": "Bob"}]}]}', "events[0].arguments[0].text"),
-    ('{"text": "no id here"}', "'id'"),
-    ('{"id": "r9", "text": "t", "relations": {}}', "'relations' is not a list"),
-    (_good(0), "duplicate id"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("{not json", "invalid JSON"),
+        ('["a list"]', "expected a JSON object"),
+        (
+            '{"id": "r9", "text": "Ada lived in London.", "entities": [{"text": "Paris", "type": "location"}]}',
+            "does not occur in the text",
+        ),
+        (
+            '{"id": "r9", "text": "Ada lived in London.", "events": [{"type": "award", "trigger": "lived", '
+            '"arguments": [{"role": "winner", "text": "Bob"}]}]}',
+            "events[0].arguments[0].text",
+        ),
+        ('{"text": "no id here"}', "'id'"),
+        ('{"id": "r9", "text": "t", "relations": {}}', "'relations' is not a list"),
+        (_good(0), "duplicate id"),
+    ],
+)
 def test_malformed_record_names_file_and_line(tmp_path, bad, why):
     path = tmp_path / "recs.jsonl"
     path.write_text("\n".join([_good(0), _good(1), "", bad, _good(2)]) + "\n", encoding="utf-8")
@@ -289,6 +329,7 @@ def test_main_writes_the_file_atomically(tmp_path, records, schema, capsys):
 
 # ------------------------------------------------------------------- the serving prompt (--serve-prompt)
 
+
 def test_serve_prompt_rows_are_the_prompts_extract_sends(records, schema):
     """Training rows in /extract's prompt: same (instruction, input) pairs as plan_extraction, in
     order, each answered with exactly the record's items of that schema batch."""
@@ -308,18 +349,40 @@ def test_serve_prompt_rows_are_the_prompts_extract_sends(records, schema):
             assert [(r["instruction"], r["input"]) for r in got] == plan.pairs
             assert all(r["format"] == "json" for r in got)
             for row, prompt in zip(got, plan.prompts):
-                want = [x for x in rec[FIELD[task]] if (x["type"] if task != "re" else x["relation"]) in
-                        set(prompt["labels"]) and (x["text"] if task == "ner" else
-                                                   x["head"] if task == "re" else x["trigger"]) in prompt["input"]]
-                assert canon(task, parse_output(task, rec["lang"], "json", row["output"])[FIELD[task]]) == \
-                    canon(task, want)
+                want = [
+                    x
+                    for x in rec[FIELD[task]]
+                    if (x["type"] if task != "re" else x["relation"]) in set(prompt["labels"])
+                    and (x["text"] if task == "ner" else x["head"] if task == "re" else x["trigger"]) in prompt["input"]
+                ]
+                assert canon(task, parse_output(task, rec["lang"], "json", row["output"])[FIELD[task]]) == canon(
+                    task, want
+                )
     assert len(by_record_task[("long", "ner")]) > 1  # the long text was chunked as /extract chunks it
 
 
 def test_main_serve_prompt_lang_and_limit(tmp_path, records, schema, capsys):
     out = tmp_path / "ner_zh.json"
-    assert main(["--records", str(RECORDS), "--schema", str(SCHEMA), "--out", str(out), "--serve-prompt",
-                 "--tasks", "ner", "--lang", "zh", "--limit", "5"]) == 0
+    assert (
+        main(
+            [
+                "--records",
+                str(RECORDS),
+                "--schema",
+                str(SCHEMA),
+                "--out",
+                str(out),
+                "--serve-prompt",
+                "--tasks",
+                "ner",
+                "--lang",
+                "zh",
+                "--limit",
+                "5",
+            ]
+        )
+        == 0
+    )
     zh = [r for r in records if r["lang"] == "zh"][:5]
     assert json.loads(out.read_text(encoding="utf-8")) == build_serve_instructions(zh, schema, ("ner",))
     assert "wrote 5 instructions from 5 records" in capsys.readouterr().out

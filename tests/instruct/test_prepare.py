@@ -1,4 +1,5 @@
 """prepare_instructions: masked shards, a stable seeded split, quarantine, byte-identical re-runs."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from knowlm_ray.config import InstructionsConfig, load_config
 from knowlm_ray.alpaca import IGNORE_INDEX, build_prompt
+from knowlm_ray.config import InstructionsConfig, load_config
 from knowlm_ray.instruct.prepare import INSTRUCTION_SCHEMA, assign, read_alpaca, run, split_groups
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,16 +18,30 @@ IE = REPO / "data" / "sample" / "ie"
 
 def _alpaca_inputs(d: Path) -> list[Path]:
     d.mkdir(parents=True, exist_ok=True)
-    good = [{"id": f"g{i // 2}", "task": "general", "instruction": f"Say hello number {i}.",
-             "input": "" if i % 3 else f"context {i}", "output": f"Hello {i}!"} for i in range(10)]
+    good = [
+        {
+            "id": f"g{i // 2}",
+            "task": "general",
+            "instruction": f"Say hello number {i}.",
+            "input": "" if i % 3 else f"context {i}",
+            "output": f"Hello {i}!",
+        }
+        for i in range(10)
+    ]
     jl = d / "a.jsonl"
     lines = [json.dumps(r) for r in good[:6]]
-    lines[2:2] = ["{broken", json.dumps({"instruction": "no output"}), "",
-                  json.dumps({"instruction": "blank", "output": "  "})]
+    lines[2:2] = [
+        "{broken",
+        json.dumps({"instruction": "no output"}),
+        "",
+        json.dumps({"instruction": "blank", "output": "  "}),
+    ]
     jl.write_text("\n".join(lines) + "\n", encoding="utf-8")  # bad at lines 3 and 4, empty at 6
     js = d / "b.json"
-    js.write_text("[\n" + ",\n".join([json.dumps(good[6]), '"just a string"', *map(json.dumps, good[7:])])
-                  + "\n]\n", encoding="utf-8")  # bad element at line 3
+    js.write_text(
+        "[\n" + ",\n".join([json.dumps(good[6]), '"just a string"', *map(json.dumps, good[7:])]) + "\n]\n",
+        encoding="utf-8",
+    )  # bad element at line 3
     ie = d / "ie.jsonl"
     recs = (IE / "records.jsonl").read_text(encoding="utf-8").splitlines()[:6]
     bad_ie = json.dumps({"id": "bad", "lang": "en", "text": "Ada.", "entities": [{"text": "Bob", "type": "person"}]})
@@ -51,8 +66,11 @@ def test_split_is_seeded_stable_and_grouped():
     assert val != split_groups(groups, 40, seed=1)
     rows = sum(groups[g] for g in val)
     assert 40 <= rows < 40 + 3
-    recs = [{"group": g, "task": "t", "instruction": "i", "input": "", "output": g}
-            for g, n in groups.items() for _ in range(n)]
+    recs = [
+        {"group": g, "task": "t", "instruction": "i", "input": "", "output": g}
+        for g, n in groups.items()
+        for _ in range(n)
+    ]
     out = assign(recs, 40, seed=0)
     assert len({r["id"] for r in out}) == len(out)
     by_group: dict = {}
@@ -83,9 +101,15 @@ def test_prepare_on_ray(ray_local, tiny_model, tmp_path):
     from knowlm_ray.instruct.kg2instruct import build_instructions
 
     jl, js, ie = _alpaca_inputs(tmp_path / "in")
-    cfg = InstructionsConfig(inputs=[str(jl), str(js)], ie_records=str(ie), schema=str(IE / "schema.json"),
-                             tokenizer=str(tiny_model), val_set_size=6, rows_per_shard=8,
-                             out_dir=str(tmp_path / "out"))
+    cfg = InstructionsConfig(
+        inputs=[str(jl), str(js)],
+        ie_records=str(ie),
+        schema=str(IE / "schema.json"),
+        tokenizer=str(tiny_model),
+        val_set_size=6,
+        rows_per_shard=8,
+        out_dir=str(tmp_path / "out"),
+    )
     m = run(cfg)
     out = tmp_path / "out"
     # quarantine: 3 alpaca + 1 IE record, each with file:line; 1 blank response dropped
@@ -104,15 +128,21 @@ def test_prepare_on_ray(ray_local, tiny_model, tmp_path):
         assert m["splits"][s]["rows"] == t.num_rows
         assert m["splits"][s]["tokens"] == sum(len(x) for x in t["input_ids"].to_pylist())
         assert m["splits"][s]["label_tokens"] == sum(x != IGNORE_INDEX for row in t["labels"].to_pylist() for x in row)
-    ie_rows = build_instructions([r for r in load_ie_records(IE / "records.jsonl")[:6]], load_schema(IE / "schema.json"))
+    ie_rows = build_instructions(
+        [r for r in load_ie_records(IE / "records.jsonl")[:6]], load_schema(IE / "schema.json")
+    )
     assert sum(t.num_rows for t in tables.values()) == 10 + len(ie_rows)
 
     # split: disjoint by source record, validation holds >= val_set_size rows
     groups = {s: {i.split("#")[0] for i in t["id"].to_pylist()} for s, t in tables.items()}
     assert not groups["train"] & groups["validation"]
     assert tables["validation"].num_rows >= 6
-    assert set(tables["train"]["task"].to_pylist()) | set(tables["validation"]["task"].to_pylist()) \
-        == {"general", "ner", "re", "ee"}
+    assert set(tables["train"]["task"].to_pylist()) | set(tables["validation"]["task"].to_pylist()) == {
+        "general",
+        "ner",
+        "re",
+        "ee",
+    }
 
     # masking: labels are -100 exactly over BOS + prompt, then equal the ids (EOS included)
     tok = AutoTokenizer.from_pretrained(tiny_model)

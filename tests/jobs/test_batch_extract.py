@@ -1,4 +1,5 @@
 """batch_extract: deterministic blocks, the plain core, and one Ray Data run that resumes a killed run."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from knowlm_ray.config import BatchExtractConfig, ConfigError, load_config
-from knowlm_ray.ie.batch import (PART, check_state, finalize, plan_blocks, read_block, run_sequential)
+from knowlm_ray.ie.batch import PART, check_state, finalize, plan_blocks, read_block, run_sequential
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "ie"
@@ -27,8 +28,14 @@ def _corpus(path: Path, n: int = 13) -> list[dict]:
 
 
 def _cfg(tmp_path: Path, **kw) -> BatchExtractConfig:
-    base = {"model": str(tmp_path / "model"), "input": str(tmp_path / "docs.jsonl"), "schema": str(SAMPLE / "schema.json"),
-            "out_dir": str(tmp_path / "kg"), "block_size": 4, "tasks": ["ner", "re"]}
+    base = {
+        "model": str(tmp_path / "model"),
+        "input": str(tmp_path / "docs.jsonl"),
+        "schema": str(SAMPLE / "schema.json"),
+        "out_dir": str(tmp_path / "kg"),
+        "block_size": 4,
+        "tasks": ["ner", "re"],
+    }
     return BatchExtractConfig.model_validate({**base, **kw})
 
 
@@ -44,7 +51,7 @@ def _job_main():
 def canned(pairs):
     """A test double of the model: a fixed person entity and relation, whatever it is asked."""
     out = []
-    for instruction, text in pairs:
+    for instruction, _text in pairs:
         if "关系" in instruction or "relation" in instruction:
             out.append("(CANNED,出生地,CANNED)\n(CANNED,place of birth,CANNED)")
         else:
@@ -82,8 +89,10 @@ def test_corpus_shards_are_decoded(tmp_path, tiny_model):
     texts = ["鲁迅，原名周树人。", "Marie Curie was born in Warsaw.", "浙江大学位于杭州市。"]
     shards = tmp_path / "corpus" / "shards"
     shards.mkdir(parents=True)
-    table = pa.table({"input_ids": [tok(t)["input_ids"] for t in texts], "doc_id": ["a", "b", "c"],
-                      "source": ["s"] * 3}, schema=SHARD_SCHEMA)
+    table = pa.table(
+        {"input_ids": [tok(t)["input_ids"] for t in texts], "doc_id": ["a", "b", "c"], "source": ["s"] * 3},
+        schema=SHARD_SCHEMA,
+    )
     with pa.OSFile(str(shards / "part-00000.arrow"), "wb") as sink, pa.ipc.new_file(sink, SHARD_SCHEMA) as w:
         w.write_table(table)
     cfg = _cfg(tmp_path, input=str(tmp_path / "corpus"), block_size=2)
@@ -119,8 +128,15 @@ def test_killed_run_resumes_each_record_once(tmp_path, tiny_model, ray_local, ca
     main = _job_main()  # the recipe, as a user runs it
 
     recs = _corpus(tmp_path / "docs.jsonl")
-    overrides = [f"model={tiny_model}", f"input={tmp_path / 'docs.jsonl'}", f"out_dir={tmp_path / 'kg'}",
-                 "block_size=4", "num_actors=2", "max_tokens=6", "docs_per_call=4"]
+    overrides = [
+        f"model={tiny_model}",
+        f"input={tmp_path / 'docs.jsonl'}",
+        f"out_dir={tmp_path / 'kg'}",
+        "block_size=4",
+        "num_actors=2",
+        "max_tokens=6",
+        "docs_per_call=4",
+    ]
     cfg = load_config(BatchExtractConfig, REPO / "jobs" / "configs" / "tiny_extract.yaml", overrides)
     blocks = plan_blocks(cfg)
     run_sequential(cfg, canned, blocks=[blocks[1]])  # the killed run's finished block

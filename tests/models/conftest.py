@@ -1,4 +1,5 @@
 """Helpers for the weights-toolkit tests: small random LLaMA checkpoints in any layout."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,25 @@ import torch
 TOK_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
 
 
-def llama_config(vocab: int, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int | None = None,
-                 intermediate: int = 172):
+def llama_config(
+    vocab: int, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int | None = None, intermediate: int = 172
+):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=kv_heads or heads, max_position_embeddings=256,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, rms_norm_eps=1e-5)
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+    )
 
 
 def random_state_dict(cfg, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -36,8 +49,14 @@ def random_state_dict(cfg, seed: int, dtype=torch.float32) -> dict[str, torch.Te
     return sd
 
 
-def save_checkpoint(directory: Path, sd: dict[str, torch.Tensor], cfg=None, shards: int = 1, fmt: str = "safetensors",
-                    tokenizer_from: Path | None = None) -> Path:
+def save_checkpoint(
+    directory: Path,
+    sd: dict[str, torch.Tensor],
+    cfg=None,
+    shards: int = 1,
+    fmt: str = "safetensors",
+    tokenizer_from: Path | None = None,
+) -> Path:
     """Write ``sd`` as an HF directory in ``shards`` files (safetensors or legacy torch .bin) + index."""
     from safetensors.torch import save_file
 
@@ -61,9 +80,14 @@ def save_checkpoint(directory: Path, sd: dict[str, torch.Tensor], cfg=None, shar
             torch.save(part, directory / fname)
         weight_map.update({k: fname for k in g})
     if n > 1:
-        (directory / f"{prefix}.{ext}.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sd.values())},
-             "weight_map": weight_map}))
+        (directory / f"{prefix}.{ext}.index.json").write_text(
+            json.dumps(
+                {
+                    "metadata": {"total_size": sum(t.numel() * t.element_size() for t in sd.values())},
+                    "weight_map": weight_map,
+                }
+            )
+        )
     if cfg is not None:
         cfg.save_pretrained(directory)
     if tokenizer_from is not None:
@@ -115,8 +139,14 @@ def peak_rss(imports: str, work: str, cwd=None) -> dict:
     import sys
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports, work=work)], capture_output=True,
-                         text=True, env=env, cwd=cwd, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE.format(imports=imports, work=work)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")][-1]
     out = json.loads(line[6:])

@@ -4,6 +4,7 @@
 prints {"tokens": [...], "logits": [[...] per prompt position]} as JSON. The GGUF test uses it
 in-process when llama_cpp imports, else with $KNOWLM_LLAMA_CPP_PYTHON (a separate venv).
 """
+
 import json
 import sys
 
@@ -12,8 +13,9 @@ def greedy(model: str, prompt_ids: list[int], n: int, lora: str | None = None) -
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=model, n_ctx=256, n_threads=1, n_batch=64, logits_all=True, verbose=False, seed=0,
-                lora_path=lora)
+    llm = Llama(
+        model_path=model, n_ctx=256, n_threads=1, n_batch=64, logits_all=True, verbose=False, seed=0, lora_path=lora
+    )
     llm.eval(prompt_ids)
     logits = np.asarray(llm.scores[: len(prompt_ids)], dtype=np.float64)
     tokens = []

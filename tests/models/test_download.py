@@ -1,5 +1,6 @@
 """`knowlm weights download` without a hub: a local copy left by an earlier download (both the
 hub cache and a --out directory), verified against the hub's listing; and the offline errors."""
+
 import hashlib
 import json
 import os
@@ -58,7 +59,9 @@ def _fake_local_dir(src, out):
     tree = _tree(src)
     now = time.time() + 5
     for name, ent in tree["files"].items():
-        (meta / "download" / f"{name}.metadata").write_text(f"{COMMIT}\n{ent.get('lfs_sha256') or ent['blob_id']}\n{now}\n")
+        (meta / "download" / f"{name}.metadata").write_text(
+            f"{COMMIT}\n{ent.get('lfs_sha256') or ent['blob_id']}\n{now}\n"
+        )
     (meta / "trees").mkdir()
     (meta / "trees" / f"{COMMIT}.json").write_text(json.dumps(tree))
 

@@ -1,6 +1,7 @@
 """export-gguf: read the file back with gguf.GGUFReader (metadata, vocab, names, shapes, values
 equal to the HF weights after undoing the q/k permutation); with llama.cpp available, greedy
 tokens equal transformers'. LoRA adapters to llama.cpp adapter GGUFs likewise."""
+
 import importlib.util
 import json
 import os
@@ -18,8 +19,10 @@ HERE = Path(__file__).parent
 LLAMA_CPP_PYTHON = os.environ.get("KNOWLM_LLAMA_CPP_PYTHON")
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None or bool(LLAMA_CPP_PYTHON)
 needs_llama_cpp = pytest.mark.skipif(
-    not HAVE_LLAMA_CPP, reason="llama_cpp is not importable (pip install llama-cpp-python compiles llama.cpp, ~6 min "
-                               "on 2 cores) and $KNOWLM_LLAMA_CPP_PYTHON names no interpreter that has it")
+    not HAVE_LLAMA_CPP,
+    reason="llama_cpp is not importable (pip install llama-cpp-python compiles llama.cpp, ~6 min "
+    "on 2 cores) and $KNOWLM_LLAMA_CPP_PYTHON names no interpreter that has it",
+)
 
 
 def _fields(reader):
@@ -127,9 +130,12 @@ def lora_adapter(tiny_model, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
-                           LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
-                                      task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(
+            r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM"
+        ),
+    )
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -147,8 +153,20 @@ def test_lora_adapter_gguf(tiny_model, lora_adapter, tmp_path, capsys):
     from knowlm_ray.models.gguf_export import unpermute_qk
 
     out = tmp_path / "lora.gguf"
-    main(["weights", "export-gguf", "--model", str(lora_adapter), "--base", str(tiny_model), "--out", str(out),
-          "--outtype", "f32"])
+    main(
+        [
+            "weights",
+            "export-gguf",
+            "--model",
+            str(lora_adapter),
+            "--base",
+            str(tiny_model),
+            "--out",
+            str(out),
+            "--outtype",
+            "f32",
+        ]
+    )
     assert "llama.cpp adapter" in capsys.readouterr().out
     r = gguf.GGUFReader(out)
     f = _fields(r)
@@ -158,7 +176,9 @@ def test_lora_adapter_gguf(tiny_model, lora_adapter, tmp_path, capsys):
     ad = load_file(lora_adapter / "adapter_model.safetensors")
     pre = "base_model.model.model.layers.1."
     torch.testing.assert_close(tensors["blk.1.attn_q.weight.lora_a"], ad[pre + "self_attn.q_proj.lora_A.weight"])
-    torch.testing.assert_close(unpermute_qk(tensors["blk.1.attn_k.weight.lora_b"], 4), ad[pre + "self_attn.k_proj.lora_B.weight"])
+    torch.testing.assert_close(
+        unpermute_qk(tensors["blk.1.attn_k.weight.lora_b"], 4), ad[pre + "self_attn.k_proj.lora_B.weight"]
+    )
     torch.testing.assert_close(tensors["blk.1.ffn_down.weight.lora_b"], ad[pre + "mlp.down_proj.lora_B.weight"])
 
 
@@ -169,8 +189,12 @@ def _llama_cpp_greedy(model: Path, ids: list[int], n: int, lora: Path | None = N
         from llama_cpp_greedy import greedy
 
         return greedy(**{k: v for k, v in args.items()})
-    res = subprocess.run([LLAMA_CPP_PYTHON, str(HERE / "llama_cpp_greedy.py"), json.dumps(args)],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [LLAMA_CPP_PYTHON, str(HERE / "llama_cpp_greedy.py"), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout)
 
@@ -184,8 +208,12 @@ def test_llama_cpp_greedy_tokens_equal_transformers(exported, tiny_model, outtyp
     ids = tok("浙江大学位于杭州市，")["input_ids"]
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     with torch.no_grad():
-        want = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                              do_sample=False, max_new_tokens=12)[0, len(ids):].tolist()
+        want = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=12,
+        )[0, len(ids) :].tolist()
         logits = model(torch.tensor([ids])).logits[0].double().numpy()
     got = _llama_cpp_greedy(exported[outtype], ids, 12)
     assert got["tokens"] == want
@@ -205,8 +233,12 @@ def test_llama_cpp_lora_equals_merged_model(exported, tiny_model, lora_adapter, 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     with torch.no_grad():
         logits = merged(torch.tensor([ids])).logits[0].double().numpy()
-        want = merged.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                               do_sample=False, max_new_tokens=8)[0, len(ids):].tolist()
+        want = merged.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=8,
+        )[0, len(ids) :].tolist()
     got = _llama_cpp_greedy(exported["f32"], ids, 8, lora=lora_gguf)
     assert np.abs(np.asarray(got["logits"]) - logits).max() < 5e-3
     assert got["tokens"] == want

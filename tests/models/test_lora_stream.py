@@ -1,6 +1,7 @@
 """The streaming merge against peft's merge_and_unload (the reference), on the adapter shapes that
 KnowLM and Chinese-LLaMA-Alpaca produce: all projections, rsLoRA / rank and alpha patterns,
 LoRA on embeddings, modules_to_save with a resized vocabulary, GPT-2's fan_in_fan_out."""
+
 import shutil
 
 import pytest
@@ -46,10 +47,16 @@ def test_stream_merge_equals_peft_all_projections(base, tmp_path):
 
     from knowlm_ray.models.lora import merge_lora
 
-    cfg = LoraConfig(r=8, lora_alpha=16, use_rslora=True, rank_pattern={"down_proj": 4}, alpha_pattern={"v_proj": 5},
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                                     "embed_tokens"],
-                     modules_to_save=["lm_head"], task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        use_rslora=True,
+        rank_pattern={"down_proj": 4},
+        alpha_pattern={"v_proj": 5},
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens"],
+        modules_to_save=["lm_head"],
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), cfg)
     _randomize_lora(model, 4)
     model.save_pretrained(tmp_path / "ad")
@@ -79,8 +86,16 @@ def test_vocab_expanded_adapter(base, tmp_path, small_cfg):
     assert v == small_cfg.vocab_size + 8
     model = AutoModelForCausalLM.from_pretrained(base)
     model.resize_token_embeddings(v)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                             modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=32,
+            target_modules=["q_proj", "v_proj"],
+            modules_to_save=["embed_tokens", "lm_head"],
+            task_type="CAUSAL_LM",
+        ),
+    )
     _randomize_lora(model, 5)
     model.save_pretrained(tmp_path / "ad")
     tok.save_pretrained(tmp_path / "ad")
@@ -90,12 +105,16 @@ def test_vocab_expanded_adapter(base, tmp_path, small_cfg):
     assert merged.config.vocab_size == v == len(AutoTokenizer.from_pretrained(tmp_path / "out"))
 
     # the expanded tokenizer with an adapter that did not save the resized embeddings: refused
-    plain = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    plain = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    )
     plain.save_pretrained(tmp_path / "ad2")
     tok.save_pretrained(tmp_path / "ad2")
-    with pytest.raises(MergeError, match=rf"tokenizer .* has {v} tokens but the merged model's embeddings have "
-                                         rf"{v - 8} rows"):
+    with pytest.raises(
+        MergeError,
+        match=rf"tokenizer .* has {v} tokens but the merged model's embeddings have "
+        rf"{v - 8} rows",
+    ):
         merge_lora(base, tmp_path / "ad2", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
 
@@ -107,11 +126,15 @@ def test_fan_in_fan_out_gpt2(tmp_path):
     from knowlm_ray.models.lora import merge_lora
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(tmp_path / "g")
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(
+        tmp_path / "g"
+    )
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "g"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tmp_path / "g"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True),
+    )
     _randomize_lora(model, 6)
     model.save_pretrained(tmp_path / "ad")
     merge_lora(tmp_path / "g", tmp_path / "ad", tmp_path / "out")
@@ -131,8 +154,10 @@ def test_refusals_name_the_problem(base, tmp_path, small_cfg):
     from .conftest import llama_config
 
     ad = tmp_path / "ad"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")).save_pretrained(ad)
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    ).save_pretrained(ad)
     # alpaca-lora's 443-byte adapter: a file with no tensors in it
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -143,14 +168,18 @@ def test_refusals_name_the_problem(base, tmp_path, small_cfg):
     # an adapter trained on another model size
     other_cfg = llama_config(small_cfg.vocab_size, hidden=96)
     other = save_checkpoint(tmp_path / "other", random_state_dict(other_cfg, seed=0), other_cfg)
-    with pytest.raises(MergeError, match=r"LoRA matrices for model\.layers\.\d\.self_attn\.[qv]_proj\.weight have shapes "
-                                         r".*Is --base the model"):
+    with pytest.raises(
+        MergeError,
+        match=r"LoRA matrices for model\.layers\.\d\.self_attn\.[qv]_proj\.weight have shapes "
+        r".*Is --base the model",
+    ):
         merge_lora(other, ad, tmp_path / "o")
     # DoRA is not the plain formula
     dora = tmp_path / "dora"
     shutil.copytree(ad, dora)
-    (dora / "adapter_config.json").write_text((ad / "adapter_config.json").read_text().replace(
-        '"use_dora": false', '"use_dora": true'))
+    (dora / "adapter_config.json").write_text(
+        (ad / "adapter_config.json").read_text().replace('"use_dora": false', '"use_dora": true')
+    )
     with pytest.raises(MergeError, match="DoRA"):
         merge_lora(base, dora, tmp_path / "o")
     assert not (tmp_path / "o").exists()
@@ -162,8 +191,9 @@ def test_untrained_adapter_warns(base, tmp_path):
 
     from knowlm_ray.models.lora import merge_lora
 
-    get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                   LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(tmp_path / "ad")
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    ).save_pretrained(tmp_path / "ad")
     with pytest.warns(UserWarning, match="every lora_B matrix .* is zero"):
         merge_lora(base, tmp_path / "ad", tmp_path / "out", dtype="auto")
     want, got = read_all(base), read_all(tmp_path / "out")
@@ -178,24 +208,46 @@ def test_two_adapters_equal_peft_merging_one_after_the_other(base, tmp_path, cap
 
     from knowlm_ray.cli import main
 
-    m1 = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed_tokens"], modules_to_save=["lm_head"],
-        task_type="CAUSAL_LM"))
+    m1 = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "embed_tokens"],
+            modules_to_save=["lm_head"],
+            task_type="CAUSAL_LM",
+        ),
+    )
     _randomize_lora(m1, 11)
     m1.save_pretrained(tmp_path / "ad1")
     stage1 = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "ad1").merge_and_unload()
     q = "model.layers.0.self_attn.q_proj.weight"
     q_stage1 = stage1.state_dict()[q].clone()
-    m2 = get_peft_model(stage1, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "down_proj", "lm_head"],
-                                           task_type="CAUSAL_LM"))
+    m2 = get_peft_model(
+        stage1, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "down_proj", "lm_head"], task_type="CAUSAL_LM")
+    )
     _randomize_lora(m2, 12)
     m2.save_pretrained(tmp_path / "ad2")
 
     reference = AutoModelForCausalLM.from_pretrained(base)
     for ad in ("ad1", "ad2"):
         reference = PeftModel.from_pretrained(reference, tmp_path / ad).merge_and_unload()
-    main(["weights", "merge-lora", "--base", str(base), "--lora", str(tmp_path / "ad1"), "--lora",
-          str(tmp_path / "ad2"), "--out", str(tmp_path / "out"), "--dtype", "auto"])
+    main(
+        [
+            "weights",
+            "merge-lora",
+            "--base",
+            str(base),
+            "--lora",
+            str(tmp_path / "ad1"),
+            "--lora",
+            str(tmp_path / "ad2"),
+            "--out",
+            str(tmp_path / "out"),
+            "--dtype",
+            "auto",
+        ]
+    )
     assert "(2 adapters)" in capsys.readouterr().out
     _assert_same(tmp_path / "out", reference.state_dict())
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) == 3
@@ -212,15 +264,20 @@ def test_second_adapter_for_another_model_names_adapter_and_tensor(base, tmp_pat
     from .conftest import llama_config
 
     good, bad = tmp_path / "good", tmp_path / "bad"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                   LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(good)
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    ).save_pretrained(good)
     other_cfg = llama_config(small_cfg.vocab_size, hidden=96)
     other = save_checkpoint(tmp_path / "other", random_state_dict(other_cfg, seed=0), other_cfg)
-    get_peft_model(AutoModelForCausalLM.from_pretrained(other),
-                   LoraConfig(r=4, target_modules=["o_proj"], task_type="CAUSAL_LM")).save_pretrained(bad)
-    with pytest.raises(MergeError, match=rf"adapter {bad}: LoRA matrices for model\.layers\.\d\.self_attn\.o_proj\.weight"
-                                         rf" have shapes A \[4, 96\] / B \[96, 4\].* base tensor's \[64, 64\].*"
-                                         rf"adapters before it \({good}\)"):
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(other), LoraConfig(r=4, target_modules=["o_proj"], task_type="CAUSAL_LM")
+    ).save_pretrained(bad)
+    with pytest.raises(
+        MergeError,
+        match=rf"adapter {bad}: LoRA matrices for model\.layers\.\d\.self_attn\.o_proj\.weight"
+        rf" have shapes A \[4, 96\] / B \[96, 4\].* base tensor's \[64, 64\].*"
+        rf"adapters before it \({good}\)",
+    ):
         merge_lora(base, [good, bad], tmp_path / "o")
     assert not (tmp_path / "o").exists()
     with pytest.raises(MergeError, match="at least one --lora"):

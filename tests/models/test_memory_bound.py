@@ -1,4 +1,5 @@
 """Peak memory of recover and merge-lora is bounded by a shard, not the model (measured in a child)."""
+
 import json
 
 import pytest
@@ -21,8 +22,9 @@ def big(tmp_path_factory):
     sd = random_state_dict(cfg, seed=0)
     raw = save_checkpoint(root / "raw", sd, cfg, shards=4)
     g = torch.Generator().manual_seed(1)
-    tuned = save_checkpoint(root / "tuned", {k: v * (1 + 0.01 * torch.rand(v.shape, generator=g)) for k, v in sd.items()},
-                            cfg, shards=4)
+    tuned = save_checkpoint(
+        root / "tuned", {k: v * (1 + 0.01 * torch.rand(v.shape, generator=g)) for k, v in sd.items()}, cfg, shards=4
+    )
     make_diff(raw, tuned, root / "diff")
     ad = root / "adapter"
     ad.mkdir()
@@ -33,8 +35,11 @@ def big(tmp_path_factory):
             lora[f"{mod}.lora_A.weight"] = 0.01 * torch.randn(8, t.shape[1], generator=g)
             lora[f"{mod}.lora_B.weight"] = 0.01 * torch.randn(t.shape[0], 8, generator=g)
     save_file(lora, ad / "adapter_model.safetensors")
-    (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
-                                                        "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}))
+    (ad / "adapter_config.json").write_text(
+        json.dumps(
+            {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}
+        )
+    )
     largest = max(f.stat().st_size for f in raw.glob("*.safetensors"))
     total = sum(f.stat().st_size for f in raw.glob("*.safetensors"))
     return root, largest, total
@@ -51,7 +56,11 @@ def test_peak_rss_bounded_by_largest_shard(big, op):
         adapters = [str(root / "adapter")] * (2 if op.endswith("x2") else 1)
         work = f"merge_lora({str(root / 'raw')!r}, {adapters!r}, {str(root / ('out_' + op))!r})"
     m = peak_rss(imports, work)
-    print(f"{op}: model {total / MB:.1f} MB, largest shard {largest / MB:.1f} MB, "
-          f"peak RSS growth {m['growth'] / MB:.1f} MB over {m['baseline'] / MB:.0f} MB after imports")
+    print(
+        f"{op}: model {total / MB:.1f} MB, largest shard {largest / MB:.1f} MB, "
+        f"peak RSS growth {m['growth'] / MB:.1f} MB over {m['baseline'] / MB:.0f} MB after imports"
+    )
     assert total > 3.5 * largest  # really several shards
-    assert m["growth"] <= 2.5 * largest, f"peak RSS grew by {m['growth'] / MB:.1f} MB (largest shard {largest / MB:.1f} MB)"
+    assert m["growth"] <= 2.5 * largest, (
+        f"peak RSS grew by {m['growth'] / MB:.1f} MB (largest shard {largest / MB:.1f} MB)"
+    )

@@ -14,7 +14,9 @@ def test_tiny_model_loads_cleanly(tiny_model):
     assert (tiny_model / "tokenizer.model").is_file() and (tiny_model / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("text", ["浙江大学位于杭州市。", "Knowledge graphs, 2023: 3.14 km!", "def f(x):\n    return x  # 😀"])
+@pytest.mark.parametrize(
+    "text", ["浙江大学位于杭州市。", "Knowledge graphs, 2023: 3.14 km!", "def f(x):\n    return x  # 😀"]
+)
 def test_tokenizer_round_trips_with_bos_and_byte_fallback(tiny_model, text):
     from transformers import AutoTokenizer
 
@@ -38,10 +40,25 @@ def test_cli_init_tiny(tmp_path):
     from knowlm_ray.cli import main
 
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"第{i}句话。Sentence {i} here."}, ensure_ascii=False)
-                                for i in range(200)) + "\n{not json\n")
-    main(["init-tiny", "--out", str(tmp_path / "m"), "--corpus", str(corpus), "--vocab-size", "300",
-          "--hidden", "32", "--layers", "1"])
+    corpus.write_text(
+        "\n".join(json.dumps({"text": f"第{i}句话。Sentence {i} here."}, ensure_ascii=False) for i in range(200))
+        + "\n{not json\n"
+    )
+    main(
+        [
+            "init-tiny",
+            "--out",
+            str(tmp_path / "m"),
+            "--corpus",
+            str(corpus),
+            "--vocab-size",
+            "300",
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+        ]
+    )
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["hidden_size"] == 32 and cfg["num_hidden_layers"] == 1
     assert not list(tmp_path.glob(".m.*")), "temp dir left behind"

@@ -1,4 +1,5 @@
 """`knowlm weights verify`: catches the directory problems that give garbage or crashes later."""
+
 import json
 import shutil
 

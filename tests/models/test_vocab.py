@@ -1,4 +1,5 @@
 """Vocabulary expansion: old text keeps its ids, new pieces shorten new text, model rows == tokenizer size."""
+
 from __future__ import annotations
 
 import json

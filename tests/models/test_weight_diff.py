@@ -1,4 +1,5 @@
 """diff / recover: KnowLM's tuned = raw + diff, streamed tensor by tensor with integrity checks."""
+
 import json
 import shutil
 
@@ -57,7 +58,9 @@ def test_diff_then_recover_round_trips_exactly_fp32(pair, tmp_path, capsys):
 def test_round_trip_fp16_within_tolerance(pair, tmp_path, small_cfg):
     from knowlm_ray.models.weight_diff import make_diff, recover
 
-    raw16 = save_checkpoint(tmp_path / "raw16", {k: v.half() for k, v in read_all(pair[0]).items()}, small_cfg, shards=2)
+    raw16 = save_checkpoint(
+        tmp_path / "raw16", {k: v.half() for k, v in read_all(pair[0]).items()}, small_cfg, shards=2
+    )
     g = torch.Generator().manual_seed(2)
     tuned16 = {k: (v.float() + 1e-3 * torch.randn(v.shape, generator=g)).half() for k, v in read_all(raw16).items()}
     save_checkpoint(tmp_path / "tuned16", tuned16, small_cfg, shards=2)
@@ -110,8 +113,11 @@ def test_wrong_base_is_refused(pair, tmp_path, small_cfg):
         recover(other, tmp_path / "diff", tmp_path / "out")
     bigger = llama_config(small_cfg.vocab_size, hidden=96)
     big = save_checkpoint(tmp_path / "big", random_state_dict(bigger, seed=0), bigger)
-    with pytest.raises(WeightsError, match=r"tensor \S+ has shape \[[\d, ]*64[\d, ]*\] in the diff but "
-                                           r"\[[\d, ]*96[\d, ]*\] in the raw model; .*\(and \d+ more\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"tensor \S+ has shape \[[\d, ]*64[\d, ]*\] in the diff but "
+        r"\[[\d, ]*96[\d, ]*\] in the raw model; .*\(and \d+ more\)",
+    ):
         recover(big, tmp_path / "diff", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

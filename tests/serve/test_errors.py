@@ -1,5 +1,6 @@
 """Error bodies and the machine-readable ``code``, without Ray: what the engine raises and what
 ``error_for`` makes of it. The same over real HTTP is in test_serve_http.py."""
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,19 @@ def _body(resp) -> dict:
 def test_error_body_has_a_code_only_when_given():
     assert error_body("bad") == {"error": {"message": "bad", "type": "invalid_request_error"}}
     assert error_body("long", code=CONTEXT_LENGTH_EXCEEDED)["error"] == {
-        "message": "long", "type": "invalid_request_error", "code": "context_length_exceeded"}
+        "message": "long",
+        "type": "invalid_request_error",
+        "code": "context_length_exceeded",
+    }
 
 
-@pytest.mark.parametrize("request_kw", [
-    {"instruction": "知识 " * 2000},  # the prompt alone fills the context
-    {"instruction": "x", "parameters": {"max_tokens": 100_000}},  # the answer could never fit
-])
+@pytest.mark.parametrize(
+    "request_kw",
+    [
+        {"instruction": "知识 " * 2000},  # the prompt alone fills the context
+        {"instruction": "x", "parameters": {"max_tokens": 100_000}},  # the answer could never fit
+    ],
+)
 def test_context_overflows_carry_their_code_to_the_400(engine, request_kw):
     with pytest.raises(RequestError) as info:
         engine.prepare(GenerateRequest.model_validate(request_kw))

@@ -1,5 +1,6 @@
 """Choosing Serve's HTTP front (knowlm_ray/serve/ingress.py): the environment it sets, and the
 clear errors when it cannot be set."""
+
 from __future__ import annotations
 
 import os
@@ -45,16 +46,29 @@ def test_attached_cluster_keeps_its_own_ingress(monkeypatch):
 def test_cli_rejects_ingress_for_a_running_cluster_in_one_line(tiny_model):
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}  # nothing listens there: no Ray is reached
     env.pop(HAPROXY_FLAG, None)
-    out = subprocess.run([sys.executable, "-m", "knowlm_ray.cli", "serve", "--model", str(tiny_model), "--ingress",
-                          "haproxy"], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "knowlm_ray.cli", "serve", "--model", str(tiny_model), "--ingress", "haproxy"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--ingress haproxy: attached to the Ray cluster at RAY_ADDRESS" in out.stderr
 
 
 def test_cli_set_rejects_unknown_app_options(tiny_model):
-    out = subprocess.run([sys.executable, "-m", "knowlm_ray.cli", "serve", "--model", str(tiny_model), "--set",
-                          "max_batch_sze=3"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "knowlm_ray.cli", "serve", "--model", str(tiny_model), "--set", "max_batch_sze=3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "max_batch_sze: unknown key" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "knowlm_ray.cli", "serve", "--model", str(tiny_model), "--set",
-                          "port=9"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "knowlm_ray.cli", "serve", "--model", str(tiny_model), "--set", "port=9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "--set port=...: use --port" in out.stderr and "Traceback" not in out.stderr

@@ -1,4 +1,5 @@
 """serve_configs/*.yaml against Ray Serve's own schema, and build_app's argument handling (no Ray)."""
+
 from __future__ import annotations
 
 import importlib
@@ -77,30 +78,40 @@ def test_lora_dirs_resolve_and_must_be_peft_dirs(tiny_model, lora_dirs, tmp_path
         build_app({"model": str(tiny_model), "loras": {tiny_model.name: str(lora_dirs["ie"])}})
 
 
-@pytest.mark.parametrize("args, match", [
-    ({"dtype": "float16"}, "float16 needs a GPU"),
-    ({"dtype": "float16", "device": "cpu", "num_gpus": 1}, "float16 needs a GPU"),
-    ({"device": "cuda"}, "device cuda needs num_gpus"),
-    ({"quantization": "int8", "dtype": "bfloat16"}, "set dtype float32"),
-    ({"quantization": "int8", "loras": {"ie": "x"}}, "LoRA adapters"),
-    ({"quantization": "int4"}, "quantization"),
-    ({"max_memory": {0: "10GiB"}, "num_gpus": 1}, "max_memory needs device_map"),
-    ({"device_map": "auto", "max_memory": {0: "10GiB", 2: "10GiB"}, "num_gpus": 2}, "names GPU 2"),
-    ({"device_map": "auto", "max_memory": {"gpu0": "10GiB"}, "num_gpus": 1}, "GPU index"),
-    ({"device_map": "auto", "max_memory": {0: "ten gigs"}, "num_gpus": 1}, "size like"),
-    ({"device_map": "everywhere"}, "device_map"),
-    ({"max_waiting_requests": 0}, "max_waiting_requests"),
-    ({"request_timeout_s": 0}, "request_timeout_s"),
-    ({"trust_remote_code": "yes"}, "trust_remote_code"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ({"dtype": "float16"}, "float16 needs a GPU"),
+        ({"dtype": "float16", "device": "cpu", "num_gpus": 1}, "float16 needs a GPU"),
+        ({"device": "cuda"}, "device cuda needs num_gpus"),
+        ({"quantization": "int8", "dtype": "bfloat16"}, "set dtype float32"),
+        ({"quantization": "int8", "loras": {"ie": "x"}}, "LoRA adapters"),
+        ({"quantization": "int4"}, "quantization"),
+        ({"max_memory": {0: "10GiB"}, "num_gpus": 1}, "max_memory needs device_map"),
+        ({"device_map": "auto", "max_memory": {0: "10GiB", 2: "10GiB"}, "num_gpus": 2}, "names GPU 2"),
+        ({"device_map": "auto", "max_memory": {"gpu0": "10GiB"}, "num_gpus": 1}, "GPU index"),
+        ({"device_map": "auto", "max_memory": {0: "ten gigs"}, "num_gpus": 1}, "size like"),
+        ({"device_map": "everywhere"}, "device_map"),
+        ({"max_waiting_requests": 0}, "max_waiting_requests"),
+        ({"request_timeout_s": 0}, "request_timeout_s"),
+        ({"trust_remote_code": "yes"}, "trust_remote_code"),
+    ],
+)
 def test_engine_and_device_args_are_checked_up_front(args, match):
     with pytest.raises(ValidationError, match=match):
         AppArgs.model_validate({"model": "m", **args})
 
 
 def test_multi_gpu_args_normalise():
-    cfg = AppArgs.model_validate({"model": "m", "num_gpus": 2, "device_map": "auto", "dtype": "float16",
-                                  "max_memory": {"0": "18GiB", 1: "18 GiB", "cpu": 2**34}})
+    cfg = AppArgs.model_validate(
+        {
+            "model": "m",
+            "num_gpus": 2,
+            "device_map": "auto",
+            "dtype": "float16",
+            "max_memory": {"0": "18GiB", 1: "18 GiB", "cpu": 2**34},
+        }
+    )
     assert cfg.max_memory == {0: "18GiB", 1: "18 GiB", "cpu": 2**34}
     assert not AppArgs.model_validate({"model": "m"}).trust_remote_code  # only when asked for
 
@@ -108,8 +119,11 @@ def test_multi_gpu_args_normalise():
 def test_deployment_options_carry_gpus_and_backpressure():
     from knowlm_ray.serve.app import deployment_options
 
-    opts = deployment_options(AppArgs.model_validate(
-        {"model": "m", "num_gpus": 2, "max_queued_requests": 5, "retry_after_s": 3, "num_replicas": 1}))
+    opts = deployment_options(
+        AppArgs.model_validate(
+            {"model": "m", "num_gpus": 2, "max_queued_requests": 5, "retry_after_s": 3, "num_replicas": 1}
+        )
+    )
     assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 2}
     assert opts["max_queued_requests"] == 5 and opts["backpressure_config"].retry_after_s == 3
     assert opts["num_replicas"] == 1 and opts["autoscaling_config"] is None
@@ -160,9 +174,11 @@ def test_every_serve_config_validates_with_serve_and_our_args(repo_root):
 
 
 def test_zhixi_configs_say_what_the_recipe_needs(repo_root):
-    z = AppArgs.model_validate(yaml.safe_load((repo_root / "serve_configs/zhixi.yaml").read_text())
-                               ["applications"][0]["args"])
+    z = AppArgs.model_validate(
+        yaml.safe_load((repo_root / "serve_configs/zhixi.yaml").read_text())["applications"][0]["args"]
+    )
     assert (z.quantization, z.num_gpus, z.device) == ("int8", 1, "cuda")
-    m = AppArgs.model_validate(yaml.safe_load((repo_root / "serve_configs/zhixi-multigpu.yaml").read_text())
-                               ["applications"][0]["args"])
+    m = AppArgs.model_validate(
+        yaml.safe_load((repo_root / "serve_configs/zhixi-multigpu.yaml").read_text())["applications"][0]["args"]
+    )
     assert (m.dtype, m.num_gpus, m.device_map, sorted(m.max_memory)) == ("float16", 2, "auto", [0, 1])

@@ -1,6 +1,7 @@
 """`knowlm serve --ingress haproxy`, started as a user starts it: a CLI process with its own Ray,
 Serve's HAProxy ingress in front of one replica. The same answers, streaming, errors and
 overload behaviour as behind Ray's Python proxy, and nothing left running after SIGTERM."""
+
 from __future__ import annotations
 
 import os
@@ -57,17 +58,34 @@ def _haproxy_ports(ray_pid: int) -> set[int]:
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     port = _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO),
-               # HAProxy's stats and metrics listeners have fixed default ports: free ones here
-               RAY_SERVE_HAPROXY_STATS_PORT=str(_free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()))
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="disabled",
+        PYTHONPATH=str(REPO),
+        # HAProxy's stats and metrics listeners have fixed default ports: free ones here
+        RAY_SERVE_HAPROXY_STATS_PORT=str(_free_port()),
+        RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()),
+    )
     env.pop("RAY_ADDRESS", None)
     log_path = tmp_path_factory.mktemp("haproxy") / "serve.log"
     log = open(log_path, "w")
-    limits = ["num_replicas=1", "max_batch_size=4", "max_waiting_requests=4", "max_ongoing_requests=8",
-              "max_queued_requests=4", "retry_after_s=1"]
+    limits = [
+        "num_replicas=1",
+        "max_batch_size=4",
+        "max_waiting_requests=4",
+        "max_ongoing_requests=8",
+        "max_queued_requests=4",
+        "retry_after_s=1",
+    ]
     cmd = [str(BIN / "knowlm"), "serve", "--model", str(tiny_model), "--port", str(port), "--ingress", "haproxy"]
-    proc = subprocess.Popen(cmd + [a for kv in limits for a in ("--set", kv)], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd + [a for kv in limits for a in ("--set", kv)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -110,10 +128,13 @@ def test_port_is_served_by_haproxy(server):
 
 def test_generate_equals_plain_transformers_and_errors_are_json(server, reference):
     base, _ = server
-    r = requests.post(f"{base}/generate", timeout=60, json={
-        "instruction": "介绍一下浙江大学", "parameters": {"max_tokens": 12}})
+    r = requests.post(
+        f"{base}/generate", timeout=60, json={"instruction": "介绍一下浙江大学", "parameters": {"max_tokens": 12}}
+    )
     assert r.status_code == 200, r.text
-    assert (r.json()["generated_text"], r.json()["num_output_tokens_cf"]) == reference("介绍一下浙江大学", max_tokens=12)
+    assert (r.json()["generated_text"], r.json()["num_output_tokens_cf"]) == reference(
+        "介绍一下浙江大学", max_tokens=12
+    )
     bad = requests.post(f"{base}/generate", data="{not json", timeout=10, headers={"content-type": "application/json"})
     assert 400 <= bad.status_code < 500 and set(bad.json()["error"]) == {"message", "type"}
 
@@ -125,8 +146,11 @@ def test_streaming_chat_through_haproxy(server, tiny_model):
     client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
     messages = [{"role": "user", "content": "你好"}]
     whole = client.chat.completions.create(model=tiny_model.name, messages=messages, max_tokens=10, temperature=0)
-    chunks = list(client.chat.completions.create(model=tiny_model.name, messages=messages, max_tokens=10, temperature=0,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=tiny_model.name, messages=messages, max_tokens=10, temperature=0, stream=True
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(chunks) >= 3 and text == whole.choices[0].message.content
 

@@ -1,5 +1,6 @@
 """The Serve app over real HTTP: started once for the module on a free port of the session's Ray,
 with two LoRA adapters (at most one held per replica), an API key and small overload limits."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ pytestmark = pytest.mark.slow
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-LIMITS = dict(max_batch_size=8, max_waiting_requests=8, max_ongoing_requests=16, max_queued_requests=8,
-              retry_after_s=1, request_timeout_s=60)
+LIMITS = dict(
+    max_batch_size=8,
+    max_waiting_requests=8,
+    max_ongoing_requests=16,
+    max_queued_requests=8,
+    retry_after_s=1,
+    request_timeout_s=60,
+)
 
 
 def _free_port() -> int:
@@ -32,8 +39,16 @@ def base_url(ray_local, tiny_model, lora_dirs):
 
     serve.shutdown()  # Serve keeps the port of its first start; another module may have left one
     t0 = time.perf_counter()
-    url = launch.start(str(tiny_model), loras={k: str(v) for k, v in lora_dirs.items()}, port=_free_port(),
-                       num_replicas=1, timeout_s=120, api_key=API_KEY, max_loras_per_replica=1, **LIMITS)
+    url = launch.start(
+        str(tiny_model),
+        loras={k: str(v) for k, v in lora_dirs.items()},
+        port=_free_port(),
+        num_replicas=1,
+        timeout_s=120,
+        api_key=API_KEY,
+        max_loras_per_replica=1,
+        **LIMITS,
+    )
     print(f"\nServe ready at {url} in {time.perf_counter() - t0:.1f}s")
     yield url
     launch.stop()
@@ -76,8 +91,11 @@ def test_healthz_is_open(base_url, tiny_model):
 
 
 def test_generate_equals_plain_transformers(base_url, reference):
-    body = {"instruction": "请从下面的句子中抽取实体。", "input": "浙江大学位于浙江省杭州市。",
-            "parameters": {"max_tokens": 16}}
+    body = {
+        "instruction": "请从下面的句子中抽取实体。",
+        "input": "浙江大学位于浙江省杭州市。",
+        "parameters": {"max_tokens": 16},
+    }
     t0 = time.perf_counter()
     r = _post(base_url, body)
     print(f"\n/generate 16 tokens: {1000 * (time.perf_counter() - t0):.0f} ms")
@@ -87,8 +105,7 @@ def test_generate_equals_plain_transformers(base_url, reference):
 
 
 def test_knowlm_style_beams_and_penalty_equal_plain_transformers(base_url, reference):
-    params = {"temperature": 0.2, "do_sample": False, "num_beams": 2, "repetition_penalty": 1.3,
-              "max_tokens": 8}
+    params = {"temperature": 0.2, "do_sample": False, "num_beams": 2, "repetition_penalty": 1.3, "max_tokens": 8}
     r = _post(base_url, {"instruction": "Name the capital of France.", "parameters": params})
     assert r.status_code == 200, r.text
     text, n = reference("Name the capital of France.", num_beams=2, repetition_penalty=1.3, max_tokens=8)
@@ -96,8 +113,13 @@ def test_knowlm_style_beams_and_penalty_equal_plain_transformers(base_url, refer
 
 
 def test_concurrent_requests_all_succeed_and_match(base_url, reference):
-    bodies = [{"instruction": f"Question {i}: what is a knowledge graph?" + " Explain." * i,
-               "parameters": {"max_tokens": 4 + i}} for i in range(8)]
+    bodies = [
+        {
+            "instruction": f"Question {i}: what is a knowledge graph?" + " Explain." * i,
+            "parameters": {"max_tokens": 4 + i},
+        }
+        for i in range(8)
+    ]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda b: _post(base_url, b), bodies))
@@ -109,23 +131,27 @@ def test_concurrent_requests_all_succeed_and_match(base_url, reference):
 
 
 def test_bad_json_is_a_400_with_the_error_shape(base_url):
-    r = requests.post(f"{base_url}/generate", data="{not json", timeout=10,
-                      headers={"content-type": "application/json", **AUTH})
+    r = requests.post(
+        f"{base_url}/generate", data="{not json", timeout=10, headers={"content-type": "application/json", **AUTH}
+    )
     _assert_error(r, (400, 400), "JSON")
     _assert_error(_post(base_url, ["a list"]))
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"input": "x"}, "instruction"),
-    ({"instruction": ""}, "instruction"),
-    ({"instruction": 42}, "instruction"),
-    ({"instruction": "x", "parameters": {"temperature": 3.0}}, "parameters.temperature"),
-    ({"instruction": "x", "parameters": {"max_tokens": "many"}}, "parameters.max_tokens"),
-    ({"instruction": "x", "parameters": {"num_beams": 20}}, "parameters.num_beams"),
-    ({"instruction": "x", "stream": True}, "stream"),
-    ({"instruction": "x", "parameters": {"best_of": 2}}, "parameters.best_of"),
-    ({"instruction": "x", "model": 3}, "model"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"input": "x"}, "instruction"),
+        ({"instruction": ""}, "instruction"),
+        ({"instruction": 42}, "instruction"),
+        ({"instruction": "x", "parameters": {"temperature": 3.0}}, "parameters.temperature"),
+        ({"instruction": "x", "parameters": {"max_tokens": "many"}}, "parameters.max_tokens"),
+        ({"instruction": "x", "parameters": {"num_beams": 20}}, "parameters.num_beams"),
+        ({"instruction": "x", "stream": True}, "stream"),
+        ({"instruction": "x", "parameters": {"best_of": 2}}, "parameters.best_of"),
+        ({"instruction": "x", "model": 3}, "model"),
+    ],
+)
 def test_invalid_requests_name_the_field(base_url, body, field):
     _assert_error(_post(base_url, body), mentions=field)
 
@@ -135,12 +161,17 @@ def test_prompt_beyond_context_is_a_400_with_code_context_length_exceeded(base_u
 
     over = dict(status_range=(400, 400), code="context_length_exceeded")
     _assert_error(_post(base_url, {"instruction": "知识 " * 2000}), mentions="context", **over)
-    _assert_error(_post(base_url, {"instruction": "x", "parameters": {"max_tokens": 100_000}}),
-                  mentions="max_tokens", **over)
-    _assert_error(_post(base_url, {"prompt": "知识 " * 2000, "max_tokens": 4}, "/v1/completions"),
-                  mentions="context", **over)
-    _assert_error(_post(base_url, {"messages": [{"role": "user", "content": "知识 " * 2000}]},
-                        "/v1/chat/completions"), mentions="context", **over)
+    _assert_error(
+        _post(base_url, {"instruction": "x", "parameters": {"max_tokens": 100_000}}), mentions="max_tokens", **over
+    )
+    _assert_error(
+        _post(base_url, {"prompt": "知识 " * 2000, "max_tokens": 4}, "/v1/completions"), mentions="context", **over
+    )
+    _assert_error(
+        _post(base_url, {"messages": [{"role": "user", "content": "知识 " * 2000}]}, "/v1/chat/completions"),
+        mentions="context",
+        **over,
+    )
     with pytest.raises(openai.BadRequestError) as info:  # a stock client reads it as OpenAI's
         client.completions.create(model=reference_model(client), prompt="x", max_tokens=100_000)
     assert info.value.code == "context_length_exceeded"
@@ -160,8 +191,9 @@ def reference_model(client) -> str:
 
 
 def test_openai_completions_equal_plain_transformers(client, reference):
-    out = client.completions.create(model=reference_model(client), prompt="浙江大学位于", max_tokens=12,
-                                    temperature=0, n=2)
+    out = client.completions.create(
+        model=reference_model(client), prompt="浙江大学位于", max_tokens=12, temperature=0, n=2
+    )
     text, n = reference.raw("浙江大学位于", max_tokens=12)
     assert [c.text for c in out.choices] == [text, text] and [c.index for c in out.choices] == [0, 1]
     assert out.usage.completion_tokens == 2 * n
@@ -170,8 +202,12 @@ def test_openai_completions_equal_plain_transformers(client, reference):
 
 
 def test_openai_chat_equals_generate(client, base_url):
-    chat = client.chat.completions.create(model=reference_model(client), max_tokens=16, temperature=0,
-                                          messages=[{"role": "user", "content": "介绍一下浙江大学"}])
+    chat = client.chat.completions.create(
+        model=reference_model(client),
+        max_tokens=16,
+        temperature=0,
+        messages=[{"role": "user", "content": "介绍一下浙江大学"}],
+    )
     gen = _post(base_url, {"instruction": "介绍一下浙江大学", "parameters": {"max_tokens": 16}}).json()
     assert chat.choices[0].message.content == gen["generated_text"]
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == gen["num_output_tokens_cf"]
@@ -180,15 +216,28 @@ def test_openai_chat_equals_generate(client, base_url):
 def test_streamed_text_equals_non_streamed(client):
     model = reference_model(client)
     full = client.completions.create(model=model, prompt="The capital of France is", max_tokens=20, temperature=0)
-    chunks = list(client.completions.create(model=model, prompt="The capital of France is", max_tokens=20,
-                                            temperature=0, stream=True))
+    chunks = list(
+        client.completions.create(
+            model=model, prompt="The capital of France is", max_tokens=20, temperature=0, stream=True
+        )
+    )
     assert len(chunks) > 3 and "".join(c.choices[0].text for c in chunks) == full.choices[0].text
     assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
 
-    msgs = [{"role": "system", "content": "你是知识抽取助手。"}, {"role": "user", "content": "抽取实体：浙江大学位于杭州。"}]
+    msgs = [
+        {"role": "system", "content": "你是知识抽取助手。"},
+        {"role": "user", "content": "抽取实体：浙江大学位于杭州。"},
+    ]
     full = client.chat.completions.create(model=model, messages=msgs, max_tokens=20, temperature=0)
-    stream = client.chat.completions.create(model=model, messages=msgs, max_tokens=20, temperature=0, n=2,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=model,
+        messages=msgs,
+        max_tokens=20,
+        temperature=0,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     texts, usage = {0: "", 1: ""}, None
     for c in stream:
         if c.usage is not None:
@@ -200,8 +249,12 @@ def test_streamed_text_equals_non_streamed(client):
 
 
 def test_sse_wire_format(base_url):
-    r = _post(base_url, {"prompt": "浙江大学", "max_tokens": 4, "temperature": 0, "stream": True},
-              "/v1/completions", stream=True)
+    r = _post(
+        base_url,
+        {"prompt": "浙江大学", "max_tokens": 4, "temperature": 0, "stream": True},
+        "/v1/completions",
+        stream=True,
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = [e for e in r.text.split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
@@ -212,32 +265,45 @@ def test_stop_strings_cut_the_text(client):
     model = reference_model(client)
     full = client.completions.create(model=model, prompt="浙江大学位于", max_tokens=24, temperature=0).choices[0]
     stop = full.text[5:7]
-    cut = full.text[:full.text.find(stop)]
-    out = client.completions.create(model=model, prompt="浙江大学位于", max_tokens=24, temperature=0,
-                                    stop=[stop, "never-appears"]).choices[0]
+    cut = full.text[: full.text.find(stop)]
+    out = client.completions.create(
+        model=model, prompt="浙江大学位于", max_tokens=24, temperature=0, stop=[stop, "never-appears"]
+    ).choices[0]
     assert (out.text, out.finish_reason) == (cut, "stop")
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=model, prompt="浙江大学位于", max_tokens=24, temperature=0, stop=stop, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=model, prompt="浙江大学位于", max_tokens=24, temperature=0, stop=stop, stream=True
+        )
+    )
     assert streamed == cut
 
 
 def test_sampling_parameters_are_accepted(client):
-    out = client.completions.create(model=reference_model(client), prompt="浙江", max_tokens=6,
-                                    temperature=0.9, top_p=0.8, n=3)
+    out = client.completions.create(
+        model=reference_model(client), prompt="浙江", max_tokens=6, temperature=0.9, top_p=0.8, n=3
+    )
     assert len(out.choices) == 3 and all(c.finish_reason in ("stop", "length") for c in out.choices)
 
 
-@pytest.mark.parametrize("route, body, status, mentions", [
-    ("/v1/chat/completions", {"messages": []}, 422, "messages"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
-     400, "last message"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}], "logprobs": True}, 400, "logprobs"),
-    ("/v1/completions", {"prompt": "x", "temperature": 3}, 422, "temperature"),
-    ("/v1/completions", {"prompt": "x", "n": 0}, 422, "n"),
-    ("/v1/completions", {"prompt": "x", "echo": True}, 400, "echo"),
-    ("/v1/completions", {"prompt": "x", "tools": []}, 422, "tools"),
-    ("/v1/completions", {"max_tokens": 3}, 422, "prompt"),
-])
+@pytest.mark.parametrize(
+    "route, body, status, mentions",
+    [
+        ("/v1/chat/completions", {"messages": []}, 422, "messages"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            400,
+            "last message",
+        ),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}], "logprobs": True}, 400, "logprobs"),
+        ("/v1/completions", {"prompt": "x", "temperature": 3}, 422, "temperature"),
+        ("/v1/completions", {"prompt": "x", "n": 0}, 422, "n"),
+        ("/v1/completions", {"prompt": "x", "echo": True}, 400, "echo"),
+        ("/v1/completions", {"prompt": "x", "tools": []}, 422, "tools"),
+        ("/v1/completions", {"max_tokens": 3}, 422, "prompt"),
+    ],
+)
 def test_malformed_openai_requests(base_url, route, body, status, mentions):
     _assert_error(_post(base_url, body, route), (status, status), mentions)
 
@@ -248,8 +314,10 @@ def test_adapter_chosen_per_request_equals_peft(client, base_url, tiny_model, lo
 
     body = {"instruction": "请抽取实体。", "input": "浙江大学位于杭州。", "parameters": {"max_tokens": 12}}
     base = _post(base_url, body).json()
-    want = {name: reference_cls(tiny_model, lora_dirs[name]).raw(build_prompt(body["instruction"], body["input"]), 12)
-            for name in ("ie", "other")}
+    want = {
+        name: reference_cls(tiny_model, lora_dirs[name]).raw(build_prompt(body["instruction"], body["input"]), 12)
+        for name in ("ie", "other")
+    }
     # interleaved and concurrent: grouped per adapter in a batch, one adapter held at a time (LRU 1)
     asks = [("ie", "model"), (None, None), ("other", "adapter"), ("ie", "adapter"), ("other", "model")] * 2
     with ThreadPoolExecutor(5) as pool:
@@ -260,11 +328,17 @@ def test_adapter_chosen_per_request_equals_peft(client, base_url, tiny_model, lo
         assert got == (want[name] if name else (base["generated_text"], base["num_output_tokens_cf"]))
     assert want["ie"] != want["other"] and want["ie"][0] != base["generated_text"]
     assert (base["generated_text"], base["num_output_tokens_cf"]) == reference(body["instruction"], body["input"], 12)
-    chat = client.chat.completions.create(model=f"{tiny_model.name}:ie", max_tokens=12, temperature=0,
-                                          messages=[{"role": "user", "content": "请抽取实体。"}])
+    chat = client.chat.completions.create(
+        model=f"{tiny_model.name}:ie",
+        max_tokens=12,
+        temperature=0,
+        messages=[{"role": "user", "content": "请抽取实体。"}],
+    )
     assert chat.model == f"{tiny_model.name}:ie"
-    assert chat.choices[0].message.content == reference_cls(tiny_model, lora_dirs["ie"]).raw(
-        build_prompt("请抽取实体。"), 12)[0]
+    assert (
+        chat.choices[0].message.content
+        == reference_cls(tiny_model, lora_dirs["ie"]).raw(build_prompt("请抽取实体。"), 12)[0]
+    )
 
 
 def test_unknown_models_are_404_and_never_paths(client, base_url):
@@ -290,21 +364,28 @@ def test_api_key_is_required_except_for_healthz(base_url):
 
 def test_request_timeout_is_a_504_and_stops_the_work(base_url):
     t0 = time.perf_counter()
-    r = _post(base_url, {"instruction": "x", "parameters": {"max_tokens": 900}},
-              headers={"X-KnowLM-Timeout-S": "0.3"})
+    r = _post(base_url, {"instruction": "x", "parameters": {"max_tokens": 900}}, headers={"X-KnowLM-Timeout-S": "0.3"})
     _assert_error(r, (504, 504), "timed out", type="timeout_error")
     assert time.perf_counter() - t0 < 10
     # greedy: OpenAI's default temperature 1.0 samples, and a sampled EOS first ends the stream early
-    r = _post(base_url, {"prompt": "浙江大学", "max_tokens": 900, "temperature": 0, "stream": True}, "/v1/completions",
-              headers={"X-KnowLM-Timeout-S": "0.3"})
+    r = _post(
+        base_url,
+        {"prompt": "浙江大学", "max_tokens": 900, "temperature": 0, "stream": True},
+        "/v1/completions",
+        headers={"X-KnowLM-Timeout-S": "0.3"},
+    )
     assert r.status_code == 200 and '"timeout_error"' in r.text and r.text.endswith("data: [DONE]\n\n")
     _assert_error(_post(base_url, {"instruction": "x"}, headers={"X-KnowLM-Timeout-S": "soon"}), (400, 400))
 
 
 def test_client_disconnect_cancels_a_stream(base_url, handle):
     before = handle.get_stats.remote().result()["runner"]["cancelled"]
-    r = _post(base_url, {"prompt": "浙江大学", "max_tokens": 900, "temperature": 0, "stream": True},
-              "/v1/completions", stream=True)
+    r = _post(
+        base_url,
+        {"prompt": "浙江大学", "max_tokens": 900, "temperature": 0, "stream": True},
+        "/v1/completions",
+        stream=True,
+    )
     lines = r.iter_lines()
     assert next(line for line in lines if line).startswith(b"data: ")
     r.close()  # hang up mid-stream
@@ -332,10 +413,15 @@ def test_overload_burst_gets_only_200s_and_503s(base_url):
         answers = list(pool.map(call, range(48)))
     wall = time.perf_counter() - t0
     codes = [getattr(r, "status_code", r) for r in answers]
-    ours = sum(1 for r in answers if getattr(r, "status_code", 0) == 503
-               and r.headers.get("content-type", "").startswith("application/json"))
-    print(f"\noverload burst of 48: {codes.count(200)} x 200, {codes.count(503)} x 503 "
-          f"({ours} from the replica's queue bound, the rest Serve's), {wall:.1f}s")
+    ours = sum(
+        1
+        for r in answers
+        if getattr(r, "status_code", 0) == 503 and r.headers.get("content-type", "").startswith("application/json")
+    )
+    print(
+        f"\noverload burst of 48: {codes.count(200)} x 200, {codes.count(503)} x 503 "
+        f"({ours} from the replica's queue bound, the rest Serve's), {wall:.1f}s"
+    )
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) >= 8 and codes.count(503) >= 1
     for r in answers:
@@ -346,10 +432,13 @@ def test_overload_burst_gets_only_200s_and_503s(base_url):
 
 
 def test_generate_texts_seam_for_extract(handle, reference):
-    texts = handle.generate_texts.remote([("请抽取实体。", "浙江大学位于杭州。"), ("Name the capital of France.", "")],
-                                         {"max_tokens": 10}).result()
-    assert texts == [reference("请抽取实体。", "浙江大学位于杭州。", max_tokens=10)[0],
-                     reference("Name the capital of France.", max_tokens=10)[0]]
+    texts = handle.generate_texts.remote(
+        [("请抽取实体。", "浙江大学位于杭州。"), ("Name the capital of France.", "")], {"max_tokens": 10}
+    ).result()
+    assert texts == [
+        reference("请抽取实体。", "浙江大学位于杭州。", max_tokens=10)[0],
+        reference("Name the capital of France.", max_tokens=10)[0],
+    ]
 
 
 def test_metrics_count_routes_statuses_tokens_and_queue(handle, tiny_model):
@@ -376,8 +465,13 @@ def test_extract_equals_local_plan_generate_assemble(base_url, reference):
     from knowlm_ray.ie.extract import assemble, plan_extraction
 
     text = "启航科技总部位于青岚市，创始人是李明。"
-    body = {"task": "ner", "text": text, "schema": ["人物", "组织机构", "地理位置"], "lang": "zh",
-            "parameters": {"max_tokens": 12}}
+    body = {
+        "task": "ner",
+        "text": text,
+        "schema": ["人物", "组织机构", "地理位置"],
+        "lang": "zh",
+        "parameters": {"max_tokens": 12},
+    }
     r = _post(base_url, body, route="/extract", timeout=120)
     assert r.status_code == 200, r.text
     got = r.json()
@@ -387,14 +481,17 @@ def test_extract_equals_local_plan_generate_assemble(base_url, reference):
     assert {"id", "text", "entities", "relations", "events", "raw"} <= set(got)
 
 
-@pytest.mark.parametrize("body, status, mentions", [
-    ({"task": "xx", "text": "a", "schema": ["人物"]}, 400, "task"),
-    ({"task": "ner", "text": "   ", "schema": ["人物"]}, 400, "text"),
-    ({"task": "ner", "text": "李明在青岚市。"}, 400, "schema"),
-    ({"task": "ner", "text": "李明。", "schema": ["人物"], "colour": 1}, 400, "colour"),
-    ({"task": "ner", "text": "李明。", "schema": ["人物"], "parameters": {"temperature": 9}}, 400, "temperature"),
-    ({"task": "ner", "text": "李明。", "schema": ["人物"], "model": "nope"}, 404, "nope"),
-])
+@pytest.mark.parametrize(
+    "body, status, mentions",
+    [
+        ({"task": "xx", "text": "a", "schema": ["人物"]}, 400, "task"),
+        ({"task": "ner", "text": "   ", "schema": ["人物"]}, 400, "text"),
+        ({"task": "ner", "text": "李明在青岚市。"}, 400, "schema"),
+        ({"task": "ner", "text": "李明。", "schema": ["人物"], "colour": 1}, 400, "colour"),
+        ({"task": "ner", "text": "李明。", "schema": ["人物"], "parameters": {"temperature": 9}}, 400, "temperature"),
+        ({"task": "ner", "text": "李明。", "schema": ["人物"], "model": "nope"}, 404, "nope"),
+    ],
+)
 def test_extract_rejects_bad_requests_naming_the_field(base_url, body, status, mentions):
     r = _post(base_url, body, route="/extract")
     assert r.status_code == status, r.text
@@ -402,8 +499,9 @@ def test_extract_rejects_bad_requests_naming_the_field(base_url, body, status, m
 
 
 def test_extract_bad_json_is_a_400(base_url):
-    r = requests.post(f"{base_url}/extract", data="{oops", timeout=30,
-                      headers={**AUTH, "content-type": "application/json"})
+    r = requests.post(
+        f"{base_url}/extract", data="{oops", timeout=30, headers={**AUTH, "content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
@@ -414,8 +512,12 @@ def test_dynamic_batching_app_answers_the_same(base_url, tiny_model, reference):
     from knowlm_ray.serve.app import build_app
 
     assert serve.get_app_handle("knowlm").get_stats.remote().result()["batching"] == "continuous"
-    serve.run(build_app({"model": str(tiny_model), "batching": "dynamic", "num_replicas": 1, "api_key": API_KEY,
-                         **LIMITS}), name="dynamic", route_prefix="/dynamic", blocking=False)
+    serve.run(
+        build_app({"model": str(tiny_model), "batching": "dynamic", "num_replicas": 1, "api_key": API_KEY, **LIMITS}),
+        name="dynamic",
+        route_prefix="/dynamic",
+        blocking=False,
+    )
     try:
         url = f"{base_url}/dynamic"
         from knowlm_ray.serve.launch import wait_ready
@@ -427,7 +529,8 @@ def test_dynamic_batching_app_answers_the_same(base_url, tiny_model, reference):
         for body, r in zip(bodies, responses):
             assert r.status_code == 200, r.text
             assert (r.json()["generated_text"], r.json()["num_output_tokens_cf"]) == reference(
-                body["instruction"], max_tokens=body["parameters"]["max_tokens"])
+                body["instruction"], max_tokens=body["parameters"]["max_tokens"]
+            )
         assert serve.get_app_handle("dynamic").get_stats.remote().result()["batching"] == "dynamic"
     finally:
         serve.delete("dynamic")

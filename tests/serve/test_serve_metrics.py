@@ -1,4 +1,5 @@
 """The ASGI middleware (bearer token, per-route metrics) and the metric tallies, without Ray."""
+
 from __future__ import annotations
 
 import pytest

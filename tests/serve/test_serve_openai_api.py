@@ -1,4 +1,5 @@
 """OpenAI-compatible request schemas, chat rendering and model names, without Ray."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,7 @@ from knowlm_ray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 
 def _chat(*messages):
-    return ChatCompletionRequest.model_validate(
-        {"messages": [{"role": r, "content": c} for r, c in messages]}).messages
+    return ChatCompletionRequest.model_validate({"messages": [{"role": r, "content": c} for r, c in messages]}).messages
 
 
 def test_one_user_message_gives_the_generate_prompt():
@@ -25,16 +25,20 @@ def test_system_joins_the_instruction_and_history_chains_alpaca_blocks():
     msgs = _chat(("system", "你是知识抽取助手。"), ("user", "Q1"), ("assistant", "A1"), ("user", "Q2"))
     assert render_chat(msgs) == (build_prompt("你是知识抽取助手。\n\nQ1") + "A1\n\n" + build_prompt("Q2"))
     parts = ChatCompletionRequest.model_validate(
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}
+    )
     assert render_chat(parts.messages) == build_prompt("ab")
 
 
-@pytest.mark.parametrize("messages, match", [
-    ((("user", "q"), ("assistant", "a")), "last message must be from the user"),
-    ((("assistant", "a"), ("user", "q")), "before any user message"),
-    ((("system", "s"),), "last message must be from the user"),
-    ((("user", "  "),), "empty"),
-])
+@pytest.mark.parametrize(
+    "messages, match",
+    [
+        ((("user", "q"), ("assistant", "a")), "last message must be from the user"),
+        ((("assistant", "a"), ("user", "q")), "before any user message"),
+        ((("system", "s"),), "last message must be from the user"),
+        ((("user", "  "),), "empty"),
+    ],
+)
 def test_unanswerable_conversations_are_request_errors(messages, match):
     with pytest.raises(RequestError, match=match):
         render_chat(_chat(*messages))
@@ -58,8 +62,12 @@ def test_models_list_has_base_then_adapters():
 
 
 def test_usage_counts_prompts_once_and_every_choice():
-    r = [GenerationResult("a", 3, 10, "stop"), GenerationResult("b", 4, 10, "length"),
-         GenerationResult("c", 5, 7, "length"), GenerationResult("d", 1, 7, "stop")]
+    r = [
+        GenerationResult("a", 3, 10, "stop"),
+        GenerationResult("b", 4, 10, "length"),
+        GenerationResult("c", 5, 7, "length"),
+        GenerationResult("d", 1, 7, "stop"),
+    ]
     assert oai.usage(r, n=2) == {"prompt_tokens": 17, "completion_tokens": 13, "total_tokens": 30}
     body = oai.completion_body("cmpl-1", 0, "tiny", r, 2)
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
@@ -72,41 +80,62 @@ def test_openai_defaults():
     chat = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}]})
     assert chat.max_new_tokens == 128 and chat.generation_params(128).sampling
     both = ChatCompletionRequest.model_validate(
-        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 7})
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 7}
+    )
     assert both.max_new_tokens == 7
     assert CompletionRequest(prompt="x", stop="###").stop_list == ("###",)
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": 3}, "prompt"),
-    ({"prompt": "x", "n": 0}, "n"), ({"prompt": "x", "n": 9}, "n"),
-    ({"prompt": "x", "temperature": 2.5}, "temperature"), ({"prompt": "x", "top_p": 0}, "top_p"),
-    ({"prompt": "x", "max_tokens": 0}, "max_tokens"), ({"prompt": "x", "stop": ["a"] * 5}, "stop"),
-    ({"prompt": "x", "stop": [""]}, "stop"), ({"prompt": "x", "stream": "yes"}, "stream"),
-    ({"prompt": "x", "functions": []}, "functions"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": 3}, "prompt"),
+        ({"prompt": "x", "n": 0}, "n"),
+        ({"prompt": "x", "n": 9}, "n"),
+        ({"prompt": "x", "temperature": 2.5}, "temperature"),
+        ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "stop": ["a"] * 5}, "stop"),
+        ({"prompt": "x", "stop": [""]}, "stop"),
+        ({"prompt": "x", "stream": "yes"}, "stream"),
+        ({"prompt": "x", "functions": []}, "functions"),
+    ],
+)
 def test_bad_completion_bodies_name_the_field(body, field):
     with pytest.raises(ValidationError) as err:
         CompletionRequest.model_validate(body)
     assert err.value.errors()[0]["loc"][0] == field
 
 
-@pytest.mark.parametrize("body, mentions", [
-    ({"prompt": "x", "echo": True}, "echo"), ({"prompt": "x", "logprobs": 2}, "logprobs"),
-    ({"prompt": "x", "best_of": 3}, "best_of"), ({"prompt": "x", "presence_penalty": 0.5}, "repetition_penalty"),
-    ({"prompt": "x", "seed": 3}, "seed"), ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream"),
-])
+@pytest.mark.parametrize(
+    "body, mentions",
+    [
+        ({"prompt": "x", "echo": True}, "echo"),
+        ({"prompt": "x", "logprobs": 2}, "logprobs"),
+        ({"prompt": "x", "best_of": 3}, "best_of"),
+        ({"prompt": "x", "presence_penalty": 0.5}, "repetition_penalty"),
+        ({"prompt": "x", "seed": 3}, "seed"),
+        ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream"),
+    ],
+)
 def test_fields_that_cannot_be_honoured_are_named(body, mentions):
     assert mentions in CompletionRequest.model_validate(body).unsupported()
     assert CompletionRequest.model_validate({"prompt": "x", "seed": 3, "temperature": 0}).unsupported() is None
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "messages"), ({"messages": []}, "messages"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
-    ({"messages": [{"role": "user"}]}, "messages"),
-    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+    ],
+)
 def test_bad_chat_bodies_name_the_field(body, field):
     with pytest.raises(ValidationError) as err:
         ChatCompletionRequest.model_validate(body)

@@ -1,5 +1,6 @@
 """The request runner without Ray: bounded waiting line, deadlines, cancellation, streaming —
 over both batchers (one job at a time through the grouped path, and the continuous batcher)."""
+
 from __future__ import annotations
 
 import asyncio

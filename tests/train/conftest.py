@@ -1,4 +1,5 @@
 """Helpers for the training tests: tiny Arrow shards written here (no dependency on knowlm_ray.corpus)."""
+
 from __future__ import annotations
 
 import json
@@ -9,20 +10,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_shards(out_dir: Path, rows: list[list[int]], per_shard: int = 50,
-                 labels: list[list[int]] | None = None) -> Path:
+def write_shards(
+    out_dir: Path, rows: list[list[int]], per_shard: int = 50, labels: list[list[int]] | None = None
+) -> Path:
     """Arrow IPC *file* shards ``out_dir/shards/part-NNNNN.arrow`` like the corpus pipeline writes."""
     import pyarrow as pa
 
     shards = out_dir / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     for k, start in enumerate(range(0, len(rows), per_shard)):
-        chunk = rows[start:start + per_shard]
-        cols = {"input_ids": pa.array(chunk, type=pa.list_(pa.int32())),
-                "doc_id": [f"d{start + i}" for i in range(len(chunk))],
-                "source": ["test"] * len(chunk)}
+        chunk = rows[start : start + per_shard]
+        cols = {
+            "input_ids": pa.array(chunk, type=pa.list_(pa.int32())),
+            "doc_id": [f"d{start + i}" for i in range(len(chunk))],
+            "source": ["test"] * len(chunk),
+        }
         if labels is not None:
-            cols["labels"] = pa.array(labels[start:start + per_shard], type=pa.list_(pa.int32()))
+            cols["labels"] = pa.array(labels[start : start + per_shard], type=pa.list_(pa.int32()))
         table = pa.table(cols)
         with pa.ipc.new_file(str(shards / f"part-{k:05d}.arrow"), table.schema) as w:
             w.write_table(table)

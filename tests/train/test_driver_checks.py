@@ -1,4 +1,5 @@
 """User mistakes are caught on the driver with one clear message, before any Ray worker starts."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,11 @@ def test_pretrain_names_the_bad_path(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="not a Hugging Face model dir"):
         pretrain.check_inputs(PretrainConfig(model=str(tmp_path), data=str(tmp_path)))
     with pytest.raises(ConfigError, match=r"train_batch_size.*9 != 4 \* 1 \* 2"):
-        pretrain.check_inputs(PretrainConfig(model=str(tiny_model), data=str(tmp_path),
-                                             deepspeed={"preset": "zero3", "train_batch_size": 9}))
+        pretrain.check_inputs(
+            PretrainConfig(
+                model=str(tiny_model), data=str(tmp_path), deepspeed={"preset": "zero3", "train_batch_size": 9}
+            )
+        )
 
 
 def test_lora_rejects_data_that_teaches_nothing(tiny_model, tmp_path):

@@ -1,11 +1,17 @@
 """DeepSpeed presets: filled from the job config, validated by DeepSpeed itself before workers start."""
+
 from __future__ import annotations
 
 import pytest
 
 from knowlm_ray.config import FinetuneConfig, PretrainConfig
-from knowlm_ray.train.deepspeed_presets import (DeepSpeedConfigError, build_ds_config, resolve_preset,
-                                                validate_ds_config, zero_stage)
+from knowlm_ray.train.deepspeed_presets import (
+    DeepSpeedConfigError,
+    build_ds_config,
+    resolve_preset,
+    validate_ds_config,
+    zero_stage,
+)
 
 
 def cfg(**kw):
@@ -32,12 +38,18 @@ def test_zero2_and_ddp_presets():
 
 
 def test_preset_with_overrides_and_full_dict():
-    ds = build_ds_config(cfg(deepspeed={"preset": "zero3",
-                                        "zero_optimization": {"stage3_param_persistence_threshold": 0}}), 2)
+    ds = build_ds_config(
+        cfg(deepspeed={"preset": "zero3", "zero_optimization": {"stage3_param_persistence_threshold": 0}}), 2
+    )
     assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 0
     assert ds["zero_optimization"]["overlap_comm"] is True  # the rest of the preset is kept
-    full = build_ds_config(cfg(deepspeed={"zero_optimization": {"stage": 1}, "train_batch_size": "auto",
-                                          "gradient_clipping": "auto"}, micro_batch_size=2), 4)
+    full = build_ds_config(
+        cfg(
+            deepspeed={"zero_optimization": {"stage": 1}, "train_batch_size": "auto", "gradient_clipping": "auto"},
+            micro_batch_size=2,
+        ),
+        4,
+    )
     assert full["train_batch_size"] == 8 and full["gradient_clipping"] == 1.0
     validate_ds_config(full, 4)
     no_clip = build_ds_config(cfg(deepspeed={"gradient_clipping": "auto"}, max_grad_norm=0), 1)
@@ -68,8 +80,15 @@ def test_zero3_preset_is_knowlms_block_with_auto_sizes_from_the_model(tiny_model
     assert zero["reduce_bucket_size"] == hidden * hidden
     assert zero["stage3_prefetch_bucket_size"] == int(0.9 * hidden * hidden)
     assert zero["stage3_param_persistence_threshold"] == 10 * hidden
-    for key in ("stage", "overlap_comm", "contiguous_gradients", "sub_group_size", "stage3_max_live_parameters",
-                "stage3_max_reuse_distance", "stage3_gather_16bit_weights_on_model_save"):
+    for key in (
+        "stage",
+        "overlap_comm",
+        "contiguous_gradients",
+        "sub_group_size",
+        "stage3_max_live_parameters",
+        "stage3_max_reuse_distance",
+        "stage3_gather_16bit_weights_on_model_save",
+    ):
         assert zero[key] == KNOWLM_ZERO3[key], key
 
 
@@ -79,14 +98,23 @@ def test_zero3_preset_is_knowlms_block_with_auto_sizes_from_the_model(tiny_model
 def test_gpu_configs_validate_without_a_gpu(preset, precision, offload):
     from knowlm_ray.train.deepspeed_presets import KNOWLM_FP16
 
-    c = cfg(deepspeed=preset, use_gpu=True, precision=precision, offload_optimizer=offload,
-            offload_param=offload and preset == "zero3", micro_batch_size=2, grad_accum=2)
+    c = cfg(
+        deepspeed=preset,
+        use_gpu=True,
+        precision=precision,
+        offload_optimizer=offload,
+        offload_param=offload and preset == "zero3",
+        micro_batch_size=2,
+        grad_accum=2,
+    )
     ds = build_ds_config(c, 8)
     validate_ds_config(ds, 8)
     assert ds["train_batch_size"] == 32
     # GPU: DeepSpeed's own AdamW (FusedAdam; DeepSpeedCPUAdam when the optimizer is offloaded)
-    assert ds["optimizer"] == {"type": "AdamW", "params": {"lr": c.lr, "betas": [0.9, 0.95], "eps": 1e-8,
-                                                           "weight_decay": 0.1}}
+    assert ds["optimizer"] == {
+        "type": "AdamW",
+        "params": {"lr": c.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1},
+    }
     assert ds.get("fp16", {}).get("enabled", False) == (precision == "fp16")
     assert ds.get("bf16", {}).get("enabled", False) == (precision == "bf16")
     if precision == "fp16":
@@ -108,7 +136,9 @@ def test_switches_that_cannot_work_are_refused_before_any_worker():
     with pytest.raises(DeepSpeedConfigError, match="JIT-compile on CPU"):
         build_ds_config(cfg(deepspeed={"preset": "zero3", "optimizer": {"type": "AdamW"}}), 2)
     with pytest.raises(DeepSpeedConfigError, match="both enabled"):
-        build_ds_config(cfg(use_gpu=True, precision="bf16", deepspeed={"preset": "zero3", "fp16": {"enabled": True}}), 2)
+        build_ds_config(
+            cfg(use_gpu=True, precision="bf16", deepspeed={"preset": "zero3", "fp16": {"enabled": True}}), 2
+        )
 
 
 def test_cpu_offload_and_bf16_use_the_torch_optimizer():

@@ -1,4 +1,5 @@
 """The loop's plain-Python core, in this process without Ray: train, checkpoint, exact resume, no-op re-run."""
+
 from __future__ import annotations
 
 import shutil
@@ -24,9 +25,20 @@ def _run(cfg, keep, checkpoint=None):
 
 
 def test_local_loop_resumes_exactly_and_rerun_is_noop(tiny_model, tiny_corpus, tmp_path):
-    cfg = PretrainConfig(model=str(tiny_model), data=str(tiny_corpus), num_workers=0, deepspeed="ddp",
-                         micro_batch_size=2, grad_accum=2, seq_len=32, max_steps=6, save_every=2,
-                         warmup_steps=1, output_dir=str(tmp_path / "out"), storage_path=str(tmp_path / "ray"))
+    cfg = PretrainConfig(
+        model=str(tiny_model),
+        data=str(tiny_corpus),
+        num_workers=0,
+        deepspeed="ddp",
+        micro_batch_size=2,
+        grad_accum=2,
+        seq_len=32,
+        max_steps=6,
+        save_every=2,
+        warmup_steps=1,
+        output_dir=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "ray"),
+    )
     summary, saved = _run(cfg, tmp_path)
     straight = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in straight] == [1, 2, 3, 4, 5, 6]
@@ -53,9 +65,19 @@ def test_time_based_save_and_gradient_checkpointing(tiny_model, tiny_corpus, tmp
     checkpointing (recompute in backward) trains the same losses on CPU."""
     ticks = iter(range(0, 10_000, 25))  # a fake clock: every call is 25 s later
 
-    cfg = PretrainConfig(model=str(tiny_model), data=str(tiny_corpus), num_workers=0, deepspeed="ddp",
-                         micro_batch_size=2, seq_len=32, max_steps=6, save_every=100, save_every_minutes=1,
-                         output_dir=str(tmp_path / "out"), storage_path=str(tmp_path / "ray"))
+    cfg = PretrainConfig(
+        model=str(tiny_model),
+        data=str(tiny_corpus),
+        num_workers=0,
+        deepspeed="ddp",
+        micro_batch_size=2,
+        seq_len=32,
+        max_steps=6,
+        save_every=100,
+        save_every_minutes=1,
+        output_dir=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "ray"),
+    )
     saved = {}
     ctx = WorkerContext(report=lambda metrics, d: d and saved.setdefault(metrics["step"], read_train_state(d)))
     run_worker(cfg, pretrain.make_task(cfg), None, ctx, clock=lambda: next(ticks))
@@ -63,8 +85,14 @@ def test_time_based_save_and_gradient_checkpointing(tiny_model, tiny_corpus, tmp
     assert sorted(saved) == [3, 6] and saved[3].sampler == {"epoch": 0, "offset": 6}
     plain = [r["loss"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl")]
 
-    gc_cfg = cfg.model_copy(update={"gradient_checkpointing": True, "save_every_minutes": 0,
-                                    "output_dir": str(tmp_path / "gc"), "device_peak_tflops": 1e-6})
+    gc_cfg = cfg.model_copy(
+        update={
+            "gradient_checkpointing": True,
+            "save_every_minutes": 0,
+            "output_dir": str(tmp_path / "gc"),
+            "device_peak_tflops": 1e-6,
+        }
+    )
     task = pretrain.make_task(gc_cfg)
     calls = []
 
@@ -96,9 +124,18 @@ def test_stage1_trains_only_embeddings_and_lm_head(tiny_model, tiny_corpus, tmp_
     import torch
     from transformers import AutoModelForCausalLM
 
-    cfg = PretrainConfig(model=str(tiny_model), data=str(tiny_corpus), num_workers=0, deepspeed="ddp",
-                         micro_batch_size=2, seq_len=32, max_steps=2, trainable_modules=["embed_tokens", "lm_head"],
-                         output_dir=str(tmp_path / "out"), storage_path=str(tmp_path / "ray"))
+    cfg = PretrainConfig(
+        model=str(tiny_model),
+        data=str(tiny_corpus),
+        num_workers=0,
+        deepspeed="ddp",
+        micro_batch_size=2,
+        seq_len=32,
+        max_steps=2,
+        trainable_modules=["embed_tokens", "lm_head"],
+        output_dir=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "ray"),
+    )
     run_worker(cfg, pretrain.make_task(cfg), None, WorkerContext())
     before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()

@@ -1,15 +1,14 @@
 """LoRA loop parts in this process (no Ray): prepared instruction shards with a validation split,
 val_loss lines, epochs -> max_steps, KnowLM's batch arithmetic, modules_to_save, 8-bit on CPU."""
+
 from __future__ import annotations
 
 import json
-import shutil
 
-import numpy as np
 import pytest
 
-from knowlm_ray.config import ConfigError, FinetuneConfig
 from knowlm_ray.alpaca import IGNORE_INDEX, build_prompt
+from knowlm_ray.config import ConfigError, FinetuneConfig
 from knowlm_ray.train import lora
 from knowlm_ray.train.loop import WorkerContext, run_worker
 from knowlm_ray.train.metrics import read_metrics
@@ -21,8 +20,12 @@ def _write_split(path, rows):
     import pyarrow as pa
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"input_ids": pa.array([r[0] for r in rows], type=pa.list_(pa.int32())),
-                      "labels": pa.array([r[1] for r in rows], type=pa.list_(pa.int32()))})
+    table = pa.table(
+        {
+            "input_ids": pa.array([r[0] for r in rows], type=pa.list_(pa.int32())),
+            "labels": pa.array([r[1] for r in rows], type=pa.list_(pa.int32())),
+        }
+    )
     with pa.ipc.new_file(str(path), table.schema) as w:
         w.write_table(table)
 
@@ -53,11 +56,25 @@ def test_shards_dir_trains_with_val_loss_and_modules_to_save(tiny_model, instruc
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    cfg = FinetuneConfig(model=str(tiny_model), data=str(instruction_shards), num_workers=0, micro_batch_size=4,
-                         grad_accum=1, num_epochs=1, eval_every=2, lr=1e-2, val_set_size=2000,
-                         lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"],
-                               "modules_to_save": ["embed_tokens", "lm_head"]},
-                         output_dir=str(tmp_path / "adapter"), storage_path=str(tmp_path / "ray"))
+    cfg = FinetuneConfig(
+        model=str(tiny_model),
+        data=str(instruction_shards),
+        num_workers=0,
+        micro_batch_size=4,
+        grad_accum=1,
+        num_epochs=1,
+        eval_every=2,
+        lr=1e-2,
+        val_set_size=2000,
+        lora={
+            "r": 4,
+            "alpha": 8,
+            "target_modules": ["q_proj", "v_proj"],
+            "modules_to_save": ["embed_tokens", "lm_head"],
+        },
+        output_dir=str(tmp_path / "adapter"),
+        storage_path=str(tmp_path / "ray"),
+    )
     assert lora.prepare_inputs(cfg) is None  # shards: read in the workers
     assert cfg.max_steps == 4  # 1 epoch of the 16 train rows at 4 per step (val_set_size unused: a split exists)
     train, val = lora.load_shard_splits(cfg)
@@ -86,8 +103,15 @@ def test_shards_dir_trains_with_val_loss_and_modules_to_save(tiny_model, instruc
 def test_alpaca_split_is_seeded_and_disjoint(tiny_model, tmp_path):
     records = [{"instruction": "Where?", "input": f"{a} lives in {b}.", "output": b} for a, b in PAIRS]
     (tmp_path / "i.json").write_text(json.dumps(records))
-    cfg = FinetuneConfig(model=str(tiny_model), data=str(tmp_path / "i.json"), num_workers=2, micro_batch_size=2,
-                         grad_accum=1, val_set_size=5, num_epochs=3)
+    cfg = FinetuneConfig(
+        model=str(tiny_model),
+        data=str(tmp_path / "i.json"),
+        num_workers=2,
+        micro_batch_size=2,
+        grad_accum=1,
+        val_set_size=5,
+        num_epochs=3,
+    )
     train, val = lora.prepare_inputs(cfg)
     assert (len(train), len(val)) == (15, 5)
     assert cfg.max_steps == 12  # ceil(3 epochs x 15 rows / (2 x 1 x 2 workers))
@@ -101,9 +125,18 @@ def test_alpaca_split_is_seeded_and_disjoint(tiny_model, tmp_path):
 
 def test_knowlm_batch_arithmetic_and_gpu_only_8bit(tiny_model, tmp_path):
     c = FinetuneConfig(model="m", data="d", num_workers=8)  # KnowLM: 8 GPUs, micro 4, batch 128
-    assert (c.grad_accum, c.batch_size, c.num_epochs, c.lr, c.cutoff_len, c.val_set_size) == (4, 128, 3.0, 3e-4, 512, 2000)
+    assert (c.grad_accum, c.batch_size, c.num_epochs, c.lr, c.cutoff_len, c.val_set_size) == (
+        4,
+        128,
+        3.0,
+        3e-4,
+        512,
+        2000,
+    )
     assert FinetuneConfig(model="m", data="d", num_workers=2).grad_accum == 16
-    with pytest.raises(ValueError, match=r"batch_size 128 is not a multiple of micro_batch_size 4 x 3 worker\(s\) = 12"):
+    with pytest.raises(
+        ValueError, match=r"batch_size 128 is not a multiple of micro_batch_size 4 x 3 worker\(s\) = 12"
+    ):
         FinetuneConfig(model="m", data="d", num_workers=3)
     with pytest.raises(ValueError, match=r"batch_size 100 != micro_batch_size 4 x grad_accum 2 x 2"):
         FinetuneConfig(model="m", data="d", batch_size=100, grad_accum=2)

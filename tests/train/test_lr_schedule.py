@@ -1,4 +1,5 @@
 """Linear warmup then cosine decay, a pure function of the step (nothing to checkpoint)."""
+
 from __future__ import annotations
 
 import pytest

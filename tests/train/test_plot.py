@@ -1,4 +1,5 @@
 """`knowlm plot`: curves of a real (tiny, in-process) training run, torn and resumed logs, errors."""
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,21 @@ def png_size(path) -> tuple[int, int]:
 def run_dir(tiny_model, tiny_corpus, tmp_path_factory):
     """output_dir of a real 5-step single-process run (no Ray: the loop's plain core)."""
     out = tmp_path_factory.mktemp("run") / "out"
-    cfg = PretrainConfig(model=str(tiny_model), data=str(tiny_corpus), num_workers=0, deepspeed="ddp",
-                         micro_batch_size=2, grad_accum=1, seq_len=32, max_steps=5, save_every=100,
-                         warmup_steps=2, output_dir=str(out), storage_path=str(out.parent / "ray"),
-                         device_peak_tflops=1.0)
+    cfg = PretrainConfig(
+        model=str(tiny_model),
+        data=str(tiny_corpus),
+        num_workers=0,
+        deepspeed="ddp",
+        micro_batch_size=2,
+        grad_accum=1,
+        seq_len=32,
+        max_steps=5,
+        save_every=100,
+        warmup_steps=2,
+        output_dir=str(out),
+        storage_path=str(out.parent / "ray"),
+        device_peak_tflops=1.0,
+    )
     run_worker(cfg, pretrain.make_task(cfg), None, WorkerContext())
     return out
 

@@ -1,5 +1,6 @@
 """One real 2-worker ZeRO-3 pretraining fit on the session's local Ray; the same fit with a worker
 SIGKILLed mid-run (exact resume); then a resumed re-run with more steps (keep-last-K)."""
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,21 @@ ZERO3_REAL = {"preset": "zero3", "zero_optimization": {"stage3_param_persistence
 @pytest.fixture(scope="module")
 def settings(tiny_model, tiny_corpus, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("pretrain")
-    return dict(model=str(tiny_model), data=str(tiny_corpus), num_workers=2, deepspeed=ZERO3_REAL,
-                micro_batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1, max_steps=8, save_every=4,
-                output_dir=str(root / "out"), storage_path=str(root / "ray"), run_name="pretrain_test")
+    return dict(
+        model=str(tiny_model),
+        data=str(tiny_corpus),
+        num_workers=2,
+        deepspeed=ZERO3_REAL,
+        micro_batch_size=4,
+        seq_len=64,
+        lr=3e-3,
+        warmup_steps=1,
+        max_steps=8,
+        save_every=4,
+        output_dir=str(root / "out"),
+        storage_path=str(root / "ray"),
+        run_name="pretrain_test",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +70,9 @@ def test_zero3_fit_trains_checkpoints_and_exports(first_run, settings, tiny_mode
     initial = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     trained = model.state_dict()
     assert not torch.equal(initial["model.embed_tokens.weight"], trained["model.embed_tokens.weight"])
-    assert not torch.equal(initial["model.layers.0.self_attn.q_proj.weight"],
-                           trained["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        initial["model.layers.0.self_attn.q_proj.weight"], trained["model.layers.0.self_attn.q_proj.weight"]
+    )
 
 
 def _gated_make_task(marker_dir: str, gate_after_rows: int):
@@ -104,8 +118,9 @@ def test_sigkilled_worker_resumes_with_identical_losses(first_run, settings, tmp
     Ray Train restarts the worker group from it; every step's loss equals the uninterrupted run's."""
     from knowlm_ray.train.loop import fit
 
-    cfg = PretrainConfig(**{**settings, "output_dir": str(tmp_path / "out"), "run_name": "pretrain_killed",
-                            "max_failures": 1})
+    cfg = PretrainConfig(
+        **{**settings, "output_dir": str(tmp_path / "out"), "run_name": "pretrain_killed", "max_failures": 1}
+    )
     pretrain.check_inputs(cfg)
     metrics = tmp_path / "out" / "metrics.jsonl"
     killed = {}

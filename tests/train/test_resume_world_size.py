@@ -2,6 +2,7 @@
 ZeRO-3 2 -> 1 workers (weights, Adam moments and step restored exactly, then trained on with the
 global batch kept; every sample read once), ZeRO-2 1 -> 2 workers (weights and moments exact).
 Plus the fast driver-side checks (ZeRO stage / model shape mismatches, keep_global_batch)."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,17 @@ import pytest
 import torch
 
 from knowlm_ray.config import PretrainConfig
-from knowlm_ray.train.checkpoint import (IncompatibleCheckpoint, TrainState, check_resumable, check_same_shapes,
-                                         convert_to_universal, latest_local_checkpoint, read_train_state,
-                                         write_train_state, zero_param_shapes)
+from knowlm_ray.train.checkpoint import (
+    IncompatibleCheckpoint,
+    TrainState,
+    check_resumable,
+    check_same_shapes,
+    convert_to_universal,
+    latest_local_checkpoint,
+    read_train_state,
+    write_train_state,
+    zero_param_shapes,
+)
 from knowlm_ray.train.data import RankSampler, ShardRows, find_shards
 from knowlm_ray.train.loop import fit, prepare_ds_config
 from knowlm_ray.train.metrics import read_metrics
@@ -72,8 +81,11 @@ def _universal(ckpt_dir: Path, tag: str, out: Path) -> dict[str, dict[str, torch
         t = torch.load(p, map_location="cpu", weights_only=False)
         return t["param"] if isinstance(t, dict) else t  # ZeRO-3 files hold the bare tensor
 
-    return {d.name: {k: load(d / f"{k}.pt") for k in ("fp32", "exp_avg", "exp_avg_sq")}
-            for d in zero.iterdir() if d.is_dir()}
+    return {
+        d.name: {k: load(d / f"{k}.pt") for k in ("fp32", "exp_avg", "exp_avg_sq")}
+        for d in zero.iterdir()
+        if d.is_dir()
+    }
 
 
 def _train_then_resume_without_steps(tmp_path: Path, settings: dict, workers: tuple[int, int], stage: int):
@@ -93,8 +105,9 @@ def _train_then_resume_without_steps(tmp_path: Path, settings: dict, workers: tu
     assert saved.global_batch == settings["micro_batch_size"] * workers[0]
 
     # 2. the other world size, max_steps N: restores (universal conversion) and re-saves, no step
-    summary = fit(PretrainConfig(**{**settings, "num_workers": workers[1]}),
-                  _recording_make_task(str(rows_after), str(resave)))
+    summary = fit(
+        PretrainConfig(**{**settings, "num_workers": workers[1]}), _recording_make_task(str(rows_after), str(resave))
+    )
     assert summary["resumed_from_step"] == N and summary["steps_this_run"] == 0
     assert len(list((resave / "resumed").glob("*optim_states.pt"))) == workers[1]  # every rank its shard
     # weights at resume == the checkpoint's consolidated fp32 weights (zero_to_fp32), bit for bit
@@ -117,23 +130,40 @@ def _train_then_resume_without_steps(tmp_path: Path, settings: dict, workers: tu
 
 @pytest.mark.slow
 def test_zero3_run_resumes_on_fewer_workers_exactly(ray_local, tiny_model, tiny_corpus, tmp_path):
-    settings = dict(model=str(tiny_model), data=str(tiny_corpus), deepspeed=ZERO3_REAL,
-                    micro_batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1, max_steps=N, save_every=N,
-                    output_dir=str(tmp_path / "out"), storage_path=str(tmp_path / "ray"), run_name="resize")
+    settings = dict(
+        model=str(tiny_model),
+        data=str(tiny_corpus),
+        deepspeed=ZERO3_REAL,
+        micro_batch_size=4,
+        seq_len=64,
+        lr=3e-3,
+        warmup_steps=1,
+        max_steps=N,
+        save_every=N,
+        output_dir=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "ray"),
+        run_name="resize",
+    )
     run_dir = tmp_path / "ray" / "resize"
     ckpt, saved, resave = _train_then_resume_without_steps(tmp_path, settings, (2, 1), stage=3)
     # the re-saved Adam step count is the checkpoint's (bias correction continues, not restarts)
-    optim = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]["optimizer_state_dict"]
-             for f in (sorted((ckpt / saved.tag).glob("*optim_states.pt"))[0],
-                       next((resave / "resumed").glob("*optim_states.pt")))]
+    optim = [
+        torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]["optimizer_state_dict"]
+        for f in (
+            sorted((ckpt / saved.tag).glob("*optim_states.pt"))[0],
+            next((resave / "resumed").glob("*optim_states.pt")),
+        )
+    ]
     assert int(optim[0]["state"][0]["step"]) == int(optim[1]["state"][0]["step"]) == N
     # and each param group keeps its own weight decay (0.1 on matrices, 0 on norms)
     decay = [[g["weight_decay"] for g in o["param_groups"]] for o in optim]
     assert decay[0] == decay[1] and sorted(set(decay[1])) == [0.0, 0.1], decay
 
     # 3. one worker on to 2N, keeping the global batch of 8 by accumulating 2 micro-batches
-    summary = fit(PretrainConfig(**{**settings, "num_workers": 1, "max_steps": 2 * N, "keep_global_batch": True}),
-                  _recording_make_task(str(tmp_path / "rows_after")))
+    summary = fit(
+        PretrainConfig(**{**settings, "num_workers": 1, "max_steps": 2 * N, "keep_global_batch": True}),
+        _recording_make_task(str(tmp_path / "rows_after")),
+    )
     assert summary["resumed_from_step"] == N and summary["step"] == 2 * N
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 2 * N + 1))  # starts at N+1, nothing duplicated
@@ -148,14 +178,25 @@ def test_zero3_run_resumes_on_fewer_workers_exactly(ray_local, tiny_model, tiny_
     stream = RankSampler(len(ShardRows(find_shards(tiny_corpus))), 0, 0, 1, 1).permutation(0)  # seed 0
     read = _rows_read(tmp_path / "rows_before") + _rows_read(tmp_path / "rows_after")
     assert len(read) == len(set(read)) == 2 * N * 8
-    assert sorted(read) == sorted(stream[:2 * N * 8].tolist())
+    assert sorted(read) == sorted(stream[: 2 * N * 8].tolist())
 
 
 @pytest.mark.slow
 def test_zero2_run_resumes_on_more_workers_exactly(ray_local, tiny_model, tiny_corpus, tmp_path):
-    settings = dict(model=str(tiny_model), data=str(tiny_corpus), deepspeed="zero2", micro_batch_size=4,
-                    seq_len=64, lr=3e-3, warmup_steps=1, max_steps=N, save_every=N, output_dir=str(tmp_path / "out"),
-                    storage_path=str(tmp_path / "ray"), run_name="resize2")
+    settings = dict(
+        model=str(tiny_model),
+        data=str(tiny_corpus),
+        deepspeed="zero2",
+        micro_batch_size=4,
+        seq_len=64,
+        lr=3e-3,
+        warmup_steps=1,
+        max_steps=N,
+        save_every=N,
+        output_dir=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "ray"),
+        run_name="resize2",
+    )
     _train_then_resume_without_steps(tmp_path, settings, (1, 2), stage=2)
 
 
@@ -164,8 +205,11 @@ def test_checkpoint_of_other_stage_or_engine_is_refused_naming_both_sides():
     state = TrainState(step=40, tag="step00000040", engine="deepspeed", world_size=2, zero_stage=3)
     check_resumable(state, "deepspeed", 1, zero_stage=3)  # other world size: converted, not refused
     check_resumable(state, "deepspeed", 4, zero_stage=3)
-    with pytest.raises(IncompatibleCheckpoint, match=r"deepspeed ZeRO-3 on 2 worker\(s\) at step 40.*"
-                                                     r"deepspeed ZeRO-2 on 1 worker\(s\)"):
+    with pytest.raises(
+        IncompatibleCheckpoint,
+        match=r"deepspeed ZeRO-3 on 2 worker\(s\) at step 40.*"
+        r"deepspeed ZeRO-2 on 1 worker\(s\)",
+    ):
         check_resumable(state, "deepspeed", 1, "/ckpt", zero_stage=2)
     with pytest.raises(IncompatibleCheckpoint, match=r"this run uses ddp on 2 worker"):
         check_resumable(state, "ddp", 2)
@@ -178,10 +222,14 @@ def test_checkpoint_of_other_stage_or_engine_is_refused_naming_both_sides():
 def test_model_shape_mismatch_names_the_parameter_and_both_shapes():
     saved = {"lm_head.weight": (3000, 64), "model.norm.weight": (64,)}
     check_same_shapes(saved, dict(saved), "/ckpt")
-    with pytest.raises(IncompatibleCheckpoint, match=r"/ckpt.*lm_head.weight: checkpoint \[3000, 64\] vs model "
-                                                     r"\[4000, 64\].*not in the checkpoint \['extra.weight'\]"):
-        check_same_shapes(saved, {"lm_head.weight": (4000, 64), "model.norm.weight": (64,), "extra.weight": (2,)},
-                          "/ckpt")
+    with pytest.raises(
+        IncompatibleCheckpoint,
+        match=r"/ckpt.*lm_head.weight: checkpoint \[3000, 64\] vs model "
+        r"\[4000, 64\].*not in the checkpoint \['extra.weight'\]",
+    ):
+        check_same_shapes(
+            saved, {"lm_head.weight": (4000, 64), "model.norm.weight": (64,), "extra.weight": (2,)}, "/ckpt"
+        )
 
 
 def _fake_checkpoint(storage: Path, run: str, state: TrainState) -> None:
@@ -193,8 +241,14 @@ def _fake_checkpoint(storage: Path, run: str, state: TrainState) -> None:
 def test_keep_global_batch_sets_accumulation_or_explains(tiny_model, tmp_path):
     state = TrainState(step=10, tag="step00000010", engine="deepspeed", world_size=4, zero_stage=3, global_batch=32)
     _fake_checkpoint(tmp_path, "run", state)
-    base = dict(model=str(tiny_model), data=str(tmp_path), storage_path=str(tmp_path), run_name="run",
-                micro_batch_size=4, num_workers=2)
+    base = dict(
+        model=str(tiny_model),
+        data=str(tmp_path),
+        storage_path=str(tmp_path),
+        run_name="run",
+        micro_batch_size=4,
+        num_workers=2,
+    )
     cfg = PretrainConfig(**base, keep_global_batch=True)
     ds = prepare_ds_config(cfg)
     assert cfg.grad_accum == 4 and cfg.global_batch == 32

@@ -1,4 +1,5 @@
 """metrics.jsonl, train_state.json and the atomic, checked export."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,8 @@ def _tensorboard_scalars(directory) -> dict[str, dict[int, float]]:
     for f in sorted(directory.glob("events.out.tfevents.*")):
         data, i = f.read_bytes(), 0
         while i < len(data):
-            (n,) = struct.unpack("<Q", data[i:i + 8])
-            event = Event.FromString(data[i + 12:i + 12 + n])  # after length + its crc
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = Event.FromString(data[i + 12 : i + 12 + n])  # after length + its crc
             i += 12 + n + 4
             for v in event.summary.value:
                 out.setdefault(v.tag, {})[event.step] = v.simple_value

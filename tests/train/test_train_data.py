@@ -1,11 +1,21 @@
 """Shard reading, the resumable rank sampler and right-padding collation."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from knowlm_ray.train.data import (IGNORE_INDEX, BatchStream, DataError, RankSampler, RecordRows, SamplerState,
-                                   ShardRows, collate, find_shards)
+from knowlm_ray.train.data import (
+    IGNORE_INDEX,
+    BatchStream,
+    DataError,
+    RankSampler,
+    RecordRows,
+    SamplerState,
+    ShardRows,
+    collate,
+    find_shards,
+)
 
 
 def test_find_shards_accepts_out_dir_or_shards_dir(tmp_path, shard_writer):
@@ -60,16 +70,18 @@ def test_sampler_crosses_epochs_and_resumes_at_the_exact_position():
 
 
 def test_collate_right_pads_with_masked_labels_and_truncates():
-    batch = collate([(np.array([5, 6, 7, 8, 9]), None), (np.array([1, 2]), np.array([IGNORE_INDEX, 2]))],
-                    seq_len=4, pad_id=0)
+    batch = collate(
+        [(np.array([5, 6, 7, 8, 9]), None), (np.array([1, 2]), np.array([IGNORE_INDEX, 2]))], seq_len=4, pad_id=0
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [1, 2, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[5, 6, 7, 8], [IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX]]
 
 
 def test_batch_stream_over_records():
-    rows = RecordRows([{"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]},
-                       {"input_ids": [4, 5], "labels": [4, 5]}])
+    rows = RecordRows(
+        [{"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}]
+    )
     stream = BatchStream(rows, RankSampler(len(rows), 0, 0, 1, 2), seq_len=8, pad_id=0)
     batch = stream.next_batch()
     assert batch["input_ids"].shape == (2, 3)
@@ -107,7 +119,9 @@ def test_mixed_sampler_hits_the_shares_and_resumes_exactly():
     more = [a0.next_indices() for _ in range(20)]
     again = MixedSampler(groups, probs, seed=1, rank=0, world_size=2, micro_batch=4, state=state)
     assert [again.next_indices() for _ in range(20)] == more
-    assert MixedSampler(groups, probs, 2, 0, 2, 4).next_indices() != MixedSampler(groups, probs, 1, 0, 2, 4).next_indices()
+    assert (
+        MixedSampler(groups, probs, 2, 0, 2, 4).next_indices() != MixedSampler(groups, probs, 1, 0, 2, 4).next_indices()
+    )
 
 
 def test_mixing_probs_from_config_or_manifest():
@@ -122,8 +136,10 @@ def test_mixing_probs_from_config_or_manifest():
         mixing_probs(counts, {"zh": 1}, {})
     with pytest.raises(DataError, match=r"\['code'\] that the data does not have"):
         mixing_probs(counts, {"zh": 1, "en": 1, "code": 1}, {})
-    manifest = {"by_source": {"zh": {"documents": 3, "weight": 2.0}, "en": {"documents": 4}},
-                "config": {"inputs": [{"source": "en", "weight": 0.5}, {"source": "zh", "weight": 9}]}}
+    manifest = {
+        "by_source": {"zh": {"documents": 3, "weight": 2.0}, "en": {"documents": 4}},
+        "config": {"inputs": [{"source": "en", "weight": 0.5}, {"source": "zh", "weight": 9}]},
+    }
     assert manifest_source_weights(manifest) == {"zh": 2.0, "en": 0.5}
 
 
@@ -132,11 +148,19 @@ def test_pretrain_mixes_sources_named_by_data_mix(tmp_path, tiny_model):
     from knowlm_ray.train import pretrain
 
     rows = [[1, 5 + i % 7, 6, 7] for i in range(40)]
-    _write_table(tmp_path / "c" / "shards" / "part-00000.arrow", {
-        "input_ids": pa_list(rows), "doc_id": [f"d{i}" for i in range(40)],
-        "source": ["zh"] * 10 + ["en"] * 30})
-    cfg = PretrainConfig(model=str(tiny_model), data=str(tmp_path / "c"), data_mix={"zh": 1, "en": 1},
-                         num_workers=0, deepspeed="ddp", micro_batch_size=5, num_epochs=2)
+    _write_table(
+        tmp_path / "c" / "shards" / "part-00000.arrow",
+        {"input_ids": pa_list(rows), "doc_id": [f"d{i}" for i in range(40)], "source": ["zh"] * 10 + ["en"] * 30},
+    )
+    cfg = PretrainConfig(
+        model=str(tiny_model),
+        data=str(tmp_path / "c"),
+        data_mix={"zh": 1, "en": 1},
+        num_workers=0,
+        deepspeed="ddp",
+        micro_batch_size=5,
+        num_epochs=2,
+    )
     pretrain.check_inputs(cfg)
     assert cfg.max_steps == 16  # 2 epochs x 40 rows / 5 per step
     shard_rows = ShardRows(find_shards(tmp_path / "c"))
@@ -156,9 +180,15 @@ def pa_list(rows):
 
 
 def test_packed_rows_restart_positions_and_mask_the_boundary_targets(tmp_path):
-    _write_table(tmp_path / "p" / "shards" / "part-00000.arrow", {
-        "input_ids": pa_list([[1, 10, 11, 2, 1, 20, 21, 22], [30, 31, 2, 1, 40]]),
-        "doc_id": ["a", "b"], "source": ["s", "s"], "doc_starts": pa_list([[0, 4], [0, 3]])})
+    _write_table(
+        tmp_path / "p" / "shards" / "part-00000.arrow",
+        {
+            "input_ids": pa_list([[1, 10, 11, 2, 1, 20, 21, 22], [30, 31, 2, 1, 40]]),
+            "doc_id": ["a", "b"],
+            "source": ["s", "s"],
+            "doc_starts": pa_list([[0, 4], [0, 3]]),
+        },
+    )
     rows = ShardRows(find_shards(tmp_path / "p"))
     assert rows.packed and rows.doc_starts(1).tolist() == [0, 3]
     stream = BatchStream(rows, RankSampler(2, 0, 0, 1, 2), seq_len=8, pad_id=0, packed="block")
@@ -192,9 +222,11 @@ def test_packed_documents_do_not_see_each_other(tiny_model):
 
     with torch.no_grad():
         alone = model(input_ids=torch.as_tensor(doc2[None])).logits[0]
-        block = model(**model_inputs(BatchStream(Packed(packed), None, 64, 0, "block").collate_indices([0]),
-                                     "cpu")).logits[0, len(doc1):]
-        positions = model(**model_inputs(BatchStream(Packed(packed), None, 64, 0, "positions").collate_indices([0]),
-                                         "cpu")).logits[0, len(doc1):]
+        block = model(
+            **model_inputs(BatchStream(Packed(packed), None, 64, 0, "block").collate_indices([0]), "cpu")
+        ).logits[0, len(doc1) :]
+        positions = model(
+            **model_inputs(BatchStream(Packed(packed), None, 64, 0, "positions").collate_indices([0]), "cpu")
+        ).logits[0, len(doc1) :]
     assert torch.allclose(block, alone, atol=1e-5), (block - alone).abs().max()
     assert not torch.allclose(positions, alone, atol=1e-3)  # positions only: attention still crosses

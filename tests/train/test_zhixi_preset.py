@@ -1,11 +1,17 @@
 """jobs/configs/zhixi-13b-v100.yaml is KnowLM's 13B recipe exactly, and DeepSpeed accepts it (no GPU needed)."""
+
 from __future__ import annotations
 
 import pytest
 
 from knowlm_ray.config import PretrainConfig, load_config
-from knowlm_ray.train.deepspeed_presets import (KNOWLM_FP16, KNOWLM_ZERO3, DeepSpeedConfigError, build_ds_config,
-                                                validate_ds_config)
+from knowlm_ray.train.deepspeed_presets import (
+    KNOWLM_FP16,
+    KNOWLM_ZERO3,
+    DeepSpeedConfigError,
+    build_ds_config,
+    validate_ds_config,
+)
 from knowlm_ray.train.schedule import lr_at
 
 
@@ -29,8 +35,11 @@ def test_recipe_values(zhixi):
 def test_deepspeed_config_is_knowlms_and_validates(zhixi):
     ds = build_ds_config(zhixi, zhixi.world_size)
     validate_ds_config(ds, zhixi.world_size)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == \
-        (1440, 20, 3)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        1440,
+        20,
+        3,
+    )
     zero = ds["zero_optimization"]
     for key, value in KNOWLM_ZERO3.items():
         if value != "auto":
