@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from knowlm_ray.errors import InputError
 from knowlm_ray.ie.oneke import read_answer
 
 TASKS = ("ner", "re", "ee")
@@ -31,8 +32,8 @@ MATCHES = ("normal", "set")
 ERRORS = "错误数"  # IEPile's key for the number of unreadable answers
 
 
-class IEPileFileError(ValueError):
-    """A result line that cannot be scored: names the file and line."""
+class IEPileFileError(InputError):
+    """A result file or line that cannot be scored: names the file and line (a user error)."""
 
 
 def gold_units(task: str, label: list[dict[str, Any]]) -> dict[str, list[tuple]]:
@@ -115,9 +116,9 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
 def score_iepile(path: str | Path, task: str, match: str = "normal") -> dict[str, Any]:
     """IEPile's result for ``path``: ``total`` and one entry per source, sources sorted."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+        raise InputError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
     if match not in MATCHES:
-        raise ValueError(f"unknown match mode {match!r} (expected one of {', '.join(MATCHES)})")
+        raise InputError(f"unknown match mode {match!r} (expected one of {', '.join(MATCHES)})")
     path = Path(path)
     if not path.is_file():
         raise IEPileFileError(f"result file not found: {path}")

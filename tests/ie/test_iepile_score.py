@@ -98,3 +98,24 @@ def test_bad_lines_name_the_line(tmp_path):
         score_iepile(p, "ner")
     with pytest.raises(IEPileFileError, match="not found"):
         score_iepile(tmp_path / "missing.jsonl", "ner")
+
+
+def test_knowlm_ie_score_iepile(tmp_path, capsys):
+    from knowlm_ray.cli import main as knowlm
+
+    p = _write(tmp_path, [_row("1", NER_GOLD, '{"人物": ["鲁迅"], "地理位置": ["绍兴"]}')])
+    knowlm(["ie-score", "--task", "ner", "--iepile", str(p), "--out", str(tmp_path / "s.json")])
+    got = json.loads(capsys.readouterr().out)
+    assert got["total"] == {"错误数": 0, "P": 100.0, "R": 100.0, "F1": 100.0}
+    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8")) == got
+    for argv, named in [
+        (["--iepile", str(p), "--match", "count"], "--match count"),
+        (["--iepile", str(p), "--gold", str(p)], "without --gold"),
+        (["--gold", str(p)], "--iepile RESULTS"),
+        (["--iepile", str(tmp_path / "nope.jsonl")], "not found"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            knowlm(["ie-score", "--task", "ner", *argv])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and named in err and err.count("\n") == 1
