@@ -2,19 +2,20 @@
 
 Generation is a plain callable, so the serving engine, a Ray actor or a test double drives it::
 
-    generate_fn(pairs: list[tuple[str, str]]) -> list[str]     # (instruction, input) -> answer
+    generate_fn(prompts: list[str]) -> list[str]     # whole prompts, sent verbatim -> answers
 
-    record = extract_record(generate_fn, "ner", text, ["人物", "地理位置"], "zh")
+    record = extract_record(generate_fn, "ner", text, ["人物", "地理位置"], "zh", prompt_format="oneke")
 
-``extract_record`` builds one prompt per (text chunk, schema batch) (``knowlm_ray.ie.prompts``),
-makes **one** ``generate_fn`` call for all of them, parses each answer (``parsers``), keeps the
+``extract_record`` builds one prompt per (text chunk, schema batch) in the request's prompt format
+(``knowlm_ray.ie.formats``: ``alpaca`` by default, ``oneke``, ``zhixi``, ``chat``), makes **one**
+``generate_fn`` call for all of them, reads each answer the format's way, keeps the
 labels of the schema (``schema``), anchors every span to character offsets (``offsets``) and
 merges the batches into one DESIGN IE record, plus ``raw`` (the model's answers, in prompt order),
 ``dropped`` (labels outside the schema, with counts) and ``unparsed`` (answers with no answer
 structure at all). Whatever the model writes, the record has this shape.
 
-For async callers (the HTTP route): ``plan = plan_extraction(...)``, generate ``plan.pairs``
-however you like, then ``assemble(plan, answers)``. ``extract_many`` does several records with
+For async callers (the HTTP route): ``plan = plan_extraction(...)``, generate ``plan.texts``
+(the whole prompts) however you like, then ``assemble(plan, answers)``. ``extract_many`` does several records with
 one ``generate_fn`` call (batch extraction).
 """
 
@@ -28,13 +29,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knowlm_ray.errors import UserError
+from knowlm_ray.ie.formats import DEFAULT_FORMAT, PromptFormatError, check_format_name, get_format
 from knowlm_ray.ie.offsets import SpanLocator
-from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS, item_key, parse_answer
-from knowlm_ray.ie.prompts import DEFAULT_MAX_CHARS, SERVE_TEMPLATE, prompt_pairs
+from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS, item_key
+from knowlm_ray.ie.prompts import DEFAULT_MAX_CHARS, SERVE_TEMPLATE
 from knowlm_ray.ie.schema import Schema, SchemaChecker, SchemaError, normalize_schema
 from knowlm_ray.ie.templates import LANGS, guess_lang
 
-GenerateFn = Callable[[list[tuple[str, str]]], list[str]]
+GenerateFn = Callable[[list[str]], list[str]]
 
 
 class IERequestError(UserError, ValueError):
@@ -53,10 +55,19 @@ class ExtractionPlan:
     lang: str
     record_id: str
     schema: Schema
-    prompts: list[dict[str, Any]]  # prompts.prompt_pairs rows: instruction, input, offset, chunk, labels
+    prompts: list[dict[str, Any]]  # formats.FormatPrompt.as_dict(): prompt, instruction, input, offset, chunk, labels
+    prompt_format: str = DEFAULT_FORMAT
+
+    @property
+    def texts(self) -> list[str]:
+        """The whole prompts, in order: what a generate_fn gets and sends verbatim."""
+        if any(p["prompt"] is None for p in self.prompts):
+            raise PromptFormatError("prompt_format: 'chat' prompts need the model's tokenizer to be rendered")
+        return [p["prompt"] for p in self.prompts]
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
+        """(instruction, input) per prompt (the alpaca-template formats' halves)."""
         return [(p["instruction"], p["input"]) for p in self.prompts]
 
 
@@ -71,8 +82,12 @@ def plan_extraction(
     template: int = SERVE_TEMPLATE,
     split_num: int | None = None,
     max_chars: int | None = DEFAULT_MAX_CHARS,
+    prompt_format: str | None = None,
+    example: list[dict[str, Any]] | None = None,
+    tokenizer: Any = None,
 ) -> ExtractionPlan:
-    """Check a request and build its prompts; raises IERequestError naming what is wrong."""
+    """Check a request and build its prompts in ``prompt_format`` (default ``alpaca``; ``chat``
+    renders with ``tokenizer``); raises IERequestError naming what is wrong."""
     if task not in TASKS:
         raise IERequestError(f"task: must be one of {', '.join(TASKS)}, got {task!r}")
     if not isinstance(text, str) or not text.strip():
@@ -83,16 +98,32 @@ def plan_extraction(
     if fmt not in FORMATS:
         raise IERequestError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     try:
+        pf = get_format(prompt_format)
         labels = normalize_schema(task, schema)
-        prompts = prompt_pairs(
-            task, text, labels, lang, fmt=fmt, template=template, split_num=split_num, max_chars=max_chars
+        extra = {"template": template} if template != SERVE_TEMPLATE else {}
+        if extra and pf.name != "alpaca":
+            raise IERequestError(f"template: only the alpaca prompt format varies its template, not {pf.name!r}")
+        items = pf.prompts(
+            task,
+            text,
+            schema,
+            lang,
+            split_num=split_num,
+            max_chars=max_chars,
+            example=example,
+            fmt=fmt,
+            tokenizer=tokenizer,
+            **extra,
         )
+    except PromptFormatError as exc:
+        raise IERequestError(str(exc)) from None
     except SchemaError as exc:  # its message already names schema[...] where it can
         msg = str(exc)
         raise IERequestError(msg if msg.startswith("schema") else f"schema: {msg}") from None
     except ValueError as exc:
         raise IERequestError(str(exc)) from None
-    return ExtractionPlan(task, text, lang, record_id or record_id_for(text), labels, prompts)
+    prompts = [p.as_dict() for p in items]
+    return ExtractionPlan(task, text, lang, record_id or record_id_for(text), labels, prompts, pf.name)
 
 
 def _locate(task: str, item: dict, loc: SpanLocator, window: tuple[int, int]) -> dict:
@@ -154,11 +185,11 @@ def assemble(plan: ExtractionPlan, answers: Sequence[str]) -> dict[str, Any]:
     record["raw"] = [a if isinstance(a, str) else "" for a in answers]
     checker = SchemaChecker(task, plan.schema)
     locator = SpanLocator(plan.text)
-    relation_labels = list(plan.schema) if task == "re" else None
+    pf = get_format(plan.prompt_format)
     out, seen = record[FIELD[task]], set()
     chunk_seen: dict[int, set] = {}
     for prompt, answer in zip(plan.prompts, record["raw"]):
-        parsed = parse_answer(task, answer, "auto", relation_labels)
+        parsed = pf.read_answer(task, answer, plan.schema)
         record["unparsed"] += parsed.status == "unparsed"
         window = (prompt["offset"], prompt["offset"] + len(prompt["input"]))
         in_chunk = chunk_seen.setdefault(prompt["chunk"], set())
@@ -197,6 +228,9 @@ def extract_record(
     template: int = SERVE_TEMPLATE,
     split_num: int | None = None,
     max_chars: int | None = DEFAULT_MAX_CHARS,
+    prompt_format: str | None = None,
+    example: list[dict[str, Any]] | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Extract ``task`` items of ``schema`` from ``text``: one IE record (+ raw, dropped, unparsed).
 
@@ -212,8 +246,11 @@ def extract_record(
         template=template,
         split_num=split_num,
         max_chars=max_chars,
+        prompt_format=prompt_format,
+        example=example,
+        tokenizer=tokenizer,
     )
-    return assemble(plan, list(generate_fn(plan.pairs)))
+    return assemble(plan, list(generate_fn(plan.texts)))
 
 
 def extract_many(generate_fn: GenerateFn, requests: Iterable[dict[str, Any]], **options: Any) -> list[dict]:
@@ -222,10 +259,10 @@ def extract_many(generate_fn: GenerateFn, requests: Iterable[dict[str, Any]], **
         plan_extraction(r["task"], r["text"], r["schema"], r.get("lang"), record_id=r.get("id"), **options)
         for r in requests
     ]
-    pairs = [p for plan in plans for p in plan.pairs]
-    answers = list(generate_fn(pairs)) if pairs else []
-    if len(answers) != len(pairs):
-        raise RuntimeError(f"generate_fn returned {len(answers)} answers for {len(pairs)} prompts")
+    texts = [p for plan in plans for p in plan.texts]
+    answers = list(generate_fn(texts)) if texts else []
+    if len(answers) != len(texts):
+        raise RuntimeError(f"generate_fn returned {len(answers)} answers for {len(texts)} prompts")
     out, i = [], 0
     for plan in plans:
         n = len(plan.prompts)
@@ -253,7 +290,9 @@ def engine_generate_fn(engine: Any, parameters: Any = None) -> Callable[..., lis
 
     ``parameters``: a GenerationParams or its dict (default: greedy, 128 new tokens). A prompt the
     model's context cannot hold is answered with "" (so it parses as nothing) instead of failing
-    the whole batch. The returned function also takes ``parameters=`` per call.
+    the whole batch. The returned function also takes ``parameters=`` per call. Its items are
+    whole prompts, sent verbatim (the tokenizer adds BOS); an (instruction, input) pair is put in
+    the alpaca template first.
     """
     from knowlm_ray.generation.errors import RequestError
     from knowlm_ray.generation.params import GenerateRequest, GenerationParams
@@ -265,13 +304,19 @@ def engine_generate_fn(engine: Any, parameters: Any = None) -> Callable[..., lis
 
     default = as_params(parameters)
 
-    def generate(pairs: list[tuple[str, str]], parameters: Any = None) -> list[str]:
+    def generate(prompts: list[str | tuple[str, str]], parameters: Any = None) -> list[str]:
         params = as_params(parameters) if parameters is not None else default
-        answers = [""] * len(pairs)
+        answers = [""] * len(prompts)
         prepared, index = [], []
-        for k, (instruction, inp) in enumerate(pairs):
+        for k, item in enumerate(prompts):
             try:
-                prepared.append(engine.prepare(GenerateRequest(instruction=instruction, input=inp, parameters=params)))
+                if isinstance(item, str):
+                    prepared.append(engine.prepare_prompt(item, params))
+                else:
+                    instruction, inp = item
+                    prepared.append(
+                        engine.prepare(GenerateRequest(instruction=instruction, input=inp, parameters=params))
+                    )
                 index.append(k)
             except RequestError:
                 pass
@@ -295,6 +340,8 @@ class ExtractRequest(BaseModel):
     format: Literal["json", "tuple"] = "json"
     parameters: dict[str, Any] | None = None  # GenerationParams fields, checked by the engine
     model: str | None = None  # serving: the base model or a configured LoRA adapter's name
+    prompt_format: str | None = None  # formats.NAMES; None: the served model's (or alpaca)
+    example: list[dict[str, Any]] | None = None  # oneke: OneKE's optional worked examples
 
 
 def parse_extract_request(body: Any) -> ExtractRequest:
@@ -309,6 +356,11 @@ def parse_extract_request(body: Any) -> ExtractRequest:
         raise IERequestError("; ".join(lines)) from None
     if not req.text.strip():
         raise IERequestError("text: must not be blank")
+    if req.prompt_format is not None:
+        try:
+            check_format_name(req.prompt_format)
+        except PromptFormatError as exc:
+            raise IERequestError(str(exc)) from None
     if req.parameters is not None:
         from knowlm_ray.generation.params import GenerationParams
 
@@ -324,10 +376,17 @@ def parse_extract_request(body: Any) -> ExtractRequest:
 def handle_extract(body: Any, generate_fn: Callable[..., list[str]], **options: Any) -> dict[str, Any]:
     """The whole ``/extract`` request: validate ``body``, extract, return the response dict.
 
-    Raises IERequestError (→ 400) for a bad body. ``generate_fn(pairs)`` is called once; when the
-    body carries ``parameters`` it is called as ``generate_fn(pairs, parameters=dict)``.
+    Raises IERequestError (→ 400) for a bad body. ``generate_fn(prompts)`` is called once; when the
+    body carries ``parameters`` it is called as ``generate_fn(prompts, parameters=dict)``.
+    ``options`` go to ``plan_extraction``; a body's ``prompt_format`` overrides
+    ``options["prompt_format"]`` (the served model's).
     """
     req = parse_extract_request(body)
+    if req.prompt_format is not None:
+        options = {**options, "prompt_format": req.prompt_format}
+    if req.example is not None:
+        options = {**options, "example": req.example}
     plan = plan_extraction(req.task, req.text, req.labels, req.lang, record_id=req.id, fmt=req.format, **options)
-    answers = generate_fn(plan.pairs) if req.parameters is None else generate_fn(plan.pairs, parameters=req.parameters)
+    texts = plan.texts
+    answers = generate_fn(texts) if req.parameters is None else generate_fn(texts, parameters=req.parameters)
     return assemble(plan, list(answers))

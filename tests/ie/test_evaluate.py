@@ -20,6 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 IE = REPO / "data" / "sample" / "ie"
 
 
+def alpaca_halves(prompt: str) -> tuple[str, str]:
+    """(instruction, input) of a whole alpaca prompt: what a generate_fn now receives."""
+    rest = prompt.partition("### Instruction:\n")[2]
+    instruction, _, rest = rest.partition("\n\n### Input:\n")
+    return instruction, rest.rsplit("\n\n### Response:\n", 1)[0]
+
+
 class GoldOracle:
     """A test double that answers every prompt with the gold items of the labels it lists."""
 
@@ -29,7 +36,7 @@ class GoldOracle:
 
     def __call__(self, pairs):
         out = []
-        for instruction, text in pairs:
+        for instruction, text in map(alpaca_halves, pairs):
             rec = self.by_text[text]
             task = next(t for t in TEMPLATES if TEMPLATES[t][rec["lang"]][0].split("{")[0] in instruction)
             label = {"ner": "type", "re": "relation", "ee": "type"}[task]

@@ -19,6 +19,14 @@ from knowlm_ray.ie.extract import (
 )
 from knowlm_ray.ie.schema import normalize_schema
 
+
+def alpaca_halves(prompt: str) -> tuple[str, str]:
+    """(instruction, input) of a whole alpaca prompt: what a generate_fn now receives."""
+    rest = prompt.partition("### Instruction:\n")[2]
+    instruction, _, rest = rest.partition("\n\n### Input:\n")
+    return instruction, rest.rsplit("\n\n### Response:\n", 1)[0]
+
+
 RECORD_KEYS = {"id", "text", "lang", "entities", "relations", "events", "raw", "dropped", "unparsed"}
 
 TEXT = "鲁迅，原名周树人，1881年出生于浙江绍兴。鲁迅的代表作有小说集《呐喊》。1918年，鲁迅在北京发表了《狂人日记》。"
@@ -80,7 +88,7 @@ class Oracle:
     def __call__(self, pairs):
         self.calls.append(list(pairs))
         out = []
-        for instruction, inp in pairs:
+        for instruction, inp in map(alpaca_halves, pairs):
             listed = instruction.split("[", 1)[1].split("]", 1)[0]
             hits = [(s, t) for s, t in self.gold if f'"{t}"' in listed and s in inp]
             if self.fmt == "json":
@@ -150,7 +158,7 @@ def test_relations_and_events_with_offsets():
 
     def model(pairs):
         out = []
-        for instruction, _ in pairs:
+        for instruction, _ in map(alpaca_halves, pairs):
             if "毕业院校" in instruction:
                 out.append("(屠呦呦,毕业院校,北京医学院)\n(屠呦呦,配偶,李廷钊)")
             elif "获奖" in instruction:

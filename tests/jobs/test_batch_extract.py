@@ -48,10 +48,17 @@ def _job_main():
     return module.main
 
 
+def alpaca_halves(prompt: str) -> tuple[str, str]:
+    """(instruction, input) of a whole alpaca prompt: what a generate_fn now receives."""
+    rest = prompt.partition("### Instruction:\n")[2]
+    instruction, _, rest = rest.partition("\n\n### Input:\n")
+    return instruction, rest.rsplit("\n\n### Response:\n", 1)[0]
+
+
 def canned(pairs):
     """A test double of the model: a fixed person entity and relation, whatever it is asked."""
     out = []
-    for instruction, _text in pairs:
+    for instruction, _text in map(alpaca_halves, pairs):
         if "关系" in instruction or "relation" in instruction:
             out.append("(CANNED,出生地,CANNED)\n(CANNED,place of birth,CANNED)")
         else:
