@@ -148,7 +148,8 @@ def run_level(url: str, bodies: list[dict], clients: int, max_tokens: int) -> di
         conn = getattr(conns, "c", None)
         if conn is None:
             conn = conns.c = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
-        payload = json.dumps({**body, "parameters": {"max_tokens": max_tokens}}).encode()
+        # greedy: /generate's own default is KnowLM's (sampling at temperature 1.0)
+        payload = json.dumps({**body, "parameters": {"temperature": 0.0, "max_tokens": max_tokens}}).encode()
         conn.request("POST", f"{parts.path}/generate", payload, {"Content-Type": "application/json"})
         r = conn.getresponse()
         data = r.read()
@@ -299,10 +300,12 @@ def _rss() -> dict[str, int]:
 
 
 def _requests(n: int, max_tokens: int):
-    from knowlm_ray.generation.params import GenerateRequest
+    from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 
     return [
-        GenerateRequest(instruction=b["instruction"], input=b["input"], parameters={"max_tokens": max_tokens})
+        GenerateRequest(
+            instruction=b["instruction"], input=b["input"], parameters=GenerationParams(max_tokens=max_tokens)
+        )
         for b in _prompts(n)
     ]
 

@@ -6,8 +6,9 @@ prefilling their prompts in one left-padded forward pass, and (2) runs one decod
 active rows: one new token per row from one forward pass with the KV cache (transformers'
 ``DynamicCache``), a 2-D attention mask over the left padding and explicit position ids, so a
 row's positions are what they would be alone. Greedy rows take the argmax; other rows go
-through transformers' own logits processors (repetition penalty, temperature, top-k, top-p)
-row by row. Stops, streaming and cancellation are ``RowState``'s, as on the grouped path.
+through transformers' own logits processors (repetition penalty, presence / frequency penalties,
+temperature, top-k, top-p) row by row. Stops, streaming and cancellation are ``RowState``'s, as
+on the grouped path.
 
 Why not transformers' ``ContinuousBatchingManager`` (``generate_batch``)? It runs on CPU and its
 greedy tokens match, but it has no per-request repetition penalty (KnowLM's 1.3), and on this
@@ -30,6 +31,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared, RowHooks, RowState
+from knowlm_ray.generation.penalties import penalty_processors
 
 log = logging.getLogger("knowlm_ray.generation")
 
@@ -109,6 +111,7 @@ class _Row:
         procs = LogitsProcessorList()
         if q.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(q.repetition_penalty))
+        procs.extend(penalty_processors(q, len(self.prompt)))  # presence / frequency, before temperature
         if self.sampling:
             procs.append(TemperatureLogitsWarper(q.temperature))
             if q.top_k:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from knowlm_ray.alpaca import build_prompt
 from knowlm_ray.generation.errors import CONTEXT_LENGTH_EXCEEDED, RequestError, UnknownModelError
 from knowlm_ray.generation.params import GenerateRequest, GenerationParams
+from knowlm_ray.generation.penalties import penalty_processors
 
 log = logging.getLogger("knowlm_ray.generation")
 
@@ -94,6 +95,8 @@ def _group_key(p: Prepared) -> tuple:
         q.top_k if sampling else None,
         q.num_beams,
         q.repetition_penalty,
+        q.presence_penalty,
+        q.frequency_penalty,
         p.max_new_tokens if q.num_beams > 1 else None,
     )
 
@@ -361,7 +364,7 @@ class GenerationEngine:
         self, items: list[Prepared], indices: list[int] | None = None, hooks: RowHooks | None = None
     ) -> list[GenerationResult]:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         tok = self.tokenizer
         indices = indices if indices is not None else list(range(len(items)))
@@ -375,6 +378,8 @@ class GenerationEngine:
             out = self.model.generate(
                 **batch,
                 generation_config=self._generation_config(items),
+                # presence / frequency penalties: before generate's own temperature, top-k, top-p
+                logits_processor=LogitsProcessorList(penalty_processors(items[0].params, prompt_len)),
                 stopping_criteria=StoppingCriteriaList([tracker]),
             )
         new_tokens = out[:, prompt_len:].tolist()
