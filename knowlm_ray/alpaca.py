@@ -43,7 +43,27 @@ def extract_response(generated: str) -> str:
     return generated.split(RESPONSE_SPLIT)[-1].strip()
 
 
+def is_iepile_record(obj: Any) -> bool:
+    """An IEPile (OneKE) record: ``instruction`` is a JSON object string holding ``instruction`` and
+    ``input``, with ``output`` (train) or ``label`` (test). Its prompt is OneKE's, not alpaca's."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("instruction"), str):
+        return False
+    text = obj["instruction"].lstrip()
+    if not text.startswith("{") or ("output" not in obj and "label" not in obj):
+        return False
+    try:
+        inner = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(inner, dict) and "instruction" in inner and "input" in inner
+
+
 def validate_record(rec: Any, where: str) -> dict[str, str]:
+    if is_iepile_record(rec):
+        raise RecordError(
+            f"{where}: an IEPile record (OneKE's instruction JSON): prepare it with prepare_instructions, "
+            "which trains it in OneKE's own prompt, and train on the prepared shards"
+        )
     if not isinstance(rec, dict):
         raise RecordError(f"{where}: expected an object with instruction/input/output, got {type(rec).__name__}")
     for key in ("instruction", "output"):
@@ -100,7 +120,8 @@ def tokenize_record(
     With ``train_on_inputs=False`` the prompt's labels are IGNORE_INDEX so only the response is
     learned (KnowLM: the prompt length is that of BOS + prompt, without EOS).
     """
-    prompt = build_prompt(rec["instruction"], rec.get("input", ""))
+    # A record may carry its format's own prompt (IEPile: OneKE's chat wrapper); else alpaca's.
+    prompt = rec.get("prompt") or build_prompt(rec["instruction"], rec.get("input", ""))
     full_ids = tokenizer(prompt + rec["output"], add_special_tokens=True)["input_ids"][:cutoff_len]
     if len(full_ids) < cutoff_len and full_ids[-1] != tokenizer.eos_token_id:
         full_ids = full_ids + [tokenizer.eos_token_id]

@@ -15,10 +15,11 @@ Answers come in two formats, as in KnowLM and IEPile: ``tuple`` — one ``(实�
 ``(head,relation,tail)`` / ``(trigger,event type,[(argument,role)])`` per line — and ``json`` —
 ``{"type": [mentions]}``-style objects. ``parse_output`` reads either back into record lists.
 
-``--serve-prompt`` writes instead the prompts ``/extract`` sends (``build_serve_instructions``).
+``--serve-prompt`` writes instead the prompts ``/extract`` sends (``build_serve_instructions``);
+``--format oneke`` writes IEPile training records in OneKE's prompt (``knowlm_ray.instruct.iepile``).
 
     python -m knowlm_ray.instruct.kg2instruct --records R --schema S --out O [--seed N]
-        [--tasks ner,re,ee] [--lang zh|en] [--limit N] [--serve-prompt]
+        [--tasks ner,re,ee] [--lang zh|en] [--limit N] [--serve-prompt] [--format alpaca|oneke]
 """
 
 from __future__ import annotations
@@ -31,18 +32,19 @@ from collections.abc import Sequence
 
 # The instruction text, answer formats, record loading and parsers live in ie: this builder
 # writes training data in exactly the shapes extraction asks for and reads back.
-from knowlm_ray.atomic import write_json_atomic
+from knowlm_ray.atomic import atomic_write_text, write_json_atomic
 from knowlm_ray.ie.parsers import FIELD, FORMATS, TASKS
-from knowlm_ray.ie.prompts import SPLIT_NUM, serve_format_instructions, split_sizes
+from knowlm_ray.ie.prompts import serve_format_instructions
 from knowlm_ray.ie.records import load_ie_records, load_schema, schema_section
-from knowlm_ray.ie.templates import FORMAT_TEXT, LANGS, NONE_ANSWER, TEMPLATES, guess_lang, render_output, tuple_safe
-
-
-def _check_tasks(tasks: Sequence[str]) -> None:
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown} (expected {TASKS})")
-
+from knowlm_ray.ie.templates import FORMAT_TEXT, LANGS, NONE_ANSWER, TEMPLATES, render_output, tuple_safe
+from knowlm_ray.instruct.batches import (
+    check_ratio,
+    check_tasks,
+    item_label,
+    label_batches,
+    resolve_negatives,
+    split_sizes_for,
+)
 
 # -------------------------------------------------------------------------------- rendering
 
@@ -52,40 +54,6 @@ def _batch_text(task: str, s: dict, batch: Sequence[str]) -> str:
     if task == "ee":
         return json.dumps({t: s["ee"][t] for t in batch}, ensure_ascii=False)
     return json.dumps(list(batch), ensure_ascii=False)
-
-
-def _label(task: str, item: dict) -> str:
-    return item["type"] if task in ("ner", "ee") else item["relation"]
-
-
-def _task_labels(task: str, s: dict) -> list[str]:
-    return list(s["ee"]) if task == "ee" else list(s[task])
-
-
-def cooccurrence_hard_negatives(records: Sequence[dict], schema: dict, top: int = 3) -> dict[str, dict[str, list[str]]]:
-    """``{lang: {label: [labels]}}``: for each label, the ``top`` labels of the same task that
-    appear most often in the *same records* as it (ties: schema order). A record that has X but
-    not its usual companion Y is where "Y" is a confusable negative: a hard negative."""
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for rec in records:
-        lang = rec.get("lang") or guess_lang(rec["text"])
-        for task in TASKS:
-            present = sorted({_label(task, x) for x in rec.get(FIELD[task]) or []})
-            for a in present:
-                row = counts.setdefault((lang, a), {})
-                for b in present:
-                    if b != a:
-                        row[b] = row.get(b, 0) + 1
-    out: dict[str, dict[str, list[str]]] = {}
-    for lang, s in schema.items():
-        for task in TASKS:
-            order = {lab: i for i, lab in enumerate(_task_labels(task, s))}
-            for a in order:
-                row = counts.get((lang, a), {})
-                ranked = sorted((b for b in row if b in order), key=lambda b: (-row[b], order[b]))
-                if ranked:
-                    out.setdefault(lang, {})[a] = ranked[:top]
-    return out
 
 
 def build_instructions(
@@ -109,57 +77,21 @@ def build_instructions(
     record has no label for yields one all-negative batch when the record is a full negative,
     and otherwise at ``neg_ratio``. One private seeded stream: same seed, same list.
     """
-    _check_tasks(tasks)
-    if not 0 <= neg_ratio <= 1:
-        raise ValueError(f"neg_ratio must be in [0, 1], got {neg_ratio}")
-    sizes = (
-        dict(SPLIT_NUM)
-        if split_num is None
-        else ({t: int(split_num) for t in TASKS} if isinstance(split_num, int) else {**SPLIT_NUM, **split_num})
-    )
-    if hard_negatives is None:
-        derived = None
-        hard_negatives = {}
-        for lang, s in schema.items():
-            if isinstance(s.get("hard_negatives"), dict):
-                hard_negatives[lang] = s["hard_negatives"]
-            else:
-                if derived is None:
-                    derived = cooccurrence_hard_negatives(records, schema)
-                hard_negatives[lang] = derived.get(lang, {})
+    check_tasks(tasks)
+    check_ratio(neg_ratio)
+    sizes = split_sizes_for(split_num)
+    hard_negatives = resolve_negatives(records, schema, hard_negatives)
     rng = random.Random(seed)  # one private stream: never the global random state
     out = []
     for rec in records:
         lang, s = schema_section(rec, schema)
-        hard_map = hard_negatives.get(lang, {})
         fmt = rng.choice(FORMATS)  # one format per record
         negative = not any(rec.get(FIELD[t]) for t in TASKS)
         for task in tasks:
             items = rec.get(FIELD[task]) or []
-            labels = _task_labels(task, s)
-            k = sizes[task]
-            keep_empty = rng.random() < neg_ratio  # drawn for every task: keeps the stream stable
-            present = {_label(task, x) for x in items}
-            positives = [lab for lab in labels if lab in present]
-            if not positives:
-                if not (negative or keep_empty):
-                    continue
-                candidates = rng.sample(labels, min(k, len(labels)))
-            else:
-                hard: list[str] = []
-                for p in positives:
-                    for h in hard_map.get(p, []):
-                        if h in labels and h not in present and h not in hard:
-                            hard.append(h)
-                others = [lab for lab in labels if lab not in present and lab not in hard]
-                sampled = [lab for lab, u in zip(others, [rng.random() for _ in others]) if u < neg_ratio]
-                candidates = positives + hard + sampled
-                rng.shuffle(candidates)
-            start = 0
-            for size in split_sizes(len(candidates), k):
-                batch = candidates[start : start + size]
-                start += size
-                batch_items = [x for x in items if _label(task, x) in batch]
+            hard_map = hard_negatives.get(lang, {})
+            for batch in label_batches(rec, task, s, rng, sizes[task], neg_ratio, hard_map, negative):
+                batch_items = [x for x in items if item_label(task, x) in batch]
                 task_fmt = "json" if fmt == "tuple" and not tuple_safe(batch_items) else fmt
                 template = rng.choice(TEMPLATES[task][lang])
                 instruction = template.format(
@@ -186,7 +118,7 @@ def build_serve_instructions(records: Sequence[dict], schema: dict, tasks: Seque
     batches and text chunks), one per (record, task, prompt). No template, order or format
     variety and no sampled negatives: rows for a model that only has to learn the serving prompt
     (the demo's tiny model), not the task in general (``build_instructions``)."""
-    _check_tasks(tasks)
+    check_tasks(tasks)
     out = []
     for rec in records:
         lang, s = schema_section(rec, schema)
@@ -215,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lang", choices=LANGS, help="only the records of this language")
     ap.add_argument("--limit", type=int, help="only the first N records (after --lang)")
     ap.add_argument(
+        "--format",
+        choices=("alpaca", "oneke"),
+        default="alpaca",
+        help="alpaca: this project's instructions, an alpaca JSON list; oneke: IEPile training records "
+        "(OneKE's instruction JSON and answer, split_num labels per record in random order with negatives), "
+        "one JSON object per line",
+    )
+    ap.add_argument(
         "--serve-prompt",
         action="store_true",
         help="write the prompts /extract sends (fixed template, JSON, whole schema in order) "
@@ -231,14 +171,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.limit is not None:
             records = records[: args.limit]
         schema = load_schema(args.schema)
-        rows = (
-            build_serve_instructions(records, schema, tasks)
-            if args.serve_prompt
-            else build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
-        )
+        if args.format == "oneke":
+            if args.serve_prompt:
+                raise ValueError("--serve-prompt is for --format alpaca: OneKE's records are its serving prompt")
+            from knowlm_ray.instruct.iepile import build_iepile
+
+            rows = build_iepile(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
+        else:
+            rows = (
+                build_serve_instructions(records, schema, tasks)
+                if args.serve_prompt
+                else build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
+            )
     except ValueError as exc:  # RecordError is a ValueError: user-caused, one clear line
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.format == "oneke":
+        atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        counts = {t: sum(r["task"] == t.upper() for r in rows) for t in TASKS}
+        print(
+            f"wrote {len(rows)} IEPile records from {len(records)} records to {args.out} "
+            f"(ner {counts['ner']}, re {counts['re']}, ee {counts['ee']})"
+        )
+        return 0
     write_json_atomic(rows, args.out)
     counts = {t: sum(r["task"] == t for r in rows) for t in TASKS}
     empty = sum(r["output"] == NONE_ANSWER[r["lang"]] for r in rows)

@@ -1,7 +1,9 @@
 """Instruction data -> tokenised, prompt-masked Arrow shards with a train / validation split.
 
 Input: alpaca ``.json`` / ``.jsonl`` files (or directories of them) and / or IE records + a label
-schema, which are first built into instructions with ``kg2instruct.build_instructions``.
+schema, which are first built into instructions with ``kg2instruct.build_instructions``. IEPile
+train / test records (``instruction`` a OneKE instruction JSON string, ``output`` or ``label``) in
+the same files are recognised and trained in OneKE's own prompt (``knowlm_ray.instruct.iepile``).
 Output (what the LoRA trainer reads)::
 
     out_dir/train/part-NNNNN.arrow        Arrow IPC *file* format: input_ids list<int32>,
@@ -38,6 +40,7 @@ from knowlm_ray.alpaca import IGNORE_INDEX, RecordError, alpaca_files, tokenize_
 from knowlm_ray.atomic import atomic_dir, atomic_path
 from knowlm_ray.corpus.shards import _sha256, gather, plan_files, table_rows
 from knowlm_ray.errors import MissingPathError
+from knowlm_ray.instruct.iepile import iepile_row, is_iepile
 
 INSTRUCTION_SCHEMA = pa.schema(
     [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("id", pa.string()), ("task", pa.string())]
@@ -95,7 +98,7 @@ def read_alpaca(path: str | Path, bad: list[dict]) -> list[dict]:
                 _quarantine(bad, f, n, err, obj if obj is not None else "")
                 continue
             try:
-                rec = validate_record(obj, f"{f}:{n}")
+                rec = iepile_row(obj, f"{f}:{n}") if is_iepile(obj) else validate_record(obj, f"{f}:{n}")
             except RecordError as exc:
                 _quarantine(bad, f, n, str(exc).split(": ", 1)[-1], obj)
                 continue
@@ -103,7 +106,7 @@ def read_alpaca(path: str | Path, bad: list[dict]) -> list[dict]:
                 rec["empty"] = True
             rid, task = obj.get("id"), obj.get("task")
             rec["group"] = str(rid) if isinstance(rid, (str, int)) and str(rid) else _content_id(rec)
-            rec["task"] = task if isinstance(task, str) and task else "general"
+            rec["task"] = task.lower() if isinstance(task, str) and task else "general"
             out.append(rec)
     return out
 
@@ -180,6 +183,7 @@ def assign(records: list[dict], val_set_size: int, seed: int) -> list[dict]:
                 "instruction": r["instruction"],
                 "input": r.get("input", ""),
                 "output": r["output"],
+                "prompt": r.get("prompt", ""),  # a format's own prompt (IEPile: OneKE's); "" = alpaca
             }
         )
     return rows
