@@ -15,7 +15,7 @@ knowlm corpus export-megatron DIR OUT_PREFIX
 knowlm weights merge-lora --base B --lora L1 [--lora L2 ...] --out M
 knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
 knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
-knowlm serve --model DIR [--lora NAME=DIR ...] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
+knowlm serve --model DIR [--lora NAME=DIR ...] [--prompt-format F] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
 knowlm chat (--server URL | --model-dir DIR)
 knowlm web --server URL
 knowlm demo
@@ -59,9 +59,10 @@ def _serve(a: argparse.Namespace) -> None:
     from knowlm_ray.serve.launch import serve_blocking
 
     loras = dict(_name_eq_dir(x) for x in a.lora)
-    serve_blocking(
-        model=a.model, loras=loras, host=a.host, port=a.port, ingress=a.ingress, **dict(_app_arg(x) for x in a.set)
-    )
+    app_args = dict(_app_arg(x) for x in a.set)
+    if a.prompt_format is not None:
+        app_args["prompt_format"] = a.prompt_format
+    serve_blocking(model=a.model, loras=loras, host=a.host, port=a.port, ingress=a.ingress, **app_args)
 
 
 def _app_arg(text: str) -> tuple[str, object]:
@@ -134,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="HF model directory")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="a peft adapter to serve")
+    p.add_argument(
+        "--prompt-format",
+        default=None,
+        metavar="F",
+        help="how /extract asks the model: alpaca (default), oneke, zhixi or chat (the prompt_format app option)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (loopback unless told otherwise)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument(

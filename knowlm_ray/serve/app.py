@@ -35,6 +35,7 @@ from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Pre
 from knowlm_ray.generation.errors import RequestError, UnknownModelError
 from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 from knowlm_ray.ie.extract import IERequestError, assemble, parse_extract_request, plan_extraction
+from knowlm_ray.ie.formats import DEFAULT_FORMAT
 from knowlm_ray.serve import metrics as serve_metrics
 from knowlm_ray.serve import openai_api as oai
 from knowlm_ray.serve.errors import error_response, install_error_handlers
@@ -118,6 +119,8 @@ class KnowLMServer:
         retry_after_s: float = 1.0,
         api_key: str | None = None,
         batching: str = "continuous",
+        prompt_format: str = DEFAULT_FORMAT,
+        lora_prompt_formats: dict[str, str] | None = None,
     ):
         self.engine = GenerationEngine(
             model_dir,
@@ -132,6 +135,8 @@ class KnowLMServer:
             max_loras=max_loras_per_replica,
         )
         self.model_id = model_id
+        self.prompt_format = prompt_format  # /extract's, for the base model
+        self.lora_prompt_formats = dict(lora_prompt_formats or {})  # adapter -> its format
         self.started = int(time.time())
         self.metrics = serve_metrics.ServeMetrics(export=True)
         events = {"rejected": "overload", "timed_out": "timeout"}
@@ -180,6 +185,10 @@ class KnowLMServer:
             return adapter
         return oai.resolve_model(model, self.model_id, self.engine.loras)
 
+    def _prompt_format(self, adapter: str | None) -> str:
+        """The prompt format /extract asks the base model or ``adapter`` in."""
+        return self.lora_prompt_formats.get(adapter, self.prompt_format) if adapter else self.prompt_format
+
     def _model_name(self, adapter: str | None) -> str:
         return adapter or self.model_id
 
@@ -224,16 +233,25 @@ class KnowLMServer:
             except ValueError:
                 raise IERequestError("body: not valid JSON") from None
             req = parse_extract_request(body)
-            plan = plan_extraction(req.task, req.text, req.labels, req.lang, record_id=req.id, fmt=req.format)
-            params = {**EXTRACT_DEFAULTS, **(req.parameters or {})}
-            answers = await self.generate_texts(
-                plan.pairs, params, adapter=self._adapter(req.model), timeout_s=_timeout_from(http)
+            adapter = self._adapter(req.model)
+            plan = plan_extraction(
+                req.task,
+                req.text,
+                req.labels,
+                req.lang,
+                record_id=req.id,
+                fmt=req.format,
+                prompt_format=req.prompt_format or self._prompt_format(adapter),
+                example=req.example,
+                tokenizer=self.engine.tokenizer,
             )
             return assemble(plan, answers)
         except IERequestError as exc:
             return error_response(400, str(exc))
         except Exception as exc:
             return error_for(exc)
+            params = {**EXTRACT_DEFAULTS, **(req.parameters or {})}
+            answers = await self.generate_texts(plan.texts, params, adapter=adapter, timeout_s=_timeout_from(http))
 
     @api.post("/v1/completions", responses=_ERRORS)
     async def completions(self, request: CompletionRequest, http: Request):
@@ -335,12 +353,13 @@ class KnowLMServer:
     # -- for other code in the cluster (handles) and the /extract route --------------------------
     async def generate_texts(
         self,
-        pairs: Sequence[tuple[str, str]],
+        pairs: Sequence[str | tuple[str, str]],
         params: GenerationParams | dict | None = None,
         adapter: str | None = None,
         timeout_s: float | None = None,
     ) -> list[str]:
-        """Answers to (instruction, input) pairs under KnowLM's alpaca prompt, in order.
+        """Answers, in order, to whole prompts (strings, sent verbatim: ``/extract`` sends its
+        prompt format's text) or to (instruction, input) pairs under KnowLM's alpaca prompt.
 
         One job through the same batcher as HTTP requests (its rows share forward passes with
         them). Raises RequestError (400) / UnknownModelError (404) / Overloaded (503) /
@@ -350,7 +369,7 @@ class KnowLMServer:
 
     async def generate_results(
         self,
-        pairs: Sequence[tuple[str, str]],
+        pairs: Sequence[str | tuple[str, str]],
         params: GenerationParams | dict | None = None,
         adapter: str | None = None,
         timeout_s: float | None = None,
@@ -363,7 +382,10 @@ class KnowLMServer:
             raise UnknownModelError(f"adapter {adapter!r} is not configured")
         if not pairs:
             return []
-        rows = [self.engine.prepare_prompt(build_prompt(i, x), params, adapter=adapter) for i, x in pairs]
+        rows = [
+            self.engine.prepare_prompt(p if isinstance(p, str) else build_prompt(*p), params, adapter=adapter)
+            for p in pairs
+        ]
         return await self._complete(rows, route, timeout_s)
 
     async def get_stats(self) -> dict[str, Any]:
@@ -429,7 +451,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder for ``serve run`` configs and ``launch.start``."""
     cfg = load_config(AppArgs, base=dict(args or {}))
     model_dir = resolve_model_dir(cfg.model)
-    loras = resolve_lora_dirs(cfg.loras)
+    loras = resolve_lora_dirs(cfg.lora_dirs())
     model_id = cfg.model_id or model_dir.name
     if model_id in loras:
         raise ConfigError(f"loras: adapter name {model_id!r} is the base model's id; rename the adapter")
@@ -451,3 +473,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     return KnowLMServer.options(**deployment_options(cfg)).bind(
         str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings
     )
+        prompt_format=cfg.prompt_format,
+        lora_prompt_formats=cfg.lora_prompt_formats(),

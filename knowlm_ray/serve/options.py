@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from knowlm_ray.config import Strict
+from knowlm_ray.ie.formats import NAMES as PROMPT_FORMATS
+from knowlm_ray.ie.formats import check_format_name
 
 # Measured on 2 cores: 0.5 CPU per replica leaves room for the proxy and a
 # second replica; scale on queue depth, back down after a quiet 30 s.
@@ -23,6 +25,21 @@ DEFAULT_AUTOSCALING: dict[str, Any] = {
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)$")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+class LoraEntry(Strict):
+    """One adapter of ``loras`` given as an object: its directory and the prompt format it was
+    trained in (``loras: {name: dir}`` still works: the model's ``prompt_format`` then)."""
+
+    path: str = Field(description="peft adapter directory; a relative path resolves against the working directory.")
+    prompt_format: str | None = Field(
+        None, description=f"The adapter's prompt format ({', '.join(PROMPT_FORMATS)}); null: the model's."
+    )
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _format(cls, v):
+        return v if v is None else check_format_name(v)
 
 
 class AppArgs(Strict):
@@ -44,9 +61,16 @@ class AppArgs(Strict):
         description="Name reported by /healthz and /v1/models (and chosen with "
         "a request's model); null: the directory's name.",
     )
-    loras: dict[str, str] = Field(
+    loras: dict[str, str | LoraEntry] = Field(
         default_factory=dict,
-        description='Adapter name -> peft adapter directory; a request selects one with "model": NAME.',
+        description="Adapter name -> peft adapter directory, or -> {path, prompt_format}; a request selects "
+        'one with "model": NAME.',
+    )
+    prompt_format: str = Field(
+        "alpaca",
+        description=f"How /extract asks the model ({', '.join(PROMPT_FORMATS)}): alpaca (this project's IE "
+        "wording), oneke (zjunlp/OneKE), zhixi (knowlm-13b-zhixi / -ie), chat (the tokenizer's chat "
+        "template); a request's prompt_format overrides it.",
     )
     max_loras_per_replica: int = Field(4, ge=1, description="LRU bound on the adapters held in one replica.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica has a GPU.")
@@ -110,9 +134,25 @@ class AppArgs(Strict):
         default_factory=lambda: dict(DEFAULT_AUTOSCALING), description="Serve's autoscaling_config for the deployment."
     )
 
+    @field_validator("prompt_format")
+    @classmethod
+    def _prompt_format(cls, v: str) -> str:
+        return check_format_name(v)
+
+    def lora_dirs(self) -> dict[str, str]:
+        """Adapter name -> directory, whichever way each entry was given."""
+        return {n: e if isinstance(e, str) else e.path for n, e in self.loras.items()}
+
+    def lora_prompt_formats(self) -> dict[str, str]:
+        """Adapter name -> prompt format (the model's where the entry names none)."""
+        return {
+            n: (e.prompt_format if isinstance(e, LoraEntry) and e.prompt_format else self.prompt_format)
+            for n, e in self.loras.items()
+        }
+
     @field_validator("loras")
     @classmethod
-    def _lora_names(cls, v: dict[str, str]) -> dict[str, str]:
+    def _lora_names(cls, v: dict[str, str | LoraEntry]) -> dict[str, str | LoraEntry]:
         for name in v:
             if not _ADAPTER_NAME.match(name):
                 raise ValueError(f"adapter name {name!r}: use letters, digits, '_', '-', '.' (at most 64)")

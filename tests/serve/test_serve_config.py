@@ -78,6 +78,23 @@ def test_lora_dirs_resolve_and_must_be_peft_dirs(tiny_model, lora_dirs, tmp_path
         build_app({"model": str(tiny_model), "loras": {tiny_model.name: str(lora_dirs["ie"])}})
 
 
+def test_prompt_format_per_model_and_per_adapter(tiny_model, lora_dirs):
+    """``prompt_format`` for the model; ``loras`` entries are a directory (the model's format) or
+    ``{path, prompt_format}``; a wrong name is a config error naming the key."""
+    ie = str(lora_dirs["ie"])
+    cfg = AppArgs.model_validate(
+        {"model": "m", "prompt_format": "zhixi", "loras": {"a": ie, "b": {"path": ie, "prompt_format": "oneke"}}}
+    )
+    assert cfg.lora_dirs() == {"a": ie, "b": ie}
+    assert cfg.lora_prompt_formats() == {"a": "zhixi", "b": "oneke"}
+    assert AppArgs.model_validate({"model": "m"}).prompt_format == "alpaca"
+    assert build_app({"model": str(tiny_model), "loras": {"b": {"path": ie, "prompt_format": "oneke"}}}) is not None
+    with pytest.raises(ConfigError, match="prompt_format"):
+        build_app({"model": str(tiny_model), "prompt_format": "llama9"})
+    with pytest.raises(ConfigError, match="prompt_format"):
+        build_app({"model": str(tiny_model), "loras": {"b": {"path": ie, "prompt_format": "llama9"}}})
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
