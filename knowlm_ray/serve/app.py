@@ -245,13 +245,13 @@ class KnowLMServer:
                 example=req.example,
                 tokenizer=self.engine.tokenizer,
             )
+            params = {**EXTRACT_DEFAULTS, **(req.parameters or {})}
+            answers = await self.generate_texts(plan.texts, params, adapter=adapter, timeout_s=_timeout_from(http))
             return assemble(plan, answers)
         except IERequestError as exc:
             return error_response(400, str(exc))
         except Exception as exc:
             return error_for(exc)
-            params = {**EXTRACT_DEFAULTS, **(req.parameters or {})}
-            answers = await self.generate_texts(plan.texts, params, adapter=adapter, timeout_s=_timeout_from(http))
 
     @api.post("/v1/completions", responses=_ERRORS)
     async def completions(self, request: CompletionRequest, http: Request):
@@ -469,9 +469,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         retry_after_s=cfg.retry_after_s,
         api_key=cfg.api_key or os.environ.get(API_KEY_ENV) or None,
         batching=cfg.batching,
+        prompt_format=cfg.prompt_format,
+        lora_prompt_formats=cfg.lora_prompt_formats(),
     )
     return KnowLMServer.options(**deployment_options(cfg)).bind(
         str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings
     )
-        prompt_format=cfg.prompt_format,
-        lora_prompt_formats=cfg.lora_prompt_formats(),

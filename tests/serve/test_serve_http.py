@@ -481,9 +481,34 @@ def test_extract_equals_local_plan_generate_assemble(base_url, reference):
     assert {"id", "text", "entities", "relations", "events", "raw"} <= set(got)
 
 
+def test_extract_oneke_sends_the_oneke_prompt_verbatim(base_url, reference):
+    """``prompt_format: oneke``: the model reads OneKE's own prompt (Llama-2 wrapper around the
+    IEPile JSON instruction), built here by hand, and /extract answers 200 with a record."""
+    from knowlm_ray.ie.extract import assemble, plan_extraction
+
+    text = "相比之下，青岛海牛队和广州松日队的雨中之战虽然也是0∶0，但乏善可陈。"
+    schema = ["组织机构", "人物", "地理位置"]
+    body = {"task": "ner", "text": text, "schema": schema, "lang": "zh", "prompt_format": "oneke"}
+    r = _post(base_url, {**body, "parameters": {"max_tokens": 12}}, route="/extract", timeout=120)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    prompt = (
+        "[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n"
+        '{"instruction": "你是专门进行实体抽取的专家。请从input中抽取出符合schema定义的实体，不存在的实体类型返回空列表。'
+        '请按照JSON字符串的格式回答。", "schema": ["组织机构", "人物", "地理位置"], '
+        '"input": "相比之下，青岛海牛队和广州松日队的雨中之战虽然也是0∶0，但乏善可陈。"}[/INST]'
+    )
+    plan = plan_extraction("ner", text, schema, "zh", prompt_format="oneke")
+    assert plan.texts == [prompt]
+    want = assemble(plan, [reference.raw(prompt, max_tokens=12)[0]])
+    assert got == json.loads(json.dumps(want, ensure_ascii=False))
+    assert got["raw"] == want["raw"] and set(got) >= {"id", "text", "entities", "raw"}
+
+
 @pytest.mark.parametrize(
     "body, status, mentions",
     [
+        ({"task": "ner", "text": "李明。", "schema": ["人物"], "prompt_format": "llama9"}, 400, "prompt_format"),
         ({"task": "xx", "text": "a", "schema": ["人物"]}, 400, "task"),
         ({"task": "ner", "text": "   ", "schema": ["人物"]}, 400, "text"),
         ({"task": "ner", "text": "李明在青岚市。"}, 400, "schema"),
@@ -534,28 +559,3 @@ def test_dynamic_batching_app_answers_the_same(base_url, tiny_model, reference):
         assert serve.get_app_handle("dynamic").get_stats.remote().result()["batching"] == "dynamic"
     finally:
         serve.delete("dynamic")
-def test_extract_oneke_sends_the_oneke_prompt_verbatim(base_url, reference):
-    """``prompt_format: oneke``: the model reads OneKE's own prompt (Llama-2 wrapper around the
-    IEPile JSON instruction), built here by hand, and /extract answers 200 with a record."""
-    from knowlm_ray.ie.extract import assemble, plan_extraction
-
-    text = "相比之下，青岛海牛队和广州松日队的雨中之战虽然也是0∶0，但乏善可陈。"
-    schema = ["组织机构", "人物", "地理位置"]
-    body = {"task": "ner", "text": text, "schema": schema, "lang": "zh", "prompt_format": "oneke"}
-    r = _post(base_url, {**body, "parameters": {"max_tokens": 12}}, route="/extract", timeout=120)
-    assert r.status_code == 200, r.text
-    got = r.json()
-    prompt = (
-        "[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n"
-        '{"instruction": "你是专门进行实体抽取的专家。请从input中抽取出符合schema定义的实体，不存在的实体类型返回空列表。'
-        '请按照JSON字符串的格式回答。", "schema": ["组织机构", "人物", "地理位置"], '
-        '"input": "相比之下，青岛海牛队和广州松日队的雨中之战虽然也是0∶0，但乏善可陈。"}[/INST]'
-    )
-    plan = plan_extraction("ner", text, schema, "zh", prompt_format="oneke")
-    assert plan.texts == [prompt]
-    want = assemble(plan, [reference.raw(prompt, max_tokens=12)[0]])
-    assert got == json.loads(json.dumps(want, ensure_ascii=False))
-    assert got["raw"] == want["raw"] and set(got) >= {"id", "text", "entities", "raw"}
-
-
-        ({"task": "ner", "text": "李明。", "schema": ["人物"], "prompt_format": "llama9"}, 400, "prompt_format"),
