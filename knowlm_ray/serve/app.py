@@ -210,6 +210,11 @@ class KnowLMServer:
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.model_id}
 
+    @api.get("/is_ready")
+    async def is_ready(self) -> bool:
+        """KnowLM's readiness probe: ``true`` (200) once a replica has its engine loaded."""
+        return True
+
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         return oai.models_list(self.model_id, self.engine.loras, self.started)

@@ -30,7 +30,7 @@ from typing import Any
 
 log = logging.getLogger("knowlm_ray.serve")
 
-OPEN_PATHS = frozenset({"/healthz"})  # answered without the API key (load balancers, probes)
+OPEN_PATHS = frozenset({"/healthz", "/is_ready"})  # answered without the API key (load balancers, probes)
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000]
 
 

@@ -56,9 +56,11 @@ class _OpenAISampling(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions.
 
     OpenAI's defaults (temperature 1.0: sampling), so a stock client behaves as with OpenAI; send
-    ``temperature: 0`` for greedy, reproducible answers. ``top_k`` and ``repetition_penalty`` are
-    extensions (vLLM has them too). Fields OpenAI defines that this server cannot honour are
-    accepted only at their neutral value (e.g. ``logprobs: null``) and are a 400 otherwise.
+    ``temperature: 0`` for greedy, reproducible answers. ``presence_penalty`` and
+    ``frequency_penalty`` are OpenAI's (-2..2, over the tokens generated so far). ``top_k``
+    (0 or -1 = off) and ``repetition_penalty`` are extensions (vLLM has them too). Fields OpenAI
+    defines that this server cannot honour are accepted only at their neutral value (e.g.
+    ``logprobs: null``) and are a 400 otherwise; an unknown field is a 422.
     """
 
     model_config = _STRICT
@@ -66,15 +68,15 @@ class _OpenAISampling(BaseModel):
     model: str | None = None  # base model id, a configured adapter's name, or "base:adapter"
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=-1)
     repetition_penalty: float = Field(1.0, ge=1.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1, le=8)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     # accepted for compatibility, only at their neutral values (checked in `unsupported`)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     seed: int | None = None
     user: str | None = None  # ignored
@@ -100,12 +102,12 @@ class _OpenAISampling(BaseModel):
             top_k=self.top_k,
             max_tokens=max_tokens,
             repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
         )
 
     def unsupported(self) -> str | None:
         """A message naming the first field set to something this server cannot do, or None."""
-        if self.presence_penalty or self.frequency_penalty:
-            return "presence_penalty/frequency_penalty are not supported: use repetition_penalty"
         if self.logit_bias:
             return "logit_bias is not supported"
         if self.seed is not None and self.temperature > 0:

@@ -94,7 +94,7 @@ def test_generate_equals_plain_transformers(base_url, reference):
     body = {
         "instruction": "请从下面的句子中抽取实体。",
         "input": "浙江大学位于浙江省杭州市。",
-        "parameters": {"max_tokens": 16},
+        "parameters": {"temperature": 0.0, "max_tokens": 16},  # greedy: /generate's default samples
     }
     t0 = time.perf_counter()
     r = _post(base_url, body)
@@ -116,7 +116,7 @@ def test_concurrent_requests_all_succeed_and_match(base_url, reference):
     bodies = [
         {
             "instruction": f"Question {i}: what is a knowledge graph?" + " Explain." * i,
-            "parameters": {"max_tokens": 4 + i},
+            "parameters": {"temperature": 0.0, "max_tokens": 4 + i},
         }
         for i in range(8)
     ]
@@ -148,12 +148,73 @@ def test_bad_json_is_a_400_with_the_error_shape(base_url):
         ({"instruction": "x", "parameters": {"max_tokens": "many"}}, "parameters.max_tokens"),
         ({"instruction": "x", "parameters": {"num_beams": 20}}, "parameters.num_beams"),
         ({"instruction": "x", "stream": True}, "stream"),
-        ({"instruction": "x", "parameters": {"best_of": 2}}, "parameters.best_of"),
+        ({"instruction": "x", "parameters": {"top_k": -2}}, "parameters.top_k"),
+        ({"instruction": "x", "parameters": {"frequency_penalty": 2.5}}, "parameters.frequency_penalty"),
         ({"instruction": "x", "model": 3}, "model"),
     ],
 )
 def test_invalid_requests_name_the_field(base_url, body, field):
     _assert_error(_post(base_url, body), mentions=field)
+
+
+# KnowLM's own server (inference/launch_vllm.py): the body its clients send, and its probe.
+KNOWLM_BODY = {
+    "instruction": "你好",
+    "input": "",
+    "parameters": {
+        "top_p": 0.7,
+        "max_tokens": 16,
+        "top_k": -1,
+        "presence_penalty": 0,
+        "frequency_penalty": 0,
+        "temperature": 0.9,
+    },
+}
+
+
+def test_knowlm_clients_body_is_answered_and_is_ready_is_200(base_url):
+    r = requests.get(f"{base_url}/is_ready", timeout=10)  # a probe: no API key, like /healthz
+    assert r.status_code == 200 and r.json() is True
+    r = _post(base_url, KNOWLM_BODY)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"generated_text", "num_output_tokens_cf", "error"} and body["error"] is None
+    assert isinstance(body["generated_text"], str) and 1 <= body["num_output_tokens_cf"] <= 16
+
+
+def test_generate_takes_knowlms_defaults_for_absent_keys(base_url, reference):
+    answers = []
+    for body in ({"instruction": "介绍一下浙江大学"}, {"instruction": "介绍一下浙江大学", "parameters": {}}) * 2:
+        r = _post(base_url, body)
+        assert r.status_code == 200, r.text
+        assert 1 <= r.json()["num_output_tokens_cf"] <= 16  # max_tokens 16
+        answers.append(r.json()["generated_text"])
+    # temperature 1.0: sampled, not greedy (four 16-token samples from 3,000 tokens never all agree)
+    greedy = reference("介绍一下浙江大学", max_tokens=16)[0]
+    assert len(set(answers)) > 1 and set(answers) != {greedy}
+
+
+def test_unknown_parameters_are_ignored_on_generate_but_refused_on_v1(base_url, reference):
+    extra = {"use_beam_search": True, "best_of": 2, "stop": ["x"], "n": 3, "ignore_eos": False}
+    r = _post(base_url, {"instruction": "x", "parameters": {"temperature": 0, "max_tokens": 6, **extra}})
+    assert r.status_code == 200, r.text
+    assert (r.json()["generated_text"], r.json()["num_output_tokens_cf"]) == reference("x", max_tokens=6)
+    _assert_error(_post(base_url, {"prompt": "x", "use_beam_search": True}, "/v1/completions"), (422, 422))
+    msgs = [{"role": "user", "content": "x"}]
+    _assert_error(_post(base_url, {"messages": msgs, "ignore_eos": False}, "/v1/chat/completions"), (422, 422))
+
+
+def test_frequency_penalty_stops_greedy_repeats_over_http(base_url, reference):
+    def tokens(body):
+        r = _post(base_url, {"prompt": "浙江大学位于", "max_tokens": 40, "temperature": 0, **body}, "/v1/completions")
+        assert r.status_code == 200, r.text
+        ids = reference.tok(r.json()["choices"][0]["text"], add_special_tokens=False)["input_ids"]
+        return max(ids.count(t) for t in set(ids))
+
+    free = tokens({})
+    assert free >= 3  # greedy on the tiny model loops on a token
+    assert tokens({"frequency_penalty": 2.0}) < free
+    assert tokens({"presence_penalty": 2.0, "top_k": -1}) < free
 
 
 def test_prompt_beyond_context_is_a_400_with_code_context_length_exceeded(base_url, client):
@@ -208,7 +269,9 @@ def test_openai_chat_equals_generate(client, base_url):
         temperature=0,
         messages=[{"role": "user", "content": "介绍一下浙江大学"}],
     )
-    gen = _post(base_url, {"instruction": "介绍一下浙江大学", "parameters": {"max_tokens": 16}}).json()
+    gen = _post(
+        base_url, {"instruction": "介绍一下浙江大学", "parameters": {"temperature": 0, "max_tokens": 16}}
+    ).json()
     assert chat.choices[0].message.content == gen["generated_text"]
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == gen["num_output_tokens_cf"]
 
@@ -312,7 +375,11 @@ def test_malformed_openai_requests(base_url, route, body, status, mentions):
 def test_adapter_chosen_per_request_equals_peft(client, base_url, tiny_model, lora_dirs, reference, reference_cls):
     from knowlm_ray.alpaca import build_prompt
 
-    body = {"instruction": "请抽取实体。", "input": "浙江大学位于杭州。", "parameters": {"max_tokens": 12}}
+    body = {
+        "instruction": "请抽取实体。",
+        "input": "浙江大学位于杭州。",
+        "parameters": {"temperature": 0, "max_tokens": 12},
+    }
     base = _post(base_url, body).json()
     want = {
         name: reference_cls(tiny_model, lora_dirs[name]).raw(build_prompt(body["instruction"], body["input"]), 12)
@@ -364,7 +431,11 @@ def test_api_key_is_required_except_for_healthz(base_url):
 
 def test_request_timeout_is_a_504_and_stops_the_work(base_url):
     t0 = time.perf_counter()
-    r = _post(base_url, {"instruction": "x", "parameters": {"max_tokens": 900}}, headers={"X-KnowLM-Timeout-S": "0.3"})
+    r = _post(
+        base_url,
+        {"instruction": "x", "parameters": {"temperature": 0, "max_tokens": 900}},
+        headers={"X-KnowLM-Timeout-S": "0.3"},
+    )
     _assert_error(r, (504, 504), "timed out", type="timeout_error")
     assert time.perf_counter() - t0 < 10
     # greedy: OpenAI's default temperature 1.0 samples, and a sampled EOS first ends the stream early
@@ -400,7 +471,7 @@ def test_client_disconnect_cancels_a_stream(base_url, handle):
 
 
 def test_overload_burst_gets_only_200s_and_503s(base_url):
-    body = {"instruction": "写一段关于知识图谱的介绍。", "parameters": {"max_tokens": 48}}
+    body = {"instruction": "写一段关于知识图谱的介绍。", "parameters": {"temperature": 0, "max_tokens": 48}}
 
     def call(_):
         try:
@@ -548,7 +619,10 @@ def test_dynamic_batching_app_answers_the_same(base_url, tiny_model, reference):
         from knowlm_ray.serve.launch import wait_ready
 
         wait_ready(url, timeout_s=120)
-        bodies = [{"instruction": f"Question {i}: 浙江大学", "parameters": {"max_tokens": 3 + 2 * i}} for i in range(4)]
+        bodies = [
+            {"instruction": f"Question {i}: 浙江大学", "parameters": {"temperature": 0, "max_tokens": 3 + 2 * i}}
+            for i in range(4)
+        ]
         with ThreadPoolExecutor(4) as pool:
             responses = list(pool.map(lambda b: _post(url, b), bodies))
         for body, r in zip(bodies, responses):

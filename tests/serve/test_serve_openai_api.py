@@ -102,6 +102,9 @@ def test_openai_defaults():
         ({"prompt": "x", "stop": [""]}, "stop"),
         ({"prompt": "x", "stream": "yes"}, "stream"),
         ({"prompt": "x", "functions": []}, "functions"),
+        ({"prompt": "x", "top_k": -2}, "top_k"),
+        ({"prompt": "x", "presence_penalty": 2.5}, "presence_penalty"),
+        ({"prompt": "x", "frequency_penalty": -3}, "frequency_penalty"),
     ],
 )
 def test_bad_completion_bodies_name_the_field(body, field):
@@ -116,7 +119,6 @@ def test_bad_completion_bodies_name_the_field(body, field):
         ({"prompt": "x", "echo": True}, "echo"),
         ({"prompt": "x", "logprobs": 2}, "logprobs"),
         ({"prompt": "x", "best_of": 3}, "best_of"),
-        ({"prompt": "x", "presence_penalty": 0.5}, "repetition_penalty"),
         ({"prompt": "x", "seed": 3}, "seed"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream"),
     ],
@@ -124,6 +126,19 @@ def test_bad_completion_bodies_name_the_field(body, field):
 def test_fields_that_cannot_be_honoured_are_named(body, mentions):
     assert mentions in CompletionRequest.model_validate(body).unsupported()
     assert CompletionRequest.model_validate({"prompt": "x", "seed": 3, "temperature": 0}).unsupported() is None
+
+
+def test_openai_penalties_and_top_k_off_reach_the_decoder():
+    req = CompletionRequest.model_validate(
+        {"prompt": "x", "presence_penalty": 0.5, "frequency_penalty": -1, "top_k": -1, "temperature": 0}
+    )
+    assert req.unsupported() is None
+    p = req.generation_params(16)
+    assert (p.presence_penalty, p.frequency_penalty, p.top_k) == (0.5, -1.0, 0)
+    chat = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 1.5}
+    )
+    assert chat.unsupported() is None and chat.generation_params(8).frequency_penalty == 1.5
 
 
 @pytest.mark.parametrize(
