@@ -2,11 +2,17 @@
 
     knowlm extract --task T --schema LABEL [LABEL ...] [--lang zh|en] (--text S | --file F)
                    [--server URL | --model DIR] [--format json|tuple] [--max-tokens N]
+                   [--prompt-format alpaca|oneke|zhixi|chat] [--show-prompts]
 
 ``extract --schema``: labels as separate words; for events ``TYPE=ROLE,ROLE`` (or a JSON schema
 as one word). ``--file``: a ``.jsonl`` file of ``{"id"?, "text"}`` records (one output line each)
 or any other text file, read as one document. ``--server`` posts to ``/extract``; ``--model`` runs
 ``knowlm_ray.ie.extract`` over a ``GenerationEngine`` in this process (no Ray).
+``--prompt-format`` asks in that format (``knowlm_ray.ie.formats``; with ``--server``: the
+request's ``prompt_format``, else the server's). ``--show-prompts`` prints the exact prompts it
+would send, one JSON string per line and nothing else, after splitting text and schema, and
+generates nothing: it needs no server or model, except ``chat``, which reads ``--model``'s
+tokenizer.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from knowlm_ray.ie.formats import NAMES as PROMPT_FORMATS
 
 
 def _fail(msg: str) -> None:
@@ -95,11 +103,30 @@ def _extract(a: argparse.Namespace) -> None:
         {"task": a.task, "text": d["text"], "schema": schema, "lang": a.lang, **({"id": d["id"]} if "id" in d else {})}
         for d in docs
     ]
+    pf = a.prompt_format
+    tokenizer = None
+    if a.show_prompts and pf == "chat":
+        if not a.model:
+            _fail("--show-prompts with --prompt-format chat needs --model DIR (its tokenizer's chat template)")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(a.model)
     try:
-        for r in requests_:  # check every request before loading a model or calling a server
-            plan_extraction(r["task"], r["text"], r["schema"], r["lang"], fmt=a.format)
+        plans = [  # check every request before loading a model or calling a server
+            plan_extraction(
+                r["task"], r["text"], r["schema"], r["lang"], fmt=a.format, prompt_format=pf, tokenizer=tokenizer
+            )
+            for r in requests_
+        ]
+        if a.show_prompts:
+            for plan in plans:
+                for prompt in plan.texts:
+                    print(json.dumps(prompt, ensure_ascii=False))
+            return
     except IERequestError as exc:
         _fail(str(exc))
+    if not (a.server or a.model):
+        _fail("one of --server URL or --model DIR is required (or --show-prompts)")
     records: list[dict] = []
     if a.server:
         params = {"max_tokens": a.max_tokens} if a.max_tokens else None
@@ -107,6 +134,7 @@ def _extract(a: argparse.Namespace) -> None:
             for r in requests_:
                 body = {k: v for k, v in r.items() if v is not None}
                 body.update({"format": a.format} if a.format != "json" else {})
+                body.update({"prompt_format": pf} if pf is not None else {})
                 records.append(post_extract(a.server, {**body, **({"parameters": params} if params else {})}))
         except RuntimeError as exc:
             _fail(str(exc))
@@ -115,7 +143,10 @@ def _extract(a: argparse.Namespace) -> None:
 
         engine = GenerationEngine(a.model)
         gen = engine_generate_fn(engine, {"max_tokens": a.max_tokens or 256})
-        records = extract_many(gen, requests_, fmt=a.format)
+        try:
+            records = extract_many(gen, requests_, fmt=a.format, prompt_format=pf, tokenizer=engine.tokenizer)
+        except IERequestError as exc:  # chat: the model's tokenizer has no chat template
+            _fail(str(exc))
     if len(records) == 1 and a.text is not None:
         print(json.dumps(records[0], ensure_ascii=False, indent=1))
     else:
@@ -138,9 +169,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text")
     src.add_argument("--file", help=".jsonl of {id?, text} records, or a text file (one document)")
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--server", help="base URL of a running `knowlm serve` (POST URL/extract)")
     where.add_argument("--model", help="HF model directory, run in this process")
     p.add_argument("--format", default="json", choices=("json", "tuple"), help="answer format asked for")
     p.add_argument("--max-tokens", type=int, default=None, help="new tokens per prompt (default 256 in-process)")
+    p.add_argument(
+        "--prompt-format",
+        default=None,
+        choices=PROMPT_FORMATS,
+        help="how the model is asked (default: alpaca in-process, the server's own with --server)",
+    )
+    p.add_argument(
+        "--show-prompts",
+        action="store_true",
+        help="print the exact prompts, one JSON string per line, and generate nothing (no server or model "
+        "needed, except --model for chat)",
+    )
     p.set_defaults(fn=_extract)

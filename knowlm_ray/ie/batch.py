@@ -239,6 +239,8 @@ def extract_documents(
     docs_per_call: int = 8,
     fmt: str = "json",
     max_chars: int | None = 400,
+    prompt_format: str | None = None,
+    tokenizer: Any = None,
 ) -> list[dict]:
     """One IE record per document of ``docs`` (``{"id", "text", "lang"}``), every task merged.
 
@@ -257,7 +259,9 @@ def extract_documents(
                 if labels:
                     reqs.append({"task": t, "text": d["text"], "lang": d["lang"], "id": d["id"], "schema": labels})
                     owner.append(k)
-        recs = extract_many(generate_fn, reqs, fmt=fmt, max_chars=max_chars)
+        recs = extract_many(
+            generate_fn, reqs, fmt=fmt, max_chars=max_chars, prompt_format=prompt_format, tokenizer=tokenizer
+        )
         for k, d in enumerate(group):
             mine = [r for r, o in zip(recs, owner) if o == k]
             out.append(merge_records(mine) if mine else empty_record(d["id"], d["text"], d["lang"]))
@@ -288,7 +292,15 @@ def process_block(
     started, t0 = time.time(), time.perf_counter()
     docs, skipped = read_block(block, cfg, tokenizer)
     records = extract_documents(
-        docs, cfg.tasks, schema, generate_fn, docs_per_call=cfg.docs_per_call, fmt=cfg.format, max_chars=cfg.max_chars
+        docs,
+        cfg.tasks,
+        schema,
+        generate_fn,
+        docs_per_call=cfg.docs_per_call,
+        fmt=cfg.format,
+        max_chars=cfg.max_chars,
+        prompt_format=cfg.prompt_format,
+        tokenizer=tokenizer,
     )
     meta = {
         "block": block["block"],
@@ -454,6 +466,8 @@ def _state(cfg: BatchExtractConfig, n_blocks: int) -> dict[str, Any]:
         files = jsonl_files(path)
     state["input_bytes"] = sum(f.stat().st_size for f in files)  # an edited input is a new plan
     state["blocks"] = n_blocks
+    if cfg.prompt_format != "alpaca":  # only when set: older runs' state.json has no such key
+        state["prompt_format"] = cfg.prompt_format
     return state
 
 

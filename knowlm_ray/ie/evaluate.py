@@ -34,6 +34,8 @@ def evaluate_extraction(
     docs_per_call: int = 8,
     fmt: str = "json",
     max_chars: int | None = 400,
+    prompt_format: str | None = None,
+    tokenizer: Any = None,
 ) -> tuple[list[dict], dict[str, Any]]:
     """(predicted records, scores per task) for gold IE records (each with ``lang``)."""
     from knowlm_ray.ie.batch import extract_documents
@@ -41,7 +43,15 @@ def evaluate_extraction(
 
     docs = [{"id": g["id"], "text": g["text"], "lang": g["lang"]} for g in gold]
     preds = extract_documents(
-        docs, tasks, schema, generate_fn, docs_per_call=docs_per_call, fmt=fmt, max_chars=max_chars
+        docs,
+        tasks,
+        schema,
+        generate_fn,
+        docs_per_call=docs_per_call,
+        fmt=fmt,
+        max_chars=max_chars,
+        prompt_format=prompt_format,
+        tokenizer=tokenizer,
     )
     scores = {t: score_records(t, list(gold), preds, match) for t in tasks}
     return preds, scores
@@ -110,6 +120,8 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
             docs_per_call=cfg.docs_per_call,
             fmt=cfg.format,
             max_chars=cfg.max_chars,
+            prompt_format=cfg.prompt_format,
+            tokenizer=engine.tokenizer,
         )
         _write_atomic(
             out / "predictions.jsonl", lambda fh: fh.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in preds)

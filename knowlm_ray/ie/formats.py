@@ -425,3 +425,60 @@ def check_format_name(name: Any, field_name: str = "prompt_format") -> str:
 def get_format(name: str | None) -> PromptFormat:
     """The registered format ``name`` (None: the default, ``alpaca``)."""
     return FORMATS[check_format_name(DEFAULT_FORMAT if name is None else name)]
+
+
+# ------------------------------------------------------------------------ training rows
+def _in_batch(task: str, item: dict, batch: set, chunk: str) -> bool:
+    if task == "ner":
+        return item["type"] in batch and item["text"] in chunk
+    if task == "re":
+        return item["relation"] in batch and item["head"] in chunk and item["tail"] in chunk
+    return item["type"] in batch and item["trigger"] in chunk
+
+
+def serve_rows(
+    records: Sequence[dict[str, Any]],
+    task: str,
+    labels: Any,
+    lang: str,
+    *,
+    prompt_format: str | None = None,
+    fmt: str = "json",
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+    split_num: int | None = None,
+    tokenizer: Any = None,
+) -> list[dict[str, Any]]:
+    """Training rows that ask exactly what ``/extract`` asks in ``prompt_format``: the same
+    prompts (label batches in the given order, text chunks), each answered with the record's gold
+    items of that batch that lie in that chunk, in the format's answer form (``render_answer``).
+
+    Each row: ``prompt`` (the exact model input; training uses it as the prompt), ``instruction``
+    / ``input`` (alpaca-template formats: the template's halves; oneke: the instruction JSON and
+    ""), ``output``, ``task``, ``lang``, ``format``, ``prompt_format``, ``id``, ``labels``. For
+    ``alpaca`` the rows equal ``ie.prompts.serve_format_instructions``' (plus ``prompt`` and
+    ``prompt_format``).
+    """
+    pf = get_format(prompt_format)
+    field_name = FIELD.get(task, "events")
+    rows = []
+    for rec in records:
+        for p in pf.prompts(task, rec["text"], labels, lang, split_num=split_num, max_chars=max_chars, fmt=fmt):
+            if pf.needs_tokenizer and tokenizer is not None:
+                render_chat_prompts([p], tokenizer)
+            batch = set(p.labels)
+            items = [x for x in rec.get(field_name) or [] if _in_batch(task, x, batch, p.input)]
+            rows.append(
+                {
+                    "prompt": p.prompt,
+                    "instruction": p.instruction,
+                    "input": "" if pf.name == "oneke" else p.input,
+                    "output": pf.render_answer(task, lang, items, p.labels, fmt),
+                    "task": task,
+                    "lang": lang,
+                    "format": "tuple" if p.answer_kind == TUPLE else fmt,
+                    "prompt_format": pf.name,
+                    "id": rec["id"],
+                    "labels": p.labels,
+                }
+            )
+    return rows
