@@ -71,7 +71,10 @@ def validate_record(rec: Any, where: str) -> dict[str, str]:
             raise RecordError(f"{where}: field {key!r} is missing or not a string")
     if not isinstance(rec.get("input", ""), str):
         raise RecordError(f"{where}: field 'input' is not a string")
-    return {"instruction": rec["instruction"], "input": rec.get("input", ""), "output": rec["output"]}
+    out = {"instruction": rec["instruction"], "input": rec.get("input", ""), "output": rec["output"]}
+    if rec.get("prompt") and isinstance(rec["prompt"], str):
+        out["prompt"] = rec["prompt"]  # a prompt format's own text (knowlm_ray.ie.formats: chat); trained as is
+    return out
 
 
 def alpaca_files(path: str | Path) -> list[Path]:

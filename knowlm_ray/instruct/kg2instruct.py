@@ -112,18 +112,37 @@ def build_instructions(
     return out
 
 
-def build_serve_instructions(records: Sequence[dict], schema: dict, tasks: Sequence[str] = TASKS) -> list[dict]:
+def build_serve_instructions(
+    records: Sequence[dict],
+    schema: dict,
+    tasks: Sequence[str] = TASKS,
+    prompt_format: str = "alpaca",
+    tokenizer=None,
+) -> list[dict]:
     """Alpaca dicts asking exactly what ``/extract`` asks (``knowlm_ray.ie.prompts``'s fixed
     template, JSON answers, the schema's whole label list in its order, cut into the same schema
     batches and text chunks), one per (record, task, prompt). No template, order or format
     variety and no sampled negatives: rows for a model that only has to learn the serving prompt
-    (the demo's tiny model), not the task in general (``build_instructions``)."""
+    (the demo's tiny model), not the task in general (``build_instructions``).
+
+    ``prompt_format`` (``knowlm_ray.ie.formats``) other than ``alpaca``: the rows ask in that
+    format, so a LoRA trained on them is asked at serving time exactly as it was taught
+    (``formats.serve_rows``; zhixi: alpaca rows; oneke: IEPile records; chat: rows with the
+    rendered ``prompt``, which needs the model's ``tokenizer``)."""
     check_tasks(tasks)
+    if prompt_format != "alpaca":
+        from knowlm_ray.ie.formats import get_format, serve_rows
+
+        if get_format(prompt_format).needs_tokenizer and tokenizer is None:
+            raise ValueError(f"prompt format {prompt_format!r} needs the model's tokenizer")
     out = []
     for rec in records:
         lang, s = schema_section(rec, schema)
         for task in tasks:
-            out += serve_format_instructions([rec], task, s[task], lang)
+            if prompt_format == "alpaca":
+                out += serve_format_instructions([rec], task, s[task], lang)
+            else:
+                out += serve_rows([rec], task, s[task], lang, prompt_format=prompt_format, tokenizer=tokenizer)
     return out
 
 
@@ -160,7 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write the prompts /extract sends (fixed template, JSON, whole schema in order) "
         "instead of varied templates, formats and sampled negatives",
     )
+    ap.add_argument(
+        "--prompt-format",
+        choices=("alpaca", "zhixi", "oneke"),
+        default="alpaca",
+        help="with --serve-prompt: the prompt format /extract will ask in (knowlm serve --prompt-format), "
+        "so a LoRA is trained in exactly its serving prompt",
+    )
     args = ap.parse_args(argv)
+    if args.prompt_format != "alpaca" and not args.serve_prompt:
+        ap.error("--prompt-format is for --serve-prompt rows")
     if args.limit is not None and args.limit < 1:
         ap.error(f"--limit must be >= 1, got {args.limit}")
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
@@ -179,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = build_iepile(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
         else:
             rows = (
-                build_serve_instructions(records, schema, tasks)
+                build_serve_instructions(records, schema, tasks, prompt_format=args.prompt_format)
                 if args.serve_prompt
                 else build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
             )
