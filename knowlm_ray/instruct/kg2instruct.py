@@ -167,28 +167,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N records (after --lang)")
     ap.add_argument(
         "--format",
-        choices=("alpaca", "oneke"),
+        "--prompt-format",
+        dest="format",
+        choices=("alpaca", "zhixi", "oneke"),
         default="alpaca",
-        help="alpaca: this project's instructions, an alpaca JSON list; oneke: IEPile training records "
-        "(OneKE's instruction JSON and answer, split_num labels per record in random order with negatives), "
-        "one JSON object per line",
+        help="the prompt format the rows ask in (knowlm serve --prompt-format), so a LoRA is trained in "
+        "exactly its serving prompt. alpaca: this project's instructions (an alpaca JSON list); oneke: IEPile "
+        "training records, one JSON object per line (OneKE's instruction JSON and answer: split_num labels "
+        "per record in random order, with negatives; with --serve-prompt the whole schema in order); zhixi: "
+        "KnowLM's ZhiXi prompts, with --serve-prompt only",
     )
     ap.add_argument(
         "--serve-prompt",
         action="store_true",
-        help="write the prompts /extract sends (fixed template, JSON, whole schema in order) "
+        help="write the prompts /extract sends (fixed template, whole schema in order) "
         "instead of varied templates, formats and sampled negatives",
     )
-    ap.add_argument(
-        "--prompt-format",
-        choices=("alpaca", "zhixi", "oneke"),
-        default="alpaca",
-        help="with --serve-prompt: the prompt format /extract will ask in (knowlm serve --prompt-format), "
-        "so a LoRA is trained in exactly its serving prompt",
-    )
     args = ap.parse_args(argv)
-    if args.prompt_format != "alpaca" and not args.serve_prompt:
-        ap.error("--prompt-format is for --serve-prompt rows")
+    if args.format == "zhixi" and not args.serve_prompt:
+        ap.error("--format zhixi writes the serving prompts: add --serve-prompt")
     if args.limit is not None and args.limit < 1:
         ap.error(f"--limit must be >= 1, got {args.limit}")
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
@@ -199,24 +196,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.limit is not None:
             records = records[: args.limit]
         schema = load_schema(args.schema)
-        if args.format == "oneke":
-            if args.serve_prompt:
-                raise ValueError("--serve-prompt is for --format alpaca: OneKE's records are its serving prompt")
+        if args.serve_prompt:
+            rows = build_serve_instructions(records, schema, tasks, prompt_format=args.format)
+        elif args.format == "oneke":
             from knowlm_ray.instruct.iepile import build_iepile
 
             rows = build_iepile(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
         else:
-            rows = (
-                build_serve_instructions(records, schema, tasks, prompt_format=args.prompt_format)
-                if args.serve_prompt
-                else build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
-            )
+            rows = build_instructions(records, schema, seed=args.seed, neg_ratio=args.neg_ratio, tasks=tasks)
     except ValueError as exc:  # RecordError is a ValueError: user-caused, one clear line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.format == "oneke":
         atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        counts = {t: sum(r["task"] == t.upper() for r in rows) for t in TASKS}
+        counts = {t: sum(r["task"].lower() == t for r in rows) for t in TASKS}
         print(
             f"wrote {len(rows)} IEPile records from {len(records)} records to {args.out} "
             f"(ner {counts['ner']}, re {counts['re']}, ee {counts['ee']})"

@@ -50,3 +50,8 @@ def test_cli_prompt_format_needs_serve_prompt(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--prompt-format", "zhixi"])
     assert "--serve-prompt" in capsys.readouterr().err
+    # oneke serving rows are IEPile records, one per line (prepare_instructions reads them)
+    jl = tmp_path / "rows.jsonl"
+    assert main([*args[:-1], str(jl), "--serve-prompt", "--format", "oneke", "--limit", "2"]) == 0
+    lines = [json.loads(x) for x in jl.read_text(encoding="utf-8").splitlines()]
+    assert lines and all(is_iepile_record(r) for r in lines)
