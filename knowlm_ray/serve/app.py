@@ -2,9 +2,10 @@
 continuous batching (``continuous.py``, the default) or ``@serve.batch`` dynamic batching.
 
 Routes: ``POST /generate`` (KnowLM), ``POST /v1/completions``, ``POST /v1/chat/completions``
-(``stream: true`` → server-sent events), ``GET /v1/models``, ``GET /healthz``. Every error is
-``{"error": {"message", "type"}}``: 400/422 bad request, 401 missing/wrong API key, 404 unknown
-model or route, 503 + ``Retry-After`` overload, 504 past ``request_timeout_s``, 500 a bug.
+(``stream: true`` → server-sent events), ``GET /v1/models``, ``GET /healthz``, ``GET /is_ready``
+(KnowLM's probe). Every error is ``{"error": {"message", "type"}}``: 400/422 bad request, 401
+missing/wrong API key, 404 unknown model or route, 503 + ``Retry-After`` overload, 504 past
+``request_timeout_s``, 500 a bug.
 
 ``serve run serve_configs/tiny.yaml`` imports ``build_app`` (an application builder: it gets the
 config's ``args``, validated by ``AppArgs``); ``knowlm serve`` and ``knowlm demo`` reach it
