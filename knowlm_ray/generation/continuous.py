@@ -128,12 +128,21 @@ class _Row:
         """The next token from this row's float32 logits (1, vocab)."""
         import torch
 
+        constraint = self.state.constraint  # constrained decoding: the mask first, then the rest
+        if constraint is not None:
+            forced = constraint.forced()
+            if forced is not None:
+                return forced
+            scores = scores.clone()
+            constraint.mask_(scores)
         if self.procs:
             ids = torch.tensor([self.prompt + self.new], device=scores.device)
             scores = self.procs(ids, scores)
         if self.sampling:
-            return int(torch.multinomial(torch.softmax(scores, dim=-1), 1)[0, 0])
-        return int(scores[0].argmax())
+            token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1)[0, 0])
+        else:
+            token = int(scores[0].argmax())
+        return token if constraint is None else constraint.settle(token)
 
     def push(self, token: int) -> bool:
         """Record a new token; True when the row is finished."""
@@ -360,7 +369,7 @@ class ContinuousBatcher:
         """Pick and record a token for rows ``first:`` (logits rows align with them); drop the
         rows that finished."""
         rows = self._rows[first:]
-        plain = [b for b, r in enumerate(rows) if not r.procs and not r.sampling]
+        plain = [b for b, r in enumerate(rows) if not r.procs and not r.sampling and r.state.constraint is None]
         tokens: dict[int, int] = {}
         if plain:  # greedy, no penalty: one argmax for all of them
             for b, t in zip(plain, logits[plain].argmax(dim=-1).tolist()):

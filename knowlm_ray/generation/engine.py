@@ -55,6 +55,7 @@ class Prepared:
     max_new_tokens: int  # max_tokens, cut to the room the context leaves after the prompt
     stop: tuple[str, ...] = ()  # the text is cut before the first of these; finish_reason "stop"
     adapter: str | None = None  # a configured LoRA adapter's name; None: the base model
+    constraint: Any = None  # constraints.Compiled: the answer's grammar (constrained decoding)
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,8 @@ class GenerationEngine:
         self._loaded: OrderedDict[str, None] = OrderedDict()  # adapters in the model, LRU first
         self._peft = False
         self.adapter_loads = 0  # adapters loaded so far (evictions make it grow past len(loras))
+        self._constraint_vocab = None  # constraints.Vocab, built on the first constrained request
+        self._vocab_lock = threading.Lock()
 
     def _context_length(self) -> int:
         cfg = self.model.config
@@ -297,14 +300,36 @@ class GenerationEngine:
         return self.prepare_prompt(self.prompt_for(request), request.parameters, adapter=adapter)
 
     def prepare_prompt(
-        self, prompt: str, params: GenerationParams, *, stop: Sequence[str] = (), adapter: str | None = None
+        self,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        stop: Sequence[str] = (),
+        adapter: str | None = None,
+        constraint: Any = None,
     ) -> Prepared:
-        """A raw prompt (BOS added, no template)."""
+        """A raw prompt (BOS added, no template); ``constraint``: a ``constraints.ConstraintSpec``."""
         ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        return self.prepare_ids(ids, params, stop=stop, adapter=adapter)
+        return self.prepare_ids(ids, params, stop=stop, adapter=adapter, constraint=constraint)
+
+    def compile_constraint(self, spec: Any):
+        """A ``ConstraintSpec`` compiled for this tokenizer (cached); ConstraintError if unusable."""
+        if self._constraint_vocab is None:
+            from knowlm_ray.generation.constraints import Vocab
+
+            with self._vocab_lock:
+                if self._constraint_vocab is None:
+                    self._constraint_vocab = Vocab(self.tokenizer)
+        return self._constraint_vocab.compile(spec)
 
     def prepare_ids(
-        self, ids: Sequence[int], params: GenerationParams, *, stop: Sequence[str] = (), adapter: str | None = None
+        self,
+        ids: Sequence[int],
+        params: GenerationParams,
+        *,
+        stop: Sequence[str] = (),
+        adapter: str | None = None,
+        constraint: Any = None,
     ) -> Prepared:
         if params.max_tokens > self.max_context:
             raise RequestError(
@@ -320,7 +345,23 @@ class GenerationEngine:
             )
         if adapter is not None and adapter not in self.loras:
             raise UnknownModelError(f"adapter {adapter!r} is not configured")
-        return Prepared(tuple(ids), params, min(params.max_tokens, room), tuple(stop), adapter)
+        budget = min(params.max_tokens, room)
+        compiled = None
+        if constraint is not None:
+            from knowlm_ray.generation.constraints import ConstraintError
+
+            if params.num_beams > 1:
+                raise RequestError("constrained decoding needs num_beams 1 (a grammar follows one hypothesis)")
+            try:
+                compiled = self.compile_constraint(constraint)
+            except ConstraintError as exc:
+                raise RequestError(str(exc)) from None
+            if compiled.min_tokens > budget:
+                raise RequestError(
+                    f"parameters.max_tokens: {budget} new tokens cannot hold the shortest answer of this "
+                    f"constraint ({compiled.min_tokens} tokens)"
+                )
+        return Prepared(tuple(ids), params, budget, tuple(stop), adapter, compiled)
 
     # -- batches -----------------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[GenerationResult]:
@@ -374,12 +415,16 @@ class GenerationEngine:
         prompt_len = batch["input_ids"].shape[1]
         beams = items[0].params.num_beams > 1
         tracker = _GroupCancel(indices, hooks) if beams else _RowTracker(self, items, indices, hooks, prompt_len)
+        config = self._generation_config(items)
+        # presence / frequency penalties: before generate's own temperature, top-k, top-p
+        processors = LogitsProcessorList(penalty_processors(items[0].params, prompt_len))
+        if not beams and any(p.constraint is not None for p in items):
+            processors.append(_ConstraintProcessor(tracker.rows, config))
         with torch.inference_mode():
             out = self.model.generate(
                 **batch,
-                generation_config=self._generation_config(items),
-                # presence / frequency penalties: before generate's own temperature, top-k, top-p
-                logits_processor=LogitsProcessorList(penalty_processors(items[0].params, prompt_len)),
+                generation_config=config,
+                logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([tracker]),
             )
         new_tokens = out[:, prompt_len:].tolist()
@@ -491,6 +536,8 @@ class RowState:
         self.finish: str | None = None
         self.text: str | None = None
         self.sent = ""
+        # constrained decoding: this row's grammar matcher and budget (generation/constraints.py)
+        self.constraint = item.constraint.start(item.max_new_tokens) if item.constraint is not None else None
 
     def _decode(self, ids) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
@@ -530,6 +577,8 @@ class RowState:
             self.end(length, "stop", None, row())
         elif self.cancelled():
             self.end(length, "cancelled", "", None)
+        elif self.constraint is not None and self.constraint.advance(last):  # the answer is complete
+            self.end(length, self.constraint.finish, None, row())
         elif self.watch:
             text = self._decode(row())
             cut = find_stop(text, item.stop)
@@ -552,6 +601,50 @@ class RowState:
             num_prompt_tokens=len(self.item.input_ids),
             finish_reason=self.finish or "length",
         )
+
+
+class _ConstraintProcessor:
+    """Constrained rows of a ``generate`` batch (the last logits processor): each constrained row
+    masks its logits, then top-k / top-p (taken out of generate's own list, so they never cut
+    away every allowed token), picks its token (argmax, or a sample) and the budget settles it;
+    the row's logits are left with that one token. Free rows get the same top-k / top-p only."""
+
+    def __init__(self, rows: list[RowState], config):
+        from transformers import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
+
+        self.rows = rows
+        self.sampling = bool(config.do_sample)
+        self.warpers = LogitsProcessorList()
+        if self.sampling:
+            if config.top_k:
+                self.warpers.append(TopKLogitsWarper(config.top_k))
+            if config.top_p is not None and config.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(config.top_p))
+            config.top_k, config.top_p = 0, 1.0  # applied here instead, after the mask
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for b, row in enumerate(self.rows):
+            c = row.constraint
+            line = scores[b : b + 1]
+            if c is None or row.done:
+                if self.warpers:
+                    scores[b : b + 1] = self.warpers(input_ids[b : b + 1], line)
+                continue
+            token = c.forced()
+            if token is None:
+                c.mask_(line)
+                if self.warpers:
+                    line = self.warpers(input_ids[b : b + 1], line)
+                if self.sampling:
+                    token = int(torch.multinomial(torch.softmax(line.float(), dim=-1), 1)[0, 0])
+                else:
+                    token = int(line[0].argmax())
+                token = c.settle(token)
+            scores[b].fill_(float("-inf"))
+            scores[b, token] = 0.0
+        return scores
 
 
 class _RowTracker:
