@@ -305,56 +305,6 @@ def _lark(shape: TupleShape) -> str:
 
 
 # ------------------------------------------------------------------------------ the shadow parser
-class _Frame:
-    def feed(self, b: int, st: list) -> bool:  # True: consumed; False: I am complete, pop me
-        raise NotImplementedError
-
-    def tail(self) -> bytes:  # the shortest bytes that complete this frame, its child complete
-        raise NotImplementedError
-
-    def child_done(self, st: list) -> None:
-        pass
-
-
-class _Lit(_Frame):
-    def __init__(self, rest: bytes):
-        self.rest = rest
-
-    def feed(self, b, st):
-        assert self.rest and self.rest[0] == b, "shadow parser out of step with the grammar"
-        self.rest = self.rest[1:]
-        if not self.rest:
-            st.pop()
-            st[-1].child_done(st)
-        return True
-
-    def tail(self):
-        return self.rest
-
-
-def _utf8_tail(buf: bytes) -> bytes:
-    """Continuation bytes that finish a UTF-8 character cut at the end of ``buf``."""
-    for back in range(1, min(4, len(buf)) + 1):
-        lead = buf[-back]
-        if lead < 0x80:
-            return b""
-        if lead >= 0xC0:
-            need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
-            missing = need - back
-            if missing <= 0:
-                return b""
-            have = buf[-back:]
-            if need == 3 and back == 1:
-                first = 0xA0 if lead == 0xE0 else 0x80
-            elif need == 4 and back == 1:
-                first = 0x90 if lead == 0xF0 else 0x80
-            else:
-                first = 0x80
-            out = bytes([first]) + b"\x80" * (missing - 1)
-            return out if len(have) == back else b""
-    return b""
-
-
 class SpanViolation(Exception):
     """A mention left the text (raised by the shadow parser while simulating a token)."""
 
