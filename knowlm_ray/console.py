@@ -7,6 +7,8 @@ output of any subprocess started meanwhile. ``say()`` writes to the terminal (an
 the log reads as the whole story). A failing step calls ``show_tail()``: the log's last lines go
 to the terminal; the traceback goes to the log and, once the descriptors are back, to the
 terminal as usual. A leaf module: it imports nothing of the package.
+
+Used by ``knowlm demo`` (knowlm_ray/demo.py) and by every job (knowlm_ray/entry.py: ``execute``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
 _console: IO[str] | None = None
 _log_path: Path | None = None
+_follower: tuple[threading.Thread, threading.Event] | None = None  # quiet_console's progress thread
 _lock = threading.Lock()  # the progress thread and the main thread both write to the terminal
 
 
@@ -42,12 +45,24 @@ def log_path() -> Path | None:
     return _log_path
 
 
+def drain_progress() -> None:
+    """Let the progress thread show what the log holds so far, then stop it: a line said after
+    this (a step's end, a failure's tail) comes after the progress lines before it."""
+    global _follower
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _follower is not None:
+        thread, stop = _follower
+        stop.set()  # the thread reads on to the log's end, then returns
+        thread.join(timeout=5)
+        _follower = None
+
+
 def show_tail(title: str, lines: int = 40) -> None:
     """``title`` and the last ``lines`` lines of the log, on the terminal."""
     if _console is None or _log_path is None:
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
+    drain_progress()
     with open(_log_path, encoding="utf-8", errors="replace") as f:
         last = deque(f, maxlen=lines)
     with _lock:
@@ -59,14 +74,24 @@ def show_tail(title: str, lines: int = 40) -> None:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RAY_PREFIX = re.compile(r"^\((\w+) pid=\d+(?:, ip=[\d.]+)?\)\s*")
+# Python logging's default Ray format: "2026-01-01 10:00:00,123\tINFO file.py:12 -- message"
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+[A-Z]+ \S+ -- ")
 
 
-def _echo_progress(path: Path, pattern: re.Pattern, every_s: float, stop: threading.Event) -> None:
-    """Follow the log; a line matching ``pattern`` goes to the terminal when ``every_s`` seconds
-    have passed since the last one shown (the others stay in the log only)."""
+def _echo_progress(
+    path: Path,
+    offset: int,
+    pattern: re.Pattern | None,
+    every_s: float,
+    stop: threading.Event,
+    echo: re.Pattern | None = None,
+) -> None:
+    """Follow the log from ``offset``; a line matching ``pattern`` goes to the terminal when
+    ``every_s`` seconds have passed since the last one shown (the others stay in the log only), a
+    line matching ``echo`` (and not ``pattern``) always."""
     last_said = -every_s
     with open(path, encoding="utf-8", errors="replace") as f:
-        f.seek(0, os.SEEK_END)
+        f.seek(offset)
         while True:
             line = f.readline()
             if not line:
@@ -74,10 +99,13 @@ def _echo_progress(path: Path, pattern: re.Pattern, every_s: float, stop: thread
                     return
                 time.sleep(0.2)
                 continue
-            text = _RAY_PREFIX.sub("", _ANSI.sub("", line).strip())
-            if pattern.search(text) and time.monotonic() - last_said >= every_s:
+            text = _LOG_PREFIX.sub("", _RAY_PREFIX.sub("", _ANSI.sub("", line).strip()))
+            if pattern is not None and pattern.search(text):
+                if time.monotonic() - last_said >= every_s:
+                    say_console("    " + text)
+                    last_said = time.monotonic()
+            elif echo is not None and echo.search(text):
                 say_console("    " + text)
-                last_said = time.monotonic()
 
 
 def say_console(text: str) -> None:
@@ -88,11 +116,18 @@ def say_console(text: str) -> None:
 
 
 @contextmanager
-def quiet_console(log: str | Path, progress: str | None = None, every_s: float = 15.0) -> Iterator[Path]:
-    """Send file descriptors 1 and 2 to ``log`` (appended) for the duration; the path is said once.
-    ``progress``: a regular expression; log lines that match it (Ray's ``(Actor pid=N)`` prefix
-    taken off) are shown on the terminal too, at most one per ``every_s`` seconds."""
-    global _console, _log_path
+def quiet_console(
+    log: str | Path,
+    progress: str | None = None,
+    every_s: float = 15.0,
+    echo: str | None = None,
+    title: str | None = None,
+) -> Iterator[Path]:
+    """Send file descriptors 1 and 2 to ``log`` (appended) for the duration; the path is said once
+    (``title; full log: PATH`` with a ``title``). ``progress``: a regular expression; log lines that
+    match it (Ray's ``(Actor pid=N)`` prefix and a logging timestamp taken off) are shown on the
+    terminal too, at most one per ``every_s`` seconds; ``echo``: lines shown every time."""
+    global _console, _log_path, _follower
     if _console is not None:  # nested: the outer log already holds everything
         yield _log_path  # type: ignore[misc]
         return
@@ -100,6 +135,10 @@ def quiet_console(log: str | Path, progress: str | None = None, every_s: float =
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    # fd 1 is a file now: line by line, so the log (and the progress echo) keeps the order of events
+    line_buffering = getattr(sys.stdout, "line_buffering", None)
+    with suppress(Exception):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     saved_out, saved_err = os.dup(1), os.dup(2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     _console = os.fdopen(os.dup(saved_out), "w", buffering=1, encoding="utf-8", errors="replace")
@@ -107,25 +146,29 @@ def quiet_console(log: str | Path, progress: str | None = None, every_s: float =
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    say(f"full log: {path}")
-    stop = threading.Event()
-    follower = None
-    if progress:
-        follower = threading.Thread(
-            target=_echo_progress, args=(path, re.compile(progress), every_s, stop), name="knowlm-progress", daemon=True
+    say(f"{title}; full log: {path}" if title else f"full log: {path}")
+    if progress or echo:
+        sys.stdout.flush()
+        stop = threading.Event()
+        follower = threading.Thread(  # from the log's end now: the thread may start after the first lines
+            target=_echo_progress,
+            args=(path, path.stat().st_size, re.compile(progress) if progress else None, every_s, stop),
+            kwargs={"echo": re.compile(echo) if echo else None},
+            name="knowlm-progress",
+            daemon=True,
         )
         follower.start()
+        _follower = (follower, stop)
     try:
         yield path
     except BaseException:
         traceback.print_exc()  # into the log; the terminal gets it when it propagates
         raise
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        stop.set()
-        if follower is not None:
-            follower.join(timeout=5)
+        drain_progress()
+        if line_buffering is not None:
+            with suppress(Exception):
+                sys.stdout.reconfigure(line_buffering=line_buffering)  # type: ignore[union-attr]
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)
         os.close(saved_out)

@@ -145,6 +145,11 @@ def test_prepare_corpus_job_script_end_to_end(tiny_model, tmp_path):
         timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the quiet console: the log's path, the job's own lines, its result; Ray's lines in the log
+    out = proc.stdout.splitlines()
+    assert out[0].endswith(f"full log: {out_dir}.log") and out[-1].startswith("prepare_corpus: 224 read")
+    assert len(out) <= 10 and "Ray instance" not in proc.stdout + proc.stderr, proc.stdout
+    assert "Started a local Ray instance" in (tmp_path / "corpus.log").read_text(encoding="utf-8")
     manifest = json.loads((out_dir / "manifest.json").read_text())
     stages = manifest["stages"]
     # data/sample/README.md: 9 malformed lines and 9 exact duplicates across the jsonl/text inputs
