@@ -292,8 +292,10 @@ def engine_generate_fn(engine: Any, parameters: Any = None) -> Callable[..., lis
     model's context cannot hold is answered with "" (so it parses as nothing) instead of failing
     the whole batch. The returned function also takes ``parameters=`` per call. Its items are
     whole prompts, sent verbatim (the tokenizer adds BOS); an (instruction, input) pair is put in
-    the alpaca template first.
+    the alpaca template first. ``constraints=`` (one ``ConstraintSpec`` or None per prompt) decodes
+    those answers constrained (``generation.constraints``).
     """
+    from knowlm_ray.alpaca import build_prompt
     from knowlm_ray.generation.errors import RequestError
     from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 
@@ -304,13 +306,18 @@ def engine_generate_fn(engine: Any, parameters: Any = None) -> Callable[..., lis
 
     default = as_params(parameters)
 
-    def generate(prompts: list[str | tuple[str, str]], parameters: Any = None) -> list[str]:
+    def generate(
+        prompts: list[str | tuple[str, str]], parameters: Any = None, constraints: Sequence[Any] | None = None
+    ) -> list[str]:
         params = as_params(parameters) if parameters is not None else default
         answers = [""] * len(prompts)
         prepared, index = [], []
         for k, item in enumerate(prompts):
             try:
-                if isinstance(item, str):
+                if constraints is not None and constraints[k] is not None:
+                    prompt = item if isinstance(item, str) else build_prompt(*item)
+                    prepared.append(engine.prepare_prompt(prompt, params, constraint=constraints[k]))
+                elif isinstance(item, str):
                     prepared.append(engine.prepare_prompt(item, params))
                 else:
                     instruction, inp = item
@@ -342,6 +349,10 @@ class ExtractRequest(BaseModel):
     model: str | None = None  # serving: the base model or a configured LoRA adapter's name
     prompt_format: str | None = None  # formats.NAMES; None: the served model's (or alpaca)
     example: list[dict[str, Any]] | None = None  # oneke: OneKE's optional worked examples
+    # Constrained decoding (answer_schema.plan_constraints): answers are valid in their format's
+    # shape for their label batch; "span": every mention a substring of the text.
+    constrained: bool = True
+    mentions: Literal["any", "span"] = "any"
 
 
 def parse_extract_request(body: Any) -> ExtractRequest:
@@ -377,7 +388,9 @@ def handle_extract(body: Any, generate_fn: Callable[..., list[str]], **options: 
     """The whole ``/extract`` request: validate ``body``, extract, return the response dict.
 
     Raises IERequestError (→ 400) for a bad body. ``generate_fn(prompts)`` is called once; when the
-    body carries ``parameters`` it is called as ``generate_fn(prompts, parameters=dict)``.
+    body carries ``parameters`` it is called as ``generate_fn(prompts, parameters=dict)``; when
+    the request is constrained (the default) and ``generate_fn`` takes ``constraints``, with
+    ``constraints=`` one spec per prompt (``answer_schema.plan_constraints``).
     ``options`` go to ``plan_extraction``; a body's ``prompt_format`` overrides
     ``options["prompt_format"]`` (the served model's).
     """
@@ -388,5 +401,27 @@ def handle_extract(body: Any, generate_fn: Callable[..., list[str]], **options: 
         options = {**options, "example": req.example}
     plan = plan_extraction(req.task, req.text, req.labels, req.lang, record_id=req.id, fmt=req.format, **options)
     texts = plan.texts
-    answers = generate_fn(texts) if req.parameters is None else generate_fn(texts, parameters=req.parameters)
+    kwargs: dict[str, Any] = {} if req.parameters is None else {"parameters": req.parameters}
+    if req.constrained and _takes(generate_fn, "constraints"):
+        kwargs["constraints"] = request_constraints(plan, req)
+    answers = generate_fn(texts, **kwargs)
     return assemble(plan, list(answers))
+
+
+def request_constraints(plan: ExtractionPlan, req: ExtractRequest) -> list[Any] | None:
+    """The constraint of each prompt of ``plan`` (None when the request is not constrained)."""
+    if not req.constrained:
+        return None
+    from knowlm_ray.ie.answer_schema import plan_constraints
+
+    return plan_constraints(plan, req.mentions)
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

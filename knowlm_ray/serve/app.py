@@ -35,7 +35,13 @@ from knowlm_ray.generation.continuous import ContinuousBatcher
 from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared
 from knowlm_ray.generation.errors import RequestError, UnknownModelError
 from knowlm_ray.generation.params import GenerateRequest, GenerationParams
-from knowlm_ray.ie.extract import IERequestError, assemble, parse_extract_request, plan_extraction
+from knowlm_ray.ie.extract import (
+    IERequestError,
+    assemble,
+    parse_extract_request,
+    plan_extraction,
+    request_constraints,
+)
 from knowlm_ray.ie.formats import DEFAULT_FORMAT
 from knowlm_ray.serve import metrics as serve_metrics
 from knowlm_ray.serve import openai_api as oai
@@ -252,7 +258,13 @@ class KnowLMServer:
                 tokenizer=self.engine.tokenizer,
             )
             params = {**EXTRACT_DEFAULTS, **(req.parameters or {})}
-            answers = await self.generate_texts(plan.texts, params, adapter=adapter, timeout_s=_timeout_from(http))
+            answers = await self.generate_texts(
+                plan.texts,
+                params,
+                adapter=adapter,
+                timeout_s=_timeout_from(http),
+                constraints=request_constraints(plan, req),  # constrained decoding: on by default
+            )
             return assemble(plan, answers)
         except IERequestError as exc:
             return error_response(400, str(exc))
@@ -267,7 +279,9 @@ class KnowLMServer:
             adapter = self._adapter(request.model)
             params = request.generation_params(request.max_tokens)
             rows = [
-                self.engine.prepare_prompt(p, params, stop=request.stop_list, adapter=adapter)
+                self.engine.prepare_prompt(
+                    p, params, stop=request.stop_list, adapter=adapter, constraint=request.constraint
+                )
                 for p in request.prompts
                 for _ in range(request.n)
             ]
@@ -283,7 +297,9 @@ class KnowLMServer:
             adapter = self._adapter(request.model)
             params = request.generation_params(request.max_new_tokens)
             prompt = render_chat(request.messages)
-            row = self.engine.prepare_prompt(prompt, params, stop=request.stop_list, adapter=adapter)
+            row = self.engine.prepare_prompt(
+                prompt, params, stop=request.stop_list, adapter=adapter, constraint=request.constraint
+            )
             return await self._answer([row] * request.n, request, "/v1/chat/completions", http)
         except Exception as exc:
             return error_for(exc)
@@ -363,15 +379,17 @@ class KnowLMServer:
         params: GenerationParams | dict | None = None,
         adapter: str | None = None,
         timeout_s: float | None = None,
+        constraints: Sequence[Any] | None = None,
     ) -> list[str]:
         """Answers, in order, to whole prompts (strings, sent verbatim: ``/extract`` sends its
         prompt format's text) or to (instruction, input) pairs under KnowLM's alpaca prompt.
 
         One job through the same batcher as HTTP requests (its rows share forward passes with
-        them). Raises RequestError (400) / UnknownModelError (404) / Overloaded (503) /
+        them). ``constraints``: one ``ConstraintSpec`` (or None) per prompt, decoded constrained.
+        Raises RequestError (400) / UnknownModelError (404) / Overloaded (503) /
         RequestTimeout (504): ``error_for(exc)`` turns any of them into the HTTP answer.
         """
-        return [r.text for r in await self.generate_results(pairs, params, adapter, timeout_s)]
+        return [r.text for r in await self.generate_results(pairs, params, adapter, timeout_s, constraints=constraints)]
 
     async def generate_results(
         self,
@@ -380,6 +398,7 @@ class KnowLMServer:
         adapter: str | None = None,
         timeout_s: float | None = None,
         route: str = "/extract",
+        constraints: Sequence[Any] | None = None,
     ) -> list[GenerationResult]:
         """``generate_texts`` with token counts and finish reasons."""
         if not isinstance(params, GenerationParams):
@@ -389,8 +408,13 @@ class KnowLMServer:
         if not pairs:
             return []
         rows = [
-            self.engine.prepare_prompt(p if isinstance(p, str) else build_prompt(*p), params, adapter=adapter)
-            for p in pairs
+            self.engine.prepare_prompt(
+                p if isinstance(p, str) else build_prompt(*p),
+                params,
+                adapter=adapter,
+                constraint=constraints[k] if constraints is not None else None,
+            )
+            for k, p in enumerate(pairs)
         ]
         return await self._complete(rows, route, timeout_s)
 

@@ -52,6 +52,40 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    """OpenAI structured outputs' ``json_schema`` object."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``{"type": "text"}`` (free), ``{"type": "json_object"}`` (any JSON
+    object) or ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``: the answer
+    is decoded constrained (``knowlm_ray.generation.constraints``) and stops at its closing brace;
+    a schema keyword the closer cannot close within the token budget is a 400 naming it."""
+
+    model_config = _STRICT
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def constraint(self):
+        from knowlm_ray.generation.constraints import ConstraintSpec
+
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return ConstraintSpec("json_object")
+        if self.json_schema is None:
+            raise ValueError("response_format.json_schema: required when type is json_schema")
+        return ConstraintSpec("json_schema", schema=self.json_schema.json_schema or {"type": "object"})
+
+
 class _OpenAISampling(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions.
 
@@ -76,6 +110,7 @@ class _OpenAISampling(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None  # OpenAI structured outputs: constrained decoding
     # accepted for compatibility, only at their neutral values (checked in `unsupported`)
     logit_bias: dict[str, float] | None = None
     seed: int | None = None
@@ -94,6 +129,11 @@ class _OpenAISampling(BaseModel):
     @property
     def stop_list(self) -> tuple[str, ...]:
         return tuple(self.stop or ())
+
+    @property
+    def constraint(self):
+        """The ``ConstraintSpec`` of ``response_format`` (None: free text)."""
+        return self.response_format.constraint() if self.response_format is not None else None
 
     def generation_params(self, max_tokens: int) -> GenerationParams:
         return GenerationParams(
@@ -114,6 +154,9 @@ class _OpenAISampling(BaseModel):
             return "seed is not supported with sampling (temperature > 0); use temperature 0 for reproducible output"
         if self.stream_options is not None and not self.stream:
             return "stream_options is only allowed with stream: true"
+        if self.response_format is not None and self.response_format.type == "json_schema":
+            if self.response_format.json_schema is None:
+                return "response_format.json_schema: required when type is json_schema"
         return None
 
 
