@@ -205,10 +205,12 @@ JOBS: dict[str, JobSpec] = {
 
 
 # Echoed from the log: the jobs' own lines ("[prepare_corpus] ...", "[pretrain] ...": the tag is
-# the job's or the train run's name) always; their step / block lines and Ray Data's progress
-# (LoggingExecutionProgressManager's "Total Progress: N/M") at most one per PROGRESS_EVERY_S.
+# the job's or the train run's name) always; their progress lines (training's "step N/M loss ...",
+# batch extraction's "block N done") and Ray Data's ("Total Progress: N/M", from its
+# LoggingExecutionProgressManager) at most one per PROGRESS_EVERY_S. A validation line
+# ("step N val_loss ...") is shown every time.
 STEPS = r"^\[[A-Za-z][\w.-]*\] "
-PROGRESS = r"^\[[A-Za-z][\w.-]*\] (step \d+|block +\d+ done)|^Total Progress: [1-9]"
+PROGRESS = r"^\[[A-Za-z][\w.-]*\] (step \d+/|block +\d+ done)|^Total Progress: [1-9]"
 PROGRESS_EVERY_S = 15.0
 VERBOSE_ENV = "KNOWLM_VERBOSE"
 _DATA_PROGRESS_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
