@@ -633,3 +633,61 @@ def test_dynamic_batching_app_answers_the_same(base_url, tiny_model, reference):
         assert serve.get_app_handle("dynamic").get_stats.remote().result()["batching"] == "dynamic"
     finally:
         serve.delete("dynamic")
+
+
+# ------------------------------------------------------------------------ constrained decoding
+def test_structured_outputs_and_constrained_extract_over_http(base_url, client):
+    """response_format json_schema / json_object on both OpenAI routes, and /extract constrained
+    by default (span mode keeps mentions in the text): the tiny model's random weights still
+    answer valid JSON of the asked shape, within max_tokens."""
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["name", "tags"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": True}}
+    short = _post(base_url, {"prompt": "x", "max_tokens": 14, "response_format": fmt}, "/v1/completions")
+    _assert_error(short, mentions="shortest answer")  # {"name": "", "tags": []} is 15 tokens here
+    for max_tokens in (15, 16, 40):
+        r = client.completions.create(
+            model=reference_model(client),
+            prompt="Describe:",
+            max_tokens=max_tokens,
+            temperature=0,
+            extra_body={"response_format": fmt},
+        )
+        jsonschema.validate(json.loads(r.choices[0].text), schema)
+        assert r.usage.completion_tokens <= max_tokens
+    chat = client.chat.completions.create(
+        model=reference_model(client),
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=30,
+        temperature=1.0,
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(chat.choices[0].message.content), dict)
+    bad = _post(
+        base_url,
+        {
+            "prompt": "x",
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "n", "schema": {"type": "string", "pattern": "a"}},
+            },
+        },
+        "/v1/completions",
+    )
+    _assert_error(bad, mentions="pattern")
+    text = "鲁迅，原名周树人，1881年出生于浙江绍兴。"
+    r = _post(
+        base_url,
+        {"task": "ner", "text": text, "schema": ["人物", "地点"], "prompt_format": "oneke", "mentions": "span"},
+        "/extract",
+    )
+    assert r.status_code == 200, r.text
+    answer = json.loads(r.json()["raw"][0])
+    assert list(answer) == ["人物", "地点"]
+    assert all(m in text for v in answer.values() for m in v)
