@@ -54,7 +54,7 @@ def drain_progress() -> None:
     if _follower is not None:
         thread, stop = _follower
         stop.set()  # the thread reads on to the log's end, then returns
-        thread.join(timeout=5)
+        thread.join(timeout=30)
         _follower = None
 
 
@@ -90,15 +90,23 @@ def _echo_progress(
     ``every_s`` seconds have passed since the last one shown (the others stay in the log only), a
     line matching ``echo`` (and not ``pattern``) always."""
     last_said = -every_s
+    partial = ""
     with open(path, encoding="utf-8", errors="replace") as f:
         f.seek(offset)
         while True:
             line = f.readline()
             if not line:
                 if stop.is_set():
-                    return
-                time.sleep(0.2)
+                    if not partial:
+                        return
+                    line = "\n"  # the last, unterminated line
+                else:
+                    time.sleep(0.2)
+                    continue
+            if not line.endswith("\n"):  # a line still being written (a long one comes in pieces)
+                partial += line
                 continue
+            line, partial = partial + line, ""
             text = _LOG_PREFIX.sub("", _RAY_PREFIX.sub("", _ANSI.sub("", line).strip()))
             if pattern is not None and pattern.search(text):
                 if time.monotonic() - last_said >= every_s:
@@ -111,7 +119,7 @@ def _echo_progress(
 def say_console(text: str) -> None:
     """One line on the terminal only (the log already holds it)."""
     with _lock:
-        if _console is not None:
+        if _console is not None and not _console.closed:
             print(text, file=_console, flush=True)
 
 
@@ -173,5 +181,6 @@ def quiet_console(
         os.dup2(saved_err, 2)
         os.close(saved_out)
         os.close(saved_err)
-        _console.close()
-        _console, _log_path = None, None
+        with _lock:
+            _console.close()
+            _console, _log_path = None, None

@@ -99,9 +99,10 @@ def _fake_job(tmp_path: Path, end: str, *args: str, **env: str) -> subprocess.Co
 
 def test_a_failing_job_shows_the_logs_last_lines_and_its_traceback(tmp_path):
     done = _fake_job(tmp_path, 'raise RuntimeError("the worker died")')
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stdout + done.stderr
     log = tmp_path / "corpus.log"
     out = done.stdout.splitlines()
+    print(done.stdout, done.stderr, sep="\n--- stderr\n")  # shown when an assertion below fails
     assert out[0].endswith(f"full log: {log}")
     assert out[1] == "    [prepare_corpus] reading"  # the job's own line, echoed before the failure
     assert out[2].startswith("prepare-corpus: FAILED after") and out[2].endswith(f"40 lines of {log}:")
