@@ -44,6 +44,7 @@ number / integer / boolean / null (or a list of them), ``properties``, ``require
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -150,6 +151,7 @@ def _min_bytes(n: _Node) -> bytes:
     raise AssertionError(k)
 
 
+@functools.lru_cache(maxsize=4096)
 def _key(name: bytes) -> bytes:
     return json.dumps(name.decode("utf-8"), ensure_ascii=False).encode("utf-8")
 
@@ -543,12 +545,17 @@ class _Obj(_Frame):
         return out
 
     def _rest(self, idx: int | None = None) -> bytes:
+        """The required properties after ``idx`` with their minimal values, then ``}``."""
         idx = self.idx if idx is None else idx
-        out = b""
-        for name, node, req in self.node.props[idx + 1 :]:
-            if req:
-                out += b", " + _key(name) + b": " + node.min_bytes()
-        return out + b"}"
+        memo = self.node.__dict__.setdefault("_rest", {})
+        out = memo.get(idx)
+        if out is None:
+            out = b""
+            for name, node, req in self.node.props[idx + 1 :]:
+                if req:
+                    out += b", " + _key(name) + b": " + node.min_bytes()
+            out = memo[idx] = out + b"}"
+        return out
 
     def feed(self, b, st):
         s = self.state
@@ -832,16 +839,16 @@ def _feed(st: list, data: bytes) -> None:
             _done(st)
 
 
-def _tails(st: list) -> bytes:
-    """The shortest completion of the whole stack, top frame first."""
-    out, i = b"", len(st) - 1
+def _tails(st: list) -> list[bytes]:
+    """The shortest completion of the whole stack, one part per frame, top frame first."""
+    out, i = [], len(st) - 1
     while i >= 0:
         f = st[i]
         if isinstance(f, _Str) and f.key:  # an open key: its object picks the property
-            out += st[i - 1].key_tail(f)
+            out.append(st[i - 1].key_tail(f))
             i -= 2
             continue
-        out += f.tail()
+        out.append(f.tail())
         i -= 1
     return out
 
@@ -873,6 +880,7 @@ class Vocab:
                 node = node[0].setdefault(b, [{}, None, None])
             node[1] = (node[1] or []) + [i]
         self._compiled: OrderedDict[str, Compiled] = OrderedDict()
+        self._part_tokens: dict[bytes, list[int]] = {}
         self._lock = threading.Lock()
 
     def subtree(self, node) -> list[int]:
@@ -882,6 +890,19 @@ class Vocab:
                 ids.extend(self.subtree(child))
             node[2] = ids
         return node[2]
+
+    def tokenize_parts(self, parts: list[bytes]) -> list[int]:
+        """The closing tokens: each part tokenised on its own (memoised: frames' tails repeat)."""
+        out: list[int] = []
+        memo = self._part_tokens
+        for p in parts:
+            toks = memo.get(p)
+            if toks is None:
+                toks = memo[p] = self.tokenize(p)
+                if len(memo) > 65536:
+                    memo.clear()
+            out.extend(toks)
+        return out
 
     def tokenize(self, data: bytes) -> list[int]:
         """Greedy longest-match tokens for ``data`` (any bytes; byte-fallback tokens fill gaps)."""
@@ -944,7 +965,7 @@ class Compiled:
         if probe.is_error():
             raise ConstraintError(f"the grammar engine refused the constraint: {probe.get_error()}")
         self.span = _Span(spec.span_text, vocab) if spec.span_text else None
-        self.min_tokens = len(vocab.tokenize(RowConstraint(self, 1 << 30).closing()))
+        self.min_tokens = len(vocab.tokenize_parts(_tails(RowConstraint(self, 1 << 30).stack)))
 
     def start(self, max_new_tokens: int) -> RowConstraint:
         return RowConstraint(self, max_new_tokens)
@@ -965,7 +986,7 @@ class RowConstraint:
 
     def closing(self) -> bytes:
         """The shortest bytes that complete the answer from here."""
-        return _tails(self.stack)
+        return b"".join(_tails(self.stack))
 
     # -- the decoder's side
     def forced(self) -> int | None:
@@ -976,25 +997,32 @@ class RowConstraint:
 
     def mask_(self, scores) -> None:
         """Forbidden tokens' logits to -inf, in place on a (1, vocab) or (vocab,) tensor."""
-        import llguidance.torch as lt
+        import numpy as np
         import torch
 
         v = self.c.vocab
         if self._bitmask is None:
-            self._bitmask = lt.allocate_token_bitmask(1, v.size)
-        lt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
-        allowed = ((self._bitmask[0].unsqueeze(-1) >> v.shifts) & 1).bool().view(-1)[: v.size]
-        span = self._span_mask()
-        if span is not None:
-            allowed = allowed & span
+            self._bitmask = np.zeros((v.size + 31) // 32, dtype=np.int32)
+        bits = self._bitmask
+        self.matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.nbytes)
         row = scores.view(-1)
-        n = min(row.shape[0], v.size)
-        row[:n].masked_fill_(~allowed[:n], float("-inf"))
         if row.shape[0] > v.size:
             row[v.size :] = float("-inf")
-        if not bool(torch.isfinite(row).any()):  # nothing left (should not happen): close now
+        span = self._span_mask()
+        if not bits.any():  # nothing allowed (should not happen): close now
             self._close()
+            row.fill_(float("-inf"))
             row[self.forced()] = 0.0
+            return
+        banned = torch.from_numpy(np.unpackbits((~bits).view(np.uint8), bitorder="little")[: v.size].view(np.bool_))
+        if span is not None:
+            banned = banned | ~span
+            if bool(banned.all()):  # the grammar and the text leave nothing (should not happen)
+                self._close()
+                row.fill_(float("-inf"))
+                row[self.forced()] = 0.0
+                return
+        row[: v.size].masked_fill_(banned.to(row.device), float("-inf"))
 
     def _span_mask(self):
         span = self.c.span
@@ -1034,13 +1062,14 @@ class RowConstraint:
             token = v.tokenize(data[:k])[0]
             st = [copy.copy(f) for f in self.stack]
             _feed(st, v.bytes[token])
-        if len(v.tokenize(_tails(st))) <= self.left - 1:
+        parts = _tails(st)
+        if sum(map(len, parts)) <= self.left - 1 or len(v.tokenize_parts(parts)) <= self.left - 1:  # tokens <= bytes
             return token
         self._close()
         return self.forced()
 
     def _close(self) -> None:
-        self.queue = self.c.vocab.tokenize(self.closing())
+        self.queue = self.c.vocab.tokenize_parts(_tails(self.stack))
         self.closed_by_budget = True
 
     def advance(self, token: int) -> bool:
