@@ -217,15 +217,18 @@ def extract_demo(base: str, records: list[dict], labels: list[str]) -> dict:
 
     def extract(text: str) -> dict:
         resp = requests.post(
-            f"{base}/extract", timeout=120, json={"task": DEMO_TASK, "lang": DEMO_LANG, "schema": labels, "text": text}
+            f"{base}/extract",
+            timeout=120,
+            # constrained (the default, said here): the answer is JSON of exactly the schema's shape
+            json={"task": DEMO_TASK, "lang": DEMO_LANG, "schema": labels, "text": text, "constrained": True},
         )
         resp.raise_for_status()
         return resp.json()
 
     first = records[0]
     say(
-        f"\nPOST {base}/extract on {first['id']}, one of the {len(records)} texts the LoRA was trained on "
-        "(a demo of the chain, not of generalisation):"
+        f"\nPOST {base}/extract (constrained decoding: JSON of the schema's shape) on {first['id']}, one of the "
+        f"{len(records)} texts the LoRA was trained on (a demo of the chain, not of generalisation):"
     )
     out = extract(first["text"])
     say(_json_lines(out))
