@@ -61,6 +61,24 @@ def _corpus_report(manifest: dict, cfg: Any) -> None:
     )
 
 
+def _evaluate_report(report: dict, cfg: Any) -> None:
+    """Micro P / R / F1 per task and perplexity on one line each; the whole report is a file."""
+    for task, scores in (report.get("extraction") or {}).get("scores", {}).items():
+        parts = (
+            [("", scores)]
+            if "micro" in scores
+            else [(k, v) for k, v in scores.items() if isinstance(v, dict) and "micro" in v]
+        )
+        for kind, part in parts:
+            m = part["micro"]
+            name = f"{task} {kind}".strip()
+            print(f"evaluate: {name} P {m['precision']:.4f} R {m['recall']:.4f} F1 {m['f1']:.4f}")
+    if report.get("perplexity"):
+        ppl = report["perplexity"]
+        print(f"evaluate: perplexity {ppl['perplexity']:.3f} over {ppl['tokens']} tokens")
+    print(f"evaluate: full report (per type, counts) in {Path(cfg.out_dir) / 'report.json'}")
+
+
 def _instructions_report(manifest: dict, cfg: Any) -> None:
     s, d = manifest["splits"], manifest["dropped"]
     print(
@@ -190,6 +208,7 @@ JOBS: dict[str, JobSpec] = {
             "knowlm_ray.ie.evaluate:run",
             "extraction P/R/F1 on gold records and / or perplexity on shards",
             ray=False,
+            report=_evaluate_report,
             log=_in_out_dir("evaluate.log"),
             log_help="out_dir/evaluate.log",
         ),  # one process

@@ -130,3 +130,28 @@ def test_bad_path_through_knowlm_is_one_line_and_exit_2(name, override, named, t
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and named in last and str(missing) in last, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
+
+
+def test_evaluate_prints_its_scores_not_the_whole_report(capsys, tmp_path):
+    from knowlm_ray.entry import JOBS
+
+    micro = {"micro": {"precision": 0.5, "recall": 0.25, "f1": 1 / 3}, "per_type": {"a": {}}}
+    report = {
+        "extraction": {
+            "scores": {"ner": {"task": "ner", **micro}, "ee": {"task": "ee", "trigger": micro, "argument": micro}}
+        },
+        "perplexity": {"perplexity": 12.3, "tokens": 100, "rows": 3},
+    }
+
+    class Cfg:
+        out_dir = str(tmp_path)
+
+    JOBS["evaluate"].report(report, Cfg())
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "evaluate: ner P 0.5000 R 0.2500 F1 0.3333",
+        "evaluate: ee trigger P 0.5000 R 0.2500 F1 0.3333",
+        "evaluate: ee argument P 0.5000 R 0.2500 F1 0.3333",
+        "evaluate: perplexity 12.300 over 100 tokens",
+        f"evaluate: full report (per type, counts) in {tmp_path / 'report.json'}",
+    ]
