@@ -542,6 +542,7 @@ def test_extract_equals_local_plan_generate_assemble(base_url, reference):
         "schema": ["人物", "组织机构", "地理位置"],
         "lang": "zh",
         "parameters": {"max_tokens": 12},
+        "constrained": False,  # free decoding, as the reference generates (constrained: tested below)
     }
     r = _post(base_url, body, route="/extract", timeout=120)
     assert r.status_code == 200, r.text
@@ -559,7 +560,7 @@ def test_extract_oneke_sends_the_oneke_prompt_verbatim(base_url, reference):
 
     text = "相比之下，青岛海牛队和广州松日队的雨中之战虽然也是0∶0，但乏善可陈。"
     schema = ["组织机构", "人物", "地理位置"]
-    body = {"task": "ner", "text": text, "schema": schema, "lang": "zh", "prompt_format": "oneke"}
+    body = {"task": "ner", "text": text, "schema": schema, "lang": "zh", "prompt_format": "oneke", "constrained": False}
     r = _post(base_url, {**body, "parameters": {"max_tokens": 12}}, route="/extract", timeout=120)
     assert r.status_code == 200, r.text
     got = r.json()
