@@ -189,7 +189,7 @@ class PromptFormat:
 
     def render_answer(self, task: str, lang: str, items: Sequence[dict], labels: Any = None, fmt: str = "json") -> str:
         """The gold answer to one prompt in this format's answer form (training rows)."""
-        return render_output(task, lang, fmt, items)
+        return render_output(task, lang, fmt, items, None if labels is None else list(labels))
 
 
 class AlpacaFormat(PromptFormat):

@@ -159,7 +159,7 @@ def serve_format_instructions(
                 {
                     "instruction": p["instruction"],
                     "input": chunk,
-                    "output": render_output(task, lang, fmt, items),
+                    "output": render_output(task, lang, fmt, items, list(p["labels"])),
                     "task": task,
                     "lang": lang,
                     "format": fmt,

@@ -128,8 +128,11 @@ def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list]:
     return out
 
 
-def render_output(task: str, lang: str, fmt: str, items: Sequence[dict]) -> str:
-    """The answer text for one task's gold list (``NONE_ANSWER`` when the list is empty)."""
+def render_output(task: str, lang: str, fmt: str, items: Sequence[dict], labels: Sequence[str] | None = None) -> str:
+    """The answer text for one task's gold list (``NONE_ANSWER`` when the list is empty).
+
+    ``labels``: the prompt's label batch; a JSON answer then lists its keys in that order (the
+    order the instruction shows, and the one constrained decoding allows), else in item order."""
     if not items:
         return NONE_ANSWER[lang]
     if fmt == "tuple":
@@ -158,4 +161,7 @@ def render_output(task: str, lang: str, fmt: str, items: Sequence[dict]) -> str:
             # IEPile style: one value per role, a list only when a role has several fillers.
             args = {role: vals[0] if len(vals) == 1 else vals for role, vals in by_role.items()}
             obj.setdefault(ev["type"], []).append({"trigger": ev["trigger"], "arguments": args})
+    if labels is not None:
+        order = {label: i for i, label in enumerate(labels)}
+        obj = dict(sorted(obj.items(), key=lambda kv: order.get(kv[0], len(order))))
     return json.dumps(obj, ensure_ascii=False)

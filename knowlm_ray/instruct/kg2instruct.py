@@ -101,7 +101,7 @@ def build_instructions(
                     {
                         "instruction": instruction,
                         "input": rec["text"],
-                        "output": render_output(task, lang, task_fmt, batch_items),
+                        "output": render_output(task, lang, task_fmt, batch_items, batch),
                         "task": task,
                         "lang": lang,
                         "format": task_fmt,

@@ -55,3 +55,20 @@ def test_cli_prompt_format_needs_serve_prompt(tmp_path, capsys):
     assert main([*args[:-1], str(jl), "--serve-prompt", "--format", "oneke", "--limit", "2"]) == 0
     lines = [json.loads(x) for x in jl.read_text(encoding="utf-8").splitlines()]
     assert lines and all(is_iepile_record(r) for r in lines)
+
+
+def test_json_answers_list_keys_in_the_prompts_label_order():
+    """Constrained decoding lets a JSON answer's keys come only in the batch's label order, so
+    the rows a LoRA learns from write them in that order too (not in gold-item order)."""
+    from knowlm_ray.instruct.kg2instruct import build_instructions
+
+    records, schema = load_ie_records(IE / "records.jsonl"), load_schema(IE / "schema.json")
+    rows = build_serve_instructions(records, schema) + build_instructions(records, schema, seed=1)
+    checked = 0
+    for r in rows:
+        if r["format"] != "json" or not r["output"].startswith("{"):
+            continue
+        keys = list(json.loads(r["output"]))
+        assert keys == [lab for lab in r["labels"] if lab in keys], (r["id"], r["labels"], keys)
+        checked += len(keys) > 1
+    assert checked > 10
