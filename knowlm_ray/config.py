@@ -776,6 +776,13 @@ def _absolute(value: str) -> str:
 
 
 IETask = Literal["ner", "re", "ee"]
+# The names of knowlm_ray.ie.formats.FORMATS (config sits below ie, so they are spelt here; a test
+# keeps the two equal).
+PromptFormatName = Literal["alpaca", "oneke", "zhixi", "chat"]
+PROMPT_FORMAT_HELP = (
+    "How the model is asked (knowlm_ray.ie.formats): alpaca (this project's IE wording), oneke "
+    "(zjunlp/OneKE), zhixi (knowlm-13b-zhixi / -ie), chat (the model tokenizer's chat template)."
+)
 
 
 class BatchExtractConfig(Strict):
@@ -819,11 +826,7 @@ class BatchExtractConfig(Strict):
     docs_per_call: int = Field(8, ge=1, description="Documents whose prompts go into one generate call.")
     max_tokens: int = Field(128, ge=1, description="New tokens per prompt.")
     format: Literal["json", "tuple"] = Field("json", description="The answer format the prompts ask for.")
-    prompt_format: Literal["alpaca", "oneke", "zhixi", "chat"] = Field(
-        "alpaca",
-        description="How the model is asked (knowlm_ray.ie.formats): alpaca (this project's IE wording), oneke "
-        "(zjunlp/OneKE), zhixi (knowlm-13b-zhixi / -ie), chat (the model tokenizer's chat template).",
-    )
+    prompt_format: PromptFormatName = Field("alpaca", description=PROMPT_FORMAT_HELP)
     max_chars: int = Field(400, ge=16, description="Characters of text per prompt (longer texts are chunked).")
     limit: int = Field(0, ge=0, description="Only the first N documents (0: all).")
     device: str = Field("cpu", description="torch device of each actor's model (cpu, cuda).")
@@ -865,11 +868,7 @@ class EvaluateConfig(Strict):
     docs_per_call: int = Field(8, ge=1, description="Documents whose prompts go into one generate call.")
     max_tokens: int = Field(128, ge=1, description="New tokens per prompt.")
     format: Literal["json", "tuple"] = Field("json", description="The answer format the prompts ask for.")
-    prompt_format: Literal["alpaca", "oneke", "zhixi", "chat"] = Field(
-        "alpaca",
-        description="How the model is asked (knowlm_ray.ie.formats): alpaca (this project's IE wording), oneke "
-        "(zjunlp/OneKE), zhixi (knowlm-13b-zhixi / -ie), chat (the model tokenizer's chat template).",
-    )
+    prompt_format: PromptFormatName = Field("alpaca", description=PROMPT_FORMAT_HELP)
     max_chars: int = Field(400, ge=16, description="Characters of text per prompt (longer texts are chunked).")
     shards: str | None = Field(None, description="Corpus out_dir or shard dir for perplexity; null: no perplexity.")
     ppl_max_rows: int = Field(0, ge=0, description="Perplexity over the first N rows (0: every row).")

@@ -217,39 +217,14 @@ def assemble(plan: ExtractionPlan, answers: Sequence[str]) -> dict[str, Any]:
 
 
 def extract_record(
-    generate_fn: GenerateFn,
-    task: str,
-    text: str,
-    schema: Any,
-    lang: str | None = None,
-    *,
-    record_id: str | None = None,
-    fmt: str = "json",
-    template: int = SERVE_TEMPLATE,
-    split_num: int | None = None,
-    max_chars: int | None = DEFAULT_MAX_CHARS,
-    prompt_format: str | None = None,
-    example: list[dict[str, Any]] | None = None,
-    tokenizer: Any = None,
+    generate_fn: GenerateFn, task: str, text: str, schema: Any, lang: str | None = None, **options: Any
 ) -> dict[str, Any]:
     """Extract ``task`` items of ``schema`` from ``text``: one IE record (+ raw, dropped, unparsed).
+    ``options``: ``plan_extraction``'s keywords (record_id, fmt, prompt_format, ...).
 
     Raises IERequestError for a bad request; never for what the model writes.
     """
-    plan = plan_extraction(
-        task,
-        text,
-        schema,
-        lang,
-        record_id=record_id,
-        fmt=fmt,
-        template=template,
-        split_num=split_num,
-        max_chars=max_chars,
-        prompt_format=prompt_format,
-        example=example,
-        tokenizer=tokenizer,
-    )
+    plan = plan_extraction(task, text, schema, lang, **options)
     return assemble(plan, list(generate_fn(plan.texts)))
 
 

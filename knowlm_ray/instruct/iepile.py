@@ -21,7 +21,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from knowlm_ray.alpaca import RecordError, is_iepile_record
+from knowlm_ray.alpaca import RecordError
 from knowlm_ray.ie import oneke
 from knowlm_ray.ie.parsers import FIELD, TASKS
 from knowlm_ray.ie.records import schema_section
@@ -113,9 +113,6 @@ def build_iepile(
 
 
 # ------------------------------------------------------------------------------- reading
-is_iepile = is_iepile_record  # the check lives beside the alpaca format, which refuses these records
-
-
 def _gold_answer(task: str, instruction: dict, label: list) -> dict:
     """IEPile's gold list (a test record's ``label``) as the answer OneKE gives for the prompt's schema."""
     schema = instruction.get("schema")

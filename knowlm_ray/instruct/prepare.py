@@ -36,11 +36,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from knowlm_ray.alpaca import IGNORE_INDEX, RecordError, alpaca_files, tokenize_record, validate_record
+from knowlm_ray.alpaca import (
+    IGNORE_INDEX,
+    RecordError,
+    alpaca_files,
+    is_iepile_record,
+    tokenize_record,
+    validate_record,
+)
 from knowlm_ray.atomic import atomic_dir, atomic_path
 from knowlm_ray.corpus.shards import _sha256, gather, plan_files, table_rows
 from knowlm_ray.errors import MissingPathError
-from knowlm_ray.instruct.iepile import iepile_row, is_iepile
+from knowlm_ray.instruct.iepile import iepile_row
 
 INSTRUCTION_SCHEMA = pa.schema(
     [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("id", pa.string()), ("task", pa.string())]
@@ -98,7 +105,7 @@ def read_alpaca(path: str | Path, bad: list[dict]) -> list[dict]:
                 _quarantine(bad, f, n, err, obj if obj is not None else "")
                 continue
             try:
-                rec = iepile_row(obj, f"{f}:{n}") if is_iepile(obj) else validate_record(obj, f"{f}:{n}")
+                rec = iepile_row(obj, f"{f}:{n}") if is_iepile_record(obj) else validate_record(obj, f"{f}:{n}")
             except RecordError as exc:
                 _quarantine(bad, f, n, str(exc).split(": ", 1)[-1], obj)
                 continue

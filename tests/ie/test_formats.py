@@ -323,3 +323,12 @@ def test_batch_and_evaluate_configs_name_the_registrys_formats():
     schema = {"zh": {"ner": ["组织机构", "人物", "地理位置"]}}
     [rec] = extract_documents(docs, ["ner"], schema, model, prompt_format="oneke")
     assert seen == [SYS + ONEKE_NER + "[/INST]"] and rec["entities"][0]["text"] == "青岛海牛队"
+
+
+def test_config_spells_the_registry_names():
+    import typing
+
+    from knowlm_ray.config import PromptFormatName
+    from knowlm_ray.ie.formats import NAMES
+
+    assert set(typing.get_args(PromptFormatName)) == set(NAMES)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from knowlm_ray.alpaca import IGNORE_INDEX, tokenize_record
+from knowlm_ray.alpaca import is_iepile_record as is_iepile
 from knowlm_ray.ie.records import load_ie_records, load_schema
-from knowlm_ray.instruct.iepile import build_iepile, iepile_row, is_iepile
+from knowlm_ray.instruct.iepile import build_iepile, iepile_row
 from knowlm_ray.instruct.kg2instruct import main as kg2instruct
 from knowlm_ray.instruct.prepare import assign, read_alpaca
 
