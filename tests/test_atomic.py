@@ -130,3 +130,146 @@ def test_atomic_dir_publishes_on_success_and_removes_staging_on_failure(tmp_path
             (stage / "w.bin").write_text("half")
             raise Boom
     assert (out / "w.bin").read_text() == "v1" and _hidden(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------- durability
+def test_files_and_folders_are_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
+    import stat
+
+    synced: list[tuple[str, bool]] = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        st = os.fstat(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), stat.S_ISDIR(st.st_mode)))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    atomic_write_text(tmp_path / "a.txt", "x")
+    # the temporary file (before it is renamed), then the folder holding the new name
+    assert [d for _, d in synced] == [False, True] and synced[1][0] == str(tmp_path)
+    assert ".a.txt." in synced[0][0]
+    synced.clear()
+    with atomic_dir(tmp_path / "out") as stage:
+        (stage / "sub").mkdir()
+        (stage / "sub" / "w.bin").write_bytes(b"1")
+    files = [p for p, d in synced if not d]
+    folders = [p for p, d in synced if d]
+    assert len(files) == 1 and files[0].endswith("/sub/w.bin")
+    assert str(tmp_path) == folders[-1] and len(folders) == 3  # sub, the staging folder, the parent
+
+
+# ------------------------------------------------------------------------------- full disk
+def test_a_full_disk_keeps_the_old_file_and_says_so_in_one_line(tmp_path, monkeypatch):
+    """A real ENOSPC from the kernel: the temporary name is made a link to /dev/full (every write
+    to it fails with ENOSPC), the only way to fill a disk here without root."""
+    import knowlm_ray.atomic as atomic
+    from knowlm_ray.atomic import DiskFullError
+    from knowlm_ray.errors import UserError
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    target = tmp_path / "manifest.json"
+    target.write_bytes(b'{"old": 1}\n')
+    real_sibling = atomic.sibling
+
+    def to_dev_full(path, suffix="tmp"):
+        tmp = real_sibling(path, suffix)
+        tmp.symlink_to("/dev/full")
+        return tmp
+
+    monkeypatch.setattr(atomic, "sibling", to_dev_full)
+    with pytest.raises(DiskFullError) as err:
+        atomic_write_bytes(target, b"x" * 100_000)
+    assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+    assert str(err.value) == f"no space left on device writing {target}; the previous {target} is intact"
+    assert target.read_bytes() == b'{"old": 1}\n' and _hidden(tmp_path) == []
+    with pytest.raises(DiskFullError, match=r"new\.json was not created$"):
+        atomic_write_text(tmp_path / "new.json", "{}")
+    assert not (tmp_path / "new.json").exists() and _hidden(tmp_path) == []
+
+
+def test_a_full_disk_in_a_staged_dir_keeps_the_old_dir(tmp_path, monkeypatch):
+    from knowlm_ray.atomic import DiskFullError
+
+    out = tmp_path / "corpus"
+    with atomic_dir(out) as stage:
+        (stage / "a.arrow").write_bytes(b"old shard")
+
+    def full(fd):  # ENOSPC surfacing at fsync (delayed allocation), raised where the kernel would
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DiskFullError) as err:
+        with atomic_dir(out) as stage:
+            (stage / "train").mkdir()
+            (stage / "train" / "b.arrow").write_bytes(b"new shard")
+    assert str(err.value) == (f"no space left on device writing {out}/train/b.arrow; the previous {out} is intact")
+    assert [p.name for p in out.iterdir()] == ["a.arrow"] and (out / "a.arrow").read_bytes() == b"old shard"
+    assert _hidden(tmp_path) == []
+
+
+def test_a_disk_full_error_from_a_ray_task_is_recognised(tmp_path):
+    """What a driver sees when a Ray task ran out of space: RayTaskError carrying the OSError."""
+    from ray.exceptions import RayTaskError
+
+    from knowlm_ray.atomic import DiskFullError, disk_full_error
+
+    try:
+        raise OSError(28, "No space left on device", str(tmp_path / ".out.1-0a0b0c0d.tmp" / "part-00000.arrow"))
+    except OSError as exc:
+        remote = RayTaskError("write_part", "traceback", exc).as_instanceof_cause()
+    err = disk_full_error(remote, tmp_path / "out", True, tmp_path / ".out.1-0a0b0c0d.tmp")
+    assert isinstance(err, DiskFullError)
+    assert (
+        str(err)
+        == f"no space left on device writing {tmp_path}/out/part-00000.arrow; the previous {tmp_path}/out is intact"
+    )
+    assert disk_full_error(RuntimeError("other"), tmp_path / "out", True) is None
+
+
+# ------------------------------------------------------------------------------- half swaps
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_swap_killed_between_its_renames_is_repaired_by_the_next_run(tmp_path):
+    from knowlm_ray.atomic import repair_swap
+
+    out = tmp_path / "model"
+    pid = _dead_pid()
+    # what a writer killed between `out -> .old` and `staging -> out` leaves
+    old = tmp_path / f".model.{pid}-0123abcd.old"
+    old.mkdir()
+    (old / "w.bin").write_bytes(b"previous")
+    staging = tmp_path / f".model.{pid}-89abcdef.tmp"
+    staging.mkdir()
+    (staging / "w.bin").write_bytes(b"new, maybe half")
+    assert not out.exists()
+    done = repair_swap(out)
+    assert len(done) == 2 and done[0].startswith(f"restored {out}")
+    assert (out / "w.bin").read_bytes() == b"previous" and _hidden(tmp_path) == []
+    # a leftover .old beside a present output is only cleaned; so is a dead writer's file temp
+    (tmp_path / f".model.{pid}-00000000.old").mkdir()
+    (tmp_path / f".model.{pid}-11111111.tmp").write_text("half")
+    with atomic_dir(out) as stage:  # the next run repairs before it writes
+        (stage / "w.bin").write_bytes(b"next")
+    assert (out / "w.bin").read_bytes() == b"next" and _hidden(tmp_path) == []
+
+
+def test_repair_leaves_live_writers_and_other_names_alone(tmp_path):
+    from knowlm_ray.atomic import repair_swap
+
+    live = tmp_path / f".model.{os.getpid()}-0123abcd.old"  # this process: a writer mid-swap
+    live.mkdir()
+    other = tmp_path / f".model2.{_dead_pid()}-0123abcd.old"  # another output's
+    other.mkdir()
+    plain = tmp_path / ".model.keep"
+    plain.write_text("not ours")
+    assert repair_swap(tmp_path / "model") == []
+    assert live.exists() and other.exists() and plain.exists() and not (tmp_path / "model").exists()
