@@ -496,17 +496,55 @@ def find_stop(text: str, stops: Sequence[str]) -> int | None:
 
 def safe_text_end(text: str, stops: Sequence[str]) -> int:
     """How much of ``text`` may be sent now: not a trailing partial character (U+FFFD from a
-    byte-fallback token cut mid-character) nor a tail that could still become a stop string."""
+    byte-fallback token cut mid-character) nor a tail that could still become a stop string.
+
+    Looks only at the last ``max(len(stop)) - 1`` characters, and within them only where a
+    stop's first character stands, so its cost does not grow with the text."""
     end = len(text)
     while end and text[end - 1] == "\ufffd":
         end -= 1
     hold = 0
     for s in stops:
-        for k in range(min(len(s) - 1, end), hold, -1):
-            if text.endswith(s[:k], 0, end):
-                hold = k
+        if len(s) < 2:  # a one-character stop has no partial form to hold back
+            continue
+        k = min(len(s) - 1, end)
+        start = end - k  # the longest tail that could still grow into s
+        while k > hold:
+            at = text.find(s[0], start, end)
+            if at < 0 or end - at <= hold:
                 break
+            if s.startswith(text[at:end]):
+                hold = end - at
+                break
+            start = at + 1
+            k = end - start
     return end - hold
+
+
+class StopMatcher:
+    """``find_stop`` over a row's growing text, scanning only what is new: the text since the
+    last call plus the ``max(len(stop)) - 1`` characters before it, where a stop could begin and
+    still end in the new part. Equal to ``find_stop(text, stops)`` at every call: an occurrence
+    starting earlier would lie inside text already searched, and would have ended the row then.
+    A decode that rewrote earlier text (rare: the tokenizer may change its mind about a
+    character) is searched whole."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.reach = max((len(s) for s in self.stops), default=1) - 1
+        self.searched = ""  # the text of the last call, which holds no stop
+
+    def find(self, text: str) -> int | None:
+        if not self.stops:
+            return None
+        start = 0
+        if text.startswith(self.searched):  # the usual case: the old text, with more after it
+            start = max(0, len(self.searched) - self.reach)
+        found = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
+        if found:
+            return min(found)
+        self.searched = text
+        return None
 
 
 class _GroupCancel:
@@ -536,6 +574,7 @@ class RowState:
         self.finish: str | None = None
         self.text: str | None = None
         self.sent = ""
+        self.stops = StopMatcher(item.stop)  # scans each step's new text only
         # constrained decoding: this row's grammar matcher and budget (generation/constraints.py)
         self.constraint = item.constraint.start(item.max_new_tokens) if item.constraint is not None else None
 
@@ -581,7 +620,7 @@ class RowState:
             self.end(length, self.constraint.finish, None, row())
         elif self.watch:
             text = self._decode(row())
-            cut = find_stop(text, item.stop)
+            cut = self.stops.find(text)
             if cut is not None:
                 self.end(length, "stop", text[:cut], None)
             elif length >= item.max_new_tokens:
