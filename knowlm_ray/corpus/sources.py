@@ -9,8 +9,9 @@ of input (``plan_reads``): an uncompressed jsonl or text file is cut into byte r
 owning the lines that start in it; compressed files (a stream cannot be entered mid-way), parquet
 and whole files are read whole, small ones several to a task. Each document gets a stable
 ``doc_id`` = ``source/relative-file:line`` (line zero-padded, so string order is file order;
-whole files have no line part). A line that cannot be read as a document (bad JSON, not an
-object, a missing or non-string text field, invalid UTF-8) is not fatal: it becomes a
+whole files have no line part). A line that cannot be read as a document (bad JSON or JSON nested
+deeper than the parser goes, not an object, a missing or non-string text field, invalid UTF-8
+bytes or an unpaired surrogate escape) is not fatal: it becomes a
 ``malformed`` row carrying the reason and the raw line (first ``MAX_RAW`` characters), later
 written to ``out_dir/quarantine/``. Blank lines are not documents and are not counted.
 """
@@ -280,6 +281,10 @@ def _field_text(obj: dict, fields: list[str]) -> tuple[str | None, str | None]:
         if not isinstance(value, str):
             kind = "null" if value is None else type(value).__name__
             return None, f"field {name!r} is {kind}, not a string"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a JSON \udXXX escape without its pair: Arrow cannot hold it
+            return None, f"field {name!r} is not valid UTF-8 (an unpaired surrogate at character {exc.start})"
         if value.strip():
             parts.append(value.strip())
     return "\n".join(parts), None
@@ -291,6 +296,8 @@ def _text_from_json(line: str, fields: list[str]) -> tuple[str | None, str | Non
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:  # nested deeper than the parser's recursion limit
+        return None, "invalid JSON: nested too deeply"
     if not isinstance(obj, dict):
         return None, f"not a JSON object (got {type(obj).__name__})"
     return _field_text(obj, fields)

@@ -93,27 +93,46 @@ def validate_ie_record(obj: Any) -> dict:
 
 def iter_ie_records(path: str | Path, schema: dict | None = None) -> Iterator[tuple[int, str, dict | None, str | None]]:
     """``(line number, line, record, None)`` for each good line of an IE records file and
-    ``(line number, line, None, reason)`` for each bad one: invalid JSON, a bad record, a duplicate
-    id and, with ``schema``, a language or label outside it. Blank lines are skipped."""
+    ``(line number, line, None, reason)`` for each bad one: invalid UTF-8 or JSON, nesting deeper
+    than the parser goes, a bad record, a duplicate id and, with ``schema``, a language or label
+    outside it. Blank lines are skipped."""
     p = Path(path)
     if not p.is_file():
         raise RecordError(f"IE records not found: {p}")
     seen: dict[str, int] = {}
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(p, "rb") as fh:  # decoded line by line: a bad byte costs its line, not the file
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
-            line = line.rstrip("\n")
             try:
-                rec = validate_ie_record(json.loads(line))
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                yield (
+                    n,
+                    raw.decode("utf-8", "backslashreplace").rstrip("\r\n"),
+                    None,
+                    f"not valid UTF-8 (byte {exc.start})",
+                )
+                continue
+            try:
+                obj = json.loads(line)
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")  # a lone surrogate (\\udXXX escape)
+            except RecursionError:
+                yield n, line, None, "invalid JSON: nested too deeply"
+                continue
+            except UnicodeEncodeError:
+                yield n, line, None, "not valid UTF-8 (an unpaired surrogate escape)"
+                continue
+            except json.JSONDecodeError as exc:
+                yield n, line, None, f"invalid JSON: {exc.msg}"
+                continue
+            try:
+                rec = validate_ie_record(obj)
                 if schema is not None:
                     schema_section(rec, schema)
                 if rec["id"] in seen:
                     raise ValueError(f"duplicate id {rec['id']!r} (first at line {seen[rec['id']]})")
-            except json.JSONDecodeError as exc:
-                yield n, line, None, f"invalid JSON: {exc.msg}"
-                continue
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 yield n, line, None, str(exc)
                 continue
             seen[rec["id"]] = n

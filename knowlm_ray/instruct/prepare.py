@@ -57,13 +57,58 @@ _TOKENIZED = pa.schema([*INSTRUCTION_SCHEMA, ("split", pa.string())])
 
 
 # ------------------------------------------------------------------------------- reading
+def _printable(text: str) -> str:
+    """``text`` as valid UTF-8 (bytes that were not, and lone surrogates, as backslash escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _quarantine(bad: list[dict], path: Path | str, line: int, reason: str, raw: Any) -> None:
-    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
-    bad.append({"file": str(path), "line": line, "reason": reason, "record": text[:2000]})
+    try:
+        text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+    except (RecursionError, ValueError, TypeError):
+        text = f"<a {type(raw).__name__} that cannot be shown>"
+    bad.append({"file": str(path), "line": line, "reason": reason, "record": _printable(text[:2000])})
+
+
+def utf8_problem(obj: Any) -> str | None:
+    """Why the strings of a parsed record cannot be written as UTF-8 (a lone surrogate: from a
+    ``\\ud800`` escape, or an invalid byte of a JSON list file), or None."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8 (an unpaired surrogate or an invalid byte)"
+    except (RecursionError, ValueError):
+        return "nested too deeply"
+    return None
+
+
+def _skip_json_value(text: str, i: int) -> int:
+    """The index after the JSON value starting at ``i``, found by bracket counting (used when the
+    parser gave up on it: nested deeper than Python's recursion limit)."""
+    depth, in_str, esc = 0, False, False
+    for j in range(i, len(text)):
+        c = text[j]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return len(text)
 
 
 def _iter_json_list(text: str) -> Iterator[tuple[int, Any, str | None]]:
-    """``(line, object, error)`` for the elements of a JSON list; a syntax error ends the list."""
+    """``(line, object, None)`` for the elements of a JSON list, ``(line, raw, reason)`` for one
+    that cannot be read; a syntax error ends the list, an element nested too deeply is skipped."""
     dec = json.JSONDecoder()
     i = text.index("[") + 1
     while True:
@@ -75,46 +120,74 @@ def _iter_json_list(text: str) -> Iterator[tuple[int, Any, str | None]]:
         try:
             obj, i = dec.raw_decode(text, i)
         except json.JSONDecodeError as exc:
-            yield line, None, f"invalid JSON: {exc.msg} (the rest of the list is skipped)"
+            yield line, "", f"invalid JSON: {exc.msg} (the rest of the list is skipped)"
             return
+        except RecursionError:
+            end = _skip_json_value(text, i)
+            yield line, text[i:end], "invalid JSON: nested too deeply"
+            i = end
+            continue
         yield line, obj, None
+
+
+def _iter_json_lines(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line, object, None)`` per JSON line, ``(line, raw text, reason)`` per unreadable one:
+    each line is decoded on its own, so a bad byte costs only its line."""
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield n, raw.decode("utf-8", "backslashreplace").rstrip("\r"), f"not valid UTF-8 (byte {exc.start})"
+            continue
+        try:
+            yield n, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield n, line, f"invalid JSON: {exc.msg}"
+        except RecursionError:
+            yield n, line, "invalid JSON: nested too deeply"
+
+
+def _record(obj: Any, where: str) -> dict:
+    """The training row of one parsed record; RecordError says why it is not one."""
+    problem = utf8_problem(obj)
+    if problem:
+        raise RecordError(f"{where}: {problem}")
+    try:
+        rec = iepile_row(obj, where) if is_iepile_record(obj) else validate_record(obj, where)
+    except RecordError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:  # odd shapes inside
+        raise RecordError(f"{where}: unusable record ({type(exc).__name__}: {exc})") from None
+    if rec["output"].strip() == "":
+        rec["empty"] = True
+    rid, task = obj.get("id"), obj.get("task")
+    rec["group"] = str(rid) if isinstance(rid, (str, int)) and str(rid) else _content_id(rec)
+    rec["task"] = task.lower() if isinstance(task, str) and task else "general"
+    return rec
 
 
 def read_alpaca(path: str | Path, bad: list[dict]) -> list[dict]:
     """Alpaca records (+ ``group`` = the source record id, ``task``) of a file or directory;
-    malformed ones go to ``bad`` with their file and line."""
+    malformed ones (invalid UTF-8 or JSON, nesting deeper than the parser goes, wrong types) go
+    to ``bad`` with their file and line."""
     out = []
     for f in alpaca_files(path):
-        text = f.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            items: Iterator = _iter_json_list(text)
+        data = f.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+        if data.lstrip().startswith(b"["):
+            # one document: bad bytes become lone surrogates, found per element by utf8_problem
+            items: Iterator = _iter_json_list(data.decode("utf-8", "surrogateescape"))
         else:
-
-            def lines(text=text):
-                for n, line in enumerate(text.splitlines(), 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield n, json.loads(line), None
-                    except json.JSONDecodeError as exc:
-                        yield n, line, f"invalid JSON: {exc.msg}"
-
-            items = lines()
+            items = _iter_json_lines(data)
         for n, obj, err in items:
             if err:
-                _quarantine(bad, f, n, err, obj if obj is not None else "")
+                _quarantine(bad, f, n, err, obj)
                 continue
             try:
-                rec = iepile_row(obj, f"{f}:{n}") if is_iepile_record(obj) else validate_record(obj, f"{f}:{n}")
+                out.append(_record(obj, f"{f}:{n}"))
             except RecordError as exc:
                 _quarantine(bad, f, n, str(exc).split(": ", 1)[-1], obj)
-                continue
-            if rec["output"].strip() == "":
-                rec["empty"] = True
-            rid, task = obj.get("id"), obj.get("task")
-            rec["group"] = str(rid) if isinstance(rid, (str, int)) and str(rid) else _content_id(rec)
-            rec["task"] = task.lower() if isinstance(task, str) and task else "general"
-            out.append(rec)
     return out
 
 

@@ -219,3 +219,61 @@ def test_plan_reads_groups_small_files_and_keeps_input_order(tmp_path, ray_local
     assert [r["text"] for r in rows if r["source"] == "t"] == [f"line {i}" for i in range(1000)]
     assert [r["line"] for r in rows if r["source"] == "t"] == list(range(1, 1001))
     assert rows == [r for e in files for r in read_file_rows(e, inputs[e["input"]])]  # input order
+
+
+def hostile_lines(good: list[str]) -> tuple[bytes, int]:
+    """``good`` JSON lines with a hostile one planted after each: invalid UTF-8, JSON nested 5,000
+    and 100,000 deep (RecursionError in the parser), a number for the text, a list for the record,
+    an unpaired surrogate escape. Returns the file's bytes and the number of bad lines."""
+    bad = [
+        b'{"text": "caf\xe9 au lait"}',  # latin-1, not UTF-8
+        b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"text": 12345}',
+        b'[{"text": "a record inside a list"}]',
+        b'{"text": "half a pair \\ud800 here"}',
+        b"\xff\xfe\x00garbage",
+    ]
+    lines: list[bytes] = []
+    for i, g in enumerate(good):
+        lines.append(g.encode("utf-8"))
+        if i < len(bad):
+            lines.append(bad[i])
+    lines += bad[len(good) :]
+    return b"\n".join(lines) + b"\n", len(bad)
+
+
+def test_hostile_lines_are_quarantined_and_counted(tmp_path):
+    good = [json.dumps({"text": f"Good document {i}, with ünïcode ✓."}, ensure_ascii=False) for i in range(9)]
+    data, n_bad = hostile_lines(good)
+    p = tmp_path / "mixed.jsonl"
+    p.write_bytes(data)
+    src = SourceConfig(path=str(p), source="web", lang="en")
+    entry = list_input_files([src])[0]
+    rows = list(read_file_rows(entry, src))
+    ok = [r for r in rows if r["status"] == OK]
+    bad = [r for r in rows if r["status"] == MALFORMED]
+    assert len(ok) + len(bad) == len(good) + n_bad and len(bad) == n_bad
+    assert [r["text"] for r in ok] == [json.loads(g)["text"] for g in good]  # every good line kept, in order
+    reasons = [r["reason"] for r in bad]
+    assert reasons[0].startswith("not valid UTF-8") and reasons[6].startswith("not valid UTF-8")
+    assert reasons[1] == reasons[2] == "invalid JSON: nested too deeply"
+    assert reasons[3] == "field 'text' is int, not a string"
+    assert reasons[4] == "not a JSON object (got list)"
+    assert "unpaired surrogate" in reasons[5]
+    # what the pipeline does with them next: one Arrow block, quarantine rows and all
+    from knowlm_ray.corpus.schema import DOC_SCHEMA
+
+    table = pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
+    assert table.num_rows == len(rows) and all(len(r["raw"]) <= 4096 for r in bad)
+    # the same lines cut into byte ranges (a bad line across a cut included) give the same rows
+    size = len(data)
+    cuts = [0, size // 3, 2 * size // 3, size]
+    pieces = []
+    line0 = 0
+    for a, b in zip(cuts, cuts[1:]):
+        pieces += list(read_file_rows({**entry, "start": a, "end": b, "line0": line0}, src))
+        line0 += data[a:b].count(b"\n")
+    assert [(r["doc_id"], r["status"], r["reason"]) for r in pieces] == [
+        (r["doc_id"], r["status"], r["reason"]) for r in rows
+    ]

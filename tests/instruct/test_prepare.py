@@ -167,3 +167,66 @@ def test_prepare_on_ray(ray_local, tiny_model, tmp_path):
     after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert before == after
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+
+
+HOSTILE = [  # (line, reason the quarantine gives)
+    (b'{"instruction": "caf\xe9", "output": "latin-1 bytes"}', "not valid UTF-8"),
+    (b'{"instruction": "deep", "output": ' + b"[" * 5000 + b"]" * 5000 + b"}", "invalid JSON: nested too deeply"),
+    (b"[" * 100_000 + b"]" * 100_000, "invalid JSON: nested too deeply"),
+    (b'{"instruction": 7, "output": "a number for text"}', "field 'instruction' is missing or not a string"),
+    (b'[{"instruction": "a list", "output": "for a record"}]', "expected an object"),
+    (b'{"instruction": "half \\udc80 a pair", "output": "x"}', "not valid UTF-8"),
+    (b'{"instruction": "i", "input": {"a": 1}, "output": "x"}', "field 'input' is not a string"),
+]
+
+
+def _good(i: int) -> dict:
+    return {"id": f"ok{i}", "instruction": f"Say hello number {i}.", "input": "", "output": f"Hello {i}!"}
+
+
+def test_hostile_lines_are_quarantined_never_fatal(tmp_path):
+    lines = []
+    for i, (line, _) in enumerate(HOSTILE):
+        lines += [json.dumps(_good(i)).encode(), line]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    bad: list[dict] = []
+    recs = read_alpaca(tmp_path / "a.jsonl", bad)
+    assert [r["group"] for r in recs] == [f"ok{i}" for i in range(len(HOSTILE))]  # every good line kept
+    assert [b["line"] for b in bad] == list(range(2, 2 * len(HOSTILE) + 1, 2))
+    for b, (_, reason) in zip(bad, HOSTILE):
+        assert reason in b["reason"], (b["line"], b["reason"])
+        b["record"].encode("utf-8")  # the quarantine file can hold it
+    # a JSON list file: an invalid byte or a too-deep element costs that element only
+    body = [json.dumps(_good(10)).encode(), HOSTILE[0][0], HOSTILE[1][0], HOSTILE[2][0], json.dumps(_good(11)).encode()]
+    (tmp_path / "b.json").write_bytes(b"[\n" + b",\n".join(body) + b"\n]\n")
+    bad = []
+    recs = read_alpaca(tmp_path / "b.json", bad)
+    assert [r["group"] for r in recs] == ["ok10", "ok11"]
+    assert [(b["line"], b["reason"].split(" (")[0]) for b in bad] == [
+        (3, "not valid UTF-8"),
+        (4, "invalid JSON: nested too deeply"),
+        (5, "invalid JSON: nested too deeply"),
+    ]
+
+
+def test_hostile_ie_records_are_quarantined(tmp_path):
+    from knowlm_ray.ie.records import iter_ie_records
+
+    good = (IE / "records.jsonl").read_bytes().splitlines()[:4]
+    hostile = [
+        b'{"id": "x1", "text": "caf\xe9"}',
+        b'{"id": "x2", "text": "deep", "entities": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"id": "x3", "text": 12}',
+        b'[{"id": "x4", "text": "a list"}]',
+        b'{"id": "x5", "text": "half \\ud800 a pair"}',
+    ]
+    (tmp_path / "ie.jsonl").write_bytes(b"\n".join(x for pair in zip(good, hostile) for x in pair) + b"\n" + hostile[4])
+    got = list(iter_ie_records(tmp_path / "ie.jsonl"))
+    assert [n for n, _, rec, _ in got if rec is not None] == [1, 3, 5, 7]
+    assert [(n, err.split(" (")[0]) for n, _, rec, err in got if rec is None] == [
+        (2, "not valid UTF-8"),
+        (4, "invalid JSON: nested too deeply"),
+        (6, "field 'text' is missing or not a non-empty string"),
+        (8, "expected a JSON object, got list"),
+        (9, "not valid UTF-8"),
+    ]
