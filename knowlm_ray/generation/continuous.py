@@ -1,14 +1,27 @@
 """Continuous batching over a ``GenerationEngine``: requests join the running batch at the next
 decode step and leave it the step they finish; every row keeps its own sampling parameters.
 
-One thread owns the model. Each turn it (1) admits waiting requests while the batch has room,
-prefilling their prompts in one left-padded forward pass, and (2) runs one decode step over all
-active rows: one new token per row from one forward pass with the KV cache (transformers'
+One thread owns the model. Each turn it (1) stops the rows of callers that went away, (2) admits
+waiting rows while the batch has room, prefilling their prompts in one left-padded forward pass,
+and (3) runs one decode step over all active rows: one new token per row from one forward pass with the KV cache (transformers'
 ``DynamicCache``), a 2-D attention mask over the left padding and explicit position ids, so a
 row's positions are what they would be alone. Greedy rows take the argmax; other rows go
 through transformers' own logits processors (repetition penalty, presence / frequency penalties,
 temperature, top-k, top-p) row by row. Stops, streaming and cancellation are ``RowState``'s, as
 on the grouped path.
+
+Fair admission: a request's rows join one at a time, not as a block, and each free slot goes to
+the waiting request with the fewest rows in the batch (ties: round-robin). When the batch is
+full and a newcomer has fewer rows in it than another request has minus one, that request's
+youngest row is preempted: it leaves the batch with its tokens and state, goes back to the front
+of its request's line and, readmitted, prefills its prompt plus the tokens it had made (vLLM's
+preemption by recomputation). So a one-row request next to a 750-row job joins at the next decode
+step, and the big job keeps a fair share (never less than one row) instead of starving. A
+request's rows still come back complete and in order.
+
+Cancellation: a request whose caller went away (its future cancelled, or its hooks say so) has
+its rows stopped before the next forward pass and their slots given to others in the same turn;
+its rows that had not joined yet are dropped without a forward pass.
 
 Why not transformers' ``ContinuousBatchingManager`` (``generate_batch``)? It runs on CPU and its
 greedy tokens match, but it has no per-request repetition penalty (KnowLM's 1.3), and on this
@@ -43,7 +56,9 @@ class _Request:
     future: Future
     on_start: Callable[[], None] | None
     results: list[GenerationResult | None] = field(default_factory=list)
-    pending: int = 0
+    unfinished: int = 0
+    # rows not in the batch, in order: an index (never run) or a preempted ``_Row`` (resumes)
+    line: deque = field(default_factory=deque)
 
     @property
     def adapter(self) -> str | None:
@@ -54,17 +69,18 @@ class _Request:
         return any(r.params.num_beams > 1 for r in self.rows)
 
     def started(self) -> None:
-        """Tell the caller its rows joined; a caller that is gone must not break the batch."""
+        """Tell the caller all its rows joined; a caller that is gone must not break the batch."""
         if self.on_start is not None:
             try:
                 self.on_start()
             except Exception:  # e.g. its event loop closed meanwhile
                 log.debug("on_start callback failed", exc_info=True)
+            self.on_start = None
 
     def set(self, i: int, result: GenerationResult) -> None:
         self.results[i] = result
-        self.pending -= 1
-        if self.pending == 0 and not self.future.done():
+        self.unfinished -= 1
+        if self.unfinished == 0 and not self.future.done():
             self.future.set_result(list(self.results))
 
     def fail(self, exc: BaseException) -> None:
@@ -153,7 +169,8 @@ class _Row:
 class ContinuousBatcher:
     """``submit(rows, hooks)`` → a Future of the rows' results; a background thread decodes.
 
-    ``max_batch_size``: rows decoded together at most (a request bigger than that runs alone).
+    ``max_batch_size``: rows decoded together at most; a request with more rows joins as slots
+    free, sharing them fairly with the other requests (see the module's docstring).
     """
 
     def __init__(self, engine: GenerationEngine, max_batch_size: int = 16):
@@ -161,17 +178,23 @@ class ContinuousBatcher:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.engine = engine
         self.max_batch_size = max_batch_size
-        self._waiting: deque[_Request] = deque()
+        self._incoming: deque[_Request] = deque()  # submitted, not yet seen by the thread
         self._wake = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
         # decoding state, touched only by the thread
+        self._line: list[_Request] = []  # requests with rows outside the batch, round-robin order
         self._rows: list[_Row] = []
         self._cache = None
         self._mask = None  # (rows, cache length) long: 1 = a real token, 0 = left padding
         self._adapter: str | None = None
         self.steps = 0  # decode steps run (for tests and stats)
         self.max_active = 0  # most rows decoded in one step so far
+        self.waiting_rows = 0  # rows submitted that have not joined the batch (preempted ones included)
+        # rows stopped because their caller went away: in the batch / before they ever ran
+        self.cancelled_rows = 0
+        self.dropped_rows = 0
+        self.preempted_rows = 0  # rows taken out of a full batch to give a newcomer its share
         self._step_time: dict[int, list[float]] = {}  # rows in a decode step -> [steps, seconds]
         self._prefill_time = [0, 0.0]  # prompt tokens prefilled (padding excluded), seconds
         # A decode step's query is each row's last token, so its mask is just "not padding": handed
@@ -183,15 +206,17 @@ class ContinuousBatcher:
     def submit(
         self, rows: Sequence[Prepared], hooks: RowHooks | None = None, on_start: Callable[[], None] | None = None
     ) -> Future:
-        """Queue ``rows``; ``on_start`` is called (from the decoding thread) when they join."""
-        req = _Request(list(rows), hooks, Future(), on_start, [None] * len(rows), len(rows))
+        """Queue ``rows``; ``on_start`` is called (from the decoding thread) when the last of
+        them has joined the batch: the request no longer waits."""
+        req = _Request(list(rows), hooks, Future(), on_start, [None] * len(rows), len(rows), deque(range(len(rows))))
         if not rows:
             req.future.set_result([])
             return req.future
         with self._wake:
             if self._closed:
                 raise RuntimeError("the continuous batcher is closed")
-            self._waiting.append(req)
+            self._incoming.append(req)
+            self.waiting_rows += len(rows)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="knowlm-continuous", daemon=True)
                 self._thread.start()
@@ -205,13 +230,17 @@ class ContinuousBatcher:
 
     def stats(self) -> dict:
         """Decode steps and their mean time by batch size (what batching costs on this device),
-        and prefill time per prompt token."""
+        prefill time per prompt token, and rows waiting, preempted, stopped and dropped."""
         tokens, seconds = self._prefill_time
         steps = sorted(dict(self._step_time).items())  # dict(): an atomic copy (GIL)
         return {
             "decode_steps": self.steps,
             "max_active_rows": self.max_active,
             "active_rows": self.active,
+            "waiting_rows": self.waiting_rows,
+            "preempted_rows": self.preempted_rows,
+            "cancelled_rows": self.cancelled_rows,
+            "dropped_rows": self.dropped_rows,
             "decode_step_ms_by_rows": {n: round(1000 * t / c, 2) for n, (c, t) in steps},
             "prefill_tokens": tokens,
             "prefill_ms_per_token": round(1000 * seconds / tokens, 3) if tokens else None,
@@ -243,49 +272,156 @@ class ContinuousBatcher:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self._rows:
+                while not self._closed and not self._incoming and not self._line and not self._rows:
                     self._wake.wait()
                 if self._closed:
                     break
-                admitted, beams = self._take()
+                incoming, self._incoming = list(self._incoming), deque()
+            beams = [req for req in incoming if req.beams]
+            self._line.extend(req for req in incoming if not req.beams)
             for req in beams:  # whole-hypothesis search: the grouped generate path
+                self._left(len(req.rows))
                 self._run_beams(req)
+            admitted: list[_Row] = []
             try:
+                self._sweep()
+                admitted, preempt = self._take()
+                if preempt:
+                    self._preempt(preempt)
                 if admitted:
                     self._prefill(admitted)
                 if self._rows:
                     self._decode()
             except BaseException as exc:  # a failed forward pass fails the requests in it
                 log.error("continuous batch step failed", exc_info=exc)
-                for req in {id(r.req): r.req for r in self._rows}.values():
-                    req.fail(exc)
-                for req in admitted:
+                for req in {id(r.req): r.req for r in self._rows + admitted}.values():
                     req.fail(exc)
                 self._reset()
-        for req in list(self._waiting) + [r.req for r in self._rows]:
+        with self._wake:
+            waiting = list(self._incoming) + self._line + [r.req for r in self._rows]
+        for req in waiting:
             req.fail(RuntimeError("the continuous batcher was closed"))
 
-    def _take(self) -> tuple[list[_Request], list[_Request]]:
-        """Requests that join now (FIFO, one adapter at a time, while rows fit) and beam requests."""
-        admitted: list[_Request] = []
-        beams: list[_Request] = []
+    def _left(self, n: int) -> None:
+        """``n`` rows left the waiting line (joined the batch, or were dropped)."""
+        with self._wake:
+            self.waiting_rows -= n
+
+    def _sweep(self) -> None:
+        """Stop the rows of callers that went away: those in the batch before the next forward
+        pass (their slots go to others this turn), those waiting before they ever run."""
+        keep: list[int] = []
+        for k, row in enumerate(self._rows):
+            if row.req.future.done() or row.state.cancelled():
+                row.state.end(len(row.new), "cancelled", "", None)
+                row.req.set(row.i, row.state.result())
+                self.cancelled_rows += 1
+            else:
+                keep.append(k)
+        if len(keep) < len(self._rows):
+            self._select(keep)
+        line: list[_Request] = []
+        for req in self._line:
+            first = req.line[0]
+            index = first if isinstance(first, int) else first.i
+            if req.future.done() or _CancelOnFuture(req).cancelled(index):  # one look a turn, then every row
+                for item in list(req.line):
+                    if req.future.done() or self._drop_if_gone(req, item):
+                        req.line.remove(item)
+                        self.dropped_rows += 1
+                        self._left(1)
+            if req.line:
+                line.append(req)
+        self._line = line
+
+    def _drop_if_gone(self, req: _Request, item: int | _Row) -> bool:
+        """End a waiting row whose caller went away; True if it was."""
+        if isinstance(item, _Row):
+            if not item.state.cancelled():
+                return False
+            item.state.end(len(item.new), "cancelled", "", None)
+            req.set(item.i, item.state.result())
+            return True
+        if not _CancelOnFuture(req).cancelled(item):
+            return False
+        req.set(item, GenerationResult("", 0, len(req.rows[item].input_ids), "cancelled"))
+        return True
+
+    def _take(self) -> tuple[list[_Row], list[int]]:
+        """Rows that join now and batch rows to preempt for them (indices into ``_rows``).
+
+        One adapter at a time: while a request for another adapter waits, nothing joins and the
+        batch drains; a drained batch turns to another adapter when one waits. Each slot
+        goes to the request with the fewest rows in the batch, ties to the one first in line, and
+        a request that got a row moves to the back of the line (round-robin)."""
+        if not self._line:
+            return [], []
+        if self._rows:
+            adapter = self._adapter
+            if any(req.adapter != adapter for req in self._line):
+                return [], []  # another adapter waits: drain first
+        else:  # drained: another adapter's turn if one waits, else the first in line's
+            adapter = next((r.adapter for r in self._line if r.adapter != self._adapter), self._line[0].adapter)
+        candidates = [req for req in self._line if req.adapter == adapter]
+        held: dict[int, int] = {}  # id(request) -> its rows in the batch (after this turn)
+        for row in self._rows:
+            held[id(row.req)] = held.get(id(row.req), 0) + 1
         room = self.max_batch_size - len(self._rows)
-        adapter = self._adapter if self._rows else None
-        while self._waiting:
-            req = self._waiting[0]
-            if req.future.cancelled() or req.beams:
-                self._waiting.popleft()
-                if not req.future.cancelled():
-                    beams.append(req)
+        admitted: list[_Row] = []
+        preempt: list[int] = []
+        served: list[_Request] = []
+        while candidates:
+            req = min(candidates, key=lambda r: held.get(id(r), 0))  # min() keeps the first of ties
+            if room <= 0:
+                victim = self._victim(held, set(preempt))
+                if victim is None or held[id(self._rows[victim].req)] <= held.get(id(req), 0) + 1:
+                    break  # every request has its share
+                preempt.append(victim)
+                held[id(self._rows[victim].req)] -= 1
+                room += 1
+            item = req.line.popleft()
+            admitted.append(item if isinstance(item, _Row) else _Row(self.engine, req, item))
+            held[id(req)] = held.get(id(req), 0) + 1
+            room -= 1
+            if req not in served:
+                served.append(req)
+            if not req.line:
+                candidates.remove(req)
+        if admitted:
+            self._left(len(admitted))
+        done = [req for req in served if not req.line]
+        for req in done:
+            req.started()
+        # served requests go to the back, in the order they were served; preempted ones rejoin
+        self._line = [req for req in self._line if req not in served] + [req for req in served if req.line]
+        for k in preempt:
+            req = self._rows[k].req
+            if req not in self._line:
+                self._line.append(req)
+        return admitted, preempt
+
+    def _victim(self, held: dict[int, int], taken: set[int]) -> int | None:
+        """The batch row to preempt: of the request holding the most rows (the latest of equals),
+        its row with the fewest new tokens (the least to recompute)."""
+        best: tuple | None = None
+        for k, row in enumerate(self._rows):
+            if k in taken:
                 continue
-            fresh = not self._rows and not admitted
-            if not fresh and (req.adapter != adapter or len(req.rows) > room):
-                break  # wait for room, or for the batch to drain before switching adapters
-            self._waiting.popleft()
-            admitted.append(req)
-            adapter = req.adapter
-            room -= len(req.rows)
-        return admitted, beams
+            key = (held.get(id(row.req), 0), -len(row.new), k)
+            if best is None or key > best:
+                best = key
+        return None if best is None else best[2]
+
+    def _preempt(self, ks: list[int]) -> None:
+        """Take these rows out of the batch, each back to the front of its request's line."""
+        for k in sorted(ks, reverse=True):  # reversed: a request's earlier rows end up first
+            row = self._rows[k]
+            row.req.line.appendleft(row)
+        self.preempted_rows += len(ks)
+        with self._wake:
+            self.waiting_rows += len(ks)
+        gone = set(ks)
+        self._select([k for k in range(len(self._rows)) if k not in gone])
 
     def _run_beams(self, req: _Request) -> None:
         req.started()
@@ -308,24 +444,13 @@ class ContinuousBatcher:
             out = engine.model(use_cache=True, logits_to_keep=1, **kwargs)
         return out.logits[:, -1, :].float()
 
-    def _prefill(self, admitted: list[_Request]) -> None:
+    def _prefill(self, rows: list[_Row]) -> None:
+        """Prefill new rows (their prompt) and preempted ones (their prompt and new tokens)."""
         from transformers import DynamicCache
 
         engine = self.engine
-        rows: list[_Row] = []
-        for req in admitted:
-            req.started()
-            for i in range(len(req.rows)):
-                row = _Row(engine, req, i)
-                if row.state.cancelled():  # went away while queued: no forward pass at all
-                    row.state.end(0, "cancelled", "", None)
-                    req.set(i, row.state.result())
-                else:
-                    rows.append(row)
-        if not rows:
-            return
         self._adapter = rows[0].req.adapter
-        batch = engine.tokenizer.pad({"input_ids": [r.prompt for r in rows]}, padding=True, return_tensors="pt")
+        batch = engine.tokenizer.pad({"input_ids": [r.prompt + r.new for r in rows]}, padding=True, return_tensors="pt")
         mask = batch["attention_mask"].to(engine.device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache(config=engine.model.config)
@@ -381,6 +506,7 @@ class ContinuousBatcher:
         for b, r in enumerate(rows):
             if r.push(tokens[b]):
                 r.req.set(r.i, r.state.result(r.new))
+                self.cancelled_rows += r.state.finish == "cancelled"  # seen after its token, not before
             else:
                 keep.append(first + b)
         if len(keep) < len(self._rows):

@@ -1,0 +1,123 @@
+"""Fair admission and cancellation in the continuous batcher, without Ray: a big request joins
+row by row and shares the batch, a small one beside it joins within a step or two, a caller
+that goes away frees its slots before the next step and its waiting rows never run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from knowlm_ray.generation.continuous import ContinuousBatcher
+from knowlm_ray.generation.engine import GenerationEngine
+from knowlm_ray.generation.params import GenerationParams as P
+
+PROMPTS = ["浙江大学位于", "Name the capital of France.", "信息抽取", "Marie Curie was born in Warsaw.", "知识图谱"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model) -> GenerationEngine:
+    return GenerationEngine(tiny_model)
+
+
+def _until(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.0005)
+
+
+class Gone:
+    """Hooks of a caller that can hang up: ``cancelled`` once ``leave()`` was called."""
+
+    def __init__(self):
+        self.left = threading.Event()
+
+    def wants_text(self, i):
+        return False
+
+    def on_text(self, i, delta):
+        pass
+
+    def cancelled(self, i):
+        return self.left.is_set()
+
+
+def test_a_small_request_joins_a_full_batch_within_a_step_and_the_big_one_completes(engine):
+    big_rows = [engine.prepare_prompt(f"{PROMPTS[k % 5]} {k}", P(max_tokens=12 + k % 7)) for k in range(24)]
+    small_row = engine.prepare_prompt(PROMPTS[1], P(max_tokens=6))
+    expected_big = [engine.generate_prepared([r])[0] for r in big_rows]
+    b = ContinuousBatcher(engine, max_batch_size=4)
+    try:
+        big = b.submit(big_rows)
+        _until(lambda: b.steps >= 3)  # the big request fills the batch
+        assert b.active == 4 and b.stats()["waiting_rows"] > 0
+        submitted_at, joined_at = b.steps, []
+        small = b.submit([small_row], on_start=lambda: joined_at.append(b.steps))
+        assert small.result(timeout=60) == engine.generate_prepared([small_row])
+        assert joined_at[0] - submitted_at <= 2  # not behind 20 waiting rows of the big one
+        assert not big.done()  # it kept running beside the small one
+        assert big.result(timeout=120) == expected_big  # complete, in order, preempted rows resumed exactly
+        stats = b.stats()
+        assert stats["preempted_rows"] >= 1 and stats["waiting_rows"] == 0 and stats["max_active_rows"] == 4
+    finally:
+        b.close()
+
+
+def test_a_stream_of_small_requests_never_starves_a_big_one(engine):
+    b = ContinuousBatcher(engine, max_batch_size=2)
+    try:
+        big = b.submit([engine.prepare_prompt(p, P(max_tokens=10)) for p in PROMPTS])
+        smalls = []
+        deadline = time.monotonic() + 60
+        while not big.done():  # two small requests always wait beside it
+            assert time.monotonic() < deadline, "the big request starved"
+            if sum(not f.done() for f in smalls) < 2:
+                smalls.append(b.submit([engine.prepare_prompt(PROMPTS[len(smalls) % 5], P(max_tokens=10))]))
+            time.sleep(0.001)
+        assert [r.num_output_tokens for r in big.result()] and len(smalls) > 2
+    finally:
+        b.close()
+
+
+def test_a_caller_that_hangs_up_frees_its_slots_within_one_step(engine):
+    b = ContinuousBatcher(engine, max_batch_size=4)
+    try:
+        caller = Gone()
+        fut = b.submit([engine.prepare_prompt(p, P(max_tokens=900)) for p in PROMPTS[:4]], caller)
+        _until(lambda: b.steps >= 3)
+        assert b.active == 4
+        hung_up_at = b.steps
+        caller.left.set()
+        _until(lambda: b.active == 0)
+        assert b.steps - hung_up_at <= 1  # at most the step already under way
+        results = fut.result(timeout=10)
+        assert all(r.finish_reason == "cancelled" and 0 < r.num_output_tokens < 900 for r in results)
+        assert b.stats()["cancelled_rows"] == 4
+    finally:
+        b.close()
+
+
+def test_waiting_rows_of_a_gone_caller_never_run(engine):
+    b = ContinuousBatcher(engine, max_batch_size=1)
+    try:
+        long = Gone()
+        long_row = engine.prepare_prompt(PROMPTS[0], P(max_tokens=900))
+        running = b.submit([long_row], long)
+        _until(lambda: b.steps >= 2)
+        waiter = Gone()
+        rows = [engine.prepare_prompt(p * 3, P(max_tokens=8)) for p in PROMPTS[1:4]]
+        queued = b.submit(rows, waiter)  # the one slot is taken: its rows wait
+        _until(lambda: b.stats()["waiting_rows"] == 3)
+        waiter.left.set()
+        _until(lambda: queued.done())
+        long.left.set()
+        running.result(timeout=10)
+        assert [r.finish_reason for r in queued.result()] == ["cancelled"] * 3
+        assert all(r.num_output_tokens == 0 for r in queued.result())
+        stats = b.stats()
+        assert stats["dropped_rows"] == 3 and stats["waiting_rows"] == 0
+        assert stats["prefill_tokens"] == len(long_row.input_ids)  # only the running row was ever prefilled
+    finally:
+        b.close()
