@@ -4,8 +4,10 @@ continuous batching (``continuous.py``, the default) or ``@serve.batch`` dynamic
 Routes: ``POST /generate`` (KnowLM), ``POST /v1/completions``, ``POST /v1/chat/completions``
 (``stream: true`` → server-sent events), ``GET /v1/models``, ``GET /healthz``, ``GET /is_ready``
 (KnowLM's probe). Every error is ``{"error": {"message", "type"}}``: 400/422 bad request, 401
-missing/wrong API key, 404 unknown model or route, 503 + ``Retry-After`` overload, 504 past
-``request_timeout_s``, 500 a bug.
+missing/wrong API key, 404 unknown model or route, 413 a body past ``max_body_bytes``, 503 +
+``Retry-After`` overload, 504 past ``request_timeout_s``, 500 a bug (naming the request id, never
+the exception's text). Request bounds (``bounds.py``) refuse a request before the work it would
+cost; tokenising runs in a worker thread, off the event loop.
 
 ``serve run serve_configs/tiny.yaml`` imports ``build_app`` (an application builder: it gets the
 config's ``args``, validated by ``AppArgs``); ``knowlm serve`` and ``knowlm demo`` reach it
@@ -16,16 +18,18 @@ through ``launch.py``. Handle methods for other code in the cluster: ``generate_
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from ray import serve
 
 from knowlm_ray.alpaca import build_prompt
@@ -43,11 +47,27 @@ from knowlm_ray.ie.extract import (
     request_constraints,
 )
 from knowlm_ray.ie.formats import DEFAULT_FORMAT
+from knowlm_ray.serve import bounds
 from knowlm_ray.serve import metrics as serve_metrics
 from knowlm_ray.serve import openai_api as oai
-from knowlm_ray.serve.errors import error_response, install_error_handlers
+from knowlm_ray.serve.bounds import BodyLimitMiddleware, BoundExceeded, check_extract, check_rows, check_stops
+from knowlm_ray.serve.errors import (
+    RequestIdMiddleware,
+    current_request_id,
+    error_response,
+    install_error_handlers,
+    internal_error,
+    internal_message,
+)
 from knowlm_ray.serve.options import DEFAULT_AUTOSCALING, AppArgs
-from knowlm_ray.serve.runner import Job, Overloaded, RequestTimeout, Runner, continuous_submit
+from knowlm_ray.serve.runner import (
+    Job,
+    JobStreamingResponse,
+    Overloaded,
+    RequestTimeout,
+    Runner,
+    continuous_submit,
+)
 from knowlm_ray.serve.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, GenerateResponse
 
 log = logging.getLogger("knowlm_ray.serve")
@@ -58,12 +78,16 @@ API_KEY_ENV = "KNOWLM_API_KEY"
 TIMEOUT_HEADER = "x-knowlm-timeout-s"  # a client may shorten (never lengthen) request_timeout_s
 api = FastAPI(title="knowlm-ray", description="KnowLM /generate and an OpenAI-compatible API on Ray Serve")
 install_error_handlers(api)
+# The last added runs first: request id (and the 500 of a bug), then the API key and metrics,
+# then the body bounds, so a client without the key never gets its body read.
+api.add_middleware(BodyLimitMiddleware)
 api.add_middleware(serve_metrics.ServeMiddleware)
+api.add_middleware(RequestIdMiddleware)
 
 # Extraction answers are structured: greedy, and long enough for a JSON list of several items.
 EXTRACT_DEFAULTS = {"temperature": 0.0, "max_tokens": 128}
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 422, 500, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 500, 503, 504)}
 
 
 def error_for(exc: BaseException) -> JSONResponse:
@@ -76,10 +100,12 @@ def error_for(exc: BaseException) -> JSONResponse:
         return error_response(504, str(exc), "timeout_error")
     if isinstance(exc, UnknownModelError):
         return error_response(404, str(exc))
+    if isinstance(exc, BoundExceeded):
+        return error_response(exc.status, str(exc))
     if isinstance(exc, RequestError):
         return error_response(400, str(exc), code=exc.code)
-    log.error("generation failed", exc_info=exc)  # the client gets the shape, the log the traceback
-    return error_response(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+    # a bug: the client gets the shape and the request id, the log the traceback
+    return internal_error(exc, "generation failed")
 
 
 def _timeout_from(request: Request | None) -> float | None:
@@ -128,7 +154,13 @@ class KnowLMServer:
         batching: str = "continuous",
         prompt_format: str = DEFAULT_FORMAT,
         lora_prompt_formats: dict[str, str] | None = None,
+        limits: dict[str, int] | None = None,
     ):
+        bounds.configure(bounds.Limits.from_args(**(limits or {})))
+        RequestIdMiddleware.set_add_header(False)  # Serve's proxy puts its x-request-id on responses
+        # Tokenising (and compiling constraints) off the event loop: one thread, so a huge prompt
+        # delays other prompts' tokenising, never /healthz, streams or the next decode step.
+        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="knowlm-prepare")
         self.engine = GenerationEngine(
             model_dir,
             device=device,
@@ -199,6 +231,11 @@ class KnowLMServer:
     def _model_name(self, adapter: str | None) -> str:
         return adapter or self.model_id
 
+    async def _off_loop(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` in the prepare thread (tokenising, prompt building)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._prepare_pool, functools.partial(fn, *args, **kwargs))
+
     async def _complete(
         self, rows: Sequence[Prepared], route: str, timeout_s: float | None = None
     ) -> list[GenerationResult]:
@@ -230,7 +267,7 @@ class KnowLMServer:
     async def generate(self, request: GenerateRequest, http: Request):
         try:
             adapter = self._adapter(request.model, request.adapter)
-            prepared = self.engine.prepare(request, adapter=adapter)
+            prepared = await self._off_loop(self.engine.prepare, request, adapter=adapter)
             (result,) = await self._complete([prepared], "/generate", _timeout_from(http))
         except Exception as exc:
             return error_for(exc)
@@ -245,8 +282,10 @@ class KnowLMServer:
             except ValueError:
                 raise IERequestError("body: not valid JSON") from None
             req = parse_extract_request(body)
+            check_extract(req.text, req.labels)
             adapter = self._adapter(req.model)
-            plan = plan_extraction(
+            plan = await self._off_loop(
+                plan_extraction,
                 req.task,
                 req.text,
                 req.labels,
@@ -257,6 +296,7 @@ class KnowLMServer:
                 example=req.example,
                 tokenizer=self.engine.tokenizer,
             )
+            check_rows(len(plan.prompts), f"{plan.task} over {len(req.text)} characters with {len(req.labels)} labels")
             params = {**EXTRACT_DEFAULTS, **(req.parameters or {})}
             answers = await self.generate_texts(
                 plan.texts,
@@ -276,15 +316,21 @@ class KnowLMServer:
         try:
             if (msg := request.unsupported()) is not None:
                 raise RequestError(msg)
+            check_rows(len(request.prompts) * request.n, f"{len(request.prompts)} prompts x n={request.n}")
+            check_stops(request.stop_list)
             adapter = self._adapter(request.model)
             params = request.generation_params(request.max_tokens)
-            rows = [
-                self.engine.prepare_prompt(
-                    p, params, stop=request.stop_list, adapter=adapter, constraint=request.constraint
-                )
-                for p in request.prompts
-                for _ in range(request.n)
-            ]
+
+            def prepare() -> list[Prepared]:
+                rows = []
+                for p in request.prompts:
+                    row = self.engine.prepare_prompt(
+                        p, params, stop=request.stop_list, adapter=adapter, constraint=request.constraint
+                    )
+                    rows += [row] * request.n  # the n choices of one prompt: one tokenising
+                return rows
+
+            rows = await self._off_loop(prepare)
             return await self._answer(rows, request, "/v1/completions", http)
         except Exception as exc:
             return error_for(exc)
@@ -294,11 +340,18 @@ class KnowLMServer:
         try:
             if (msg := request.unsupported()) is not None:
                 raise RequestError(msg)
+            check_rows(request.n, f"n={request.n}")
+            check_stops(request.stop_list)
             adapter = self._adapter(request.model)
             params = request.generation_params(request.max_new_tokens)
             prompt = render_chat(request.messages)
-            row = self.engine.prepare_prompt(
-                prompt, params, stop=request.stop_list, adapter=adapter, constraint=request.constraint
+            row = await self._off_loop(
+                self.engine.prepare_prompt,
+                prompt,
+                params,
+                stop=request.stop_list,
+                adapter=adapter,
+                constraint=request.constraint,
             )
             return await self._answer([row] * request.n, request, "/v1/chat/completions", http)
         except Exception as exc:
@@ -316,10 +369,23 @@ class KnowLMServer:
         job = self.runner.admit(rows, stream=True)  # overload: a plain 503 before the stream starts
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         events = self._sse(
-            job, self.runner.deadline(timeout_s), route, rid, created, model, request.n, include_usage, chat
+            job,
+            self.runner.deadline(timeout_s),
+            route,
+            rid,
+            created,
+            model,
+            request.n,
+            include_usage,
+            chat,
+            current_request_id(),
         )
-        return StreamingResponse(
-            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return JobStreamingResponse(  # a body that ends unfinished (client gone) cancels the job
+            self.runner,
+            job,
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def _sse(
@@ -333,6 +399,7 @@ class KnowLMServer:
         n: int,
         include_usage: bool,
         chat: bool,
+        request_id: str = "-",
     ):
         obj = "chat.completion.chunk" if chat else "text_completion"
         if chat:
@@ -366,10 +433,11 @@ class KnowLMServer:
                         sum(r.num_output_tokens for r in results),
                     )
         except (RequestTimeout, Exception) as exc:  # the 200 is sent already: the error is an event
-            kind = "timeout_error" if isinstance(exc, RequestTimeout) else "server_error"
-            if kind == "server_error":
-                log.error("streaming generation failed", exc_info=exc)
-            yield oai.sse({"error": {"message": str(exc), "type": kind}})
+            if isinstance(exc, RequestTimeout):
+                yield oai.sse({"error": {"message": str(exc), "type": "timeout_error"}})
+            else:  # a bug: its text stays in the log, under the request id
+                log.error("streaming generation failed (request id %s)", request_id, exc_info=exc)
+                yield oai.sse({"error": {"message": internal_message(request_id), "type": "server_error"}})
         yield oai.SSE_DONE
 
     # -- for other code in the cluster (handles) and the /extract route --------------------------
@@ -407,15 +475,19 @@ class KnowLMServer:
             raise UnknownModelError(f"adapter {adapter!r} is not configured")
         if not pairs:
             return []
-        rows = [
-            self.engine.prepare_prompt(
-                p if isinstance(p, str) else build_prompt(*p),
-                params,
-                adapter=adapter,
-                constraint=constraints[k] if constraints is not None else None,
-            )
-            for k, p in enumerate(pairs)
-        ]
+
+        def prepare() -> list[Prepared]:
+            return [
+                self.engine.prepare_prompt(
+                    p if isinstance(p, str) else build_prompt(*p),
+                    params,
+                    adapter=adapter,
+                    constraint=constraints[k] if constraints is not None else None,
+                )
+                for k, p in enumerate(pairs)
+            ]
+
+        rows = await self._off_loop(prepare)
         return await self._complete(rows, route, timeout_s)
 
     async def get_stats(self) -> dict[str, Any]:
@@ -501,6 +573,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         batching=cfg.batching,
         prompt_format=cfg.prompt_format,
         lora_prompt_formats=cfg.lora_prompt_formats(),
+        limits=cfg.limits(),
     )
     return KnowLMServer.options(**deployment_options(cfg)).bind(
         str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings

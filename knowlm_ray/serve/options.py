@@ -25,6 +25,15 @@ DEFAULT_AUTOSCALING: dict[str, Any] = {
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)$")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+LIMIT_KEYS = (
+    "max_body_bytes",
+    "max_json_depth",
+    "max_rows_per_request",
+    "max_extract_chars",
+    "max_extract_labels",
+    "max_stop_strings",
+    "max_stop_chars",
+)
 
 
 class LoraEntry(Strict):
@@ -133,11 +142,42 @@ class AppArgs(Strict):
     autoscaling_config: dict[str, Any] | None = Field(
         default_factory=lambda: dict(DEFAULT_AUTOSCALING), description="Serve's autoscaling_config for the deployment."
     )
+    # Request bounds (serve/bounds.py): each refusal is a 4xx naming its key and value.
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="Largest request body in bytes (1 MiB: 32 long prompts); more is a 413, refused from "
+        "Content-Length before the body is read, or as a chunked body arrives.",
+    )
+    max_json_depth: int = Field(
+        64,
+        ge=2,
+        le=500,
+        description="Deepest JSON nesting of a body (a response_format schema needs ~2 per level); more is a 400.",
+    )
+    max_rows_per_request: int = Field(
+        512,
+        ge=1,
+        description="Rows one request may make: prompts x n (/v1/completions), n (chat), text chunks x label "
+        "batches (/extract: 12,000 characters with 24 labels are 128-366 rows); more is a 400.",
+    )
+    max_extract_chars: int = Field(
+        20_000, ge=1, description="Characters of one /extract text; more is a 400 (send long texts in parts)."
+    )
+    max_extract_labels: int = Field(64, ge=1, description="Labels (entity types, relations, event types) per /extract.")
+    max_stop_strings: int = Field(4, ge=0, le=64, description="Stop strings per request (OpenAI's 4).")
+    max_stop_chars: int = Field(
+        256, ge=1, le=4096, description="Characters of the longest stop string (streaming holds back one less)."
+    )
 
     @field_validator("prompt_format")
     @classmethod
     def _prompt_format(cls, v: str) -> str:
         return check_format_name(v)
+
+    def limits(self) -> dict[str, int]:
+        """The request bounds, as ``bounds.Limits`` takes them."""
+        return {k: getattr(self, k) for k in LIMIT_KEYS}
 
     def lora_dirs(self) -> dict[str, str]:
         """Adapter name -> directory, whichever way each entry was given."""

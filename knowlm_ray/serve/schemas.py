@@ -120,8 +120,7 @@ class _OpenAISampling(BaseModel):
     @classmethod
     def _stops(cls, v):
         stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
+        # how many and how long: the replica's max_stop_strings / max_stop_chars (serve/bounds.py)
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
