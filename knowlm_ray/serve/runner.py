@@ -3,10 +3,15 @@ cancellation and streaming around a batcher.
 
 A request becomes a ``Job`` (one or more rows: prompts × ``n``). ``Runner.admit`` refuses it with
 ``Overloaded`` when ``max_waiting`` jobs already wait for a batch — the bounded queue that turns
-overload into a quick 503 instead of a hang. ``Runner.run`` awaits its results; ``Runner.stream``
-yields ``(row, text)`` deltas as tokens are made, then the results. Both stop the job's rows
-when the deadline passes (``RequestTimeout``) or the caller goes away (task cancelled: a client
-disconnect in Serve), so an abandoned generation stops at its next token.
+overload into a quick 503 instead of a hang. A job waits until all its rows have joined the
+batch (a 750-row job joins row by row, so it waits long), and a streaming job takes its place at
+``admit`` like any other, so simultaneous streams cannot pass the bound. ``Runner.run`` awaits
+its results; ``Runner.stream`` yields ``(row, text)`` deltas as tokens are made, then the
+results. Both stop the job's rows when the deadline passes (``RequestTimeout``) or the caller
+goes away (task cancelled: a client disconnect in Serve, behind its proxy or HAProxy), so an
+abandoned generation stops at its next token. ``JobStreamingResponse`` is the HTTP body of a
+streaming job: however the response ends (the client gone before the first byte included), a
+job it did not finish is cancelled and its place in line given back.
 
 ``submit`` is the batcher: an async callable taking one job and returning its results. The Serve
 deployment passes either ``continuous_submit(batcher)`` (continuous batching: a job's rows join
@@ -23,6 +28,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from starlette.responses import StreamingResponse
 
 from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared
 
@@ -54,7 +61,9 @@ class Job:
     _loop: asyncio.AbstractEventLoop | None = None
     _queue: asyncio.Queue | None = None
     _waiting: bool = False
+    _entered: bool = False  # has taken its place in line once (a job never re-enters it)
     _on_dequeue: Callable[[Job], None] | None = None
+    done: bool = False  # its answer (or its error) is out: nothing left to cancel
     generated_tokens: int = 0
     created: float = field(default_factory=time.monotonic)
 
@@ -149,22 +158,27 @@ class Runner:
     def admit(self, rows: Sequence[Prepared], stream: bool = False) -> Job:
         """A job, or Overloaded when ``max_waiting`` jobs already wait for a batch.
 
-        A plain job takes its place in the line now (``run`` follows without an await in
-        between); a streaming job takes it when its stream starts, so a response body that is
-        never iterated (client gone before the first byte) cannot hold a place forever.
+        The job takes its place in the line now, streaming or not (``run`` follows without an
+        await in between; a streaming job's ``JobStreamingResponse`` gives the place back if its
+        body is never iterated).
         """
         if self.waiting >= self.max_waiting:
             self._count("rejected")
             raise Overloaded(self.waiting, self.retry_after_s)
         job = Job(rows=list(rows), stream=stream, _on_dequeue=self._left_line)
         self._count("admitted")
-        if not stream:
-            self._enqueue(job)
+        self._enqueue(job)
         return job
 
+    def abandon(self, job: Job) -> None:
+        """The caller went away before the job was done: stop it, count it, free its place."""
+        if not job.done and not job.cancelled:
+            self._count("cancelled")
+        job.cancel()
+
     def _enqueue(self, job: Job) -> None:
-        if not job._waiting and not job.cancelled:
-            job._waiting = True
+        if not job._entered and not job.cancelled:
+            job._waiting = job._entered = True
             self.waiting += 1
             self._changed()
 
@@ -207,16 +221,17 @@ class Runner:
             results = await asyncio.wait_for(self.submit(job), timeout=max(remaining, 0.001))
         except asyncio.TimeoutError:
             job.cancel()
+            job.done = True
             self._count("timed_out")
             raise job.timed_out() from None
         except asyncio.CancelledError:  # the client went away
-            if not job.cancelled:
-                self._count("cancelled")
-            job.cancel()
+            self.abandon(job)
             raise
         except BaseException:  # the batch failed: nothing left to stop
+            job.done = True
             job.cancel()
             raise
+        job.done = True
         job.dequeued()
         self._count("completed")
         return results
@@ -247,9 +262,9 @@ class Runner:
                     break
                 job.cancel()  # deadline passed
                 self._count("timed_out")
-                finished = True
+                finished = job.done = True
                 raise job.timed_out()
-            finished = True  # from here on, an error is the batch's, not a disconnect
+            finished = job.done = True  # from here on, an error is the batch's, not a disconnect
             results = task.result()
             while not job._queue.empty():  # deltas posted before the batch returned
                 yield job._queue.get_nowait()
@@ -258,10 +273,26 @@ class Runner:
             yield results
         finally:
             if not finished:  # closed early or cancelled: the client is gone
-                if not job.cancelled:
-                    self._count("cancelled")
-                job.cancel()
+                self.abandon(job)
             for fut in (getter, task):
                 if fut is not None and not fut.done():
                     fut.cancel()
             job.dequeued()
+
+
+class JobStreamingResponse(StreamingResponse):
+    """A streaming job's HTTP body. Starlette stops iterating a body whose client went away
+    (and a handler cancelled before its body starts never iterates it at all), which leaves the
+    generator, and the runner's ``finally`` in it, suspended until garbage collection; here the
+    job is abandoned as the response ends, so its rows stop at the next decode step and its
+    place in line is free at once."""
+
+    def __init__(self, runner: Runner, job: Job, content, **kwargs):
+        super().__init__(content, **kwargs)
+        self.runner, self.job = runner, job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.runner.abandon(self.job)

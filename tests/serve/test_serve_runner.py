@@ -4,13 +4,14 @@ over both batchers (one job at a time through the grouped path, and the continuo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from knowlm_ray.generation.continuous import ContinuousBatcher
 from knowlm_ray.generation.engine import GenerationEngine
 from knowlm_ray.generation.params import GenerationParams
-from knowlm_ray.serve.runner import Overloaded, RequestTimeout, Runner, continuous_submit
+from knowlm_ray.serve.runner import JobStreamingResponse, Overloaded, RequestTimeout, Runner, continuous_submit
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +130,64 @@ def test_stream_deadline_raises_inside_the_stream(engine, batching):
     assert job.cancelled and runner.counts["timed_out"] == 1 and runner.counts["cancelled"] == 0
 
 
-def test_a_stream_never_started_holds_no_place_in_line(engine, batching):
-    runner = _runner(engine, batching, max_waiting=1)
-    runner.admit(_rows(engine), stream=True)  # the response body is never iterated
-    assert runner.waiting == 0
-    runner.admit(_rows(engine), stream=True)  # so the line is still open
+def test_streams_take_their_place_in_line_at_admission(engine, batching):
+    runner = _runner(engine, batching, max_waiting=2)
+    runner.admit(_rows(engine), stream=True)
+    runner.admit(_rows(engine), stream=True)  # neither body has started: both wait all the same
+    with pytest.raises(Overloaded):
+        runner.admit(_rows(engine), stream=True)
+    assert runner.waiting == 2
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_stream_body_cut_off_before_its_first_byte_gives_its_place_back(engine, spec):
+    """Starlette's two ways of noticing a gone client: a disconnect message (ASGI < 2.4) or a
+    failing send (2.4); either way the body is never iterated, and the job is abandoned."""
+    runner = _runner(engine, None, max_waiting=1)
+    job = runner.admit(_rows(engine), stream=True)
+    started = []
+
+    async def body():
+        started.append(True)
+        yield "data: never\n\n"
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if spec == "2.4":
+            raise OSError("connection reset by peer")
+        await asyncio.sleep(1)  # 2.3: the disconnect message wins
+
+    async def go():
+        response = JobStreamingResponse(runner, job, body(), media_type="text/event-stream")
+        with contextlib.suppress(Exception):
+            await response({"type": "http", "asgi": {"spec_version": spec}}, receive, send)
+
+    asyncio.run(go())
+    assert not started and job.cancelled and runner.waiting == 0 and runner.counts["cancelled"] == 1
+    runner.admit(_rows(engine), stream=True)  # the place is free again
+
+
+def test_a_job_waits_until_all_its_rows_have_joined(engine):
+    """A job bigger than the batch joins row by row: it holds its place in line meanwhile."""
+    batcher = ContinuousBatcher(engine, max_batch_size=2)
+    try:
+        runner = _runner(engine, batcher, max_waiting=1)
+
+        async def go():
+            job = runner.admit(_rows(engine, n=6, max_tokens=6))
+            task = asyncio.ensure_future(runner.run(job, runner.deadline()))
+            seen = set()
+            while not task.done():
+                seen.add(runner.waiting)
+                await asyncio.sleep(0.001)
+            return job, task.result(), seen
+
+        job, results, seen = asyncio.run(go())
+        assert len(results) == 6 and 1 in seen and runner.waiting == 0 and job.done
+    finally:
+        batcher.close()
 
 
 def test_a_failing_batch_is_an_error_not_a_cancellation(engine):
