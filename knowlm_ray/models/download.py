@@ -8,7 +8,8 @@ caches beside the files: the size, the sha256 of LFS files (all weight files) an
 id of small files. A mismatch names the file; a missing file is reported too.
 
 Offline (``--offline``, or no network) the same command finds a complete local copy and verifies
-it, or says clearly that there is none. Note: ``knowlm`` sets ``HF_HUB_OFFLINE=1`` for every other
+it, or says clearly that there is none. A file that cannot be checked (no listing and no etag
+for it) fails the command unless ``--allow-unverified``. Note: ``knowlm`` sets ``HF_HUB_OFFLINE=1`` for every other
 command so nothing downloads implicitly; this command goes online unless ``--offline`` is given.
 """
 
@@ -93,6 +94,7 @@ def verify_snapshot(path: str | Path, repo_type: str = "model", include: list[st
         if len(commits) > 1:
             raise WeightsError(f"{root} mixes files from several commits: delete it and download again")
     problems, counts = [], {"sha256": 0, "git_sha1": 0, "size_only": 0, "unverified": 0}
+    unverified: list[str] = []
     total = 0
     for rel in files:
         f = root / rel
@@ -131,6 +133,7 @@ def verify_snapshot(path: str | Path, repo_type: str = "model", include: list[st
             counts["size_only"] += 1
         else:
             counts["unverified"] += 1
+            unverified.append(rel)
     if tree:
         expected = list(filter_repo_objects(items=list(tree), allow_patterns=include))
         missing = [r for r in expected if r not in set(files)]
@@ -141,6 +144,7 @@ def verify_snapshot(path: str | Path, repo_type: str = "model", include: list[st
         "files": len(files),
         "bytes": total,
         "verified": counts,
+        "unverified_files": unverified,
         "listing": tree is not None,
         "problems": problems,
     }
@@ -158,8 +162,13 @@ def download(
     repo_type: str = "model",
     max_workers: int = 8,
     verify: bool = True,
+    allow_unverified: bool = False,
 ) -> dict:
-    """``snapshot_download`` + verification. ``out``: a plain directory (else the HF cache)."""
+    """``snapshot_download`` + verification. ``out``: a plain directory (else the HF cache).
+
+    A file the hub published no size or hash for (no listing, no etag: e.g. a file that was
+    already in ``out``) is refused unless ``allow_unverified``: an unchecked file is not a
+    downloaded model."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -217,6 +226,14 @@ def download(
             raise WeightsError(
                 f"downloaded files do not match the hub: {'; '.join(report['problems'][:3])}{more}. "
                 "Delete those files and run the command again to fetch them anew"
+            )
+        names = report["unverified_files"]
+        if names and not allow_unverified:
+            more = f" (and {len(names) - 3} more)" if len(names) > 3 else ""
+            raise WeightsError(
+                f"{len(names)} file(s) in {report['path']} could not be checked against the hub (no size or hash "
+                f"published for them): {', '.join(names[:3])}{more}. Remove them, or pass --allow-unverified "
+                "to accept them unchecked"
             )
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report

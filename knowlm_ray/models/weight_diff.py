@@ -7,8 +7,9 @@ models in memory (~100 GB for 13B in fp32); here one tensor of each is in memory
 the output is streamed to disk, so peak memory is a few tensors, not two models.
 
 Integrity, strongest first:
-* ``checksums.sha256`` in the diff directory (written by ``make_diff``): every diff file is
-  re-hashed before any work; a corrupted download is refused up front.
+* ``checksums.sha256`` in the diff directory (written by ``make_diff``): every file recover reads
+  or copies (weights, index, fingerprints, config, tokenizer files) must be listed in it and is
+  re-hashed before any work; a corrupted or incomplete download is refused up front.
 * ``knowlm_diff.json`` (written by ``make_diff``): per-tensor fingerprints (sum, L2 norm) of the
   raw and the tuned model. Recovery checks each raw tensor (a wrong base is refused, naming the
   first tensor that differs) and each recovered tensor (a corrupted diff is refused likewise).
@@ -32,6 +33,7 @@ import torch
 
 from knowlm_ray.models.checkpoint import (
     MANIFEST,
+    SIDE_FILES,
     Checkpoint,
     WeightsError,
     check_manifest,
@@ -283,12 +285,20 @@ def recover(
     with D, R:
         meta = _load_meta(D.dir)
         if verify_checksums:
-            if read_manifest(D.dir) is not None:
-                checked = [f.name for f in D.files] + ([DIFF_META] if meta else [])
+            sums = read_manifest(D.dir)
+            if sums is not None:
+                # every file recover reads (weights, index, fingerprints) or copies (config, tokenizer)
+                used = [f.relative_to(D.dir).as_posix() for f in D.files] + ([DIFF_META] if meta else [])
                 if D.index_file is not None:
-                    checked.append(D.index_file.name)
-                _refuse(check_manifest(D.dir, only=checked), "The diff is corrupted: download it again.")
-                notes.append(f"diff files match {MANIFEST}")
+                    used.append(D.index_file.name)
+                used += [n for n in ("config.json", *SIDE_FILES) if (D.dir / n).is_file()]
+                _refuse(
+                    [f"{n} is not listed in {MANIFEST}" for n in used if n not in sums]
+                    + check_manifest(D.dir, only=used),
+                    "The diff is incomplete or corrupted: download it again (every file recover reads or copies "
+                    f"must be listed in {MANIFEST} with its sha256).",
+                )
+                notes.append(f"all {len(used)} diff files match {MANIFEST}")
             else:
                 notes.append(f"diff has no {MANIFEST}: files not checksummed")
         dinfo, rinfo = D.infos(), R.infos()

@@ -1,6 +1,6 @@
 """`knowlm weights ...` subcommands (registered by knowlm_ray.cli). Imports stay lazy: --help is instant.
 
-knowlm weights download --repo ID --out DIR [--revision R] [--include PATTERN ...] [--token T]
+knowlm weights download --repo ID --out DIR [--revision R] [--include PATTERN ...] [--token T] [--allow-unverified]
 knowlm weights diff --raw R --tuned T --out D [--dtype float16]
 knowlm weights recover --raw R --diff D --out T [--expect-sum X] [--sum-tol E]
 knowlm weights merge-lora --base B --lora L [--lora L2 ...] --out M [--dtype float16]
@@ -86,6 +86,7 @@ def _download(a: argparse.Namespace) -> None:
         offline=a.offline,
         repo_type=a.repo_type,
         max_workers=a.max_workers,
+        allow_unverified=a.allow_unverified,
     )
     v = s.get("verified", {})
     _report(
@@ -192,6 +193,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repo-type", default="model", choices=["model", "dataset"])
     p.add_argument("--max-workers", type=int, default=8)
     p.add_argument("--offline", action="store_true", help="no network: use and verify what is already there")
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="accept files the hub published no size or hash for (default: such files fail the command)",
+    )
     p.set_defaults(fn=_download)
 
     p = w.add_parser("export-gguf", help="LLaMA HF dir (or LoRA adapter) -> GGUF for llama.cpp (needs the gguf extra)")

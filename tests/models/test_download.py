@@ -115,3 +115,31 @@ def test_offline_and_unreachable_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["weights", "download", "--repo", REPO, "--out", str(tmp_path / "x"), "--endpoint", "http://127.0.0.1:9"])
     assert "the hub at http://127.0.0.1:9 cannot be reached" in capsys.readouterr().err
+
+
+def test_unverified_files_fail_unless_allowed(tiny_model, tmp_path, capsys):
+    """A file with no listing entry and no etag (here: dropped into --out by hand, and the listing
+    gone) cannot be checked: the command exits non-zero unless --allow-unverified."""
+    from knowlm_ray.cli import main
+
+    out = tmp_path / "out"
+    _fake_local_dir(tiny_model, out)
+    (out / "notes.txt").write_text("not from the hub")
+    argv = ["weights", "download", "--repo", REPO, "--out", str(out), "--offline"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: 1 file(s) in {out} could not be checked against the hub (no size or hash published for them): "
+        "notes.txt. Remove them, or pass --allow-unverified to accept them unchecked"
+    )
+    main([*argv, "--allow-unverified"])
+    assert "1 unverified)" in capsys.readouterr().out
+    # no listing at all: every file falls back to its etag; one without is unverified
+    shutil.rmtree(out / ".cache" / "huggingface" / "trees")
+    (out / ".cache" / "huggingface" / "download" / "config.json.metadata").unlink()
+    (out / "notes.txt").unlink()
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "config.json" in capsys.readouterr().err

@@ -183,3 +183,59 @@ def test_output_may_not_overwrite_an_input(pair, tmp_path):
         recover(raw, tmp_path / "diff", raw)
     with pytest.raises(WeightsError, match="--out .* is also an input"):
         merge_lora(raw, tmp_path / "diff", raw)
+
+
+def _tree_bytes(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_recover_refuses_unlisted_files_and_checks_what_it_copies(pair, tmp_path):
+    """The issue's case: a shard missing from checksums.sha256 was reported as "diff files match"."""
+    from knowlm_ray.models.checkpoint import WeightsError
+    from knowlm_ray.models.weight_diff import make_diff, recover
+
+    raw, tuned = pair
+    diff = tmp_path / "diff"
+    make_diff(raw, tuned, diff)
+    manifest = (diff / "checksums.sha256").read_text()
+    shard = sorted(diff.glob("model-*.safetensors"))[1].name
+    (diff / "checksums.sha256").write_text("".join(ln + "\n" for ln in manifest.splitlines() if shard not in ln))
+    with pytest.raises(WeightsError, match=rf"^{shard} is not listed in checksums\.sha256\. The diff is incomplete"):
+        recover(raw, diff, tmp_path / "out")
+    (diff / "checksums.sha256").write_text(manifest)
+    # the files recover copies are checked too: a tokenizer or config swapped after publishing
+    for name in ("tokenizer.model", "config.json"):
+        original = (diff / name).read_bytes()
+        (diff / name).write_bytes(original + b" ")
+        with pytest.raises(WeightsError, match=rf"^{name}: sha256 differs from checksums\.sha256"):
+            recover(raw, diff, tmp_path / "out")
+        (diff / name).write_bytes(original)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    s = recover(raw, diff, tmp_path / "out")
+    assert any(n.startswith("all ") and n.endswith("diff files match checksums.sha256") for n in s["notes"])
+
+
+def test_a_full_disk_during_recover_keeps_the_previous_output(pair, tmp_path, monkeypatch):
+    import os
+
+    from knowlm_ray.atomic import DiskFullError
+    from knowlm_ray.models.weight_diff import make_diff, recover
+
+    raw, tuned = pair
+    make_diff(raw, tuned, tmp_path / "diff")
+    out = tmp_path / "rec"
+    recover(raw, tmp_path / "diff", out)
+    before = _tree_bytes(out)
+
+    # No unprivileged way to fill a disk here: ENOSPC is raised where the kernel reports it for
+    # delayed allocation, at fsync of the new files (only this test patches the write layer).
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DiskFullError) as err:
+        recover(raw, tmp_path / "diff", out)
+    msg = str(err.value)
+    assert msg.startswith(f"no space left on device writing {out}/") and msg.endswith(f"; the previous {out} is intact")
+    monkeypatch.undo()
+    assert _tree_bytes(out) == before and not list(tmp_path.glob(".rec.*"))
