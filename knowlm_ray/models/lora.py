@@ -12,9 +12,11 @@ once per adapter would.
 
 Refused with a message naming the tensor: an adapter without LoRA weights or with empty tensors
 (the 443-byte ``adapter_model.bin`` of alpaca-lora's state_dict patch, a ZeRO-3 save of shards),
-a target the base lacks or with the wrong shape (wrong base model), a tokenizer whose size differs
-from the merged model's vocabulary (Chinese-LLaMA-Alpaca's 32000 / 49953 / 49954 mix-ups), and
-adapter features the plain formula does not cover (DoRA, LoRA biases, trainable tokens...).
+a target the base lacks or with the wrong shape (wrong base model), a tokenizer with more tokens
+than the merged model has embedding rows (Chinese-LLaMA-Alpaca's 32000 / 49953 mix-ups), an
+adapter that resized the vocabulary without shipping its tokenizer, and adapter features the
+plain formula does not cover (DoRA, LoRA biases, trainable tokens...). More rows than tokens is
+accepted: vocabularies padded to a round size are normal (Qwen2: 151,936 rows, 151,665 tokens).
 """
 
 from __future__ import annotations
@@ -171,8 +173,12 @@ def _alpha(acfg: dict, module: str) -> float:
     return float(acfg.get("lora_alpha", acfg.get("r", 8)))
 
 
+def _has_tokenizer(d: Path) -> bool:
+    return any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+
+
 def _tokenizer_size(tok_dir: Path) -> int | None:
-    if not any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+    if not _has_tokenizer(tok_dir):
         return None
     from transformers import AutoTokenizer
 
@@ -271,9 +277,13 @@ def merge_lora(
         ]
         binfo = B.infos()
         shapes: dict[str, tuple[int, ...]] = {n: ti.shape for n, ti in binfo.items()}
+        resized_by: Path | None = None  # the last adapter that changed the number of vocabulary rows
         for k, ad in enumerate(adapters):
             ad.plan = _plan(ad.ckpt, ad.cfg)
+            rows_before = {n: shapes[n][0] for n in binfo if VOCAB_TENSORS.search(n)}
             problems = ad.check_shapes(shapes, set(binfo))
+            if any(shapes[n][0] != r for n, r in rows_before.items()):
+                resized_by = ad.dir
             if problems:
                 more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
                 hint = (
@@ -299,15 +309,21 @@ def merge_lora(
                 )
             v_out = sizes.pop()
         # the tokenizer of the last adapter that ships one (it resized the vocabulary last), else the base's
-        tok_dir = next(
-            (d for d in reversed(loras) if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))), base
-        )
+        tok_dir = next((d for d in reversed(loras) if _has_tokenizer(d)), base)
+        if resized_by is not None and not _has_tokenizer(resized_by):
+            rows = ", ".join(f"{n}: {binfo[n].shape[0]} -> {shapes[n][0]}" for n in vocab_rows)
+            raise MergeError(
+                f"adapter {resized_by} resized the vocabulary ({rows} rows) but ships no tokenizer: "
+                "save the tokenizer it was trained with into the adapter directory (tokenizer.save_pretrained)"
+            )
         v_tok = _tokenizer_size(tok_dir)
-        if v_tok is not None and v_out is not None and v_tok != v_out:
+        # more rows than tokens is normal (a vocabulary padded to a round size: Qwen2 has 151,936 rows
+        # for 151,665 tokens); fewer means token ids without an embedding row
+        if v_tok is not None and v_out is not None and v_tok > v_out:
             raise MergeError(
                 f"the tokenizer in {tok_dir} has {v_tok} tokens but the merged model's embeddings have "
-                f"{v_out} rows (base config vocab_size {v_base}): mixing tokenizers gives garbage output. "
-                "Use the tokenizer the adapter was trained with"
+                f"{v_out} rows (base config vocab_size {v_base}): token ids {v_out} to {v_tok - 1} have no "
+                "embedding row (mixing tokenizers gives garbage output). Use the tokenizer the adapter was trained with"
             )
 
         def produce(name: str, _dt):

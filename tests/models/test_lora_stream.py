@@ -2,6 +2,7 @@
 KnowLM and Chinese-LLaMA-Alpaca produce: all projections, rsLoRA / rank and alpha patterns,
 LoRA on embeddings, modules_to_save with a resized vocabulary, GPT-2's fan_in_fan_out."""
 
+import os
 import shutil
 
 import pytest
@@ -282,3 +283,70 @@ def test_second_adapter_for_another_model_names_adapter_and_tensor(base, tmp_pat
     assert not (tmp_path / "o").exists()
     with pytest.raises(MergeError, match="at least one --lora"):
         merge_lora(base, [], tmp_path / "o")
+
+
+def test_padded_vocabulary_merges_and_only_real_inconsistencies_are_refused(tmp_path, tiny_model):
+    """The issue's case: a LLaMA with 4,096 embedding rows and a 4,000-token tokenizer (padded to a
+    round size, like Qwen2's 151,936 rows for 151,665 tokens) merges; refused are tokens without
+    rows and an adapter that resized the vocabulary without its tokenizer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from knowlm_ray.atomic import DiskFullError
+    from knowlm_ray.models.lora import MergeError, merge_lora
+
+    from .conftest import llama_config
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.add_tokens([f"tok{i}" for i in range(4000 - len(tok))])
+    assert len(tok) == 4000
+    tok.save_pretrained(tmp_path / "tok")
+    cfg = llama_config(4096)
+    base = save_checkpoint(
+        tmp_path / "base", random_state_dict(cfg, seed=11), cfg, shards=2, tokenizer_from=tmp_path / "tok"
+    )
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora)
+    _randomize_lora(model, 12)
+    model.save_pretrained(tmp_path / "ad")
+    merge_lora(base, tmp_path / "ad", tmp_path / "out")
+    _assert_same(tmp_path / "out", _peft_reference(base, tmp_path / "ad"))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert merged.config.vocab_size == 4096 and len(AutoTokenizer.from_pretrained(tmp_path / "out")) == 4000
+
+    # a full disk while merging again leaves the previous merge byte for byte. No unprivileged way to
+    # fill a disk here: ENOSPC is raised at fsync of the new files, where the kernel reports it for
+    # delayed allocation (only this test patches the write layer)
+    before = {p.name: p.read_bytes() for p in sorted((tmp_path / "out").iterdir())}
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", full)
+        with pytest.raises(DiskFullError, match=rf"^no space left on device writing {tmp_path}/out/\S+; the previous "):
+            merge_lora(base, tmp_path / "ad", tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "out").iterdir())} == before
+    assert not list(tmp_path.glob(".out.*"))
+
+    # tokens without embedding rows: a 4,100-token tokenizer shipped with the adapter
+    tok.add_tokens([f"more{i}" for i in range(100)])
+    tok.save_pretrained(tmp_path / "ad")
+    with pytest.raises(
+        MergeError,
+        match=r"has 4100 tokens but the merged model's embeddings have 4096 rows .*: token ids 4096 to 4099 have "
+        r"no embedding row",
+    ) as err:
+        merge_lora(base, tmp_path / "ad", tmp_path / "out2")
+    assert "\n" not in str(err.value)
+
+    # an adapter that resized the vocabulary (embeddings saved whole) but ships no tokenizer
+    grown = AutoModelForCausalLM.from_pretrained(base)
+    grown.resize_token_embeddings(4160)
+    resized = LoraConfig(
+        r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM"
+    )
+    get_peft_model(grown, resized).save_pretrained(tmp_path / "ad3")
+    with pytest.raises(MergeError, match=r"resized the vocabulary \(.*4096 -> 4160 rows\) but ships no tokenizer"):
+        merge_lora(base, tmp_path / "ad3", tmp_path / "out3")
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
