@@ -1,4 +1,10 @@
-"""Process-wide defaults and a Ray start-up that works both on a laptop and attached to a cluster."""
+"""Process-wide defaults and a Ray start-up that works both on a laptop and attached to a cluster.
+
+A Ray that ``init_ray`` starts for this process is private: Ray's token authentication stays on
+(every Ray API refuses a client without the token from ``~/.ray/auth_token``) and every Ray port
+listens on loopback only. Attached to a cluster (``RAY_ADDRESS``), the cluster's own settings
+stand.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,6 @@ import shutil
 # Defaults for a quiet, offline run: no progress bars or print patching in workers, no Hugging
 # Face hub access, and a faster Ray Train poll. setdefault: a user's own environment always wins.
 QUIET_ENV = {
-    "RAY_AUTH_MODE": "disabled",  # Ray 2.60 turns token auth on; one mode for driver, jobs and CLI
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",  # ray.train.report waits one poll: 2 s -> 0.2 s
@@ -38,17 +43,46 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+# Ray's own switch for macOS and Windows laptops: off, the node's address is 127.0.0.1, and then
+# the GCS, raylet, workers and agents listen on loopback only. Ray rewrites an explicit
+# ``_node_ip_address="127.0.0.1"`` to the machine's routable address, so that does not do it.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def private_ray_env() -> None:
+    """Set up this process so that the Ray it is about to start is private: token auth on (unless
+    ``RAY_AUTH_MODE`` says otherwise) and every port on loopback. Only for a Ray started here."""
+    if AUTH_MODE_ENV not in os.environ:
+        os.environ[AUTH_MODE_ENV] = "token"
+        try:  # Ray's core caches its config when ray is imported: read the mode again
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):
+            pass
+    os.environ[LOOPBACK_ENV] = "0"
+    try:  # Ray reads the switch when it is imported, which may have happened already
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):
+        pass
+
+
 def init_ray(num_cpus: int | None = None, object_store_mb: int = 512):
-    """Start or attach to Ray. Attached to a cluster (RAY_ADDRESS), no resources may be passed."""
+    """Start or attach to Ray. Attached to a cluster (RAY_ADDRESS), no resources may be passed.
+    A Ray started here is private (``private_ray_env``)."""
     set_default_env()
     import ray
 
     if ray.is_initialized():
         return ray
-    runtime_env = {"env_vars": worker_env()}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=runtime_env, log_to_driver=True)
+        ray.init(runtime_env={"env_vars": worker_env()}, log_to_driver=True)
     else:
+        private_ray_env()
+        runtime_env = {"env_vars": worker_env()}
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 2,
             include_dashboard=False,

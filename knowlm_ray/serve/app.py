@@ -60,6 +60,7 @@ from knowlm_ray.serve.errors import (
     internal_message,
 )
 from knowlm_ray.serve.options import DEFAULT_AUTOSCALING, AppArgs
+from knowlm_ray.serve.private import keep_replica_on_loopback
 from knowlm_ray.serve.runner import (
     Job,
     JobStreamingResponse,
@@ -156,6 +157,7 @@ class KnowLMServer:
         lora_prompt_formats: dict[str, str] | None = None,
         limits: dict[str, int] | None = None,
     ):
+        keep_replica_on_loopback()  # on a private Ray, Serve's replica gRPC port too
         bounds.configure(bounds.Limits.from_args(**(limits or {})))
         RequestIdMiddleware.set_add_header(False)  # Serve's proxy puts its x-request-id on responses
         # Tokenising (and compiling constraints) off the event loop: one thread, so a huge prompt

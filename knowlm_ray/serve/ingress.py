@@ -12,20 +12,31 @@ straight to each ingress replica's own HTTP server, so no Python sits between cl
 Serve's cost per request fell from 7.3 to 0.7 ms of CPU on this box, and the tiny model's
 /generate went from 2.9x to 4.4x the naive baseline at 16 clients. What changes for operators:
 HAProxy also opens its stats page (``RAY_SERVE_HAPROXY_STATS_PORT``, 8404) and a Prometheus
-endpoint (``RAY_SERVE_HAPROXY_METRICS_PORT``, 9101) on all interfaces, and it speaks plain HTTP
-only (terminate TLS in front of it). Ray documents it as its high-throughput serving mode.
+endpoint (``RAY_SERVE_HAPROXY_METRICS_PORT``, 9101), which Serve binds on every interface; for a
+Ray that ``knowlm serve`` starts, both are moved to loopback (``admin_host``:
+``KNOWLM_HAPROXY_ADMIN_HOST``, ``*`` for every interface). It speaks plain HTTP only (terminate
+TLS in front of it). Ray documents it as its high-throughput serving mode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import stat
 from collections.abc import Mapping
+from pathlib import Path
 
+from knowlm_ray.atomic import atomic_write_text
 from knowlm_ray.config import ConfigError
 
 INGRESSES = ("proxy", "haproxy")
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 DRAIN_FLAG = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+ADMIN_HOST_ENV = "KNOWLM_HAPROXY_ADMIN_HOST"
+ADMIN_PORTS = (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101))
+WRAPPER_PREFIX = "knowlm-haproxy-"
 
 
 def ingress_env(ingress: str) -> dict[str, str]:
@@ -58,6 +69,68 @@ def haproxy_binary() -> str:
     return str(get_haproxy_binary())
 
 
+def admin_host(environ: Mapping[str, str] | None = None) -> str:
+    """Where HAProxy's stats page and metrics endpoint listen: 127.0.0.1 unless asked for."""
+    env = os.environ if environ is None else environ
+    host = env.get(ADMIN_HOST_ENV, "").strip() or "127.0.0.1"
+    if not re.fullmatch(r"\*|[0-9A-Za-z.:_-]+", host):
+        raise ConfigError(f"{ADMIN_HOST_ENV}={host!r} is not a host address (127.0.0.1, 0.0.0.0 or *)")
+    return host
+
+
+def admin_ports(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(stats, metrics) ports HAProxy will open, as Serve reads them."""
+    env = os.environ if environ is None else environ
+    ports = []
+    for key, default in ADMIN_PORTS:
+        try:
+            ports.append(int(env.get(key) or default))
+        except ValueError:
+            raise ConfigError(f"{key}={env[key]!r} is not a port number") from None
+    return ports[0], ports[1]
+
+
+def wrapper_script(real: str, host: str, ports: tuple[int, ...]) -> str:
+    """A shell script that Serve runs as HAProxy: it rewrites the ``bind`` lines of the stats and
+    metrics ports in the config file Serve hands it (``-f FILE``; Serve writes them as ``*:PORT``
+    and ``:PORT``, every interface) to ``host``, then runs the real binary with the same arguments
+    (Serve finds its HAProxy processes by that file in their command line)."""
+    alternatives = "|".join(str(p) for p in ports)
+    sed = f"s/^([[:space:]]*bind )\\*?:({alternatives})([[:space:]]*)$/\\1{host}:\\2\\3/"
+    return (
+        "#!/bin/sh\n"
+        "# Written by knowlm (knowlm_ray/serve/ingress.py): Serve's HAProxy with its stats page and\n"
+        f"# metrics endpoint on {host} instead of every interface.\n"
+        "prev=\n"
+        'for arg in "$@"; do\n'
+        f'  if [ "$prev" = "-f" ] && [ -f "$arg" ]; then sed -i -E \'{sed}\' "$arg" || exit 1; fi\n'
+        "  prev=$arg\n"
+        "done\n"
+        f'exec "{real}" "$@"\n'
+    )
+
+
+def install_admin_wrapper(cache_dir: Path | None = None) -> str | None:
+    """Point Serve at a HAProxy whose stats and metrics ports listen on ``admin_host()``; None
+    (and nothing changed) when that is every interface, Serve's own behaviour. Returns the path."""
+    host = admin_host()
+    if host in ("*", "0.0.0.0", "::"):
+        return None
+    current = os.environ.get(BINARY_ENV)
+    if current and Path(current).name.startswith(WRAPPER_PREFIX):
+        return current  # set up already (a second start in this process)
+    text = wrapper_script(haproxy_binary(), host, admin_ports())
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knowlm"
+    path = base / f"{WRAPPER_PREFIX}{digest}"
+    if not path.exists():
+        base.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    path.chmod(stat.S_IRWXU)
+    os.environ[BINARY_ENV] = str(path)
+    return str(path)
+
+
 def use_ingress(ingress: str) -> None:
     """Make the Ray that this process is about to start serve through ``ingress``.
 
@@ -84,7 +157,7 @@ def use_ingress(ingress: str) -> None:
             )
         return
     if ingress == "haproxy":
-        haproxy_binary()
+        install_admin_wrapper()  # finds the real binary first: a clear error where there is none
         # A stopping replica keeps answering this long so that outside load balancers notice it
         # going (Ray's default 30 s). Here HAProxy is Serve's own and drops the replica from its
         # config within a second: 30 s only made Ctrl-C take 34 s instead of 6.

@@ -136,8 +136,9 @@ def serve_blocking(
     """``knowlm serve``: serve until SIGINT/SIGTERM, then shut Serve (and our Ray) down.
 
     ``ingress`` (proxy | haproxy; None: what the environment says) is set up for the Ray this
-    starts (see ``ingress.py``). ``app_args`` are further ``AppArgs``; an API key comes from
-    ``$KNOWLM_API_KEY`` if set.
+    starts (see ``ingress.py``; HAProxy's stats and metrics ports on loopback). The Ray started
+    here is private (``runtime.init_ray``: token auth, every port on loopback); ``host`` is where
+    HTTP listens. ``app_args`` are further ``AppArgs``; an API key comes from ``$KNOWLM_API_KEY``.
     """
     import ray
 
@@ -145,8 +146,7 @@ def serve_blocking(
     from knowlm_ray.serve.ingress import current_ingress, use_ingress
 
     build_app({"model": model, "loras": dict(loras or {}), **app_args})  # a bad option fails before Ray starts
-    if ingress is not None:
-        use_ingress(ingress)
+    use_ingress(ingress or current_ingress())
     owns_ray = not ray.is_initialized()
     init_ray()
     # After ray.init: Ray's core installs a SIGTERM handler that dumps a stack and aborts the

@@ -25,7 +25,10 @@ def test_ray_validates_the_cluster_config(repo_root, name):
     # torch pinned to a CUDA 12.6 build: the newest that still ships sm_70 (V100) kernels
     assert any("torch==2.13.0" in cmd and "whl/cu126" in cmd for cmd in config["setup_commands"])
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
-    assert all("RAY_AUTH_MODE=disabled" in c for c in starts if "ray start" in c)
+    # Ray's token auth on every node, the token copied to each (the laptop's ~/.ray/auth_token)
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert "RAY_AUTH_MODE=disabled" not in (repo_root / "cluster" / f"{name}.yaml").read_text()
+    assert any(remote.endswith(".ray/auth_token") for remote in config["file_mounts"]), config["file_mounts"]
 
 
 def test_v100_is_three_p3dn_nodes_with_ray_pinned(repo_root):
@@ -41,6 +44,11 @@ def test_v100_is_three_p3dn_nodes_with_ray_pinned(repo_root):
     assert config["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-")
     assert config["docker"]["image"].endswith("-gpu")
     assert "/fsx:/fsx" in " ".join(config["docker"]["run_options"])  # shared storage in the container
+    # a named security group: Ray opens SSH and the cluster's own traffic, nothing to the world here
+    group = config["provider"]["security_group"]
+    assert group["GroupName"] and all(
+        r.get("CidrIp") != "0.0.0.0/0" for rule in group["IpPermissions"] for r in rule.get("IpRanges", [])
+    )
 
 
 def test_local_provider_takes_the_worker_ips(repo_root):
