@@ -3,7 +3,7 @@ extract also run a local model).
 
     knowlm chat --server http://127.0.0.1:8000 [--model ADAPTER] [--api-key KEY]
     knowlm chat --model-dir artifacts/tiny [--lora DIR]
-    knowlm web --server http://127.0.0.1:8000 [--host 127.0.0.1] [--port 7860]
+    knowlm web --server http://127.0.0.1:8000 [--host 127.0.0.1] [--port 7860] [--auth USER:PASSWORD]
     knowlm extract --task T --schema LABEL ... (--text S | --file F) (--server URL | --model DIR)
 """
 
@@ -48,15 +48,15 @@ def _chat(a: argparse.Namespace) -> None:
 
 
 def _web(a: argparse.Namespace) -> None:
+    from knowlm_ray.clients.web import serve_web, web_logins
+
+    logins = web_logins(a.host, a.auth, a.auth_file)  # a page other machines reach needs a login
     try:
         import gradio  # noqa: F401
-
-        from knowlm_ray.clients.web import serve_web
     except ImportError:
         raise SystemExit("error: knowlm web needs gradio: pip install 'knowlm-ray[web]'") from None
-    serve_web(
-        a.server, host=a.host, port=a.port, api_key=a.api_key or os.environ.get(API_KEY_ENV) or None, timeout=a.timeout
-    )
+    api_key = a.api_key or os.environ.get(API_KEY_ENV) or None
+    serve_web(a.server, host=a.host, port=a.port, api_key=api_key, timeout=a.timeout, logins=logins)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", metavar="URL", required=True, help="a knowlm server (uses POST /generate)")
     p.add_argument("--host", default="127.0.0.1", help="address the page listens on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--api-key", help=f"bearer token for the server (default ${API_KEY_ENV})")
+    p.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="the page's own login (default $KNOWLM_WEB_AUTH); required on a host other than loopback",
+    )
+    p.add_argument("--auth-file", metavar="FILE", help="the page's logins, one USER:PASSWORD a line")
+    p.add_argument("--api-key", help=f"bearer token for the server (default ${API_KEY_ENV}); stays in this process")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per answer")
     p.set_defaults(fn=_web)

@@ -10,16 +10,26 @@ KnowLM's beam-search defaults either, which are slow on a CPU). The extraction p
 answer as the text with each mention highlighted by its type (from the record's character
 offsets), a table of the entities, relations or events, and the raw JSON. A server error
 (4xx/503 JSON, or no server) shows as a readable message instead of a crash.
+
+The server's API key stays in this process: the page's handlers call the server with it, and
+nothing sent to a browser contains it. Whoever can open the page can use it, though, so on any
+host but loopback the page has its own login (``--auth USER:PASSWORD``, ``--auth-file FILE`` or
+``$KNOWLM_WEB_AUTH``), and without one ``knowlm web`` refuses to start.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from knowlm_ray.clients.http import ServerError, headers, post
+from knowlm_ray.errors import InputError, MissingPathError
 from knowlm_ray.generation.params import GenerationParams
 from knowlm_ray.ie.formats import NAMES as PROMPT_FORMAT_NAMES
 
@@ -246,6 +256,76 @@ def list_models(server: str, api_key: str | None, timeout: float = 10.0) -> list
         return []
 
 
+# ------------------------------------------------------------------------------ who may use it
+AUTH_ENV = "KNOWLM_WEB_AUTH"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a page listening on ``host`` is reachable from this machine only. A name counts
+    when every address it resolves to is loopback; ``0.0.0.0``, ``::`` and ``""`` never do."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def parse_logins(text: str, where: str) -> list[tuple[str, str]]:
+    """``USER:PASSWORD`` entries, one per line (a password may contain ``:``); ``where`` names the
+    source in the error."""
+    logins = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, colon, password = line.partition(":")
+        if not colon or not user.strip() or not password:
+            at = f" (line {n})" if "\n" in text.strip() else ""
+            raise InputError(f"{where}{at}: expected USER:PASSWORD with a non-empty user and password")
+        logins.append((user.strip(), password))
+    if not logins:
+        raise InputError(f"{where}: no USER:PASSWORD entry")
+    return logins
+
+
+def web_logins(host: str, auth: str | None = None, auth_file: str | None = None) -> list[tuple[str, str]] | None:
+    """The page's logins from ``--auth``, else ``--auth-file``, else ``$KNOWLM_WEB_AUTH``; None
+    when none is given, which only a loopback host accepts (anyone who reaches the page can use
+    the server, with the server's key)."""
+    if auth:
+        return parse_logins(auth, "--auth")
+    if auth_file:
+        path = Path(auth_file)
+        if not path.is_file():
+            raise MissingPathError(f"--auth-file: {path} does not exist")
+        return parse_logins(path.read_text(encoding="utf-8"), f"--auth-file {path}")
+    if os.environ.get(AUTH_ENV):
+        return parse_logins(os.environ[AUTH_ENV], f"${AUTH_ENV}")
+    if not is_loopback(host):
+        raise InputError(
+            f"knowlm web --host {host}: a page reachable from other machines needs a login "
+            f"(--auth USER:PASSWORD, --auth-file FILE or ${AUTH_ENV}); or use --host 127.0.0.1"
+        )
+    return None
+
+
+def shown_url(url: str) -> str:
+    """The server URL as the page may show it: without a user or password in it."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def build_ui(server: str, api_key: str | None = None, timeout: float = 300.0):
     """The gradio Blocks page: an "Instruction" tab (element ids instruction, input, model,
     submit, answer, status) and an "Extraction" tab (x-task, x-schema, x-format, x-lang,
@@ -255,7 +335,7 @@ def build_ui(server: str, api_key: str | None = None, timeout: float = 300.0):
 
     models = list_models(server, api_key)
     with gr.Blocks(title="KnowLM", analytics_enabled=False) as page:
-        gr.Markdown(f"# KnowLM\nAnswers come from `{server}` (`POST /generate`, `POST /extract`).")
+        gr.Markdown(f"# KnowLM\nAnswers come from `{shown_url(server)}` (`POST /generate`, `POST /extract`).")
         with gr.Tab("Instruction", id="instruction-tab"):
             _instruction_tab(gr, server, api_key, timeout, models)
         with gr.Tab("Extraction", id="extraction-tab"):
@@ -338,11 +418,27 @@ def _extraction_tab(gr, server: str, api_key: str | None, timeout: float, models
 
 
 def serve_web(
-    server: str, host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None, timeout: float = 300.0
+    server: str,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    api_key: str | None = None,
+    timeout: float = 300.0,
+    logins: list[tuple[str, str]] | None = None,
 ) -> None:
-    """Serve the page until interrupted (Ctrl-C ends it quietly)."""
+    """Serve the page until interrupted (Ctrl-C ends it quietly). ``logins``: (user, password)
+    pairs the page asks for; required on a host other than loopback (``web_logins``)."""
+    if not logins and not is_loopback(host):
+        web_logins(host)  # raises: no login for a page other machines can reach
     page = build_ui(server, api_key, timeout)
     try:
-        page.queue().launch(server_name=host, server_port=port, share=False, show_error=True, quiet=False)
+        page.queue().launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            show_error=True,
+            quiet=False,
+            auth=logins or None,
+            auth_message="KnowLM: sign in with the login given to knowlm web" if logins else None,
+        )
     except KeyboardInterrupt:
         page.close()
