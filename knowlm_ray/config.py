@@ -148,6 +148,15 @@ class BlocklistFilter(Switch):
     min_hits: int = Field(1, ge=1, description="Occurrences of listed terms that drop a document.")
 
 
+class PIIFilter(Switch):
+    """Personal data (knowlm_ray/corpus/pii.py): e-mail addresses, phone numbers, IP addresses."""
+
+    enabled: bool = Field(False, description="Apply this filter (false: skip it).")
+    action: Literal["mask", "drop"] = Field(
+        "mask", description="mask: replace each by <EMAIL>, <PHONE> or <IP> and keep the document; drop: drop it."
+    )
+
+
 class FilterConfig(Strict):
     length: LengthFilter = Field(LengthFilter(), description="Document length in characters.")
     char_ratio: CharRatioFilter = Field(
@@ -164,6 +173,9 @@ class FilterConfig(Strict):
     )
     code: CodeFilter = Field(CodeFilter(), description="Code rules (lang: code only).")
     blocklist: BlocklistFilter = Field(BlocklistFilter(), description="Harmful-content block-list.")
+    pii: PIIFilter = Field(
+        PIIFilter(), description="Personal data (e-mail, phone, IP): masked or the document dropped; off by default."
+    )
 
 
 class DedupConfig(Strict):
@@ -939,4 +951,104 @@ class InstructionsConfig(Strict):
         for key in ("ie_records", "schema_", "tokenizer", "out_dir"):
             if getattr(self, key):
                 object.__setattr__(self, key, _absolute(getattr(self, key)))
+        return self
+
+
+# --------------------------------------------------------------------------- instruction generation
+GeneratorName = Literal["self_instruct", "evol_instruct", "backtranslation"]
+EvolutionName = Literal["breadth", "constraints", "deepen", "concretizing", "reasoning"]
+
+
+class GenerateConfig(Strict):
+    """``jobs/generate_instructions.py``: new instructions from an OpenAI-compatible endpoint, as
+    EasyInstruct's generators make them (Self-Instruct, Evol-Instruct, backtranslation).
+
+    Writes ``out_dir/generated.jsonl`` (alpaca records with their provenance, appended as they
+    arrive), ``out_dir/tasks.jsonl`` (one line per finished task: the resume ledger),
+    ``out_dir/quarantine.jsonl`` and ``out_dir/manifest.json`` (see ``knowlm_ray.curate.generate``).
+    """
+
+    generator: GeneratorName = Field(
+        description="self_instruct: new tasks from few-shot seed instructions, kept when ROUGE-L < "
+        "rouge_threshold against every instruction so far; evol_instruct: an in-depth or in-breadth "
+        "rewrite of each input instruction; backtranslation: an instruction written for each input text."
+    )
+    inputs: list[str] = Field(
+        min_length=1,
+        description="Alpaca .json / .jsonl files (self_instruct: the seed tasks; evol_instruct: the "
+        "instructions to evolve) or jsonl texts (backtranslation, see text_field).",
+    )
+    text_field: list[str] = Field(
+        ["text", "content", "output"],
+        description="backtranslation: the first of these fields a line has is its text.",
+    )
+    out_dir: str = Field(
+        "artifacts/generated", description="Output: generated.jsonl, tasks.jsonl, quarantine.jsonl, manifest.json."
+    )
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="The endpoint's OpenAI base URL (knowlm serve: http://HOST:PORT/v1)."
+    )
+    model: str | None = Field(None, description="Model name sent in each request; null: the first of GET /v1/models.")
+    api: Literal["chat", "completions"] = Field(
+        "chat",
+        description="chat: POST /chat/completions, the prompt as one user message; completions: POST /completions.",
+    )
+    api_key: str | None = Field(None, description="Bearer token; null: the environment variable api_key_env.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="The environment variable that holds the key.")
+    num_tasks: int = Field(
+        100,
+        ge=0,
+        description="self_instruct: generation requests; evol_instruct / backtranslation: the first N "
+        "input records (0: all of them).",
+    )
+    num_prompt_instructions: int = Field(
+        8, ge=1, description="self_instruct: seed instructions shown in each prompt (Self-Instruct: 8)."
+    )
+    rouge_threshold: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="self_instruct: a new instruction whose ROUGE-L F1 against any seed or kept "
+        "instruction is above this is dropped (Self-Instruct: 0.7).",
+    )
+    evolutions: list[EvolutionName] = Field(
+        ["breadth", "constraints", "deepen", "concretizing", "reasoning"],
+        min_length=1,
+        description="evol_instruct: the rewrites each instruction draws one of (seeded per task).",
+    )
+    answer: bool = Field(
+        True,
+        description="self_instruct / evol_instruct: ask the endpoint for each new instruction's output "
+        "(false: output stays empty).",
+    )
+    max_chars: int = Field(2000, ge=1, description="backtranslation: longer texts are skipped (counted).")
+    max_tokens: int = Field(512, ge=1, description="New tokens per generation request.")
+    answer_max_tokens: int = Field(512, ge=1, description="New tokens per answer request.")
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="null: the generator's own (self_instruct 0.5, evol_instruct 1, backtranslation 0).",
+    )
+    top_p: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="null: the generator's own (self_instruct 0.5, evol_instruct 0.95, backtranslation 1).",
+    )
+    concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries of a request answered 429 / 5xx, timed out or not connected."
+    )
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="First retry's wait; doubled each retry (jittered; Retry-After wins when longer)."
+    )
+    retry_max_backoff_s: float = Field(30.0, ge=0, description="The longest wait between two tries.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds for one HTTP request.")
+    seed: int = Field(0, description="Seeds each task's sampled seed instructions and evolution (task ids are stable).")
+
+    @model_validator(mode="after")
+    def _paths_absolute(self) -> GenerateConfig:
+        object.__setattr__(self, "inputs", [_absolute(p) for p in self.inputs])
+        object.__setattr__(self, "out_dir", _absolute(self.out_dir))
         return self

@@ -89,6 +89,25 @@ def _instructions_report(manifest: dict, cfg: Any) -> None:
     )
 
 
+def _generate_report(manifest: dict, cfg: Any) -> None:
+    t, i = manifest["tasks"], manifest["instructions"]
+    dropped = ", ".join(f"{k} {v}" for k, v in i["dropped"].items())
+    print(
+        f"generate_instructions: {t['planned']} tasks, {t['answered']} answered, {t['malformed']} malformed, "
+        f"{t['failed']} failed, {t['pending']} pending; {i['candidates']} instructions, {i['kept']} kept"
+        f"{f' (dropped: {dropped})' if dropped else ''} -> {Path(cfg.out_dir) / 'generated.jsonl'}"
+    )
+
+
+def _curate_report(manifest: dict, cfg: Any) -> None:
+    d = manifest["dropped"]
+    print(
+        f"curate_instructions: {manifest['read']} read, {manifest['malformed']} malformed, {sum(d.values())} dropped"
+        f"{' (' + ', '.join(f'{k} {v}' for k, v in d.items()) + ')' if d else ''} -> {manifest['kept']} kept in "
+        f"{Path(cfg.out_dir) / 'kept.jsonl'}"
+    )
+
+
 def _beside(path: str) -> Path:
     p = Path(path).expanduser().resolve()
     return p.parent / (p.name + ".log")
@@ -212,6 +231,38 @@ JOBS: dict[str, JobSpec] = {
             log=_in_out_dir("evaluate.log"),
             log_help="out_dir/evaluate.log",
         ),  # one process
+        JobSpec(
+            "generate-instructions",
+            "generate_instructions.py",
+            "knowlm_ray.config:GenerateConfig",
+            "knowlm_ray.curate.generate:run",
+            "new instructions from an OpenAI-compatible endpoint (Self-Instruct, Evol-Instruct, backtranslation)",
+            ray=False,  # one asyncio process: the work is waiting on HTTP
+            report=_generate_report,
+            log=_in_out_dir("generate_instructions.log"),
+            log_help="out_dir/generate_instructions.log",
+        ),
+        JobSpec(
+            "curate-instructions",
+            "curate_instructions.py",
+            "knowlm_ray.curate.config:CurateConfig",
+            "knowlm_ray.curate.pipeline:run",
+            "instruction selectors (dedup, ROUGE-L, length, MTLD, perplexity, CIRS, language, PII) on Ray Data",
+            report=_curate_report,
+            log=_beside_out_dir,
+            log_help="OUT_DIR.log, beside out_dir (out_dir itself is replaced whole)",
+            data_progress=True,
+        ),
+        JobSpec(
+            "edit-stats",
+            "edit_stats.py",
+            "knowlm_ray.edit.stats_config:EditStatsConfig",
+            "knowlm_ray.edit.stats:run",
+            "key statistics E[k k^T] for ROME / MEMIT over corpus shards (Ray Data actor pool, resumable, cached)",
+            log=lambda cfg: cfg.log_file(),
+            log_help="CACHE_DIR/edit_stats.log (cache_dir, or its default)",
+            data_progress=True,
+        ),
         JobSpec(
             "serve",
             None,

@@ -64,6 +64,8 @@ REQUIRED = {  # key path -> a value that exists in a fresh checkout
     "prepare-instructions": {"tokenizer": "t", "inputs": [str(SAMPLE / "ie" / "instructions.json")]},
     "batch-extract": {"model": "m", "input": "i", "schema": str(SAMPLE / "ie" / "schema.json")},
     "evaluate": {"model": "m", "gold": str(SAMPLE / "ie" / "records.jsonl")},
+    "edit-stats": {"model": "m", "data": "d", "layers": [1]},
+    "generate-instructions": {"generator": "self_instruct", "inputs": [str(SAMPLE / "ie" / "instructions.json")]},
     "serve": {"model": "m"},
 }
 
