@@ -42,17 +42,12 @@ from typing import Any
 
 from knowlm_ray.atomic import atomic_path, atomic_write_text
 from knowlm_ray.config import ConfigError
-from knowlm_ray.edit.stats_config import EditStatsConfig
+from knowlm_ray.edit.stats_config import CACHE_ENV, EditStatsConfig, default_cache_dir
 
-CACHE_ENV = "KNOWLM_STATS_CACHE"
+__all__ = ["CACHE_ENV", "compute_stats", "default_cache_dir", "load_cached_stats", "model_checksum", "run"]
 BLOCK = "block-{:05d}.safetensors"
 TOTAL = "total.safetensors"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "knowlm" / "edit_stats"
 
 
 def _cache_dir(cache_dir: str | Path | None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -9,6 +10,13 @@ from pydantic import Field, model_validator
 from knowlm_ray.config import ConfigError, Strict
 
 MODULE_TEMPLATE = "model.layers.{layer}.mlp.down_proj"
+CACHE_ENV = "KNOWLM_STATS_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """$KNOWLM_STATS_CACHE, else ~/.cache/knowlm/edit_stats: where the job writes and edit apply reads."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "knowlm" / "edit_stats"
 
 
 def _absolute(value: str) -> str:
@@ -80,6 +88,13 @@ class EditStatsConfig(Strict):
         if not self.layers and not self.modules:
             raise ConfigError("layers: name at least one layer (or modules: a module name)")
         return self
+
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    def log_file(self) -> Path:
+        """The job's log (the quiet console's): CACHE/edit_stats.log."""
+        return self.cache_path() / "edit_stats.log"
 
     def module_names(self) -> list[str]:
         names = [self.module_template.format(layer=i) for i in self.layers] + list(self.modules)
