@@ -56,9 +56,11 @@ def private_ray_env() -> None:
     if AUTH_MODE_ENV not in os.environ:
         os.environ[AUTH_MODE_ENV] = "token"
         try:  # Ray's core caches its config when ray is imported: read the mode again
+            import ray
             from ray._raylet import Config
 
-            Config.initialize("")
+            if not ray.is_initialized():
+                Config.initialize("")
         except (ImportError, AttributeError):
             pass
     os.environ[LOOPBACK_ENV] = "0"

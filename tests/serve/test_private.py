@@ -168,3 +168,10 @@ def test_serve_still_writes_the_binds_the_wrapper_rewrites():
 
     assert "bind *:{{ config.stats_port }}" in HAPROXY_CONFIG_TEMPLATE
     assert "bind :{{ config.metrics_port }}" in HAPROXY_CONFIG_TEMPLATE
+
+
+def test_replica_grpc_address_on_loopback():
+    from knowlm_ray.serve.private import loopback_address
+
+    assert loopback_address("[::]:0") == loopback_address("0.0.0.0:0") == "127.0.0.1:0"
+    assert loopback_address("10.0.0.5:9000") == "10.0.0.5:9000"  # an address given on purpose stays
