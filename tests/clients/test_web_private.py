@@ -52,17 +52,16 @@ def test_logins_from_flag_file_or_environment(tmp_path, monkeypatch):
             parse_logins(bad, "--auth")
 
 
-def test_a_public_host_without_a_login_is_refused_in_one_line(free_port):
-    out = subprocess.run(
-        [sys.executable, "-m", "knowlm_ray.cli", "web", "--server", "http://127.0.0.1:9", "--host", "0.0.0.0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-    )
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: knowlm web --host 0.0.0.0"), out.stderr
-    assert "--auth" in out.stderr
+def test_a_public_host_without_a_login_is_refused_in_one_line(monkeypatch, capsys):
+    from knowlm_ray.cli import main
+
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["web", "--server", "http://127.0.0.1:9", "--host", "0.0.0.0"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: knowlm web --host 0.0.0.0"), err
+    assert "--auth" in err
 
 
 class _Recorder(BaseHTTPRequestHandler):
