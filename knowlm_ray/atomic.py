@@ -117,8 +117,8 @@ def fsync_tree(path: PathLike) -> None:
 
 # ------------------------------------------------------------------------------- full disk
 def disk_full_cause(exc: BaseException) -> OSError | None:
-    """The ENOSPC / EDQUOT error behind ``exc`` (itself, its cause or context, or the cause a Ray
-    task error carries), or None."""
+    """The ENOSPC / EDQUOT error behind ``exc`` (itself, its cause or context, the cause a Ray task
+    error carries, or a Ray Train worker's failure), or None."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -130,8 +130,20 @@ def disk_full_cause(exc: BaseException) -> OSError | None:
             return e
         if isinstance(e, OSError) and e.errno in DISK_FULL:
             return e
+        if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list):
+            # copytree gathers (src, dst, "[Errno N] ...") triples and drops the errno
+            for item in e.args[0]:
+                code = next((c for c in DISK_FULL if f"[Errno {c}]" in str(item[-1])), None) if item else None
+                if isinstance(item, tuple) and len(item) == 3 and code is not None:
+                    return OSError(code, os.strerror(code), str(item[1]))
         cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError
         todo += [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
+        # Ray Train's WorkerGroupError (rank -> the worker's exception) and ControllerError
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo += [f for f in failures.values() if isinstance(f, BaseException)]
+        controller = getattr(e, "controller_failure", None)
+        todo.append(controller if isinstance(controller, BaseException) else None)
     return None
 
 
@@ -142,7 +154,8 @@ def disk_full_error(exc: BaseException, target: PathLike, existed: bool, staging
     if cause is None:
         return None
     target = Path(target)
-    written = cause.written if isinstance(cause, DiskFullError) else (cause.filename or "")
+    # filename2: the destination of a two-path call (shutil's copy names the source first)
+    written = cause.written if isinstance(cause, DiskFullError) else (cause.filename2 or cause.filename or "")
     written = str(written or target)
     if staging is not None:
         with contextlib.suppress(ValueError):

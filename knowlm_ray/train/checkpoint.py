@@ -8,6 +8,9 @@ Layout of one checkpoint (Ray Train merges every rank's upload into one director
                                      torch: trainable.safetensors + optimizer.pt)
 
 JSON rather than DeepSpeed's pickled client_state so every engine, and a person, can read it.
+Rank 0 writes it after the engine's files, atomically (fsynced). A full disk while a checkpoint
+is written is one line (``writing_checkpoint``): the previous checkpoint is intact and the run
+resumes from it.
 
 Resuming on another number of workers: DeepSpeed's ZeRO shards only load on the world size
 that wrote them, so the loader converts them first to DeepSpeed's *universal* checkpoint
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from knowlm_ray.atomic import atomic_write_text
+from knowlm_ray.atomic import DiskFullError, atomic_write_text, disk_full_cause
 from knowlm_ray.errors import UserError
 
 STATE_FILE = "train_state.json"
@@ -47,6 +52,43 @@ def step_tag(step: int) -> str:
 
 def write_train_state(directory: str | Path, state: TrainState) -> Path:
     return atomic_write_text(Path(directory) / STATE_FILE, json.dumps(asdict(state), indent=1))
+
+
+# Less free space than this after a failed write: the disk is full (torch.save, which DeepSpeed
+# uses, reports a full disk as RuntimeError "file write failed", without the errno).
+FULL_BELOW_BYTES = 1 << 20
+
+
+def _out_of_space(directory: str | Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
+
+
+@contextlib.contextmanager
+def writing_checkpoint(directory: str | Path, step: int) -> Iterator[None]:
+    """Around the writing of one checkpoint into ``directory``: a full disk becomes one line,
+    ``DiskFullError`` naming the checkpoint and saying that the previous one is intact (Ray Train
+    registers a checkpoint only once it is complete, so a resume starts from the one before)."""
+    try:
+        yield
+    except Exception as exc:
+        cause = disk_full_cause(exc)
+        if cause is None and not (isinstance(exc, (OSError, RuntimeError)) and _out_of_space(directory)):
+            raise
+        if isinstance(cause, DiskFullError):
+            written = cause.written
+        else:  # filename2: the destination of a two-path call (shutil's copy names the source first)
+            written = getattr(cause, "filename2", None) or getattr(cause, "filename", None) or ""
+        where = f" ({written})" if written else f" (in {directory})"
+        raise DiskFullError(
+            f"no space left on device writing the step-{step} checkpoint{where}; the previous checkpoint is "
+            "intact: free some space (or point storage_path / TMPDIR elsewhere) and run the same command to "
+            "resume from it",
+            str(written),
+        ) from exc
 
 
 def read_train_state(directory: str | Path) -> TrainState:

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from knowlm_ray.atomic import DiskFullError, disk_full_cause
 from knowlm_ray.train.checkpoint import (
     IncompatibleCheckpoint,
     TrainState,
@@ -51,6 +52,7 @@ from knowlm_ray.train.checkpoint import (
     read_train_state,
     step_tag,
     write_train_state,
+    writing_checkpoint,
     zero_param_shapes,
 )
 from knowlm_ray.train.data import BatchStream, RankSampler, Rows, batch_tokens
@@ -191,7 +193,7 @@ def _announce_resize(cfg, state: TrainState, ctx: WorkerContext) -> None:
 
 
 def _save(engine, state: TrainState, metrics: dict, ctx: WorkerContext) -> None:
-    with tempfile.TemporaryDirectory(prefix="knowlm-ckpt-") as d:
+    with tempfile.TemporaryDirectory(prefix="knowlm-ckpt-") as d, writing_checkpoint(d, state.step):
         engine.save(d, state.tag, client_state={"step": state.step, "sampler": state.sampler})
         if ctx.rank == 0:
             write_train_state(d, state)
@@ -458,7 +460,8 @@ def fit(cfg, make_task: Callable[..., Task], shared: dict[str, Any] | None = Non
     )
     result = trainer.fit()
     if getattr(result, "error", None):
-        raise result.error
+        full = disk_full_cause(result.error)  # a worker's DiskFullError (writing_checkpoint): one line
+        raise (full if isinstance(full, DiskFullError) else result.error)
     return summarize(cfg, result.return_value or {}, result.checkpoint, time.perf_counter() - t0)
 
 

@@ -392,3 +392,37 @@ def test_refuses_to_replace_a_foreign_directory(ray_local, corpus_tokenizer, tmp
     with pytest.raises(ConfigError, match="not a prepare_corpus output"):
         run(make_cfg(tmp_path / "raw", corpus_tokenizer, tmp_path / "out"))
     assert (tmp_path / "out" / "precious.txt").exists()
+
+
+def test_a_full_disk_keeps_the_previous_corpus_byte_for_byte(first_run, tmp_path, monkeypatch, capsys):
+    """ENOSPC during a re-run: one line, the previous out_dir untouched, no staging left.
+
+    No unprivileged way to fill a disk here (no tmpfs, no loop device): the driver's fsync of the
+    new shards before the swap raises ENOSPC, as the kernel does when delayed allocation finds no
+    room. Only this test patches the write layer."""
+    import os
+    import shutil
+
+    from knowlm_ray.atomic import DiskFullError
+    from knowlm_ray.corpus.pipeline import run
+    from knowlm_ray.errors import user_errors
+
+    base, cfg, _, _, _ = first_run
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DiskFullError) as err:
+        run(cfg.model_copy(update={"out_dir": str(out)}))
+    msg = str(err.value)
+    assert msg.startswith(f"no space left on device writing {out}/") and msg.endswith(f"; the previous {out} is intact")
+    with pytest.raises(SystemExit) as code, user_errors():  # what the job's console shows: one line, exit 2
+        raise err.value
+    assert code.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"error: {msg}"
+    monkeypatch.undo()
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
