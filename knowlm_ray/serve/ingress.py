@@ -118,7 +118,7 @@ def install_admin_wrapper(cache_dir: Path | None = None) -> str | None:
         return None
     current = os.environ.get(BINARY_ENV)
     if current and Path(current).name.startswith(WRAPPER_PREFIX):
-        return current  # set up already (a second start in this process)
+        del os.environ[BINARY_ENV]  # ours, inherited or from an earlier start: wrap the real one anew
     text = wrapper_script(haproxy_binary(), host, admin_ports())
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knowlm"
