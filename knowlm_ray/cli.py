@@ -15,7 +15,7 @@ knowlm corpus export-megatron DIR OUT_PREFIX
 knowlm weights merge-lora --base B --lora L1 [--lora L2 ...] --out M
 knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
 knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
-knowlm serve --model DIR [--lora NAME=DIR ...] [--prompt-format F] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
+knowlm serve --model DIR [--lora NAME=DIR ...] [--edit DIR ...] [--prompt-format F] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
 knowlm chat (--server URL | --model-dir DIR)
 knowlm web --server URL
 knowlm demo
@@ -62,6 +62,8 @@ def _serve(a: argparse.Namespace) -> None:
     app_args = dict(_app_arg(x) for x in a.set)
     if a.prompt_format is not None:
         app_args["prompt_format"] = a.prompt_format
+    if a.edit:
+        app_args["edits"] = a.edit
     serve_blocking(model=a.model, loras=loras, host=a.host, port=a.port, ingress=a.ingress, **app_args)
 
 
@@ -135,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="HF model directory")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="a peft adapter to serve")
+    p.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a knowledge edit (knowlm edit apply's output) applied when a replica loads; repeat: in order",
+    )
     p.add_argument(
         "--prompt-format",
         default=None,

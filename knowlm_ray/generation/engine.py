@@ -203,6 +203,7 @@ class GenerationEngine:
         trust_remote_code: bool = False,
         loras: Mapping[str, str | Path] | None = None,
         max_loras: int = 4,
+        edits: Sequence[str | Path] = (),
     ):
         import torch
         from transformers import AutoTokenizer
@@ -232,6 +233,12 @@ class GenerationEngine:
             raise ValueError(f"tokenizer in {path} has no EOS token; generation could not stop")
         self.tokenizer = tok
         self.model = load_model(path, device, dtype, quantization, device_map, max_memory, trust_remote_code)
+        self.edits = [str(e) for e in edits]
+        if edits:  # knowledge edits, in order, each checked against the weights it was made on
+            from knowlm_ray.models.edit_delta import apply_edit
+
+            for e in edits:
+                apply_edit(self.model, e)
         # Where inputs go: the embedding's device (the first GPU of a device map).
         self.device = self.model.get_input_embeddings().weight.device
         self.max_context = self._context_length()

@@ -4,6 +4,7 @@ knowlm weights download --repo ID --out DIR [--revision R] [--include PATTERN ..
 knowlm weights diff --raw R --tuned T --out D [--dtype float16]
 knowlm weights recover --raw R --diff D --out T [--expect-sum X] [--sum-tol E]
 knowlm weights merge-lora --base B --lora L [--lora L2 ...] --out M [--dtype float16]
+knowlm weights merge-edit --base M --edit DIR [--edit DIR2 ...] --out OUT [--dtype auto]
 knowlm weights verify DIR [--write-manifest] [--load]
 knowlm weights export-gguf --model M --out F.gguf [--outtype f16|q8_0|f32]
 """
@@ -28,6 +29,13 @@ def _merge_lora(a: argparse.Namespace) -> None:
 
     out = merge_lora(a.base, a.lora, a.out, dtype=a.dtype)
     print(f"merged model ({len(a.lora)} adapter{'s' if len(a.lora) > 1 else ''}) written to {out}")
+
+
+def _merge_edit(a: argparse.Namespace) -> None:
+    from knowlm_ray.models.edit_delta import merge_edit
+
+    out = merge_edit(a.base, a.edit, a.out, dtype=a.dtype)
+    print(f"model with {len(a.edit)} edit{'s' if len(a.edit) > 1 else ''} applied written to {out}")
 
 
 def _diff(a: argparse.Namespace) -> None:
@@ -147,6 +155,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dtype", default="float32", choices=DTYPES + ["auto"], help="output dtype (auto: keep the base model's)"
     )
     p.set_defaults(fn=_merge_lora)
+
+    p = w.add_parser(
+        "merge-edit", help="apply knowledge edit(s) (knowlm edit apply's output) to a model folder, streamed"
+    )
+    p.add_argument("--base", required=True, help="the model the (first) edit was made on")
+    p.add_argument(
+        "--edit",
+        required=True,
+        action="append",
+        metavar="DIR",
+        help="edit directory; repeat to apply several in this order, each onto the result of the ones before",
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="auto", choices=DTYPES + ["auto"], help="output dtype (auto: the base's)")
+    p.set_defaults(fn=_merge_edit)
 
     p = w.add_parser("diff", help="publish a fine-tuned model as tuned - raw (KnowLM's weight-diff convention)")
     p.add_argument("--raw", required=True, help="base model directory")

@@ -156,6 +156,7 @@ class KnowLMServer:
         prompt_format: str = DEFAULT_FORMAT,
         lora_prompt_formats: dict[str, str] | None = None,
         limits: dict[str, int] | None = None,
+        edits: list[str] | None = None,
     ):
         keep_replica_on_loopback()  # on a private Ray, Serve's replica gRPC port too
         bounds.configure(bounds.Limits.from_args(**(limits or {})))
@@ -174,6 +175,7 @@ class KnowLMServer:
             trust_remote_code=trust_remote_code,
             loras=loras,
             max_loras=max_loras_per_replica,
+            edits=edits,
         )
         self.model_id = model_id
         self.prompt_format = prompt_format  # /extract's, for the base model
@@ -576,6 +578,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         prompt_format=cfg.prompt_format,
         lora_prompt_formats=cfg.lora_prompt_formats(),
         limits=cfg.limits(),
+        edits=cfg.edits,
     )
     return KnowLMServer.options(**deployment_options(cfg)).bind(
         str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings

@@ -75,6 +75,11 @@ class AppArgs(Strict):
         description="Adapter name -> peft adapter directory, or -> {path, prompt_format}; a request selects "
         'one with "model": NAME.',
     )
+    edits: list[str] = Field(
+        default_factory=list,
+        description="Knowledge edits (knowlm edit apply's output dirs) applied in this order to the model "
+        "when a replica loads it; each is checked against the weights it was made on.",
+    )
     prompt_format: str = Field(
         "alpaca",
         description=f"How /extract asks the model ({', '.join(PROMPT_FORMATS)}): alpaca (this project's IE "
@@ -198,6 +203,19 @@ class AppArgs(Strict):
                 raise ValueError(f"adapter name {name!r}: use letters, digits, '_', '-', '.' (at most 64)")
         return v
 
+    @field_validator("edits")
+    @classmethod
+    def _edit_dirs(cls, v: list[str]) -> list[str]:
+        from pathlib import Path
+
+        out = []
+        for d in v:  # absolute: replicas run in other processes
+            path = Path(d).expanduser().resolve()
+            if not (path / "manifest.json").is_file():
+                raise ValueError(f"edits: {d} is not an edit directory (no manifest.json)")
+            out.append(str(path))
+        return out
+
     @field_validator("device_map")
     @classmethod
     def _device_map(cls, v):
@@ -241,6 +259,8 @@ class AppArgs(Strict):
             raise ValueError("device cuda needs num_gpus >= 1 (Ray gives a replica no GPU otherwise)")
         if on_cpu and self.dtype == "float16":
             raise ValueError("dtype float16 needs a GPU (num_gpus >= 1); on CPU use float32 or bfloat16")
+        if self.edits and self.quantization != "none":
+            raise ValueError("edits are added to full-precision weights: serve them without quantization")
         if on_cpu and self.quantization == "int8":
             if self.dtype != "float32":
                 raise ValueError("quantization int8 on CPU (torch dynamic int8) computes in float32: set dtype float32")

@@ -195,3 +195,27 @@ def test_missing_parameter_refused(tmp_path, tiny_model):
     one = save_checkpoint(tmp_path / "one", random_state_dict(cfg, 0), cfg)
     with pytest.raises(EditError, match=f"{NAME}, which the model"):
         merge_edit(one, [d], tmp_path / "out")
+
+
+def test_merge_edit_and_revert_commands(tiny_model, tmp_path, capsys):
+    import argparse
+
+    from knowlm_ray.cli import main
+    from knowlm_ray.edit import revert
+
+    model = load(tiny_model)
+    e = make_edit(model, tmp_path / "e", model_dir=tiny_model)
+    out = tmp_path / "merged"
+    main(["weights", "merge-edit", "--base", str(tiny_model), "--edit", str(e), "--out", str(out)])
+    assert "1 edit applied" in capsys.readouterr().out
+    apply_edit(model, e)
+    assert torch.equal(logits(load(out)), logits(model))
+
+    ap = argparse.ArgumentParser()
+    revert.register(ap.add_subparsers())
+    a = ap.parse_args(["revert", "--model", str(out), "--edit", str(e), "--out", str(tmp_path / "back")])
+    a.fn(a)
+    assert torch.allclose(logits(load(tmp_path / "back")), logits(load(tiny_model)), atol=1e-5)
+    a = ap.parse_args(["revert", "--model", str(tiny_model), "--edit", str(e), "--out", str(tmp_path / "no")])
+    with pytest.raises(EditError, match=f"does not carry edit {e}: {NAME}"):
+        a.fn(a)
