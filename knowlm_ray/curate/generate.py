@@ -351,7 +351,8 @@ async def _run(cfg: GenerateConfig, tasks: list[dict], inputs: Inputs, ledger: L
     pool = None
     if cfg.generator == "self_instruct":
         pool = RougePool([s["instruction"] for s in inputs.items], cfg.rouge_threshold)
-        pool.instructions += [r["instruction"] for r in ledger.records]
+        for r in ledger.records:
+            pool.add(r["instruction"])
     todo = [t for t in tasks if not ledger.finished(t["task_id"])]
     done_before = len(tasks) - len(todo)
     async with ep:
