@@ -1049,6 +1049,10 @@ class GenerateConfig(Strict):
 
     @model_validator(mode="after")
     def _paths_absolute(self) -> GenerateConfig:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"base_url {self.base_url!r}: give an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)"
+            )
         object.__setattr__(self, "inputs", [_absolute(p) for p in self.inputs])
         object.__setattr__(self, "out_dir", _absolute(self.out_dir))
         return self

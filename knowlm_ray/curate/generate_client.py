@@ -159,7 +159,7 @@ class Endpoint:
                 r = await self._client.post(url, json=body)
             except httpx.TimeoutException as exc:
                 last = f"timed out ({type(exc).__name__})"
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:  # connection refused / reset, a body that would not decode
                 last = f"{type(exc).__name__}: {exc}"
             else:
                 if r.status_code == 200:
