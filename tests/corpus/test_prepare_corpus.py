@@ -394,6 +394,7 @@ def test_refuses_to_replace_a_foreign_directory(ray_local, corpus_tokenizer, tmp
     assert (tmp_path / "out" / "precious.txt").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_previous_corpus_byte_for_byte(first_run, tmp_path, monkeypatch, capsys):
     """ENOSPC during a re-run: one line, the previous out_dir untouched, no staging left.
 

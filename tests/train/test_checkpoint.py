@@ -18,6 +18,7 @@ def _tree(d):
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(tiny_model, tiny_corpus, tmp_path):
     """A real ENOSPC from the kernel: the step-4 upload's train_state.json is a link to /dev/full
     (every write to it fails with ENOSPC), the only way to fill a disk here without root."""
