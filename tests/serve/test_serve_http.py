@@ -468,6 +468,72 @@ def test_client_disconnect_cancels_a_stream(base_url, handle):
         time.sleep(0.2)
     assert stats["runner"]["cancelled"] == before + 1 and stats["metrics"]["cancelled"] >= 1
     assert stats["waiting"] == 0
+    _stats_until(handle, lambda s: s["batcher"]["active_rows"] == 0)  # its row left the batch
+
+
+def _stats_until(handle, cond, timeout=20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while not cond(stats := handle.get_stats.remote().result()):
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)
+    return stats
+
+
+def _send_and_keep(base_url, route, body) -> socket.socket:
+    """A raw HTTP request whose connection the test hangs up when it likes."""
+    host, port = base_url.split("//")[1].rsplit(":", 1)
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def test_client_disconnect_stops_a_non_streaming_request(base_url, handle):
+    before = handle.get_stats.remote().result()
+    sock = _send_and_keep(
+        base_url, "/v1/completions", {"prompt": "浙江大学", "n": 4, "max_tokens": 900, "temperature": 0}
+    )
+    _stats_until(handle, lambda s: s["batcher"]["active_rows"] == 4)  # its 4 rows decode (900 tokens: ~20 s)
+    sock.close()  # hang up while waiting for the answer
+    stats = _stats_until(handle, lambda s: s["batcher"]["active_rows"] == 0)
+    assert stats["batcher"]["cancelled_rows"] == before["batcher"]["cancelled_rows"] + 4
+    assert stats["runner"]["cancelled"] == before["runner"]["cancelled"] + 1 and stats["waiting"] == 0
+
+
+def test_streams_count_in_the_waiting_line_and_get_503(base_url, handle):
+    """Streams of 8 rows each against a batch of 8: all but one keep rows waiting, so past
+    max_waiting_requests (8) the next stream is refused before it starts; hanging up the
+    admitted ones stops them all."""
+    before = handle.get_stats.remote().result()
+    body = {
+        "messages": [{"role": "user", "content": "浙江大学"}],
+        "n": 8,
+        "max_tokens": 900,
+        "temperature": 0,
+        "stream": True,
+    }
+
+    def open_stream(_):
+        return _post(base_url, body, "/v1/chat/completions", stream=True, timeout=30)
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(open_stream, range(12)))
+    codes = [r.status_code for r in answers]
+    try:
+        assert set(codes) == {200, 503} and codes.count(200) <= 9, codes
+        for r in answers:
+            if r.status_code == 503:
+                _assert_error(r, (503, 503), "overloaded", type="overloaded_error")
+    finally:
+        for r in answers:
+            r.close()
+    stats = _stats_until(handle, lambda s: s["batcher"]["active_rows"] == 0 and s["waiting"] == 0)
+    assert stats["runner"]["cancelled"] == before["runner"]["cancelled"] + codes.count(200)
+    assert stats["batcher"]["waiting_rows"] == 0
 
 
 def test_overload_burst_gets_only_200s_and_503s(base_url):
@@ -516,7 +582,7 @@ def test_metrics_count_routes_statuses_tokens_and_queue(handle, tiny_model):
     m = handle.get_stats.remote().result()["metrics"]
     assert m["requests"]["/generate 200"] >= 10 and m["requests"]["/v1/completions 200"] >= 3
     assert m["requests"]["/generate 401"] >= 1 and m["requests"]["/generate 422"] >= 5
-    assert m["requests"].get("/generate 503", 0) == m["rejected"].get("overload", 0)
+    assert sum(v for k, v in m["requests"].items() if k.endswith(" 503")) == m["rejected"].get("overload", 0)
     assert m["rejected"]["timeout"] >= 2 and m["latency_ms"]["/generate"]["count"] >= 10
     assert m["generated_tokens"]["/generate ie"] > 0 and m["generated_tokens"]["/v1/chat/completions ie"] > 0
     assert m["prompt_tokens"][f"/extract {tiny_model.name}"] > 0  # generate_texts
