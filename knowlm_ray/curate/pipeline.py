@@ -237,18 +237,24 @@ def texts_of(batch: pa.Table, wanted_ref: list, fields: list[str]) -> pa.Table:
     )
 
 
-def mark(batch: pa.Table, label: str, marks_ref: list) -> pa.Table:
-    """map_batches UDF: rows whose uid is in the marks are dropped by ``label`` with its value."""
-    import ray
-
-    marks = ray.get(marks_ref[0])
-    if not batch.num_rows or not marks:
-        return batch.cast(ROW_SCHEMA) if batch.num_rows else ROW_SCHEMA.empty_table()
+def mark_rows(batch: pa.Table, label: str, marks: dict[int, str]) -> pa.Table:
+    """Plain core: the kept rows whose uid is in ``marks`` are dropped by ``label`` with its value."""
+    if not batch.num_rows:
+        return ROW_SCHEMA.empty_table()
+    if not marks:
+        return batch.cast(ROW_SCHEMA)
     rows = _rows(batch)
     for r in rows:
         if not r["status"] and r["uid"] in marks:
             r["status"], r["value"] = label, marks[r["uid"]]
     return _table(rows)
+
+
+def mark(batch: pa.Table, label: str, marks_ref: list) -> pa.Table:
+    """map_batches UDF: ``mark_rows`` with the marks from the object store (one put, every task)."""
+    import ray
+
+    return mark_rows(batch, label, ray.get(marks_ref[0]))
 
 
 def _pull(ds) -> pa.Table:
