@@ -37,7 +37,7 @@ from knowlm_ray.config import ConfigError, load_config
 from knowlm_ray.generation.chat import render_chat
 from knowlm_ray.generation.continuous import ContinuousBatcher
 from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared
-from knowlm_ray.generation.errors import RequestError, UnknownModelError
+from knowlm_ray.generation.errors import CONTEXT_LENGTH_EXCEEDED, RequestError, UnknownModelError
 from knowlm_ray.generation.params import GenerateRequest, GenerationParams
 from knowlm_ray.ie.extract import (
     IERequestError,
@@ -178,6 +178,9 @@ class KnowLMServer:
             edits=edits,
         )
         self.model_id = model_id
+        # No token spells more characters than the vocabulary's longest entry, so a prompt longer
+        # than context x that cannot fit: refused without tokenising it (seconds for a 1 MB body).
+        self.max_token_chars = max((len(t) for t in self.engine.tokenizer.get_vocab()), default=1)
         self.prompt_format = prompt_format  # /extract's, for the base model
         self.lora_prompt_formats = dict(lora_prompt_formats or {})  # adapter -> its format
         self.started = int(time.time())
@@ -235,6 +238,17 @@ class KnowLMServer:
     def _model_name(self, adapter: str | None) -> str:
         return adapter or self.model_id
 
+    def _check_prompt_chars(self, prompt: str) -> None:
+        """A prompt too long for the context whatever its tokens: a 400 before tokenising it."""
+        ctx = self.engine.max_context
+        most = ctx * self.max_token_chars
+        if len(prompt) > most:
+            raise RequestError(
+                f"prompt is {len(prompt)} characters; the model's context of {ctx} tokens holds at most "
+                f"{most} (no token is longer than {self.max_token_chars} characters)",
+                CONTEXT_LENGTH_EXCEEDED,
+            )
+
     async def _off_loop(self, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)`` in the prepare thread (tokenising, prompt building)."""
         loop = asyncio.get_running_loop()
@@ -271,6 +285,7 @@ class KnowLMServer:
     async def generate(self, request: GenerateRequest, http: Request):
         try:
             adapter = self._adapter(request.model, request.adapter)
+            self._check_prompt_chars(self.engine.prompt_for(request))
             prepared = await self._off_loop(self.engine.prepare, request, adapter=adapter)
             (result,) = await self._complete([prepared], "/generate", _timeout_from(http))
         except Exception as exc:
@@ -324,6 +339,8 @@ class KnowLMServer:
             check_stops(request.stop_list)
             adapter = self._adapter(request.model)
             params = request.generation_params(request.max_tokens)
+            for p in request.prompts:
+                self._check_prompt_chars(p)
 
             def prepare() -> list[Prepared]:
                 rows = []
@@ -349,6 +366,7 @@ class KnowLMServer:
             adapter = self._adapter(request.model)
             params = request.generation_params(request.max_new_tokens)
             prompt = render_chat(request.messages)
+            self._check_prompt_chars(prompt)
             row = await self._off_loop(
                 self.engine.prepare_prompt,
                 prompt,
