@@ -325,11 +325,10 @@ class ContinuousBatcher:
             first = req.line[0]
             index = first if isinstance(first, int) else first.i
             if req.future.done() or _CancelOnFuture(req).cancelled(index):  # one look a turn, then every row
-                for item in list(req.line):
-                    if req.future.done() or self._drop_if_gone(req, item):
-                        req.line.remove(item)
-                        self.dropped_rows += 1
-                        self._left(1)
+                kept = deque(item for item in req.line if not (req.future.done() or self._drop_if_gone(req, item)))
+                self.dropped_rows += len(req.line) - len(kept)
+                self._left(len(req.line) - len(kept))
+                req.line = kept
             if req.line:
                 line.append(req)
         self._line = line
