@@ -6,13 +6,14 @@ computed here rather than through that package because (1) its tokenizer drops e
 outside [a-z0-9], so two Chinese instructions always score 0 (here a CJK character is one token,
 other text lowercase alphanumeric words, as its tokenizer splits them); (2) importing it imports
 NLTK, ~4.6 CPU-seconds per job start on this machine; (3) it re-tokenizes the whole pool for
-every candidate, while the pool here keeps its tokens and skips an entry whose length alone
-bounds F below the best so far.
+every candidate, while the pool here keeps its tokens and skips an entry whose length or
+shared tokens bound F below the best so far.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
 
@@ -48,20 +49,26 @@ class RougePool:
         self.threshold = threshold
         self.instructions: list[str] = []
         self._tokens: list[list[str]] = []
+        self._bags: list[Counter] = []
         for inst in instructions:
             self.add(inst)
 
     def add(self, instruction: str) -> None:
         self.instructions.append(instruction)
         self._tokens.append(tokenize(instruction))
+        self._bags.append(Counter(self._tokens[-1]))
 
     def best(self, candidate: str) -> tuple[float, str | None]:
         """The highest ROUGE-L F1 against the pool and the instruction that has it."""
         cand = tokenize(candidate)
+        bag = Counter(cand)
         top, who = 0.0, None
-        for inst, toks in zip(self.instructions, self._tokens):
-            if 2 * min(len(toks), len(cand)) <= top * (len(toks) + len(cand)):
-                continue  # even an LCS of the shorter whole could not beat top
+        for inst, toks, other in zip(self.instructions, self._tokens, self._bags):
+            n = len(toks) + len(cand)
+            # Upper bounds on the LCS, cheapest first: the shorter length, then the shared tokens
+            # (a common subsequence uses each token at most as often as both have it).
+            if 2 * min(len(toks), len(cand)) <= top * n or 2 * sum((bag & other).values()) <= top * n:
+                continue
             f = rouge_l(toks, cand)
             if f > top:
                 top, who = f, inst
@@ -79,5 +86,5 @@ class RougePool:
         """Take back an instruction whose task did not finish (its records are not written)."""
         for i in range(len(self.instructions) - 1, -1, -1):
             if self.instructions[i] == instruction:
-                del self.instructions[i], self._tokens[i]
+                del self.instructions[i], self._tokens[i], self._bags[i]
                 return
