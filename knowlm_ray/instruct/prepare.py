@@ -111,12 +111,14 @@ def _iter_json_list(text: str) -> Iterator[tuple[int, Any, str | None]]:
     that cannot be read; a syntax error ends the list, an element nested too deeply is skipped."""
     dec = json.JSONDecoder()
     i = text.index("[") + 1
+    line, counted = 1, 0  # newlines counted up to `counted`: linear in the file, not quadratic
     while True:
         while i < len(text) and text[i] in " \t\r\n,":
             i += 1
         if i >= len(text) or text[i] == "]":
             return
-        line = text.count("\n", 0, i) + 1
+        line += text.count("\n", counted, i)
+        counted = i
         try:
             obj, i = dec.raw_decode(text, i)
         except json.JSONDecodeError as exc:
