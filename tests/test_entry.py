@@ -66,6 +66,7 @@ REQUIRED = {  # key path -> a value that exists in a fresh checkout
     "evaluate": {"model": "m", "gold": str(SAMPLE / "ie" / "records.jsonl")},
     "edit-stats": {"model": "m", "data": "d", "layers": [1]},
     "generate-instructions": {"generator": "self_instruct", "inputs": [str(SAMPLE / "ie" / "instructions.json")]},
+    "curate-instructions": {"inputs": [str(SAMPLE / "ie" / "instructions.json")]},
     "serve": {"model": "m"},
 }
 

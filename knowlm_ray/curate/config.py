@@ -179,7 +179,8 @@ class CurateConfig(Strict):
         "or ShareGPT-style (conversations / messages) records.",
     )
     out_dir: str = Field(
-        description="Output directory (replaced whole): kept.jsonl, dropped.jsonl, quarantine/, manifest.json."
+        "artifacts/curated",
+        description="Output directory (replaced whole): kept.jsonl, dropped.jsonl, quarantine/, manifest.json.",
     )
     seed: int = Field(0, description="Seed of the MinHash permutations (and of anything else random).")
     selectors: list[Selector] = Field(
