@@ -14,6 +14,7 @@ knowlm corpus inspect DIR [--samples N]
 knowlm corpus export-megatron DIR OUT_PREFIX
 knowlm weights merge-lora --base B --lora L1 [--lora L2 ...] --out M
 knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
+knowlm edit apply --model M --requests R.jsonl --method rome|memit|ft --out DIR   (also: edit eval|revert|fact-model)
 knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
 knowlm serve --model DIR [--lora NAME=DIR ...] [--edit DIR ...] [--prompt-format F] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
 knowlm chat (--server URL | --model-dir DIR)
@@ -37,6 +38,7 @@ COMMAND_MODULES = (
     "knowlm_ray.corpus.cli",
     "knowlm_ray.train.cli",
     "knowlm_ray.clients.cli",
+    "knowlm_ray.edit.cli",
 )
 
 

@@ -96,6 +96,8 @@ def edit_model(
                 use=settings.mom2_adjustment,
                 min_samples=settings.mom2_n_samples,
                 stats_data=stats_data,
+                model=model,
+                tok=tok,
             )
             out.covariance[layer] = covs[layer].source
             log(f"[edit] layer {layer} key covariance: {covs[layer].source}")

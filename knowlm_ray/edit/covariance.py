@@ -1,16 +1,22 @@
 """The keys' second moment C = E[k k^T] that ROME (``mom2_adjustment``) and MEMIT weigh keys by.
 
 In order: the statistics cached by ``jobs/edit_stats.py`` for the module (``knowlm_ray.edit.stats``),
-the statistics computed now from ``--stats-data``, or the identity. For MEMIT the identity is
+the statistics computed now from ``--stats-data`` (corpus shards: through ``edit.stats``, which
+caches them; a ``.txt`` or ``.jsonl`` file: in this process over its lines, not cached), or the
+identity. For MEMIT the identity is
 scaled to the edit keys' mean square (``mean ||k||^2 / dim``) so that ``mom2_update_weight``
 weighs it as it would a measured C. ``source`` says which was used: ``edit apply`` prints it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from knowlm_ray.errors import InputError, MissingPathError
 
 
 @dataclass
@@ -35,10 +41,55 @@ class Covariance:
         return scale * torch.eye(keys.shape[-1], dtype=torch.float64)
 
 
-def key_covariance(model_dir, module_name: str, *, use: bool, min_samples: int, stats_data=None) -> Covariance:
-    """C for ``module_name``'s keys (see the module docstring)."""
+def text_lines(path: Path) -> list[str]:
+    """The texts of a .txt file (one a line) or a .jsonl file (its ``text`` fields)."""
+    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    out = []
+    for x in lines:
+        try:
+            obj = json.loads(x)
+        except json.JSONDecodeError:
+            continue  # a malformed line is skipped, as the corpus pipeline quarantines it
+        if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+            out.append(obj["text"])
+    return out
+
+
+def texts_second_moment(model, tok, module_name: str, texts: list[str]) -> tuple[torch.Tensor, int]:
+    """(E[k k^T] float32, tokens) of ``module_name``'s inputs over every token of ``texts``."""
+    from knowlm_ray.edit.tracing import hook
+
+    total, count = None, 0
+    device = next(model.parameters()).device
+
+    def grab(module, inputs, output):
+        nonlocal total, count
+        k = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+        total = k.T @ k if total is None else total + k.T @ k
+        count += k.shape[0]
+
+    with torch.no_grad(), hook(model, module_name, grab):
+        for t in texts:
+            model(input_ids=torch.tensor([tok(t).input_ids], device=device))
+    if total is None:
+        raise InputError("--stats-data: no text in it")
+    return (total / count).float().cpu(), count
+
+
+def key_covariance(
+    model_dir, module_name: str, *, use: bool, min_samples: int, stats_data=None, model=None, tok=None
+) -> Covariance:
+    """C for ``module_name``'s keys (see the module docstring); ``model``/``tok``: the loaded
+    model, for a text ``stats_data``."""
     if not use:
         return Covariance(None, "identity (mom2_adjustment: false)")
+    if stats_data is not None and Path(stats_data).suffix in (".txt", ".jsonl"):
+        if not Path(stats_data).is_file():
+            raise MissingPathError(f"--stats-data: no such file: {stats_data}")
+        c, n = texts_second_moment(model, tok, module_name, text_lines(Path(stats_data)))
+        return Covariance(c, f"computed from {stats_data} ({n} tokens)")
     try:  # the statistics job; absent in a checkout without it
         from knowlm_ray.edit import stats
     except ImportError:

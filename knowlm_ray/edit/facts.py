@@ -7,7 +7,8 @@ phrasings ("{} was born in", "The birthplace of {} is", ...) and trains a small 
 sentencepiece tokenizer trained on data/sample plus the fact sentences, as ``models.tiny`` builds
 one) on them until it recalls every one by greedy teacher-forced decoding. The first phrasing is
 the one an edit request names; the others are its rephrasings (generalization); the other
-people's facts are the locality prompts. ``facts.json`` beside the weights lists every fact, and
+people's facts are the locality prompts. ``facts.json`` beside the weights lists every fact,
+``facts.txt`` holds the training texts (``edit apply --stats-data`` measures C on them), and
 ``fact_requests`` writes edit requests for it in KnowEdit, ZsRE or the plain format.
 """
 
@@ -252,6 +253,8 @@ def build_fact_model(
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        # The fixture's corpus, for `edit apply --stats-data` (C over the texts it was trained on).
+        (tmp / "facts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
         (tmp / "facts.json").write_text(
             json.dumps({"spec": asdict(spec), "facts": [asdict(f) for f in facts]}, indent=1), encoding="utf-8"
         )

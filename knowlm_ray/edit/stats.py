@@ -185,7 +185,7 @@ def block_sums(
         def pre_hook(_mod, args):
             k = args[0].detach()
             k = k[mask_box[0]].to(torch.float32)  # [tokens, in]: real tokens only
-            s = (k.T @ k).to("cpu", torch.float64)
+            s = (k.T @ k).to(torch.float64)  # summed on the model's device, moved once per block
             if name in out.sums:
                 out.sums[name] += s
             else:
@@ -228,6 +228,7 @@ def block_sums(
     finally:
         for h in handles:
             h.remove()
+    out.sums = {m: t.to("cpu") for m, t in out.sums.items()}
     for m in order:  # a block of empty rows still names every module
         if m not in out.sums:
             dim = model.get_submodule(m).weight.shape[1]

@@ -68,7 +68,8 @@ class EditStatsConfig(Strict):
     cache_dir: str | None = Field(
         None,
         description="Where the statistics are cached (and the partial sums of a run kept until it ends); "
-        "null: $KNOWLM_STATS_CACHE, else ~/.cache/knowlm/edit_stats. knowlm edit apply reads the same.",
+        "null: $KNOWLM_STATS_CACHE, else ~/.cache/knowlm/edit_stats. knowlm edit apply reads the same. On a "
+        "cluster: storage every node sees (actors write the partial sums).",
     )
     fold_every_s: float = Field(
         60.0,
