@@ -969,8 +969,8 @@ class GenerateConfig(Strict):
     """
 
     generator: GeneratorName = Field(
-        description="self_instruct: new tasks from few-shot seed instructions, kept when ROUGE-L < "
-        "rouge_threshold against every instruction so far; evol_instruct: an in-depth or in-breadth "
+        description="self_instruct: new tasks from few-shot seed instructions, kept when their ROUGE-L "
+        "against every instruction so far is at most rouge_threshold; evol_instruct: an in-depth or in-breadth "
         "rewrite of each input instruction; backtranslation: an instruction written for each input text."
     )
     inputs: list[str] = Field(

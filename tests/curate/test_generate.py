@@ -20,6 +20,7 @@ from knowlm_ray.config import GenerateConfig
 from knowlm_ray.curate.generate import StateMismatch, read_inputs, run
 from knowlm_ray.curate.generate_client import EndpointError
 from knowlm_ray.curate.records import view
+from knowlm_ray.errors import MissingPathError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -219,9 +220,11 @@ def test_malformed_answers_are_counted_not_fatal(tmp_path, fake):
     assert rec["output"] == "" and rec["parent"] == SEEDS[4]
 
 
-def test_a_refused_key_stops_the_run_as_a_user_error(tmp_path, fake):
+def test_a_refused_key_or_a_missing_input_stops_the_run_as_a_user_error(tmp_path, fake):
     with pytest.raises(EndpointError, match="401"):
         run(_cfg(tmp_path, fake.url, api_key="wrong", model="m"))
+    with pytest.raises(MissingPathError, match="nope.jsonl"):
+        run(_cfg(tmp_path, fake.url).model_copy(update={"inputs": [str(tmp_path / "nope.jsonl")]}))
 
 
 def test_backtranslation_reads_the_first_text_field_and_skips_long_texts(tmp_path):
