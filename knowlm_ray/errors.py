@@ -11,7 +11,8 @@ The domain errors that are user errors (each ``class XError(UserError, ValueErro
 ``ie.extract.IERequestError``, ``instruct.alpaca.RecordError``, ``train.data.DataError``,
 ``train.deepspeed_presets.DeepSpeedConfigError``, ``train.checkpoint.IncompatibleCheckpoint``,
 ``train.plot.PlotError``, ``models.checkpoint.WeightsError`` (and ``MergeError``),
-``models.vocab.VocabError``.
+``models.vocab.VocabError``; ``atomic.DiskFullError`` (no space left while writing an output; it
+is also an ``OSError``).
 
 A plain ``FileNotFoundError`` / ``OSError`` / ``ValueError`` is *not* one: raised from deep inside
 (a library, a path the code built itself) it is most often a bug, and its traceback is what finds
