@@ -16,7 +16,9 @@ full and a newcomer has fewer rows in it than another request has minus one, tha
 youngest row is preempted: it leaves the batch with its tokens and state, goes back to the front
 of its request's line and, readmitted, prefills its prompt plus the tokens it had made (vLLM's
 preemption by recomputation). So a one-row request next to a 750-row job joins at the next decode
-step, and the big job keeps a fair share (never less than one row) instead of starving. A
+step, and the big job keeps a fair share (never less than one row) instead of starving. Slots
+that free up for requests already decoding are refilled once a quarter of the batch is free,
+so a prefill pass does not interrupt every decode step; a newcomer never waits for that. A
 request's rows still come back complete and in order.
 
 Cancellation: a request whose caller went away (its future cancelled, or its hooks say so) has
@@ -178,6 +180,7 @@ class ContinuousBatcher:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self._refill_at = max(1, max_batch_size // 4)  # free slots before a running request gets more
         self._incoming: deque[_Request] = deque()  # submitted, not yet seen by the thread
         self._wake = threading.Condition()
         self._closed = False
@@ -366,6 +369,10 @@ class ContinuousBatcher:
         for row in self._rows:
             held[id(row.req)] = held.get(id(row.req), 0) + 1
         room = self.max_batch_size - len(self._rows)
+        if self._rows and room < self._refill_at and all(held.get(id(r), 0) for r in candidates):
+            # Only requests already decoding wait for more rows: refill their slots a few at a
+            # time, not one prefill pass (as dear as a decode step here) per finished row
+            return [], []
         admitted: list[_Row] = []
         preempt: list[int] = []
         served: list[_Request] = []
