@@ -1022,6 +1022,13 @@ class GenerateConfig(Strict):
         "(false: output stays empty).",
     )
     max_chars: int = Field(2000, ge=1, description="backtranslation: longer texts are skipped (counted).")
+    min_score: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="backtranslation: the endpoint rates each instruction and text 1-5 (Humpback's "
+        "self-curation prompt) and pairs rated below this are dropped; null: no rating.",
+    )
     max_tokens: int = Field(512, ge=1, description="New tokens per generation request.")
     answer_max_tokens: int = Field(512, ge=1, description="New tokens per answer request.")
     temperature: float | None = Field(

@@ -9,7 +9,8 @@ Three generators, as EasyInstruct has them (prompts in ``generate_prompts``):
 - ``evol_instruct``: task i rewrites input instruction i in one of ``evolutions`` (in-breadth or
   in-depth, drawn with ``seed`` and i), then asks for the new instruction's output.
 - ``backtranslation``: task i asks for the instruction that input text i answers; the text is the
-  output.
+  output. With ``min_score`` the endpoint then rates the pair 1-5 (Humpback's self-curation) and
+  pairs rated below it are dropped.
 
 Output, under ``out_dir``: ``generated.jsonl`` ({instruction, input, output} plus provenance:
 ``id``, ``generator``, ``task_id``, ``seed_tasks``, ``model``, ``endpoint``, ``request_id``,
@@ -43,7 +44,9 @@ from knowlm_ray.curate.generate_prompts import (
     evol_prompt,
     parse_backtranslation,
     parse_evol,
+    parse_score,
     parse_self_instruct,
+    self_curation_prompt,
     self_instruct_prompt,
 )
 from knowlm_ray.curate.generate_rouge import RougePool
@@ -230,6 +233,21 @@ class Generator:
         prov = {"answer_request_id": a.request_id, "answer_attempts": a.attempts}
         return (None, prov) if a.malformed else (a.text.strip(), prov)
 
+    async def _rate(self, instruction: str, text: str, drop) -> dict | None:
+        """Backtranslation's self-curation (``min_score``): the record's extra fields, or None when
+        the pair is dropped."""
+        if self.cfg.min_score is None:
+            return {}
+        a = await self.ep.ask(self_curation_prompt(instruction, text), self.cfg.max_tokens, **ANSWER_SAMPLING)
+        score = None if a.malformed else parse_score(a.text)
+        if a.malformed or score is None:
+            drop("score_malformed" if a.malformed else "no_score", instruction)
+            return None
+        if score < self.cfg.min_score:
+            drop("low_score", instruction, score=score)
+            return None
+        return {"score": score, "score_request_id": a.request_id, "score_attempts": a.attempts}
+
     async def run_task(self, task: dict) -> tuple[list[dict], dict]:
         entry: dict[str, Any] = {"task_id": task["task_id"], "status": "answered", "records": 0, "candidates": 0}
         dropped: dict[str, int] = {}
@@ -281,7 +299,9 @@ class Generator:
                         extra = {"evolution": task["evolution"], "parent": task["original"], **prov}
                         records.append(self._record(task, 0, inst, output, ans, **extra))
                 else:
-                    records.append(self._record(task, 0, inst, task["text"], ans))
+                    extra = await self._rate(inst, task["text"], drop)
+                    if extra is not None:
+                        records.append(self._record(task, 0, inst, task["text"], ans, **extra))
             entry.update(records=len(records), dropped=dropped, dropped_instructions=notes)
             return records, entry
         except RequestFailed as exc:

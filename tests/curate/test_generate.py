@@ -347,3 +347,25 @@ def test_self_instruct_through_knowlm_serve_completions(tmp_path, knowlm_server)
     assert m["model"] and m["api"] == "completions"
     for rec in _lines(tmp_path / "out" / "generated.jsonl"):
         assert rec["rouge_l"] <= 0.5 and rec["answer_request_id"] and rec["model"] == m["model"]
+
+
+def test_backtranslation_self_curation_keeps_pairs_rated_at_least_min_score(tmp_path, fake):
+    def rated(text):
+        return 200, {}, {"id": "rate", "choices": [{"message": {"content": text}, "finish_reason": "stop"}]}
+
+    # per task (one at a time): the instruction (the server's default answer), then its rating
+    fake.script[:] = [None, rated("Clear.\nScore: 5"), None, rated("Vague.\nScore: 2"), None, (200, {}, b"{")]
+    fake.script += [None, rated("I cannot rate this."), None, rated("Good.\nScore: 4")]
+    cfg = _cfg(tmp_path, fake.url, generator="backtranslation", text_field=["instruction"], num_tasks=0)
+    m = run(cfg.model_copy(update={"concurrency": 1, "min_score": 4}))
+    _adds_up(m)
+    assert m["instructions"] == {
+        "candidates": 5,
+        "kept": 2,
+        "dropped": {"low_score": 1, "no_score": 1, "score_malformed": 1},
+    }
+    recs = _lines(tmp_path / "out" / "generated.jsonl")
+    assert [(r["seed_tasks"], r["score"]) for r in recs] == [(["seed0"], 5), (["seed4"], 4)]
+    rating = fake.calls[-1]["messages"][0]["content"]
+    assert rating.startswith("Below is an instruction from an user and a candidate answer.")
+    assert rating.endswith(f"\n\nInstruction: {recs[1]['instruction']}\n\n Response:{SEEDS[4]}")
