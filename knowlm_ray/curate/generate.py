@@ -181,16 +181,27 @@ def _fingerprint(tasks: list[dict]) -> str:
 
 
 def check_state(cfg: GenerateConfig, tasks: list[dict]) -> None:
-    """The first run writes ``state.json``; a re-run must plan the same tasks (ids and prompts)."""
+    """The first run writes ``state.json``; a re-run must plan the same tasks (ids and prompts) and
+    keep what decides which answers become records (else one file would mix two rules)."""
     path = Path(cfg.out_dir) / "state.json"
-    state = {"generator": cfg.generator, "tasks": len(tasks), "tasks_sha256": _fingerprint(tasks)}
+    state = {
+        "generator": cfg.generator,
+        "tasks": len(tasks),
+        "tasks_sha256": _fingerprint(tasks),
+        "rules": {"rouge_threshold": cfg.rouge_threshold, "answer": cfg.answer, "min_score": cfg.min_score},
+    }
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old != state:
+        if {k: v for k, v in old.items() if k != "rules"} != {k: v for k, v in state.items() if k != "rules"}:
             raise StateMismatch(
                 f"{cfg.out_dir} holds a {old.get('generator')} run of {old.get('tasks')} other tasks "
                 f"(inputs, generator, num_tasks, num_prompt_instructions, evolutions, text_field, max_chars "
                 f"or seed changed): give a new out_dir, or delete it to start over"
+            )
+        if old.get("rules") != state["rules"]:
+            raise StateMismatch(
+                f"{cfg.out_dir} was generated with {old.get('rules')}, this config has {state['rules']}: "
+                f"keep those keys to continue it, or give a new out_dir"
             )
     else:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)

@@ -170,6 +170,8 @@ def test_self_instruct_keeps_novel_answered_instructions_with_provenance(tmp_pat
     assert (tmp_path / "out" / "generated.jsonl").read_bytes() == before
     with pytest.raises(StateMismatch, match="num_tasks"):
         run(cfg.model_copy(update={"num_tasks": 5}))
+    with pytest.raises(StateMismatch, match="rouge_threshold"):
+        run(cfg.model_copy(update={"rouge_threshold": 0.5}))
 
 
 def test_retries_on_429_and_5xx_then_failed_tasks_are_asked_again(tmp_path, fake):
