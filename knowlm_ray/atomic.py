@@ -302,12 +302,15 @@ def atomic_dir(out: PathLike) -> Iterator[Path]:
     repair_swap(out)
     existed = _exists(out)
     staging = sibling(out)
-    staging.mkdir()  # umask modes (mkdtemp's are 0700); fails rather than reuse a name
+    made = False
     try:
+        staging.mkdir()  # umask modes (mkdtemp's are 0700); fails rather than reuse a name
+        made = True
         yield staging
         publish_dir(staging, out)
     except BaseException as exc:
-        _remove(staging)
+        if made:
+            _remove(staging)
         full = disk_full_error(exc, out, existed, staging)
         if full is not None:
             raise full from exc
