@@ -173,3 +173,39 @@ def test_overload_burst_gets_only_200s_and_503s(server):
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) >= 4 and codes.count(503) >= 1, codes
     assert all(int(r.headers["retry-after"]) >= 1 for r in answers if r.status_code == 503)
+
+
+def _send_and_keep(base: str, route: str, body: dict) -> socket.socket:
+    """A raw HTTP request whose connection the test hangs up when it likes."""
+    import json
+
+    host, port = base.split("//")[1].rsplit(":", 1)
+    data = json.dumps(body).encode()
+    head = f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_clients_that_hang_up_behind_haproxy_free_the_line_and_the_batch(server, stream):
+    """Four requests of 8 rows x 900 tokens against a batch of 4 keep rows waiting for minutes,
+    so they fill the waiting line (4) and a one-row probe gets 503; once their clients hang up,
+    HAProxy aborts them at the replica, their rows stop and the probe is served again."""
+    base, _ = server
+    body = {"messages": [{"role": "user", "content": "浙江大学"}], "n": 8, "max_tokens": 900, "temperature": 0}
+    probe = {"instruction": "浙江大学", "parameters": {"temperature": 0, "max_tokens": 4}}
+    socks = [_send_and_keep(base, "/v1/chat/completions", {**body, "stream": stream}) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 120  # a loaded box: the replica may take a while to see all four
+        while (r := requests.post(f"{base}/generate", json=probe, timeout=60)).status_code != 503:
+            assert time.monotonic() < deadline, "the four big requests never filled the waiting line"
+            time.sleep(0.2)
+        assert r.json()["error"]["type"] == "overloaded_error"  # the replica's line, not Serve's queue
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 20
+    while (r := requests.post(f"{base}/generate", json=probe, timeout=60)).status_code != 200:
+        assert time.monotonic() < deadline, "the hung-up requests still hold the line"
+        time.sleep(0.2)
