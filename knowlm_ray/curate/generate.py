@@ -291,6 +291,8 @@ class Generator:
                     output, prov = await self._answer(inst)
                     if output is None:
                         drop("answer_malformed", inst)
+                        self.pool.remove(inst)  # the pool holds what generated.jsonl holds
+                        reserved.remove(inst)
                         continue
                     rec = self._record(task, len(records), inst, output, ans, rouge_l=round(score, 4), **prov)
                     records.append(rec)
