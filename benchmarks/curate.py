@@ -30,6 +30,7 @@ Reported: the pairs above the threshold, the LSH's recall of them, ROUGE computa
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -69,21 +70,21 @@ class Texts:
     def __init__(self, seed: int, vocab: int = 8000):
         self.rng = random.Random(seed)
         self.words = _pseudo_words(vocab, self.rng)
-        self.weights = [1 / (i + 1) ** 1.1 for i in range(vocab)]
+        self.cum = list(itertools.accumulate(1 / (i + 1) ** 1.1 for i in range(vocab)))
 
     def sentence(self, lo: int, hi: int) -> list[str]:
-        return self.rng.choices(self.words, self.weights, k=self.rng.randint(lo, hi))
+        return self.rng.choices(self.words, cum_weights=self.cum, k=self.rng.randint(lo, hi))
 
     def edit(self, ws: list[str]) -> list[str]:
         ws = list(ws)
         for _ in range(self.rng.randint(1, 3)):
             op, i = self.rng.random(), self.rng.randrange(len(ws))
             if op < 0.4:
-                ws[i] = self.rng.choices(self.words, self.weights)[0]
+                ws[i] = self.rng.choices(self.words, cum_weights=self.cum)[0]
             elif op < 0.7 and len(ws) > 3:
                 del ws[i]
             else:
-                ws.insert(i, self.rng.choices(self.words, self.weights)[0])
+                ws.insert(i, self.rng.choices(self.words, cum_weights=self.cum)[0])
         return ws
 
 
@@ -205,7 +206,7 @@ def all_pairs_truth(texts: list[str], threshold: float) -> tuple[set, int]:
     xt = x.T.tocsc()
     lengths = np.array([len(ws) for ws in toks], dtype=np.float32)
     truth, verified = set(), 0
-    step = 2000
+    step = 500
     for s in range(0, len(toks), step):
         overlap = (x[s : s + step] @ xt).tocoo()
         i, j = overlap.row + s, overlap.col
