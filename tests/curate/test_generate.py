@@ -82,12 +82,15 @@ def fake():
 
         def _send(self, status, headers, payload):
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            self.send_response(status)
-            for k, v in {"Content-Type": "application/json", **headers}.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                pass
 
         def do_GET(self):
             self._send(200, {}, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
@@ -202,6 +205,18 @@ def test_retries_on_429_and_5xx_then_failed_tasks_are_asked_again(tmp_path, fake
     m = run(cfg2)
     assert m["tasks"]["failed"] == 0 and m["tasks"]["answered"] == 5 and m["requests"]["task_tries"] == 6
     assert sorted(r["id"] for r in _lines(out2 / "generated.jsonl")) == [f"backtranslation-{i:06d}-0" for i in range(5)]
+
+
+def test_a_timed_out_request_is_retried(tmp_path, fake):
+    def slow(body, n):
+        time.sleep(1.0)  # past timeout_s: the client gives up on this try
+        return fake.default(body, n)
+
+    fake.script[:] = [slow]
+    cfg = _cfg(tmp_path, fake.url, generator="backtranslation", text_field=["instruction"], num_tasks=1)
+    m = run(cfg.model_copy(update={"timeout_s": 0.3, "concurrency": 1}))
+    assert m["tasks"]["answered"] == 1 and m["requests"]["retried_this_run"] == 1
+    assert _lines(tmp_path / "out" / "generated.jsonl")[0]["attempts"] == 2
 
 
 def test_malformed_answers_are_counted_not_fatal(tmp_path, fake):
