@@ -1,6 +1,6 @@
 """Edit quality of ROME, MEMIT and FT-L on the fact-trained fixture (EasyEdit's metrics).
 
-    .venv/bin/python benchmarks/editing.py [--people 24] [--edits 10] [--model DIR]
+    .venv/bin/python benchmarks/editing.py [--people 24] [--edits 10] [--single 4] [--rome-layer 2] [--model DIR]
         [--out benchmarks/results/editing.md]
 
 Builds the fixture (``knowlm_ray.edit.facts``: a 4-layer LLaMA that recalls every synthetic fact;
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--people", type=int, default=24)
     ap.add_argument("--edits", type=int, default=10)
     ap.add_argument("--model", default=None, help="an existing fixture (else one is built)")
+    ap.add_argument("--single", type=int, default=4, help="requests edited one at a time (the first N)")
+    ap.add_argument("--rome-layer", type=int, default=2, help="ROME's layer (the default from depth: 1 of 4)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/editing.md"))
     a = ap.parse_args()
 
@@ -110,8 +112,9 @@ def main() -> None:
     def single(use_c):
         def fn():
             scores, sizes = [], []
-            for r in requests:
-                out = run("rome", [r], {**FIXTURE_SETTINGS, "mom2_adjustment": use_c}, stats if use_c else None)
+            for r in requests[: a.single]:
+                over = {**FIXTURE_SETTINGS, "layers": [a.rome_layer], "mom2_adjustment": use_c}
+                out = run("rome", [r], over, stats if use_c else None)
                 scores.append(measure([r]))
                 sizes.append(saved_bytes(out, "rome", [r]))
                 restore()
@@ -128,12 +131,12 @@ def main() -> None:
 
         return fn
 
-    row("rome single, C from facts.txt", single(True))
-    row("rome single, identity C", single(False))
-    row(f"rome {a.edits} sequential, C", batch("rome", dict(FIXTURE_SETTINGS)))
-    row(f"memit {a.edits} at once, C, layers 1-2", batch("memit", {**FIXTURE_SETTINGS, "layers": [1, 2]}))
-    row(f"memit {a.edits} at once, C, default layers", batch("memit", dict(FIXTURE_SETTINGS)))
-    row(f"ft-l {a.edits} at once (linf 1e-2)", batch("ft", {}))
+    lay = a.rome_layer
+    row(f"rome single (first {a.single}), layer {lay}, C from facts.txt", single(True))
+    row(f"rome single (first {a.single}), layer {lay}, identity C", single(False))
+    row(f"rome {a.edits} sequential, layer {lay}, C", batch("rome", {**FIXTURE_SETTINGS, "layers": [lay]}))
+    row(f"memit {a.edits} at once, layers 1-2, C", batch("memit", {**FIXTURE_SETTINGS, "layers": [1, 2]}))
+    row(f"ft-l {a.edits} at once (layer 3, linf 1e-2)", batch("ft", {}))
 
     lines = [
         f"edit quality on the fact fixture ({len(facts)} facts of {len(facts) // 3} people, "

@@ -856,6 +856,16 @@ class BatchExtractConfig(Strict):
         return self
 
 
+class EvaluateEditConfig(Strict):
+    """EasyEdit's editing metrics in ``jobs/evaluate.py`` (what ``knowlm edit eval`` reports)."""
+
+    requests: str = Field(description="Edit requests (KnowEdit, ZsRE or plain jsonl) whose prompts are scored.")
+    edit: str | None = Field(
+        None, description="An edit directory computed on model (knowlm edit apply's output); null: the model only."
+    )
+    ike: bool = Field(False, description="Also score IKE: the new facts as in-context demonstrations.")
+
+
 class EvaluateConfig(Strict):
     """``jobs/evaluate.py``: extraction scores on a gold IE file and / or perplexity on corpus shards."""
 
@@ -888,13 +898,22 @@ class EvaluateConfig(Strict):
     out_dir: str = Field("artifacts/eval", description="Output: report.json and predictions.jsonl.")
     device: str = Field("cpu", description="torch device (cpu, cuda).")
     dtype: str = Field("float32", description="torch dtype of the model (float32, float16, bfloat16).")
+    edit: EvaluateEditConfig | None = Field(
+        None,
+        description="Knowledge-editing metrics (reliability, generalization, locality, portability) "
+        "before and after an edit; null: none.",
+    )
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
-        if not self.gold and not self.shards:
-            raise ValueError("give gold (extraction scores) and/or shards (perplexity)")
+        if not self.gold and not self.shards and not self.edit:
+            raise ValueError("give gold (extraction scores), shards (perplexity) and/or edit (editing metrics)")
+        if self.edit is not None:
+            for key in ("requests", "edit"):
+                if getattr(self.edit, key):
+                    object.__setattr__(self.edit, key, _absolute(getattr(self.edit, key)))
         for key in ("model", "gold", "shards", "out_dir"):
             if getattr(self, key):
                 object.__setattr__(self, key, _absolute(getattr(self, key)))

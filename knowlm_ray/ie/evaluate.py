@@ -7,7 +7,9 @@ batches, text chunks, tolerant parsing, schema check) over every gold record and
 gold's language section of the schema (or, without a schema, the labels the gold uses), and scores
 with ``knowlm_ray.ie.scorer``. Perplexity is exp(mean token negative log-likelihood) over the
 shards' ``input_ids`` (each row cut to the model's context; the first token of a row is not
-predicted). Writes ``out_dir/predictions.jsonl`` and ``out_dir/report.json`` (atomically).
+predicted). With ``edit``, EasyEdit's editing metrics on edit requests before and after an edit
+(``knowlm_ray.edit.evaluation``, as ``knowlm edit eval``) go into the report as ``editing``.
+Writes ``out_dir/predictions.jsonl`` and ``out_dir/report.json`` (atomically).
 """
 
 from __future__ import annotations
@@ -145,6 +147,23 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
                 f"[evaluate] perplexity {ppl['perplexity']:.3f} over {ppl['tokens']} tokens ({ppl['rows']} rows)",
                 file=sys.stderr,
             )
+    if cfg.edit is not None:
+        from knowlm_ray.edit.evaluation import evaluate_edit
+
+        with _inputs("edit.requests"):
+            report["editing"] = evaluate_edit(
+                cfg.model,
+                cfg.edit.requests,
+                edit_dir=cfg.edit.edit,
+                ike=cfg.edit.ike,
+                device=cfg.device,
+                dtype=cfg.dtype,
+            )
+        if progress:
+            state = "after" if "after" in report["editing"] else "before"
+            means = report["editing"][state]["means"]
+            line = ", ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in means.items())
+            print(f"[evaluate] editing ({state}): {line}", file=sys.stderr)
     report["elapsed_s"] = round(time.perf_counter() - t0, 3)
     _write_atomic(out / "report.json", lambda fh: json.dump(report, fh, ensure_ascii=False, indent=1))
     return report
