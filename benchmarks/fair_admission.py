@@ -8,7 +8,7 @@ side in one run. Goal: p99 under load <= 2x the idle p99.
 
 One Serve replica (continuous batching, ``max_batch_size`` 16: the defaults), the test suite's
 tiny model built into a temp dir (or ``--model``). The big job is NER over a ~70,000-character
-text with 24 labels: one prompt per text chunk per label batch, ~720 rows, decoded free (``"constrained":
+text with 24 labels: one prompt per text chunk per label batch, ~790 rows, decoded free (``"constrained":
 false``, so the grammar's cost does not blur the scheduling) with ``--extract-max-tokens`` new
 tokens each (random weights rarely emit EOS: every row runs its budget). ``--clients`` client
 threads send ``--requests`` greedy /generate requests (``--max-tokens`` new tokens) one after
