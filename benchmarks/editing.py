@@ -1,6 +1,6 @@
 """Edit quality of ROME, MEMIT and FT-L on the fact-trained fixture (EasyEdit's metrics).
 
-    .venv/bin/python benchmarks/editing.py [--people 24] [--edits 10] [--single 4] [--rome-layer 2] [--model DIR]
+    .venv/bin/python benchmarks/editing.py [--people 24] [--edits 10] [--single 4] [--rome-layer 1] [--model DIR]
         [--out benchmarks/results/editing.md]
 
 Builds the fixture (``knowlm_ray.edit.facts``: a 4-layer LLaMA that recalls every synthetic fact;
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=10)
     ap.add_argument("--model", default=None, help="an existing fixture (else one is built)")
     ap.add_argument("--single", type=int, default=4, help="requests edited one at a time (the first N)")
-    ap.add_argument("--rome-layer", type=int, default=2, help="ROME's layer (the default from depth: 1 of 4)")
+    ap.add_argument("--rome-layer", type=int, default=1, help="ROME's layer (1: the default from depth for 4 layers)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/editing.md"))
     a = ap.parse_args()
 
