@@ -12,7 +12,9 @@ shards of ``--rows`` rows of ``--row-tokens`` random token ids), same blocks, sa
 
 Each mode starts from an empty cache. Reported: the map window (first block's start to last
 block's end: the summing itself, without Ray Data's start, actor start and model load), tokens/s
-over it, and the whole call's wall time. A small warm-up job runs first so no timed run pays Ray
+over it, the steady rate (each actor's tokens over its own first-start-to-last-end span, summed
+over actors: what the pool does once every actor is up, without one actor's later start), and
+the whole call's wall time. A small warm-up job runs first so no timed run pays Ray
 Data's first start. The C of every mode is compared with the plain loop's.
 """
 
@@ -117,6 +119,7 @@ def main() -> None:
             mom2[name] = load_cached_stats(model_dir, f"model.layers.{layers[-1]}.mlp.down_proj", cache_dir=cache)[0]
             print(
                 f"{name:>13} rep {rep}: window {s['map_window_s']:.2f}s, {s['tokens_per_s']:.0f} tokens/s, "
+                f"steady {s['steady_tokens_per_s']:.0f} tokens/s, "
                 f"wall {s['wall_s']:.1f}s, actors used {s['actors_used']}",
                 flush=True,
             )
@@ -126,6 +129,7 @@ def main() -> None:
 
     base = med("plain", "tokens_per_s")
     one = med("ray 1 actor", "tokens_per_s")
+    one_steady = med("ray 1 actor", "steady_tokens_per_s")
     lines = [
         f"# edit_stats benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})",
@@ -135,14 +139,16 @@ def main() -> None:
         f"{a.rows} rows x {a.row_tokens} tokens, layers {layers} of a 4-layer hidden-256 LLaMA, "
         f"blocks of {a.block_rows} rows, {a.batch_rows} rows per forward; median of {a.repeat}",
         "",
-        "| mode | map window s | tokens/s | vs plain | vs 1 actor | wall s | max abs diff of C vs plain |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | map window s | tokens/s | vs plain | vs 1 actor | steady tokens/s | steady vs 1 actor "
+        "| wall s | max abs diff of C vs plain |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, _ in modes:
         tps = med(name, "tokens_per_s")
         diff = float((mom2[name] - mom2["plain"]).abs().max())
         lines.append(
             f"| {name} | {med(name, 'map_window_s'):.2f} | {tps:.0f} | {tps / base:.2f}x | {tps / one:.2f}x | "
+            f"{med(name, 'steady_tokens_per_s'):.0f} | {med(name, 'steady_tokens_per_s') / one_steady:.2f}x | "
             f"{med(name, 'wall_s'):.1f} | {diff:.2e} |"
         )
     text = "\n".join(lines) + "\n"

@@ -472,6 +472,13 @@ def run(
     tokens_run = sum(r["tokens"] for r in ran)
     window = max(r["finished"] for r in ran) - min(r["started"] for r in ran) if ran else 0.0
     n_tok = max(total.sums.tokens.values())
+    per_actor: dict[str, dict[str, float]] = {}
+    for r in ran:  # each actor's own span: the pool's steady rate without its start-up skew
+        w = per_actor.setdefault(str(r["worker"]), {"blocks": 0, "tokens": 0, "first": r["started"], "last": 0.0})
+        w["blocks"] += 1
+        w["tokens"] += r["tokens"]
+        w["first"], w["last"] = min(w["first"], r["started"]), max(w["last"], r["finished"])
+    steady = sum(w["tokens"] / (w["last"] - w["first"]) for w in per_actor.values() if w["last"] > w["first"])
     summary = {
         "modules": plan.modules,
         "n_samples": total.sums.rows,
@@ -483,6 +490,7 @@ def run(
         "elapsed_s": round(elapsed, 3),
         "map_window_s": round(window, 3),
         "tokens_per_s": round(tokens_run / window, 1) if window else 0.0,
+        "steady_tokens_per_s": round(steady, 1),
         "model_checksum": plan.model_key,
         "cached": False,
         "files": files,
