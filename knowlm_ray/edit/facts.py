@@ -243,7 +243,7 @@ def build_fact_model(
             loss.backward()
             opt.step()
             step += 1
-            if step % 50 == 0:
+            if step % 25 == 0:
                 model.eval()
                 score = recall(model, tok, facts)
                 log(f"[fact-model] step {step} loss {loss.item():.4f} recall {score:.3f}")
