@@ -80,7 +80,7 @@ def read_at(
     x, mask = _pad(tok, rows, _device(model))
     with torch.no_grad(), hook(model, name, grab):
         model(input_ids=x, attention_mask=mask)
-    return torch.stack([seen[0][i, j] for i, j in enumerate(idx)]).float()
+    return torch.stack([seen[0][i, j] for i, j in enumerate(idx)]).float().cpu()  # the algebra runs on CPU
 
 
 def keys(model, tok, name: str, requests, templates: list[str], fact_token: str = "subject_last") -> torch.Tensor:
@@ -181,4 +181,4 @@ def optimize_value(model, tok, request, name: str, templates: list[str], s) -> t
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
     init = state["init"]
-    return (init + delta.detach()).float(), init, float(state["nll"])
+    return (init + delta.detach()).float().cpu(), init.cpu(), float(state["nll"])
