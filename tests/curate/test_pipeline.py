@@ -1,6 +1,6 @@
 """The curation job on a local Ray: planted records dropped by the right selector, counts that add
-up, IEPile / ShareGPT / kg2instruct records through the same chain, prepare_instructions on
-kept.jsonl, a byte-identical rerun, perplexity under the tiny model."""
+up, IEPile / ShareGPT / kg2instruct records through the same chain, prepare_instructions' reader
+on kept.jsonl, a byte-identical rerun, perplexity under the tiny model."""
 
 from __future__ import annotations
 
@@ -201,20 +201,18 @@ def test_kg2instruct_iepile_and_sharegpt_records_go_through_the_chain(curated, i
     assert any(json.dumps(r, ensure_ascii=False) in kept for r in kg_rows) and any(r in kept for r in iepile_rows)
 
 
-def test_prepare_instructions_takes_kept_jsonl(curated, tiny_model, tmp_path):
-    from knowlm_ray.config import InstructionsConfig
-    from knowlm_ray.instruct.prepare import run as prepare
+def test_prepare_instructions_reads_kept_jsonl(curated):
+    """prepare_instructions' own reader (the one its job runs; the Ray tokenisation after it is
+    tested in tests/instruct) takes kept.jsonl: alpaca and IEPile rows, in OneKE's prompt for
+    IEPile; ShareGPT conversations are not a format it trains."""
+    from knowlm_ray.instruct.prepare import read_alpaca
 
     cfg, m = curated
-    icfg = InstructionsConfig(
-        inputs=[str(Path(cfg.out_dir) / "kept.jsonl")],
-        tokenizer=str(tiny_model),
-        val_set_size=2,
-        out_dir=str(tmp_path / "ins"),
-    )
-    pm = prepare(icfg)
-    # alpaca and IEPile rows are trained; ShareGPT conversations are not a prepare_instructions format
-    assert (pm["read"], pm["dropped"]["malformed"]) == (m["kept"] - 2, 2)
+    bad: list[dict] = []
+    rows = read_alpaca(Path(cfg.out_dir) / "kept.jsonl", bad)
+    assert (len(rows), len(bad)) == (m["kept"] - 2, 2)
+    assert all("conversations" in b["record"] or "messages" in b["record"] for b in bad)
+    assert any(r.get("prompt", "").startswith("[INST]") for r in rows)  # IEPile rows in OneKE's prompt
 
 
 def test_rerun_is_byte_identical(curated):
