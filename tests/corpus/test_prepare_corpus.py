@@ -169,6 +169,7 @@ def test_manifest_counts(first_run, corpus_tokenizer):
         "repetition": 0,
         "code": 0,
         "blocklist": 0,
+        "pii": 0,  # off by default: counted, never dropping
     }
     assert manifest["near_dedup"]["edges"] == 1 and manifest["near_dedup"]["near_dups"] == 1
     assert stages["samples"] == sum(s["rows"] for s in manifest["shards"]) > 7
