@@ -301,6 +301,7 @@ def test_sample_corpus_counts_near_dups_and_greedy_pack(first_run, corpus_tokeni
         "repetition": 2,
         "code": 1,
         "blocklist": 0,
+        "pii": 0,
     }
     near = manifest["near_dedup"]
     assert near | {"bucket_pairs": 0, "candidate_pairs": 0} == {
