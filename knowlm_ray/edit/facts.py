@@ -197,31 +197,23 @@ def build_fact_model(
 ) -> dict[str, Any]:
     """Build, train and save the fixture to ``out_dir`` (HF dir + ``facts.json``); returns a summary."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+    from transformers import LlamaForCausalLM
 
-    from knowlm_ray.models.tiny import train_sentencepiece
+    from knowlm_ray.models.tiny import tiny_llama_config, train_sentencepiece
 
     spec = spec or FactSpec()
     t0 = time.perf_counter()
     facts = make_facts(spec.people, spec.seed)
     sp = train_sentencepiece(_tokenizer_lines(facts), spec.vocab_size)
     with atomic_dir(Path(out_dir)) as tmp:
-        (tmp / "tokenizer.model").write_bytes(sp)
-        tok = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_bos_token=True, add_eos_token=False)
-        tok.pad_token = tok.unk_token
-        tok.padding_side = "left"
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=spec.hidden,
-            intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.heads,
-            max_position_embeddings=256,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=False,
+        tok, cfg = tiny_llama_config(
+            tmp,
+            sp,
+            hidden=spec.hidden,
+            intermediate=spec.intermediate,
+            layers=spec.layers,
+            heads=spec.heads,
+            max_positions=256,
         )
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(cfg)

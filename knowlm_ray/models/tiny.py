@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from knowlm_ray.atomic import atomic_dir
 
@@ -81,6 +82,43 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int) -> bytes:
     return buf.getvalue()
 
 
+def tiny_llama_config(
+    folder: Path,
+    sp_model: bytes,
+    *,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    max_positions: int,
+    **extra: Any,
+) -> tuple[Any, Any]:
+    """Write ``sp_model`` as ``folder/tokenizer.model`` and return (the LLaMA tokenizer over it, left
+    padding with UNK; a LlamaConfig of these sizes with that tokenizer's special ids). ``extra``:
+    further LlamaConfig keys."""
+    from transformers import LlamaConfig, LlamaTokenizer
+
+    (folder / "tokenizer.model").write_bytes(sp_model)
+    tok = LlamaTokenizer.from_pretrained(folder, legacy=False, add_bos_token=True, add_eos_token=False)
+    tok.pad_token = tok.unk_token
+    tok.padding_side = "left"
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+        **extra,
+    )
+    return tok, cfg
+
+
 def build_tiny(
     out_dir: str | Path, corpus: Iterable[str | Path] = DEFAULT_CORPUS, spec: TinySpec | None = None
 ) -> Path:
@@ -88,7 +126,7 @@ def build_tiny(
     (``spec``: the embedded default's sizes unless given)."""
     spec = spec or TinySpec()
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+    from transformers import LlamaForCausalLM
 
     out = Path(out_dir)
     lines = list(iter_corpus_lines(corpus))
@@ -97,26 +135,18 @@ def build_tiny(
     model_bytes = train_sentencepiece(lines, spec.vocab_size)
 
     with atomic_dir(out) as tmp:
-        (tmp / "tokenizer.model").write_bytes(model_bytes)
-        tok = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_bos_token=True, add_eos_token=False)
-        if len(tok) < 300:  # the silent 3-token failure mode of a tokenizer built from nothing
-            raise RuntimeError(f"tokenizer conversion failed: vocabulary of {len(tok)}")
-        tok.pad_token = tok.unk_token
-        tok.padding_side = "left"
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=spec.hidden,
-            intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.heads,
-            max_position_embeddings=spec.max_positions,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=False,
+        tok, cfg = tiny_llama_config(
+            tmp,
+            model_bytes,
+            hidden=spec.hidden,
+            intermediate=spec.intermediate,
+            layers=spec.layers,
+            heads=spec.heads,
+            max_positions=spec.max_positions,
             rms_norm_eps=1e-5,
         )
+        if len(tok) < 300:  # the silent 3-token failure mode of a tokenizer built from nothing
+            raise RuntimeError(f"tokenizer conversion failed: vocabulary of {len(tok)}")
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(cfg)
         model.generation_config.pad_token_id = tok.pad_token_id
