@@ -654,6 +654,32 @@ def _model_of(ann: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
+def _variants_of(ann: Any) -> tuple[list[type[BaseModel]], str] | None:
+    """(the models, the tag key) of a list of tagged mappings, ``list[Annotated[A | B | ...,
+    Field(discriminator=TAG)]]`` (curate's ``selectors``), else None."""
+    if typing.get_origin(ann) is not list or not typing.get_args(ann):
+        return None
+    item = typing.get_args(ann)[0]
+    if typing.get_origin(item) is not typing.Annotated:
+        return None
+    base, *meta = typing.get_args(item)
+    tag = next((m.discriminator for m in meta if isinstance(getattr(m, "discriminator", None), str)), None)
+    models = list(typing.get_args(base))
+    if tag is None or not models or not all(isinstance(m, type) and issubclass(m, BaseModel) for m in models):
+        return None
+    return models, tag
+
+
+def _tag_value(model: type[BaseModel], tag: str) -> str:
+    (value,) = typing.get_args(model.model_fields[tag].annotation)
+    return str(value)
+
+
+def _doc_line(model: type[BaseModel]) -> str:
+    """The first paragraph of a model's docstring, on one line."""
+    return " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
+
+
 def _type_name(ann: Any) -> str:
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if ann is type(None):
@@ -691,6 +717,16 @@ def config_keys(cls: type[BaseModel], prefix: str = "", depth: int = 0) -> list[
         key = prefix + (field.alias or name)
         desc = field.description or ""
         default = REQUIRED if field.is_required() else field.get_default(call_default_factory=True)
+        variants = _variants_of(field.annotation)
+        if variants is not None:  # each item picked by its tag: every kind's keys under key[tag=kind]
+            models, tag = variants
+            kinds = "|".join(_tag_value(m, tag) for m in models)
+            out.append(KeyDoc(key, f"list of mappings, each picked by {tag}: {kinds}", default, desc, True, depth))
+            for m in models:
+                head = f"{key}[{tag}={_tag_value(m, tag)}]"
+                out.append(KeyDoc(head, "mapping", None, _doc_line(m), True, depth + 1))
+                out += [k for k in config_keys(m, head + ".", depth + 2) if k.key != f"{head}.{tag}"]
+            continue
         model, is_list = _model_of(field.annotation)
         if model is not None:
             kind = "list of mappings" if is_list else "mapping"
@@ -735,7 +771,13 @@ def keys_help(
         lines.insert(0, f"`knowlm config show {job}` prints these keys as a commented YAML file.\n")
     for k in config_keys(cls):
         if k.section:
-            what = f"{k.type}" + (", required" if k.default is REQUIRED else "")
+            what = f"{k.type}" + (
+                ", required"
+                if k.default is REQUIRED
+                else f", default {yaml_value(k.default)}"
+                if isinstance(k.default, list)
+                else ""
+            )
         elif k.default is REQUIRED:
             what = f"{k.type}, required"
         else:
@@ -746,11 +788,17 @@ def keys_help(
     return "\n".join(lines)
 
 
-def _yaml_lines(cls: type[BaseModel], indent: int, width: int) -> list[str]:
+def _yaml_lines(cls: type[BaseModel], indent: int, width: int, skip: str | None = None) -> list[str]:
     pad = " " * indent
     out: list[str] = []
     for name, field in cls.model_fields.items():
         key = field.alias or name
+        if key == skip:
+            continue
+        variants = _variants_of(field.annotation)
+        if variants is not None:
+            out += _variant_lines(key, field, *variants, indent, width)
+            continue
         model, is_list = _model_of(field.annotation)
         required = field.is_required()
         kind = ("list of mappings" if is_list else "mapping") if model else _type_name(field.annotation)
@@ -773,6 +821,26 @@ def _yaml_lines(cls: type[BaseModel], indent: int, width: int) -> list[str]:
         else:
             value = "null" if required else yaml_value(field.get_default(call_default_factory=True))
             out.append(f"{pad}{key}: {value}")
+    return out
+
+
+def _variant_lines(key: str, field: Any, models: list[type[BaseModel]], tag: str, indent: int, width: int) -> list[str]:
+    """A list of tagged mappings: its default as the value, then each kind's keys as a commented
+    item to copy into the list."""
+    pad = " " * indent
+    kinds = "|".join(_tag_value(m, tag) for m in models)
+    note = f"[list of mappings, each picked by {tag}: {kinds}]"
+
+    def wrap(text: str, prefix: str) -> list[str]:
+        return textwrap.wrap(text, max(width - len(prefix), 40), initial_indent=prefix, subsequent_indent=prefix)
+
+    out = wrap(f"{field.description or ''} {note}".strip(), pad + "# ")
+    out.append(f"{pad}{key}: {yaml_value(field.get_default(call_default_factory=True))}")
+    for m in models:
+        value = _tag_value(m, tag)
+        out += wrap(f"{key}[{tag}={value}]: {_doc_line(m)}", pad + "# ")
+        out.append(f"{pad}#   - {tag}: {value}")
+        out += [f"{pad}#   {line}" for line in _yaml_lines(m, 2, max(width - indent - 4, 40), skip=tag)]
     return out
 
 

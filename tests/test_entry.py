@@ -34,6 +34,19 @@ def test_job_help_lists_every_key(name, capsys):
             assert k.description.split()[0] in text
 
 
+def test_help_lists_each_selector_kinds_keys(capsys):
+    """curate's selectors are a list of mappings picked by name: each kind's keys are listed too."""
+    from knowlm_ray.curate.config import PerplexitySelector
+
+    with pytest.raises(SystemExit):
+        knowlm(["curate-instructions", "--help"])
+    text = capsys.readouterr().out
+    assert "  selectors[name=perplexity]  (mapping)" in text
+    assert "  selectors[name=perplexity].model  (str, required)" in text
+    assert PerplexitySelector.model_fields["max"].description.split(".")[0] in text
+    assert "  selectors[name=pii].action  (mask|drop, default mask)" in text
+
+
 def test_serve_help_lists_every_app_option(capsys):
     from knowlm_ray.serve.options import AppArgs
 

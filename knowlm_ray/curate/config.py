@@ -45,8 +45,8 @@ class RougeDedup(Strict):
         gt=0,
         le=1,
         description="Token-set Jaccard the LSH aims at (bands and rows derived from it); ROUGE-L F1 > 0.7 implies "
-        "a token Jaccard of about 0.54 or more. 0.5: recall 0.993 of the pairs above 0.7 with 114x fewer ROUGE-L "
-        "computations than all pairs (BENCHMARKS.md).",
+        "a token Jaccard of about 0.54 or more. The default's recall and ROUGE-L savings: BENCHMARKS.md, "
+        "Instruction curation.",
     )
     max_bucket_compare: int = Field(
         64, ge=2, description="A bucket of more records pairs each with its first this many only."
@@ -143,28 +143,6 @@ Selector = Annotated[
     | PIISelector,
     Field(discriminator="name"),
 ]
-SELECTOR_CLASSES = (
-    ExactDedup,
-    RougeDedup,
-    LengthSelector,
-    MTLDSelector,
-    PerplexitySelector,
-    CIRSSelector,
-    LanguageSelector,
-    PIISelector,
-)
-
-
-def _selectors_help() -> str:
-    parts = []
-    for cls in SELECTOR_CLASSES:
-        keys = [
-            f"{k}=" + ("REQUIRED" if f.is_required() else repr(f.default))
-            for k, f in cls.model_fields.items()
-            if k != "name"
-        ]
-        parts.append(f"{{name: {cls.model_fields['name'].description}" + (f", {', '.join(keys)}" if keys else "") + "}")
-    return "Selectors applied in order, each a mapping picked by name: " + "; ".join(parts) + "."
 
 
 class CurateConfig(Strict):
@@ -185,7 +163,9 @@ class CurateConfig(Strict):
     )
     seed: int = Field(0, description="Seed of the MinHash permutations (and of anything else random).")
     selectors: list[Selector] = Field(
-        default_factory=lambda: [ExactDedup(name="exact_dedup")], description=_selectors_help()
+        default_factory=lambda: [ExactDedup(name="exact_dedup")],
+        description="Selectors applied in order, each a mapping picked by its name; the keys of each kind are "
+        "listed as selectors[name=KIND].",
     )
     read_bytes: int = Field(
         8 << 20,
