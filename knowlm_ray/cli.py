@@ -7,6 +7,9 @@ knowlm prepare-instructions --config jobs/configs/tiny_instructions.yaml [key=va
 knowlm finetune-lora --config jobs/configs/tiny_lora.yaml [key=value ...]
 knowlm batch-extract --config jobs/configs/tiny_extract.yaml [key=value ...]
 knowlm evaluate --config jobs/configs/tiny_eval.yaml [key=value ...]
+knowlm generate-instructions --config jobs/configs/tiny_generate.yaml [key=value ...]
+knowlm curate-instructions --config jobs/configs/tiny_curate.yaml [key=value ...]
+knowlm edit-stats --config jobs/configs/tiny_edit_stats.yaml [key=value ...]
 knowlm config show JOB          (a job's config keys as commented YAML; JOB: a job above or serve)
 knowlm kg2instruct --records R --schema S --out O [--seed N]
 knowlm plot RUN_DIR [--out PNG]

@@ -3,6 +3,7 @@ prints a YAML that validates once its required keys are filled in, and a user er
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,19 @@ def test_job_script_help_is_the_subcommand_help():
     assert out.returncode == 0, out.stderr
     assert "  dedup.threshold  (float, >0, <=1, default 0.8)" in out.stdout
     assert "knowlm config show prepare-corpus" in out.stdout
+
+
+def test_every_job_script_is_a_knowlm_subcommand_through_run_job(capsys):
+    scripts = sorted(p.name for p in (REPO / "jobs").glob("*.py"))
+    by_script = {spec.script: name for name, spec in JOBS.items() if spec.script}
+    assert sorted(by_script) == scripts, "jobs/*.py and entry.JOBS differ"
+    for script, name in by_script.items():
+        source = (REPO / "jobs" / script).read_text(encoding="utf-8")
+        assert re.search(rf'run_job\(\s*"{name}"', source), f"jobs/{script} does not call run_job({name!r})"
+    with pytest.raises(SystemExit):
+        knowlm(["--help"])
+    choices = re.search(r"\{([\w,-]+)\}", capsys.readouterr().out).group(1).split(",")
+    assert set(by_script.values()) <= set(choices), sorted(set(by_script.values()) - set(choices))
 
 
 REQUIRED = {  # key path -> a value that exists in a fresh checkout
