@@ -5,8 +5,8 @@ device; the files' headers give shapes and dtypes):
 * every weight file is readable and complete (headers, sizes, index file vs files);
 * transformers' own loader finds no missing and no unexpected keys (``output_loading_info=True``)
   and every tensor has the shape the config implies; no tensor is empty (a ZeRO-3 shard save);
-* the tokenizer loads and agrees with the config's ``vocab_size`` and the embedding matrix
-  (a mismatch is a known source of garbage output), and its special ids are in range;
+* the tokenizer loads, has no token beyond the config's ``vocab_size`` (more rows than tokens is
+  padding, and fine), the embedding matrix has ``vocab_size`` rows, and its special ids are in range;
 * ``checksums.sha256``, when present, matches the files (``--write-manifest`` writes it).
 ``--load`` additionally loads the real weights and runs one forward pass (finite logits);
 ``--scan`` reads every tensor and flags NaN/Inf or all-zero tensors.
@@ -47,10 +47,14 @@ def verify(
     load: bool = False,
     scan: bool = False,
     checksums: bool = True,
-    allow_padded_vocab: bool = False,
+    allow_padded_vocab: bool = True,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Check a model directory; returns a report with a ``problems`` list (empty = healthy)."""
+    """Check a model directory; returns a report with a ``problems`` list (empty = healthy).
+
+    More embedding rows than tokenizer tokens (a vocabulary padded to a round size, e.g. Qwen2's
+    151,936 rows for 151,665 tokens) is a note, not a problem, as in ``merge-lora``; tokens without
+    rows are a problem. ``allow_padded_vocab`` is kept for old callers and changes nothing."""
     import torch
 
     t0 = time.perf_counter()
@@ -154,13 +158,11 @@ def verify(
                         f"the tokenizer has {n_tok} tokens but config vocab_size is {vocab}: ids >= {vocab} "
                         "index past the embeddings (wrong tokenizer for this model?)"
                     )
-                elif n_tok < vocab and not allow_padded_vocab:
-                    problems.append(
-                        f"the tokenizer has {n_tok} tokens but config vocab_size is {vocab}: mismatched "
-                        "tokenizer? (pass --allow-padded-vocab if the embeddings are padded on purpose)"
+                elif n_tok < vocab:  # padded to a round size: normal, as merge-lora accepts it
+                    notes.append(
+                        f"embeddings padded: {vocab - n_tok} rows beyond the tokenizer's {n_tok} tokens "
+                        f"(vocab_size {vocab}; ids >= {n_tok} are never produced)"
                     )
-                elif n_tok < vocab:
-                    notes.append(f"embeddings padded: {vocab - n_tok} rows beyond the tokenizer")
             if emb_rows is not None and vocab is not None and emb_rows != vocab:
                 problems.append(f"the embedding matrix has {emb_rows} rows but config vocab_size is {vocab}")
             for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):

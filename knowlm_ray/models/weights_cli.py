@@ -201,7 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-padded-vocab",
         action="store_true",
-        help="accept config vocab_size > tokenizer size (embeddings padded on purpose)",
+        help="no effect, kept for old scripts: more embedding rows than tokens (a padded vocabulary) is "
+        "accepted by default; only tokens without rows are a problem",
     )
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(fn=_verify)

@@ -72,3 +72,39 @@ def test_missing_and_unexpected_tensors_and_shapes(tiny_model, tmp_path):
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[:-10])
     assert any("truncated" in p for p in verify(d, checksums=False)["problems"])
+
+
+def test_padded_vocabulary_is_healthy_and_tokens_without_rows_are_not(tiny_model, tmp_path, capsys):
+    """merge-lora's case: a LLaMA with 4,096 embedding rows and a 4,000-token tokenizer (padded to a
+    round size) verifies with no flag; a 4,100-token tokenizer beside it (ids without rows) does not."""
+    from transformers import AutoTokenizer
+
+    from knowlm_ray.models.verify import verify
+
+    from .conftest import llama_config, random_state_dict, save_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.add_tokens([f"tok{i}" for i in range(4000 - len(tok))])
+    assert len(tok) == 4000
+    tok.save_pretrained(tmp_path / "tok")
+    cfg = llama_config(4096)
+    d = save_checkpoint(tmp_path / "m", random_state_dict(cfg, seed=3), cfg, tokenizer_from=tmp_path / "tok")
+    report = verify(d, checksums=False)
+    assert report["problems"] == []
+    assert report["vocab"] == {"config": 4096, "embedding_rows": 4096, "tokenizer": 4000}
+    assert "embeddings padded: 96 rows beyond the tokenizer's 4000 tokens (vocab_size 4096" in " ".join(report["notes"])
+    _cli(d, "--no-checksums")  # exit 0 without --allow-padded-vocab
+    assert "OK: " in capsys.readouterr().out
+    _cli(d, "--no-checksums", "--allow-padded-vocab")  # old scripts keep working
+    assert "OK: " in capsys.readouterr().out
+
+    tok.add_tokens([f"more{i}" for i in range(100)])
+    tok.save_pretrained(d)
+    problems = verify(d, checksums=False)["problems"]
+    assert problems == [
+        "the tokenizer has 4100 tokens but config vocab_size is 4096: ids >= 4096 index past the embeddings "
+        "(wrong tokenizer for this model?)"
+    ]
+    with pytest.raises(SystemExit) as exc:
+        _cli(d, "--no-checksums", "--allow-padded-vocab")
+    assert exc.value.code == 1
