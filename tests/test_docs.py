@@ -96,3 +96,27 @@ def test_architecture_names_every_package():
         f"docs/architecture.md does not name the package(s) {missing}: add each to "
         "'Packages and layers' with what it owns"
     )
+
+
+def test_architecture_lists_every_jobs_top_level_keys():
+    """The 'Job configs' table has a row per job script naming each top-level key of its config
+    (finetune_lora's row takes the training keys from pretrain's)."""
+    from knowlm_ray.entry import JOBS
+
+    rows = {
+        line.split("`")[1]: line
+        for line in (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `") and ".py`" in line.split("|")[1]
+    }
+    missing = {}
+    for spec in JOBS.values():
+        if not spec.script:
+            continue
+        row = rows.get(spec.script, "")
+        if "shared training keys above" in row:
+            row += rows.get("pretrain.py", "")
+        keys = [f.alias or n for n, f in spec.config_class().model_fields.items()]
+        gaps = [k for k in keys if f"`{k}`" not in row] if row else ["(no row)"]
+        if gaps:
+            missing[spec.script] = gaps
+    assert not missing, f"docs/architecture.md's Job configs table lacks: {missing}"
