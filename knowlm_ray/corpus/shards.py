@@ -276,7 +276,6 @@ class ShardReader:
                 total += batch.num_rows
         self.columns: list[str] = schema.names if schema is not None else []
         self.packed = "doc_starts" in self.columns
-        self.has_labels = "labels" in self.columns
         self._first = np.array(first_rows, dtype=np.int64)
         self._len = total
         sizes = np.diff(np.r_[self._first, total])

@@ -27,7 +27,6 @@ from typing import Any
 from knowlm_ray.generation.constraints import SPAN_KEY, ConstraintSpec, TupleShape
 from knowlm_ray.ie.templates import NONE_ANSWER
 
-ANSWER_KINDS = ("oneke-json", "alpaca-json", "tuple")
 MENTIONS = ("any", "span")
 
 

@@ -319,7 +319,6 @@ class StreamingSafetensorsWriter:
             off += nb
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-(len(raw) + 8) % 8)
-        self.total_bytes = off
         self._hash = hashlib.sha256()
         self._fh = open(self.path, "wb")
         self._emit(struct.pack("<Q", len(raw)) + raw)
@@ -553,15 +552,6 @@ class Checkpoint:
         """The tensor as flat chunks of ``n`` elements, never whole in memory (see the readers)."""
         ti = self.infos()[name]
         return self._reader(ti.file).iter_chunks(name, n)
-
-    def total_bytes(self) -> int:
-        return sum(ti.numel * torch.empty((), dtype=ti.dtype).element_size() for ti in self.infos().values())
-
-    def file_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
-
-    def largest_file_bytes(self) -> int:
-        return max(f.stat().st_size for f in self.files)
 
     def __enter__(self):
         return self

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import typing
+
+from knowlm_ray.config import EvolutionName
 from knowlm_ray.curate.generate_prompts import (
     BACKTRANSLATION_PROMPT,
+    EVOLUTIONS,
     backtranslation_prompt,
     evol_prompt,
     parse_backtranslation,
@@ -54,3 +58,10 @@ def test_backtranslation_prompt_and_answer():
     )
     assert parse_backtranslation("Why do tides rise?") == ("Why do tides rise?", None)
     assert parse_backtranslation("INSTRUCTION:  ") == (None, "empty")
+
+
+def test_the_configs_evolution_names_are_the_prompts():
+    """config sits below curate, so it spells the evolution names itself; they stay the same."""
+    assert typing.get_args(EvolutionName) == EVOLUTIONS
+    for kind in EVOLUTIONS:
+        assert evol_prompt(kind, "x")
