@@ -135,7 +135,8 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 # Documents whose n-grams are grouped together: enough to spread numpy's per-call cost thin, few
-# enough that the arrays stay in cache (20k documents: 128 -> 4.7 s, 2000 -> 5.9 s, one by one 7.1 s)
+# enough that the arrays stay in cache (measured against larger batches and one by one:
+# BENCHMARKS.md, Corpus pipeline)
 NGRAM_BATCH = 128
 
 

@@ -39,7 +39,7 @@ MAX_RAW = 4096
 BATCH_ROWS = 2048  # rows per yielded block while streaming a large file
 MAX_READ_TASKS = 4096
 # Input bytes per read task (the last few get less: read_task_sizes). The filters and signatures
-# run in the same task, ~5 s per 8 MiB on one core here.
+# run in the same task; why 8 MiB (Ray Data's poll between tasks): BENCHMARKS.md, Corpus pipeline.
 CHUNK_BYTES = 8 * 2**20
 # Up to this many bytes of cut files, the driver counts their newlines itself (_newline_counts).
 DRIVER_COUNT_BYTES = 2**30
