@@ -21,6 +21,16 @@ that free up for requests already decoding are refilled once a quarter of the ba
 so a prefill pass does not interrupt every decode step; a newcomer never waits for that. A
 request's rows still come back complete and in order.
 
+Prefill budget: a one-row request beside a 750-row job decodes in steps that also prefill the
+big job's refills (~400-token prompts); prefilled whole, a wave of 14 rows stalled its steps by
+0.2-0.5 s each on a CPU. So while a request whose rows are all decoding (nothing of it left to
+prefill) shares the batch, the other requests' rows are prefilled at most ``max_prefill_tokens``
+prompt tokens per decode step: rows that fit go in one padded pass as before, a longer one in
+chunks over several steps (its own cache until its prompt is in, then it joins). A newcomer's
+first row is prefilled whole at once (it joins at the next step, and the budget never delays
+it); with no such request in the batch (a job alone, or every request still filling) nothing is
+limited, so a lone job's throughput is what it was.
+
 Cancellation: a request whose caller went away (its future cancelled, or its hooks say so) has
 its rows stopped before the next forward pass and their slots given to others in the same turn;
 its rows that had not joined yet are dropped without a forward pass.
@@ -49,6 +59,8 @@ from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Pre
 from knowlm_ray.generation.penalties import penalty_processors
 
 log = logging.getLogger("knowlm_ray.generation")
+
+DEFAULT_MAX_PREFILL_TOKENS = 64  # per decode step beside a request mid-flight; see BENCHMARKS.md
 
 
 @dataclass(eq=False)
@@ -168,18 +180,45 @@ class _Row:
         return self.state.step(len(self.new), token, lambda: self.new)
 
 
+class _Fill:
+    """A row whose prompt (and, resumed after preemption, its new tokens) is being prefilled a
+    chunk per step, in a batch-of-one cache of its own until the whole of it is in."""
+
+    __slots__ = ("row", "ids", "done", "cache")
+
+    def __init__(self, row: _Row):
+        self.row = row
+        self.ids = row.prompt + row.new
+        self.done = 0  # tokens already in ``cache``
+        self.cache = None
+
+    @property
+    def left(self) -> int:
+        return len(self.ids) - self.done
+
+
 class ContinuousBatcher:
     """``submit(rows, hooks)`` → a Future of the rows' results; a background thread decodes.
 
     ``max_batch_size``: rows decoded together at most; a request with more rows joins as slots
     free, sharing them fairly with the other requests (see the module's docstring).
+    ``max_prefill_tokens``: prompt tokens prefilled per decode step for rows joining beside a
+    request that is only decoding (None: no limit).
     """
 
-    def __init__(self, engine: GenerationEngine, max_batch_size: int = 16):
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        max_batch_size: int = 16,
+        max_prefill_tokens: int | None = DEFAULT_MAX_PREFILL_TOKENS,
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_prefill_tokens is not None and max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be >= 1 (or None: no limit), got {max_prefill_tokens}")
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens
         self._refill_at = max(1, max_batch_size // 4)  # free slots before a running request gets more
         self._incoming: deque[_Request] = deque()  # submitted, not yet seen by the thread
         self._wake = threading.Condition()
@@ -188,6 +227,7 @@ class ContinuousBatcher:
         # decoding state, touched only by the thread
         self._line: list[_Request] = []  # requests with rows outside the batch, round-robin order
         self._rows: list[_Row] = []
+        self._filling: deque[_Fill] = deque()  # rows with a slot whose prefill is not done, in order
         self._cache = None
         self._mask = None  # (rows, cache length) long: 1 = a real token, 0 = left padding
         self._adapter: str | None = None
@@ -198,6 +238,7 @@ class ContinuousBatcher:
         self.cancelled_rows = 0
         self.dropped_rows = 0
         self.preempted_rows = 0  # rows taken out of a full batch to give a newcomer its share
+        self.prefill_chunks = 0  # prefill passes over part of a row's prompt (the budget split it)
         self._step_time: dict[int, list[float]] = {}  # rows in a decode step -> [steps, seconds]
         self._prefill_time = [0, 0.0]  # prompt tokens prefilled (padding excluded), seconds
         # A decode step's query is each row's last token, so its mask is just "not padding": handed
@@ -228,8 +269,8 @@ class ContinuousBatcher:
 
     @property
     def active(self) -> int:
-        """Rows being decoded now."""
-        return len(self._rows)
+        """Rows holding a slot: decoding, or being prefilled to join."""
+        return len(self._rows) + len(self._filling)
 
     def stats(self) -> dict:
         """Decode steps and their mean time by batch size (what batching costs on this device),
@@ -242,6 +283,7 @@ class ContinuousBatcher:
             "active_rows": self.active,
             "waiting_rows": self.waiting_rows,
             "preempted_rows": self.preempted_rows,
+            "prefill_chunks": self.prefill_chunks,
             "cancelled_rows": self.cancelled_rows,
             "dropped_rows": self.dropped_rows,
             "decode_step_ms_by_rows": {n: round(1000 * t / c, 2) for n, (c, t) in steps},
@@ -275,7 +317,7 @@ class ContinuousBatcher:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._incoming and not self._line and not self._rows:
+                while not (self._closed or self._incoming or self._line or self._rows or self._filling):
                     self._wake.wait()
                 if self._closed:
                     break
@@ -285,23 +327,26 @@ class ContinuousBatcher:
             for req in beams:  # whole-hypothesis search: the grouped generate path
                 self._left(len(req.rows))
                 self._run_beams(req)
-            admitted: list[_Row] = []
+            urgent: list[_Row] = []
             try:
                 self._sweep()
-                admitted, preempt = self._take()
+                urgent, preempt = self._take()
                 if preempt:
                     self._preempt(preempt)
-                if admitted:
-                    self._prefill(admitted)
+                if urgent or self._filling:
+                    self._prefill(urgent)
                 if self._rows:
                     self._decode()
             except BaseException as exc:  # a failed forward pass fails the requests in it
                 log.error("continuous batch step failed", exc_info=exc)
-                for req in {id(r.req): r.req for r in self._rows + admitted}.values():
+                rows = self._rows + urgent + [f.row for f in self._filling]
+                for req in {id(r.req): r.req for r in rows}.values():
                     req.fail(exc)
                 self._reset()
         with self._wake:
-            waiting = list(self._incoming) + self._line + [r.req for r in self._rows]
+            waiting = (
+                list(self._incoming) + self._line + [r.req for r in self._rows] + [f.row.req for f in self._filling]
+            )
         for req in waiting:
             req.fail(RuntimeError("the continuous batcher was closed"))
 
@@ -323,6 +368,15 @@ class ContinuousBatcher:
                 keep.append(k)
         if len(keep) < len(self._rows):
             self._select(keep)
+        filling = deque()
+        for f in self._filling:
+            if f.row.req.future.done() or f.row.state.cancelled():
+                f.row.state.end(len(f.row.new), "cancelled", "", None)
+                f.row.req.set(f.row.i, f.row.state.result())
+                self.cancelled_rows += 1
+            else:
+                filling.append(f)
+        self._filling = filling
         line: list[_Request] = []
         for req in self._line:
             first = req.line[0]
@@ -350,7 +404,9 @@ class ContinuousBatcher:
         return True
 
     def _take(self) -> tuple[list[_Row], list[int]]:
-        """Rows that join now and batch rows to preempt for them (indices into ``_rows``).
+        """Rows that join now and are prefilled whole at once, and batch rows to preempt for them
+        (indices into ``_rows``); the other rows that join go to ``_filling``, prefilled within
+        the budget. Prefilled at once: the first row of each request with none in the batch.
 
         One adapter at a time: while a request for another adapter waits, nothing joins and the
         batch drains; a drained batch turns to another adapter when one waits. Each slot
@@ -358,7 +414,7 @@ class ContinuousBatcher:
         a request that got a row moves to the back of the line (round-robin)."""
         if not self._line:
             return [], []
-        if self._rows:
+        if self._rows or self._filling:
             adapter = self._adapter
             if any(req.adapter != adapter for req in self._line):
                 return [], []  # another adapter waits: drain first
@@ -366,14 +422,15 @@ class ContinuousBatcher:
             adapter = next((r.adapter for r in self._line if r.adapter != self._adapter), self._line[0].adapter)
         candidates = [req for req in self._line if req.adapter == adapter]
         held: dict[int, int] = {}  # id(request) -> its rows in the batch (after this turn)
-        for row in self._rows:
+        for row in self._rows + [f.row for f in self._filling]:
             held[id(row.req)] = held.get(id(row.req), 0) + 1
-        room = self.max_batch_size - len(self._rows)
-        if self._rows and room < self._refill_at and all(held.get(id(r), 0) for r in candidates):
+        room = self.max_batch_size - self.active
+        if self.active and room < self._refill_at and all(held.get(id(r), 0) for r in candidates):
             # Only requests already decoding wait for more rows: refill their slots a few at a
             # time, not one prefill pass (as dear as a decode step here) per finished row
             return [], []
         admitted: list[_Row] = []
+        urgent: list[_Row] = []
         preempt: list[int] = []
         served: list[_Request] = []
         while candidates:
@@ -386,7 +443,12 @@ class ContinuousBatcher:
                 held[id(self._rows[victim].req)] -= 1
                 room += 1
             item = req.line.popleft()
-            admitted.append(item if isinstance(item, _Row) else _Row(self.engine, req, item))
+            row = item if isinstance(item, _Row) else _Row(self.engine, req, item)
+            admitted.append(row)
+            if not held.get(id(req), 0):  # a newcomer: its first row joins at the next step
+                urgent.append(row)
+            else:
+                self._filling.append(_Fill(row))
             held[id(req)] = held.get(id(req), 0) + 1
             room -= 1
             if req not in served:
@@ -395,6 +457,7 @@ class ContinuousBatcher:
                 candidates.remove(req)
         if admitted:
             self._left(len(admitted))
+            self._adapter = adapter
         done = [req for req in served if not req.line]
         for req in done:
             req.started()
@@ -404,7 +467,7 @@ class ContinuousBatcher:
             req = self._rows[k].req
             if req not in self._line:
                 self._line.append(req)
-        return admitted, preempt
+        return urgent, preempt
 
     def _victim(self, held: dict[int, int], taken: set[int]) -> int | None:
         """The batch row to preempt: of the request holding the most rows (the latest of equals),
@@ -440,7 +503,7 @@ class ContinuousBatcher:
             req.set(i, res)
 
     def _reset(self) -> None:
-        self._rows, self._cache, self._mask = [], None, None
+        self._rows, self._cache, self._mask, self._filling = [], None, None, deque()
 
     def _forward(self, **kwargs):
         import torch
@@ -450,12 +513,57 @@ class ContinuousBatcher:
             out = engine.model(use_cache=True, logits_to_keep=1, **kwargs)
         return out.logits[:, -1, :].float()
 
-    def _prefill(self, rows: list[_Row]) -> None:
-        """Prefill new rows (their prompt) and preempted ones (their prompt and new tokens)."""
+    def _budget(self, urgent: list[_Row]) -> float:
+        """Prompt tokens to prefill this step: ``max_prefill_tokens`` while the batch (or a
+        newcomer joining now) holds a row of a request with nothing else left to prefill (each
+        step delays it), else no limit."""
+        if self.max_prefill_tokens is None:
+            return float("inf")
+        filling = {id(f.row.req) for f in self._filling}
+        if any(not r.req.line and id(r.req) not in filling for r in self._rows + urgent):
+            return self.max_prefill_tokens
+        return float("inf")
+
+    def _prefill(self, urgent: list[_Row]) -> None:
+        """Prefill newcomers' first rows whole, then rows in ``_filling`` within the budget:
+        those whose prompt fits go in one padded pass with the newcomers, the first that does not
+        fit is prefilled a chunk (continued next step). Rows whose prompt is in join the batch."""
+        import torch
+
+        budget = self._budget(urgent)
+        whole = list(urgent)
+        spent = sum(len(r.prompt) + len(r.new) for r in whole)
+        joined: list[tuple] = []  # (cache, mask, logits, rows) of rows whose prefill is complete
+        while self._filling and spent < budget:
+            f = self._filling[0]
+            if not f.done and spent + f.left <= budget:  # fits whole: the shared padded pass
+                whole.append(self._filling.popleft().row)
+                spent += f.left
+                continue
+            take = int(min(f.left, budget - spent))
+            logits = self._chunk(f, take)
+            spent += take
+            if f.left:
+                break  # the budget is spent; the rest of this prompt next step
+            self._filling.popleft()
+            mask = torch.ones((1, len(f.ids)), dtype=torch.long, device=self.engine.device)
+            joined.append((f.cache, mask, logits, [f.row]))
+        if whole:
+            joined.append(self._prefill_whole(whole))
+        if not joined:
+            return
+        first = len(self._rows)
+        for cache, mask, _, rows in joined:
+            self._merge(cache, mask)
+            self._rows.extend(rows)
+        self._advance(torch.cat([j[2] for j in joined]), first=first)
+
+    def _prefill_whole(self, rows: list[_Row]) -> tuple:
+        """One left-padded pass over new rows (their prompt) and preempted ones (their prompt and
+        new tokens)."""
         from transformers import DynamicCache
 
         engine = self.engine
-        self._adapter = rows[0].req.adapter
         batch = engine.tokenizer.pad({"input_ids": [r.prompt + r.new for r in rows]}, padding=True, return_tensors="pt")
         mask = batch["attention_mask"].to(engine.device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
@@ -469,9 +577,29 @@ class ContinuousBatcher:
         )
         self._prefill_time[0] += int(mask.sum())
         self._prefill_time[1] += time.perf_counter() - t0
-        self._merge(cache, mask)
-        self._rows.extend(rows)
-        self._advance(logits, first=len(self._rows) - len(rows))
+        return cache, mask, logits, rows
+
+    def _chunk(self, f: _Fill, n: int):
+        """Prefill the next ``n`` tokens of ``f`` into its own cache; the last position's logits."""
+        import torch
+        from transformers import DynamicCache
+
+        device = self.engine.device
+        if f.cache is None:
+            f.cache = DynamicCache(config=self.engine.model.config)
+        end = f.done + n
+        t0 = time.perf_counter()
+        logits = self._forward(
+            input_ids=torch.tensor([f.ids[f.done : end]], device=device),
+            attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
+            position_ids=torch.arange(f.done, end, device=device)[None],
+            past_key_values=f.cache,
+        )
+        self._prefill_time[0] += n
+        self._prefill_time[1] += time.perf_counter() - t0
+        self.prefill_chunks += 1
+        f.done = end
+        return logits
 
     def _decode(self) -> None:
         import torch
@@ -553,8 +681,8 @@ class ContinuousBatcher:
         """Keep these rows; drop cache columns that are padding for every remaining row."""
         import torch
 
-        if not keep:
-            self._reset()
+        if not keep:  # rows still filling keep their own caches
+            self._rows, self._cache, self._mask = [], None, None
             return
         mask = self._mask[keep]
         start = int(mask.any(dim=0).long().argmax())  # first column any row still uses

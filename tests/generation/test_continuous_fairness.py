@@ -121,3 +121,62 @@ def test_waiting_rows_of_a_gone_caller_never_run(engine):
         assert stats["prefill_tokens"] == len(long_row.input_ids)  # only the running row was ever prefilled
     finally:
         b.close()
+
+
+class StepLog(ContinuousBatcher):
+    """Records, at each decode step, the prompt tokens prefilled since the step before."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prefilled: dict[int, int] = {}  # decode step -> prompt tokens prefilled in its turn
+        self._seen = 0
+
+    def _decode(self):
+        tokens = self.stats()["prefill_tokens"]
+        self.prefilled[self.steps + 1], self._seen = tokens - self._seen, tokens
+        super()._decode()
+
+
+LONG = "Marie Curie was born in Warsaw and worked in Paris with Pierre Curie. "
+
+
+def test_a_small_requests_steps_carry_at_most_the_prefill_budget_of_a_big_jobs_refills(engine):
+    budget = 16
+    big_rows = [engine.prepare_prompt(f"{LONG * 3} {k}", P(max_tokens=3 + k % 4)) for k in range(12)]
+    small_row = engine.prepare_prompt(PROMPTS[0], P(max_tokens=10))
+    assert min(len(r.input_ids) for r in big_rows) > 3 * budget  # each refill takes several steps
+    expected_big = [engine.generate_prepared([r])[0] for r in big_rows]
+    b = StepLog(engine, max_batch_size=4, max_prefill_tokens=budget)
+    try:
+        big = b.submit(big_rows)
+        _until(lambda: b.steps >= 2)
+        joined_at: list[int] = []
+        small = b.submit([small_row], on_start=lambda: joined_at.append(b.steps))
+        got = small.result(timeout=60)
+        assert got == engine.generate_prepared([small_row])
+        # its first token comes from its prefill, the others from the steps first .. first + 8
+        first = joined_at[0] + 1  # the step of the turn it joined in: its own prompt, whole
+        mid = [b.prefilled[s] for s in range(first + 1, first + got[0].num_output_tokens - 1)]
+        assert b.prefilled[first] <= len(small_row.input_ids) + budget
+        assert len(mid) == 8 and max(mid) <= budget  # every later step of it: the budget at most
+        assert sum(mid) > 0  # the big job kept being prefilled beside it, not stopped
+        assert big.result(timeout=120) == expected_big  # rows prefilled in chunks decode as if whole
+        assert b.stats()["prefill_chunks"] > 0
+    finally:
+        b.close()
+
+
+def test_a_job_alone_is_prefilled_whole_whatever_the_budget(engine):
+    rows = [engine.prepare_prompt(f"{LONG * 3} {k}", P(max_tokens=2 + k % 3)) for k in range(10)]
+    b = ContinuousBatcher(engine, max_batch_size=4, max_prefill_tokens=8)
+    try:
+        assert b.generate(rows) == [engine.generate_prepared([r])[0] for r in rows]
+        assert b.stats()["prefill_chunks"] == 0  # nobody else's steps to protect: no chunking
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_a_prefill_budget_below_one_token_is_refused(engine, bad):
+    with pytest.raises(ValueError, match="max_prefill_tokens must be >= 1"):
+        ContinuousBatcher(engine, max_prefill_tokens=bad)
