@@ -13,9 +13,9 @@ on the grouped path.
 Fair admission: a request's rows join one at a time, not as a block, and each free slot goes to
 the waiting request with the fewest rows in the batch (ties: round-robin). When the batch is
 full and a newcomer has fewer rows in it than another request has minus one, that request's
-youngest row is preempted: it leaves the batch with its tokens and state, goes back to the front
-of its request's line and, readmitted, prefills its prompt plus the tokens it had made (vLLM's
-preemption by recomputation). So a one-row request next to a 750-row job joins at the next decode
+youngest row (one still being prefilled, if it has one) is preempted: it leaves the batch with
+its tokens and state, goes back to the front of its request's line and, readmitted, prefills its
+prompt plus the tokens it had made (vLLM's preemption by recomputation). So a one-row request next to a 750-row job joins at the next decode
 step, and the big job keeps a fair share (never less than one row) instead of starving. Slots
 that free up for requests already decoding are refilled once a quarter of the batch is free,
 so a prefill pass does not interrupt every decode step; a newcomer never waits for that. A
@@ -431,16 +431,17 @@ class ContinuousBatcher:
             return [], []
         admitted: list[_Row] = []
         urgent: list[_Row] = []
-        preempt: list[int] = []
+        preempt: list[_Row] = []
         served: list[_Request] = []
+        filling = list(self._filling)  # before this turn's rows join it: never preempted this turn
         while candidates:
             req = min(candidates, key=lambda r: held.get(id(r), 0))  # min() keeps the first of ties
             if room <= 0:
-                victim = self._victim(held, set(preempt))
-                if victim is None or held[id(self._rows[victim].req)] <= held.get(id(req), 0) + 1:
+                victim = self._victim(held, filling, {id(v) for v in preempt})
+                if victim is None or held[id(victim.req)] <= held.get(id(req), 0) + 1:
                     break  # every request has its share
                 preempt.append(victim)
-                held[id(self._rows[victim].req)] -= 1
+                held[id(victim.req)] -= 1
                 room += 1
             item = req.line.popleft()
             row = item if isinstance(item, _Row) else _Row(self.engine, req, item)
@@ -463,34 +464,35 @@ class ContinuousBatcher:
             req.started()
         # served requests go to the back, in the order they were served; preempted ones rejoin
         self._line = [req for req in self._line if req not in served] + [req for req in served if req.line]
-        for k in preempt:
-            req = self._rows[k].req
-            if req not in self._line:
-                self._line.append(req)
+        for row in preempt:
+            if row.req not in self._line:
+                self._line.append(row.req)
         return urgent, preempt
 
-    def _victim(self, held: dict[int, int], taken: set[int]) -> int | None:
-        """The batch row to preempt: of the request holding the most rows (the latest of equals),
-        its row with the fewest new tokens (the least to recompute)."""
+    def _victim(self, held: dict[int, int], filling: list[_Fill], taken: set[int]) -> _Row | None:
+        """The row to preempt: of the request holding the most rows (the latest of equals), a row
+        still filling (the least prefilled: nothing decoded yet), else its decoding row with the
+        fewest new tokens (the least to recompute)."""
         best: tuple | None = None
-        for k, row in enumerate(self._rows):
-            if k in taken:
-                continue
-            key = (held.get(id(row.req), 0), -len(row.new), k)
-            if best is None or key > best:
+        keys = [(held.get(id(f.row.req), 0), 1, -f.done, k, f.row) for k, f in enumerate(filling)]
+        keys += [(held.get(id(r.req), 0), 0, -len(r.new), k, r) for k, r in enumerate(self._rows)]
+        for key in keys:
+            if id(key[-1]) not in taken and (best is None or key[:-1] > best[:-1]):
                 best = key
-        return None if best is None else best[2]
+        return None if best is None else best[-1]
 
-    def _preempt(self, ks: list[int]) -> None:
-        """Take these rows out of the batch, each back to the front of its request's line."""
-        for k in sorted(ks, reverse=True):  # reversed: a request's earlier rows end up first
-            row = self._rows[k]
+    def _preempt(self, rows: list[_Row]) -> None:
+        """Take these rows out of the batch (or out of filling), each back to the front of its
+        request's line."""
+        for row in sorted(rows, key=lambda r: -r.i):  # a request's earlier rows end up first
             row.req.line.appendleft(row)
-        self.preempted_rows += len(ks)
+        self.preempted_rows += len(rows)
         with self._wake:
-            self.waiting_rows += len(ks)
-        gone = set(ks)
-        self._select([k for k in range(len(self._rows)) if k not in gone])
+            self.waiting_rows += len(rows)
+        gone = {id(r) for r in rows}
+        self._filling = deque(f for f in self._filling if id(f.row) not in gone)
+        if any(id(r) in gone for r in self._rows):
+            self._select([k for k, r in enumerate(self._rows) if id(r) not in gone])
 
     def _run_beams(self, req: _Request) -> None:
         req.started()

@@ -180,3 +180,24 @@ def test_a_job_alone_is_prefilled_whole_whatever_the_budget(engine):
 def test_a_prefill_budget_below_one_token_is_refused(engine, bad):
     with pytest.raises(ValueError, match="max_prefill_tokens must be >= 1"):
         ContinuousBatcher(engine, max_prefill_tokens=bad)
+
+
+def test_a_newcomer_takes_the_slot_of_a_row_still_being_prefilled(engine):
+    b = ContinuousBatcher(engine, max_batch_size=4, max_prefill_tokens=4)
+    try:
+        big_rows = [engine.prepare_prompt(f"{LONG * 3} {k}", P(max_tokens=3)) for k in range(12)]
+        big = b.submit(big_rows)
+        _until(lambda: b.steps >= 1)
+        long_row = engine.prepare_prompt(PROMPTS[0], P(max_tokens=200))
+        running = b.submit([long_row])  # decoding the whole time: the big job's refills go 4 tokens a step
+        _until(lambda: b.stats()["prefill_chunks"] >= 2)  # the big job's slots are rows still filling
+        submitted_at, joined_at = b.steps, []
+        small_row = engine.prepare_prompt(PROMPTS[1], P(max_tokens=5))
+        small = b.submit([small_row], on_start=lambda: joined_at.append(b.steps))
+        assert small.result(timeout=60) == engine.generate_prepared([small_row])
+        assert joined_at[0] - submitted_at <= 2  # not behind a filling row's 90-token prompt at 4 a step
+        assert not running.done()
+        assert running.result(timeout=120) == engine.generate_prepared([long_row])
+        assert big.result(timeout=120) == [engine.generate_prepared([r])[0] for r in big_rows]
+    finally:
+        b.close()
