@@ -10,7 +10,9 @@ Layout of one checkpoint (Ray Train merges every rank's upload into one director
 JSON rather than DeepSpeed's pickled client_state so every engine, and a person, can read it.
 Rank 0 writes it after the engine's files, atomically (fsynced). A full disk while a checkpoint
 is written is one line (``writing_checkpoint``): the previous checkpoint is intact and the run
-resumes from it.
+resumes from it. ``latest_local_checkpoint`` picks the newest *complete* checkpoint
+(``incomplete_reason``: every rank's engine files there, none cut short), as Ray Train resumes
+from the last one it registered, never from a folder whose upload stopped part-way.
 
 Resuming on another number of workers: DeepSpeed's ZeRO shards only load on the world size
 that wrote them, so the loader converts them first to DeepSpeed's *universal* checkpoint
@@ -23,8 +25,11 @@ stream), so each rank just takes its slice of the new, smaller or larger, global
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
+import logging
 import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +38,7 @@ from knowlm_ray.atomic import DiskFullError, atomic_write_text, disk_full_cause
 from knowlm_ray.errors import UserError
 
 STATE_FILE = "train_state.json"
+log = logging.getLogger("knowlm_ray.train")
 
 
 @dataclass
@@ -109,13 +115,78 @@ class LocalCheckpoint:
         return contextlib.nullcontext(self.path)
 
 
+def _whole_file(path: Path) -> str | None:
+    """None when ``path`` is a complete torch zip archive / safetensors file; else what is wrong.
+    A zip's directory sits at its end and a safetensors header states the file's size, so a copy
+    or upload that stopped part-way is seen without reading the tensors."""
+    if path.suffix == ".pt":
+        return None if zipfile.is_zipfile(path) else f"{path.name} is cut short (no zip directory at its end)"
+    if path.suffix == ".safetensors":
+        from knowlm_ray.models.checkpoint import SafetensorsFile, WeightsError
+
+        try:
+            SafetensorsFile(path)
+        except WeightsError as exc:
+            return str(exc).removeprefix(f"{path}: ")
+    return None
+
+
+def _required_files(tag_dir: Path, state: TrainState) -> list[str]:
+    """The engine files every complete checkpoint of ``state`` holds that ``tag_dir`` lacks."""
+    have = {p.name for p in tag_dir.iterdir()} if tag_dir.is_dir() else set()
+    if state.engine != "deepspeed":  # torch / ddp: rank 0 writes both (engine.TorchEngine.save)
+        return [n for n in ("trainable.safetensors", "optimizer.pt") if n not in have]
+    # DeepSpeed's names (bf16_ before a ZeRO file in bf16): rank r's optimizer partition
+    # (ZeRO >= 1), and every rank's model states (ZeRO-3) or rank 0's alone
+    ranks = range(max(state.world_size, 1))
+    model = [f"zero_pp_rank_{r}_mp_rank_*_model_states.pt" for r in ranks]
+    if state.zero_stage != 3:
+        model = ["mp_rank_*_model_states.pt"]
+    optim = [f"*zero_pp_rank_{r}_mp_rank_*_optim_states.pt" for r in ranks] if state.zero_stage >= 1 else []
+    return [w for w in model + optim if not any(fnmatch.fnmatchcase(n, w) for n in have)]
+
+
+def incomplete_reason(directory: str | Path) -> str | None:
+    """None when ``directory`` is a whole checkpoint; else why not. Whole: ``train_state.json``
+    reads, and its ``<tag>/`` holds every file its engine writes on each of its ranks, each of
+    them complete. Ray Train uploads each rank's files on its own, so a run stopped during an
+    upload leaves a checkpoint folder with some of them (train_state.json possibly among them)."""
+    d = Path(directory)
+    try:
+        state = read_train_state(d)
+    except (OSError, ValueError, TypeError) as exc:  # missing, cut short or not ours
+        return f"{STATE_FILE} does not read ({type(exc).__name__})"
+    tag_dir = d / state.tag
+    if not state.tag or not tag_dir.is_dir():
+        return f"no {state.tag or 'engine'}/ folder"
+    missing = _required_files(tag_dir, state)
+    if missing:
+        return f"{state.tag}/ lacks {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")
+    for f in sorted(tag_dir.iterdir()):
+        if f.is_file() and (broken := _whole_file(f)) is not None:
+            return f"{state.tag}/{broken}"
+    return None
+
+
 def latest_local_checkpoint(run_dir: str | Path) -> Path | None:
-    """Newest checkpoint dir (one holding train_state.json) in a Ray Train run dir, if any."""
+    """Newest complete checkpoint dir in a Ray Train run dir (``incomplete_reason``), if any.
+    A newer one that is incomplete (its writing or upload stopped) is passed over, in one line."""
     d = Path(run_dir)
     if not d.is_dir():
         return None
-    found = [p for p in d.iterdir() if p.is_dir() and (p / STATE_FILE).is_file()]
-    return max(found, key=lambda p: read_train_state(p).step, default=None)
+    steps = {}
+    for p in d.iterdir():
+        if p.is_dir() and (p / STATE_FILE).is_file():
+            try:
+                steps[p] = read_train_state(p).step
+            except (OSError, ValueError, TypeError):
+                steps[p] = -1  # unreadable: tried last, and reported as incomplete
+    for p in sorted(steps, key=lambda p: (steps[p], p.name), reverse=True):
+        reason = incomplete_reason(p)
+        if reason is None:
+            return p
+        log.warning("passing over the incomplete checkpoint %s: %s (its writing or upload stopped)", p, reason)
+    return None
 
 
 class IncompatibleCheckpoint(UserError, ValueError):

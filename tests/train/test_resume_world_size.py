@@ -233,8 +233,16 @@ def test_model_shape_mismatch_names_the_parameter_and_both_shapes():
 
 
 def _fake_checkpoint(storage: Path, run: str, state: TrainState) -> None:
+    """train_state.json and DeepSpeed's file names for every rank (empty torch archives): a
+    complete checkpoint to latest_local_checkpoint, which passes over one missing a rank's files."""
+    import torch
+
     d = storage / run / "checkpoint_2026-01-01_00-00-00.000000"
-    d.mkdir(parents=True)
+    (d / state.tag).mkdir(parents=True)
+    torch.save({}, d / state.tag / "mp_rank_00_model_states.pt")  # ZeRO-1/2: rank 0's
+    for r in range(state.world_size):
+        torch.save({}, d / state.tag / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt")  # ZeRO-3: each rank's
+        torch.save({}, d / state.tag / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
     write_train_state(d, state)
 
 
