@@ -58,6 +58,7 @@ from knowlm_ray.train.checkpoint import (
 from knowlm_ray.train.data import BatchStream, RankSampler, Rows, batch_tokens
 from knowlm_ray.train.deepspeed_presets import build_ds_config, validate_ds_config, zero_stage
 from knowlm_ray.train.engine import DeepSpeedEngine, TorchEngine, use_deepspeed
+from knowlm_ray.train.jit_locks import clear_stale_locks
 from knowlm_ray.train.metrics import MetricsLog, read_metrics
 from knowlm_ray.train.schedule import lr_at
 
@@ -177,6 +178,16 @@ def _restore(engine, ctx: WorkerContext, universal: bool, run_name: str) -> Trai
     return state
 
 
+def _clear_jit_locks(run_name: str, ctx: WorkerContext | None = None) -> None:
+    """A build lock left by a process killed while compiling a DeepSpeed op would hang every rank
+    in FileBaton.wait: one process per node (local rank 0) clears it while the others wait."""
+    if ctx is None or ctx.local_rank == 0:
+        for line in clear_stale_locks():
+            print(f"[{run_name}] {line}", flush=True)
+    if ctx is not None:
+        _barrier(ctx)
+
+
 def _engine_name(ds_config: dict | None, ctx: WorkerContext) -> str:
     return "deepspeed" if use_deepspeed(ds_config, ctx.distributed) else ("ddp" if ctx.distributed else "torch")
 
@@ -237,6 +248,8 @@ def run_worker(cfg, task: Task, ds_config: dict | None, ctx: WorkerContext, cloc
     torch.manual_seed(cfg.seed)  # identical initial weights (LoRA matrices) on every rank
     saved = _saved_state(ctx)
     engine_name = _engine_name(ds_config, ctx)
+    if engine_name == "deepspeed":
+        _clear_jit_locks(cfg.run_name, ctx)
     universal = saved is not None and needs_universal(saved, engine_name, ctx.world_size)
     if saved is not None:
         check_resumable(saved, engine_name, ctx.world_size, zero_stage=zero_stage(ds_config) if ds_config else None)
@@ -440,6 +453,8 @@ def fit(cfg, make_task: Callable[..., Task], shared: dict[str, Any] | None = Non
             "checkpoints are not kept, so a re-run starts over",
             flush=True,
         )
+    if ds_config is not None and cfg.num_workers > 0:
+        _clear_jit_locks(cfg.run_name)  # this node's, before a worker may wait on one
     ray = init_ray()
     refs = {k: ray.put(v) for k, v in (shared or {}).items()}
     t0 = time.perf_counter()
