@@ -43,7 +43,6 @@ number / integer / boolean / null (or a list of them), ``properties``, ``require
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import threading
@@ -154,6 +153,12 @@ def _min_bytes(n: _Node) -> bytes:
 @functools.lru_cache(maxsize=4096)
 def _key(name: bytes) -> bytes:
     return json.dumps(name.decode("utf-8"), ensure_ascii=False).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=4096)
+def _unkey(key: bytes) -> bytes:
+    """A key string's bytes as written (escapes included) -> the property name's bytes."""
+    return json.loads(b'"' + key + b'"').encode("utf-8")
 
 
 _TYPES = {"object": "obj", "array": "arr", "string": "str", "number": "num", "integer": "num", "boolean": "bool"}
@@ -580,7 +585,7 @@ class _Obj(_Frame):
         return True
 
     def _prop(self, key: bytes) -> tuple[int, _Node]:
-        name = json.loads(b'"' + key + b'"').encode("utf-8")
+        name = _unkey(key)
         for i in self._eligible():
             if self.node.props[i][0] == name:
                 return i, self.node.props[i][1]
@@ -833,6 +838,17 @@ class _List(_Frame):
         return b"]"
 
 
+def _copy_stack(st: list) -> list:
+    """Shallow copies of the frames (a simulated step must not touch the row's own stack);
+    ~10x cheaper than ``copy.copy``, which goes through ``__reduce_ex__`` per frame."""
+    out = []
+    for f in st:
+        g = object.__new__(f.__class__)
+        g.__dict__.update(f.__dict__)
+        out.append(g)
+    return out
+
+
 def _feed(st: list, data: bytes) -> None:
     for b in data:
         while not st[-1].feed(b, st):
@@ -861,10 +877,8 @@ class Vocab:
     def __init__(self, hf_tokenizer):
         import llguidance
         import llguidance.hf
-        import torch
 
         self.llg = llguidance
-        self.shifts = torch.arange(32, dtype=torch.int32)
         self.size = len(hf_tokenizer)
         self.eos = hf_tokenizer.eos_token_id
         self.lltok = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=self.size)
@@ -881,6 +895,7 @@ class Vocab:
             node[1] = (node[1] or []) + [i]
         self._compiled: OrderedDict[str, Compiled] = OrderedDict()
         self._part_tokens: dict[bytes, list[int]] = {}
+        self._banned: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
     def subtree(self, node) -> list[int]:
@@ -890,6 +905,27 @@ class Vocab:
                 ids.extend(self.subtree(child))
             node[2] = ids
         return node[2]
+
+    def banned(self, bits, device) -> Any:
+        """The forbidden tokens of an llguidance bitmask (int32 words, bit set = allowed) as a
+        bool tensor on ``device``, or None when nothing is allowed. Memoised by the mask's bytes:
+        a row inside a string, or between items, asks for the same few masks step after step,
+        and unpacking one costs ~10x a dictionary hit."""
+        key = (bits.tobytes(), device)
+        hit = self._banned.get(key)
+        if hit is None:
+            import numpy as np
+            import torch
+
+            if not bits.any():
+                hit = False
+            else:
+                flat = np.unpackbits((~bits).view(np.uint8), bitorder="little")[: self.size]
+                hit = torch.from_numpy(flat.astype(np.bool_)).to(device)
+            if len(self._banned) >= 256:  # a plain dict, cleared when full: safe across threads
+                self._banned.clear()
+            self._banned[key] = hit
+        return None if hit is False else hit
 
     def tokenize_parts(self, parts: list[bytes]) -> list[int]:
         """The closing tokens: each part tokenised on its own (memoised: frames' tails repeat)."""
@@ -964,6 +1000,7 @@ class Compiled:
         probe = llg.LLMatcher(vocab.lltok, self.grammar)
         if probe.is_error():
             raise ConstraintError(f"the grammar engine refused the constraint: {probe.get_error()}")
+        self.proto = probe  # rows start from copies of it: a copy costs ~1/50 of parsing the grammar again
         self.span = _Span(spec.span_text, vocab) if spec.span_text else None
         self.min_tokens = len(vocab.tokenize_parts(_tails(RowConstraint(self, 1 << 30).stack)))
 
@@ -976,13 +1013,15 @@ class RowConstraint:
 
     def __init__(self, compiled: Compiled, max_new_tokens: int):
         self.c = compiled
-        self.matcher = compiled.vocab.llg.LLMatcher(compiled.vocab.lltok, compiled.grammar)
+        self.matcher = compiled.proto.deep_copy()
         self.stack: list[_Frame] = [_Root(compiled.node, compiled.span)]
         self.left = max_new_tokens  # tokens this row may still take
         self.queue: list[int] | None = None  # closing mode: the tokens still to force
         self.closed_by_budget = False
         self.complete = False
         self._bitmask = None
+        self._bitmask_ptr = 0
+        self._settled: tuple[int, list] | None = None  # the token settle() passed, and its stack
 
     def closing(self) -> bytes:
         """The shortest bytes that complete the answer from here."""
@@ -998,31 +1037,31 @@ class RowConstraint:
     def mask_(self, scores) -> None:
         """Forbidden tokens' logits to -inf, in place on a (1, vocab) or (vocab,) tensor."""
         import numpy as np
-        import torch
 
         v = self.c.vocab
         if self._bitmask is None:
             self._bitmask = np.zeros((v.size + 31) // 32, dtype=np.int32)
+            self._bitmask_ptr = self._bitmask.ctypes.data  # .ctypes builds an object per call
         bits = self._bitmask
-        self.matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.nbytes)
+        self.matcher.unsafe_compute_mask_ptr(self._bitmask_ptr, bits.nbytes)
         row = scores.view(-1)
         if row.shape[0] > v.size:
             row[v.size :] = float("-inf")
         span = self._span_mask()
-        if not bits.any():  # nothing allowed (should not happen): close now
+        banned = v.banned(bits, row.device)
+        if banned is None:  # nothing allowed (should not happen): close now
             self._close()
             row.fill_(float("-inf"))
             row[self.forced()] = 0.0
             return
-        banned = torch.from_numpy(np.unpackbits((~bits).view(np.uint8), bitorder="little")[: v.size].view(np.bool_))
         if span is not None:
-            banned = banned | ~span
+            banned = banned | ~span.to(row.device)
             if bool(banned.all()):  # the grammar and the text leave nothing (should not happen)
                 self._close()
                 row.fill_(float("-inf"))
                 row[self.forced()] = 0.0
                 return
-        row[: v.size].masked_fill_(banned.to(row.device), float("-inf"))
+        row[: v.size].masked_fill_(banned, float("-inf"))
 
     def _span_mask(self):
         span = self.c.span
@@ -1045,11 +1084,11 @@ class RowConstraint:
         if token == v.eos:
             return token
         data = v.bytes[token]
-        st = [copy.copy(f) for f in self.stack]
+        st = _copy_stack(self.stack)
         try:
             _feed(st, data)
         except SpanViolation:
-            st = [copy.copy(f) for f in self.stack]
+            st = _copy_stack(self.stack)
             k = 0
             try:
                 for k, b in enumerate(data):  # noqa: B007 - k is where the mention left the text
@@ -1060,10 +1099,11 @@ class RowConstraint:
                 self._close()
                 return self.forced()
             token = v.tokenize(data[:k])[0]
-            st = [copy.copy(f) for f in self.stack]
+            st = _copy_stack(self.stack)
             _feed(st, v.bytes[token])
         parts = _tails(st)
         if sum(map(len, parts)) <= self.left - 1 or len(v.tokenize_parts(parts)) <= self.left - 1:  # tokens <= bytes
+            self._settled = (token, st)  # advance(token) takes this stack instead of feeding again
             return token
         self._close()
         return self.forced()
@@ -1077,10 +1117,14 @@ class RowConstraint:
         self.left -= 1
         if not self.matcher.consume_token(token):
             raise RuntimeError(f"constrained decoding: token {token} refused ({self.matcher.get_error()})")
+        settled, self._settled = self._settled, None
         if token != self.c.vocab.eos:
             if self.queue:
                 self.queue.pop(0)
-            _feed(self.stack, self.c.vocab.bytes[token])
+            if settled is not None and settled[0] == token:
+                self.stack = settled[1]  # settle() fed this token to copies of these frames
+            else:
+                _feed(self.stack, self.c.vocab.bytes[token])
         self.complete = self.matcher.is_stopped()
         return self.complete
 

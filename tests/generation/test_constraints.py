@@ -209,3 +209,41 @@ def test_answer_schemas():
         jsonschema.validate({"机构": []}, alpaca)
     spec = constraint_for("tuple", "re", ["作者"], "t", "span")
     assert spec.shape == TupleShape(("span", ("作者",), "span"), ",", "无") and spec.span_text == "t"
+
+
+def test_the_per_step_shortcuts_agree_with_the_plain_walk(engine):
+    """mask_'s memoised masks and advance() adopting settle()'s stack (the per-step cost cuts)
+    against a second row of the same constraint that is only ever fed: at every step the allowed
+    tokens are exactly llguidance's bitmask, unpacked here, and the shortest closing is the same."""
+    import numpy as np
+    import torch
+
+    vocab_size = len(engine.tokenizer)
+    for text, spec, _task, rng in _cases(24, seed=7):
+        compiled = engine.compile_constraint(spec)
+        budget = compiled.min_tokens + rng.choice([0, 3, 40])
+        fast, plain = compiled.start(budget), compiled.start(budget)
+        gen = torch.Generator().manual_seed(rng.randrange(1 << 30))
+        for _ in range(budget):
+            token = fast.forced()
+            if token is None:
+                scores = torch.randn(1, vocab_size, generator=gen)
+                fast.mask_(scores)
+                bits = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
+                plain.matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.nbytes)
+                allowed = np.unpackbits(bits.view(np.uint8), bitorder="little")[:vocab_size].astype(bool)
+                if spec.span_text is None:  # span mode narrows the grammar's mask further
+                    assert np.array_equal(torch.isfinite(scores[0]).numpy(), allowed)
+                else:
+                    assert not (torch.isfinite(scores[0]).numpy() & ~allowed).any()
+                top2 = scores[0].topk(2).indices.tolist()
+                token = fast.settle(top2[0])
+                roomy = fast.left > compiled.min_tokens + 20 and spec.span_text is None
+                if roomy and token == top2[0] and torch.isfinite(scores[0, top2[1]]) and rng.random() < 0.5:
+                    token = top2[1]  # settled, then another allowed token taken: advance must feed it
+            done = fast.advance(token)
+            assert plain.advance(token) == done
+            assert fast.closing() == plain.closing()
+            if done or token == engine.tokenizer.eos_token_id:
+                break
+        assert fast.complete or spec.kind == "tuple", (text, spec.kind)  # tuple lines end with EOS
