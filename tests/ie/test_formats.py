@@ -97,6 +97,42 @@ def test_oneke_ner_is_the_published_record_in_the_llama2_wrapper():
             '["地震", "获奖"]',
         ),
         (
+            "re",
+            "zh",
+            {"出生地": "人出生的地方"},
+            "你是专门进行关系抽取的专家。请从input中抽取出符合schema定义的关系三元组，不存在的关系返回空列表。"
+            "请按照JSON字符串的格式回答。",
+            '{"出生地": "人出生的地方"}',
+        ),
+        (
+            "ee",
+            "en",
+            {"earthquake": ["magnitude"]},
+            "You are an expert in event extraction. Please extract events from the input that conform to the "
+            "schema definition. Return an empty list for events that do not exist, and return NAN for arguments "
+            "that do not exist. If an argument has multiple values, please return a list. Respond in the format "
+            "of a JSON string.",
+            '[{"event_type": "earthquake", "trigger": true, "arguments": ["magnitude"]}]',
+        ),
+        (
+            "eea",
+            "en",
+            [{"event_type": "earthquake", "trigger": "quake", "arguments": ["magnitude"]}],
+            "You are an expert in event argument extraction. Please extract event arguments and their roles from "
+            "the input that conform to the schema definition, which already includes event trigger words. If an "
+            "argument does not exist, return NAN or an empty dictionary. Please respond in the format of a JSON "
+            "string.",
+            '[{"event_type": "earthquake", "trigger": "quake", "arguments": ["magnitude"]}]',
+        ),
+        (
+            "kg",
+            "zh",
+            [{"entity_type": "人物", "attributes": {"出生地点": "出生的地点"}}],
+            "你是一个图谱实体知识结构化专家。根据输入实体类型(entity type)的schema描述，从文本中抽取出相应的实体实例和其属性"
+            "信息，不存在的属性不输出, 属性存在多值就返回列表，并输出为可解析的json格式。",
+            '[{"entity_type": "人物", "attributes": {"出生地点": "出生的地点"}}]',
+        ),
+        (
             "ner",
             "en",
             {"person": "a human being", "location": "a place"},
