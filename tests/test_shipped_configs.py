@@ -3,6 +3,7 @@ its first line is the exact command that runs it (naming a script and config tha
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -21,7 +22,10 @@ BY_SCRIPT = {f"jobs/{j.script}": j for j in JOBS.values() if j.script}
 def _command(path: Path) -> list[str]:
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# "), f"{path.name}: the first line is not a comment naming its command"
-    return shlex.split(first[2:].split("   (")[0])
+    words = shlex.split(first[2:].split("   (")[0])
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):  # VAR=value settings before it
+        words.pop(0)
+    return words
 
 
 def test_every_directory_has_configs():
