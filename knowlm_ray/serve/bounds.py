@@ -105,6 +105,9 @@ class BodyLimitMiddleware:
 
     Only the body is read here (at most ``max_body_bytes``); after the checks the app gets the
     same messages, and later ``receive`` calls (a disconnect while streaming) go straight through.
+    The route parses the body again: measured 0.85 ms for a 1 MiB body, 3 us for a typical one, while
+    handing the parsed value on would mean setting Starlette's private ``Request._json`` in the
+    request FastAPI builds for each route (behind Serve's ingress), so it is parsed twice.
     """
 
     def __init__(self, app):
