@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extract-chars", type=int, default=70000, help="characters of the /extract text")
     ap.add_argument("--extract-max-tokens", type=int, default=32, help="new tokens per /extract row")
     ap.add_argument("--batch-size", type=int, default=16, help="the replica's max_batch_size")
+    ap.add_argument(
+        "--max-prefill-tokens", type=int, help="the replica's max_prefill_tokens (default: the config's); 0: no limit"
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/fair_admission.md"))
     args = ap.parse_args(argv)
 
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_rows_per_request": max(rows, 1024),
                 "max_extract_chars": max(args.extract_chars, 100_000),
                 "request_timeout_s": 3600,
+                **({} if args.max_prefill_tokens is None else {"max_prefill_tokens": args.max_prefill_tokens or None}),
             }
         ),
         name=APP_NAME,

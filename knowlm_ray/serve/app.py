@@ -35,7 +35,7 @@ from ray import serve
 from knowlm_ray.alpaca import build_prompt
 from knowlm_ray.config import ConfigError, load_config
 from knowlm_ray.generation.chat import render_chat
-from knowlm_ray.generation.continuous import ContinuousBatcher
+from knowlm_ray.generation.continuous import DEFAULT_MAX_PREFILL_TOKENS, ContinuousBatcher
 from knowlm_ray.generation.engine import GenerationEngine, GenerationResult, Prepared
 from knowlm_ray.generation.errors import CONTEXT_LENGTH_EXCEEDED, RequestError, UnknownModelError
 from knowlm_ray.generation.params import GenerateRequest, GenerationParams
@@ -157,6 +157,7 @@ class KnowLMServer:
         lora_prompt_formats: dict[str, str] | None = None,
         limits: dict[str, int] | None = None,
         edits: list[str] | None = None,
+        max_prefill_tokens: int | None = DEFAULT_MAX_PREFILL_TOKENS,
     ):
         keep_replica_on_loopback()  # on a private Ray, Serve's replica gRPC port too
         bounds.configure(bounds.Limits.from_args(**(limits or {})))
@@ -196,7 +197,9 @@ class KnowLMServer:
         if batching not in ("continuous", "dynamic"):
             raise ValueError(f"batching must be 'continuous' or 'dynamic', got {batching!r}")
         self.batching = batching
-        self.batcher = ContinuousBatcher(self.engine, max_batch_size) if batching == "continuous" else None
+        self.batcher = (
+            ContinuousBatcher(self.engine, max_batch_size, max_prefill_tokens) if batching == "continuous" else None
+        )
         submit = continuous_submit(self.batcher) if self.batcher is not None else self._generate_batch
         self.runner = Runner(
             self.engine,
@@ -597,6 +600,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         lora_prompt_formats=cfg.lora_prompt_formats(),
         limits=cfg.limits(),
         edits=cfg.edits,
+        max_prefill_tokens=cfg.max_prefill_tokens,
     )
     return KnowLMServer.options(**deployment_options(cfg)).bind(
         str(model_dir), model_id, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.num_threads, **settings

@@ -118,6 +118,14 @@ class AppArgs(Strict):
     )
     max_batch_size: int = Field(16, ge=1, le=64, description="Rows decoded together (either batching).")
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=1, description="dynamic only: how long a batch waits to fill.")
+    max_prefill_tokens: int | None = Field(
+        32,
+        ge=1,
+        description="continuous only: prompt tokens prefilled per decode step for rows joining beside a request "
+        "that is only decoding (longer prompts go in chunks), so a big job's rows never stall a small request's "
+        "steps by more; a newcomer's first row is never held back. null: no limit. On a GPU a step's cost "
+        "hardly grows with its tokens: raise it there.",
+    )
     max_waiting_requests: int = Field(
         16, ge=1, description="Requests waiting for a batch in one replica; more get 503 + Retry-After."
     )
