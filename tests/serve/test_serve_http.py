@@ -41,7 +41,8 @@ def base_url(ray_local, tiny_model, lora_dirs):
     t0 = time.perf_counter()
     url = launch.start(
         str(tiny_model),
-        loras={k: str(v) for k, v in lora_dirs.items()},
+        # "other" asks /extract in OneKE's format (an adapter's own prompt_format), "ie" in the model's
+        loras={"ie": str(lora_dirs["ie"]), "other": {"path": str(lora_dirs["other"]), "prompt_format": "oneke"}},
         port=_free_port(),
         num_replicas=1,
         timeout_s=120,
@@ -641,6 +642,38 @@ def test_extract_oneke_sends_the_oneke_prompt_verbatim(base_url, reference):
     want = assemble(plan, [reference.raw(prompt, max_tokens=12)[0]])
     assert got == json.loads(json.dumps(want, ensure_ascii=False))
     assert got["raw"] == want["raw"] and set(got) >= {"id", "text", "entities", "raw"}
+
+
+def test_extract_asks_each_adapter_in_its_own_prompt_format(base_url, tiny_model, lora_dirs, reference_cls):
+    """``loras: {other: {path, prompt_format: oneke}}``: /extract on "other" sends OneKE's prompt
+    (built here by hand); on "ie" (a plain directory) the model's own format, alpaca; a request's
+    prompt_format overrides the adapter's. Each answer equals peft's greedy answer to that prompt."""
+    from knowlm_ray.alpaca import build_prompt
+
+    text, schema = "鲁迅生于绍兴。", ["人物", "地点"]
+    body = {"task": "ner", "text": text, "schema": schema, "lang": "zh", "constrained": False}
+    body["parameters"] = {"max_tokens": 8}
+    oneke = (
+        "[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n"
+        '{"instruction": "你是专门进行实体抽取的专家。请从input中抽取出符合schema定义的实体，不存在的实体类型返回空列表。'
+        '请按照JSON字符串的格式回答。", "schema": ["人物", "地点"], "input": "鲁迅生于绍兴。"}[/INST]'
+    )
+    alpaca = build_prompt(
+        '请从输入文本中抽取实体，候选的实体类型为["人物", "地点"]。请以JSON字符串回答，格式为{"实体类型": ["实体"]}；'
+        "如果没有符合的实体，请回答“无”。",
+        text,
+    )
+    other, ie = (reference_cls(tiny_model, lora_dirs[name]) for name in ("other", "ie"))
+    want = {
+        ("other", None): other.raw(oneke, 8)[0],
+        ("other", "alpaca"): other.raw(alpaca, 8)[0],
+        ("ie", None): ie.raw(alpaca, 8)[0],
+    }
+    assert want["other", None] != want["other", "alpaca"]  # the two prompts are told apart by the answers
+    for (model, fmt), answer in want.items():
+        r = _post(base_url, {**body, "model": model, **({"prompt_format": fmt} if fmt else {})}, route="/extract")
+        assert r.status_code == 200, r.text
+        assert r.json()["raw"] == [answer], (model, fmt)
 
 
 @pytest.mark.parametrize(
