@@ -105,6 +105,8 @@ def _extract(a: argparse.Namespace) -> None:
     ]
     pf = a.prompt_format
     tokenizer = None
+    if a.show_prompts and pf is None and a.server:  # its prompt_format is the server's, unknown here
+        _fail("--show-prompts with --server needs --prompt-format F (the server's own format is not asked)")
     if a.show_prompts and pf == "chat":
         if not a.model:
             _fail("--show-prompts with --prompt-format chat needs --model DIR (its tokenizer's chat template)")
@@ -184,6 +186,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--show-prompts",
         action="store_true",
         help="print the exact prompts, one JSON string per line, and generate nothing (no server or model "
-        "needed, except --model for chat)",
+        "needed, except --model for chat; with --server, name --prompt-format)",
     )
     p.set_defaults(fn=_extract)

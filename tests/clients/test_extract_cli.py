@@ -117,6 +117,20 @@ def test_request_errors_before_any_model(capsys, tmp_path):
         assert msg in capsys.readouterr().err
 
 
+def test_show_prompts_with_a_server_names_the_format(server, capsys):
+    """The prompts /extract sends depend on the server's prompt_format, which the client does not
+    know: --show-prompts with --server needs --prompt-format, and then sends nothing."""
+    srv, url = server(True)
+    argv = ["extract", "--task", "ner", "--schema", "人物", "--text", "鲁迅。", "--server", url, "--show-prompts"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--prompt-format" in err and err.count("\n") == 1
+    main([*argv, "--prompt-format", "oneke"])
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line).startswith("[INST] <<SYS>>") and srv.bodies == []
+
+
 @pytest.mark.slow
 def test_model_in_process(tiny_model, capsys, tmp_path):
     doc = tmp_path / "doc.txt"
