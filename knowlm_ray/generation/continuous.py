@@ -61,7 +61,7 @@ from knowlm_ray.generation.penalties import penalty_processors
 
 log = logging.getLogger("knowlm_ray.generation")
 
-DEFAULT_MAX_PREFILL_TOKENS = 32  # per decode step beside a request mid-flight; see BENCHMARKS.md
+DEFAULT_MAX_PREFILL_TOKENS = 16  # per decode step beside a request mid-flight; see BENCHMARKS.md
 
 
 @dataclass(eq=False)

@@ -119,7 +119,7 @@ class AppArgs(Strict):
     max_batch_size: int = Field(16, ge=1, le=64, description="Rows decoded together (either batching).")
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=1, description="dynamic only: how long a batch waits to fill.")
     max_prefill_tokens: int | None = Field(
-        32,
+        16,  # continuous.DEFAULT_MAX_PREFILL_TOKENS (not imported: options load without torch)
         ge=1,
         description="continuous only: prompt tokens prefilled per decode step for rows joining beside a request "
         "that is only decoding (longer prompts go in chunks), so a big job's rows never stall a small request's "

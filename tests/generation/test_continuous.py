@@ -86,6 +86,23 @@ def test_a_late_short_request_joins_and_leaves_before_a_long_one_ends(engine, ba
     assert long.result(timeout=120)[0].num_output_tokens == 400
 
 
+def test_a_long_row_outgrowing_its_cache_room_equals_its_sequential_result(engine, batcher):
+    # The batch's cache keeps 64 free columns per rebuild: 200 tokens outgrow them, between and
+    # across the rebuilds of short rows joining and leaving
+    long_row = engine.prepare_prompt(PROMPTS[3], P(max_tokens=200))
+    short_rows = [engine.prepare_prompt(p, P(max_tokens=5 + 7 * k)) for k, p in enumerate(PROMPTS)]
+    long = batcher.submit([long_row])
+    shorts = []
+    for row in short_rows:
+        start = batcher.steps
+        shorts.append(batcher.submit([row]))
+        while batcher.steps < start + 25:
+            time.sleep(0.0005)
+    assert long.result(timeout=120) == engine.generate_prepared([long_row])
+    assert [f.result(timeout=60)[0] for f in shorts] == [engine.generate_prepared([r])[0] for r in short_rows]
+    assert long.result()[0].num_output_tokens == 200  # no early EOS: it really outgrew the room
+
+
 def test_sampled_and_greedy_rows_share_a_batch(engine, batcher):
     greedy = engine.prepare_prompt(PROMPTS[2], P(max_tokens=12))
     sampled = engine.prepare_prompt(PROMPTS[3], P(max_tokens=7, temperature=0.9, top_p=0.8, top_k=20))
