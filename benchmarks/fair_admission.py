@@ -86,8 +86,9 @@ def count_rows(model: str, body: dict) -> int:
     return len(plan_extraction(body["task"], body["text"], body["schema"], body["lang"], tokenizer=tok).texts)
 
 
-def generate_phase(url: str, n: int, clients: int, max_tokens: int) -> list[float]:
-    """``n`` requests from ``clients`` threads, each sending its next one when the last returns."""
+def generate_phase(url, n: int, clients: int, max_tokens: int) -> list[float]:
+    """``n`` requests from ``clients`` threads, each sending its next one when the last returns.
+    ``url``: the server's, or (``--in-process``) a function sending request ``i`` to a batcher."""
     import requests
 
     latencies: list[float] = []
@@ -106,6 +107,12 @@ def generate_phase(url: str, n: int, clients: int, max_tokens: int) -> list[floa
                 "parameters": {"temperature": 0, "max_tokens": max_tokens},
             }
             t0 = time.perf_counter()
+            if callable(url):
+                url(body)
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt * 1000)
+                continue
             r = requests.post(f"{url}/generate", json=body, timeout=600)
             dt = time.perf_counter() - t0
             with lock:
@@ -124,38 +131,51 @@ def generate_phase(url: str, n: int, clients: int, max_tokens: int) -> list[floa
     return latencies
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", help="HF model dir (default: the test suite's tiny model, built into a temp dir)")
-    ap.add_argument("--requests", type=int, default=40, help="/generate requests per phase")
-    ap.add_argument("--clients", type=int, default=2, help="client threads sending /generate")
-    ap.add_argument("--max-tokens", type=int, default=16, help="new tokens per /generate")
-    ap.add_argument("--extract-chars", type=int, default=70000, help="characters of the /extract text")
-    ap.add_argument("--extract-max-tokens", type=int, default=32, help="new tokens per /extract row")
-    ap.add_argument("--batch-size", type=int, default=16, help="the replica's max_batch_size")
-    ap.add_argument(
-        "--max-prefill-tokens", type=int, help="the replica's max_prefill_tokens (default: the config's); 0: no limit"
-    )
-    ap.add_argument("--out", default=str(REPO / "benchmarks/results/fair_admission.md"))
-    args = ap.parse_args(argv)
+def in_process(args, model: str, body: dict):
+    """The same phases against a ``ContinuousBatcher`` in this process: no HTTP, no Serve, no
+    client processes sharing the CPU; what the batcher's scheduling alone gives."""
+    import torch
 
+    from knowlm_ray.alpaca import build_prompt
+    from knowlm_ray.generation.continuous import DEFAULT_MAX_PREFILL_TOKENS, ContinuousBatcher
+    from knowlm_ray.generation.engine import GenerationEngine
+    from knowlm_ray.generation.params import GenerationParams
+    from knowlm_ray.ie.extract import plan_extraction
+
+    torch.set_num_threads(1)  # as a replica under Ray (OMP_NUM_THREADS=1)
+    engine = GenerationEngine(model)
+    budget = DEFAULT_MAX_PREFILL_TOKENS if args.max_prefill_tokens is None else (args.max_prefill_tokens or None)
+    batcher = ContinuousBatcher(engine, args.batch_size, budget)
+    plan = plan_extraction(body["task"], body["text"], body["schema"], body["lang"], tokenizer=engine.tokenizer)
+    big = [engine.prepare_prompt(t, GenerationParams(**body["parameters"])) for t in plan.texts]
+
+    def send(req: dict) -> None:
+        row = engine.prepare_prompt(build_prompt(req["instruction"]), GenerationParams(**req["parameters"]))
+        batcher.submit([row]).result()
+
+    generate_phase(send, 4, 1, args.max_tokens)
+    idle = generate_phase(send, args.requests, args.clients, args.max_tokens)
+    t0 = time.perf_counter()
+    job = batcher.submit(big)
+    while batcher.active < args.batch_size:
+        time.sleep(0.005)
+    before = batcher.stats()
+    loaded = generate_phase(send, args.requests, args.clients, args.max_tokens)
+    after = batcher.stats()
+    overlapped = not job.done()
+    answers = len(job.result())
+    extract = {"status": "in-process", "answers": answers, "seconds": time.perf_counter() - t0}
+    idle += generate_phase(send, args.requests, args.clients, args.max_tokens)
+    stats = batcher.stats()
+    batcher.close()
+    return idle, loaded, extract, before, after, stats, overlapped
+
+
+def over_serve(args, model: str, body: dict, rows: int):
+    """The phases against one Serve replica over HTTP (the issue's benchmark)."""
     import requests
 
-    from knowlm_ray.runtime import init_ray, set_default_env
-
-    set_default_env()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    model = args.model
-    if model is None:
-        from knowlm_ray.models.tiny import DEFAULT_CORPUS, TinySpec, build_tiny
-
-        corpus = [REPO / p for p in DEFAULT_CORPUS if (REPO / p).exists()]
-        tmp = Path(tempfile.mkdtemp(prefix="bench_fair_"))
-        model = str(build_tiny(tmp / "tiny", corpus, TinySpec(vocab_size=3000, hidden=64, layers=2, intermediate=172)))
-    body = extract_body(args.extract_chars, args.extract_max_tokens)
-    rows = count_rows(model, body)
-    print(f"[fair] /extract: {len(body['text'])} characters x {len(LABELS)} labels = {rows} rows", flush=True)
+    from knowlm_ray.runtime import init_ray
 
     init_ray()
     from ray import serve
@@ -213,6 +233,46 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.shutdown()
+    return idle, loaded, extract, before, after, stats, overlapped
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="HF model dir (default: the test suite's tiny model, built into a temp dir)")
+    ap.add_argument("--requests", type=int, default=40, help="/generate requests per phase")
+    ap.add_argument("--clients", type=int, default=2, help="client threads sending /generate")
+    ap.add_argument("--max-tokens", type=int, default=16, help="new tokens per /generate")
+    ap.add_argument("--extract-chars", type=int, default=70000, help="characters of the /extract text")
+    ap.add_argument("--extract-max-tokens", type=int, default=32, help="new tokens per /extract row")
+    ap.add_argument("--batch-size", type=int, default=16, help="the replica's max_batch_size")
+    ap.add_argument(
+        "--max-prefill-tokens", type=int, help="the replica's max_prefill_tokens (default: the config's); 0: no limit"
+    )
+    ap.add_argument(
+        "--in-process", action="store_true", help="drive a ContinuousBatcher in this process (no HTTP, no Serve)"
+    )
+    ap.add_argument("--out", default=str(REPO / "benchmarks/results/fair_admission.md"))
+    args = ap.parse_args(argv)
+
+    from knowlm_ray.runtime import set_default_env
+
+    set_default_env()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    model = args.model
+    if model is None:
+        from knowlm_ray.models.tiny import DEFAULT_CORPUS, TinySpec, build_tiny
+
+        corpus = [REPO / p for p in DEFAULT_CORPUS if (REPO / p).exists()]
+        tmp = Path(tempfile.mkdtemp(prefix="bench_fair_"))
+        model = str(build_tiny(tmp / "tiny", corpus, TinySpec(vocab_size=3000, hidden=64, layers=2, intermediate=172)))
+    body = extract_body(args.extract_chars, args.extract_max_tokens)
+    rows = count_rows(model, body)
+    print(f"[fair] /extract: {len(body['text'])} characters x {len(LABELS)} labels = {rows} rows", flush=True)
+    if args.in_process:
+        idle, loaded, extract, before, after, stats, overlapped = in_process(args, model, body)
+    else:
+        idle, loaded, extract, before, after, stats, overlapped = over_serve(args, model, body, rows)
 
     p99_idle, p99_loaded = _pct(idle, 0.99), _pct(loaded, 0.99)
     ratio = p99_loaded / p99_idle
@@ -224,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n## fair admission — {time.strftime('%Y-%m-%d %H:%M')}\n",
         f"`{cmd.strip()}`\n",
         f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), no GPU, load average "
-        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end. One replica, continuous batching, "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end. "
+        f"{'In-process ContinuousBatcher (no HTTP, no Serve)' if args.in_process else 'One replica'}, continuous batching, "
         f"max_batch_size {args.batch_size}; {args.clients} client threads; /generate greedy, {args.max_tokens} "
         f"new tokens; /extract {rows} rows x {args.extract_max_tokens} new tokens, free decoding, "
         f"status {extract.get('status')}, {extract.get('answers')} answers in {extract.get('seconds', 0):.1f} s"
