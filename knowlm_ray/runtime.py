@@ -2,8 +2,9 @@
 
 A Ray that ``init_ray`` starts for this process is private: Ray's token authentication stays on
 (every Ray API refuses a client without the token from ``~/.ray/auth_token``) and every Ray port
-listens on loopback only. Attached to a cluster (``RAY_ADDRESS``), the cluster's own settings
-stand.
+listens on loopback only. Attached to a cluster (``RAY_ADDRESS``, or a ``ray start`` running on
+this machine, as ``ray.init()`` and ``serve run`` find it), the cluster's own settings stand;
+``RAY_ADDRESS=local`` always starts a private Ray.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 
 # Defaults for a quiet, offline run: no progress bars or print patching in workers, no Hugging
 # Face hub access, and a faster Ray Train poll. setdefault: a user's own environment always wins.
@@ -72,20 +74,62 @@ def private_ray_env() -> None:
         pass
 
 
+def local_cluster_address() -> str | None:
+    """The GCS address of a Ray that ``ray start`` runs on this machine, found the way
+    ``ray.init()`` finds it (the ``ray_current_cluster`` file in Ray's temp dir, which
+    ``ray start`` writes and ``ray stop`` removes), if a raylet of it still runs here; None
+    otherwise (a file left by a Ray that was killed names nothing). Ray's internals: where a Ray
+    version moves them, None."""
+    try:
+        from ray._private import services
+    except ImportError:
+        return None
+    try:
+        address = services.find_bootstrap_address(None)
+        if not address:
+            return None
+        services.find_gcs_addresses.cache_clear()
+        return address if address in services.find_gcs_addresses() else None
+    except (AttributeError, OSError):
+        return None
+
+
+def cluster_address() -> str | None:
+    """Where ``init_ray`` will attach: ``RAY_ADDRESS`` (unless it is ``local``), else a running
+    ``ray start`` on this machine; None: it starts a private Ray."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address == "local":
+        return None
+    return address or local_cluster_address()
+
+
 def init_ray(num_cpus: int | None = None, object_store_mb: int = 512):
-    """Start or attach to Ray. Attached to a cluster (RAY_ADDRESS), no resources may be passed.
-    A Ray started here is private (``private_ray_env``)."""
+    """Start or attach to Ray. Attached (``cluster_address``), no resources may be passed and the
+    cluster's settings stand. A Ray started here is private (``private_ray_env``).
+
+    Without ``RAY_ADDRESS``, plain ``ray.init()`` attaches by itself to a ``ray start`` on this
+    machine and then refuses ``num_cpus``: that case attaches here too, as ``serve run`` does,
+    and says so in one line (``RAY_ADDRESS=local`` for a private Ray beside it)."""
     set_default_env()
     import ray
 
     if ray.is_initialized():
         return ray
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": worker_env()}, log_to_driver=True)
+    runtime_env = {"env_vars": worker_env()}
+    if os.environ.get("RAY_ADDRESS", "") not in ("", "local"):
+        ray.init(runtime_env=runtime_env, log_to_driver=True)
+    elif (local := cluster_address()) is not None:
+        print(
+            f"[knowlm] attaching to the Ray that `ray start` runs on this machine ({local}): its resources "
+            "and settings apply; RAY_ADDRESS=local starts a private Ray instead",
+            file=sys.stderr,
+            flush=True,
+        )
+        ray.init(address=local, runtime_env=runtime_env, log_to_driver=True)
     else:
         private_ray_env()
-        runtime_env = {"env_vars": worker_env()}
         ray.init(
+            address="local",  # never the ray_current_cluster file's address: checked above
             num_cpus=num_cpus or os.cpu_count() or 2,
             include_dashboard=False,
             object_store_memory=object_store_mb * 2**20,

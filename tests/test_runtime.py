@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+import pytest
+
 from knowlm_ray.runtime import quiet_busy_cpu_warning
 
 
@@ -58,3 +60,117 @@ def test_a_ray_started_here_is_private_and_an_explicit_mode_stands(monkeypatch):
     finally:
         monkeypatch.undo()
         Config.initialize("")  # Ray's cached config as the environment is again
+
+
+# ------------------------------------------------------------- a `ray start` on this machine
+# Ray finds it through the ray_current_cluster file in its temp dir; RAY_TMPDIR gives these tests
+# their own, so neither the other tests' Rays nor a user's `ray start` are seen or touched.
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_ray(temp_dir: str) -> None:
+    """End the processes whose command lines name ``temp_dir`` (not `ray stop`: that stops every
+    Ray on the machine)."""
+    import signal
+
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in arg for arg in p.info["cmdline"] or ()):
+                procs += [p, *p.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    for p in psutil.wait_procs(procs, timeout=10)[1]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+INIT_AND_REPORT = """
+import json, ray
+from knowlm_ray.runtime import init_ray
+init_ray(num_cpus=2)
+print(json.dumps({"cpus": ray.cluster_resources().get("CPU"), "gcs": ray.get_runtime_context().gcs_address}))
+"""
+
+
+def test_a_stale_cluster_file_names_no_cluster(tmp_path, monkeypatch):
+    """A `ray start` killed without `ray stop` leaves its file: nothing runs there, so no attach."""
+    from knowlm_ray.runtime import cluster_address, local_cluster_address
+
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert local_cluster_address() is None and cluster_address() is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert cluster_address() == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # Ray's own word for "start one here"
+    assert cluster_address() is None
+
+
+@pytest.mark.slow
+def test_init_ray_attaches_to_a_ray_start_on_this_machine_and_local_starts_its_own(monkeypatch):
+    """Plain ray.init(num_cpus=...) attaches by itself to the README's `ray start --head` and then
+    raises ("When connecting to an existing cluster, num_cpus ... must not be provided"). init_ray
+    attaches as `serve run` does and says so; RAY_ADDRESS=local starts a private Ray beside it."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from knowlm_ray.runtime import local_cluster_address
+
+    bin_dir = Path(sys.executable).parent
+    temp_dir = tempfile.mkdtemp(prefix="krs", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=temp_dir, RAY_AUTH_MODE="token", PATH=f"{bin_dir}:{env.get('PATH', '')}")
+    try:
+        subprocess.run(
+            [str(bin_dir / "ray"), "start", "--head", "--num-cpus=1", f"--port={_free_port()}",
+             "--include-dashboard=false", f"--ray-client-server-port={_free_port()}",
+             f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"],
+            env=env, capture_output=True, text=True, check=True, timeout=90,
+        )  # fmt: skip
+        address = (Path(temp_dir) / "ray" / "ray_current_cluster").read_text().strip()
+        monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        assert local_cluster_address() == address
+
+        attached = subprocess.run(
+            [sys.executable, "-c", INIT_AND_REPORT], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert attached.returncode == 0, attached.stderr[-3000:]
+        assert json.loads(attached.stdout.splitlines()[-1]) == {"cpus": 1.0, "gcs": address}  # its CPUs, not 2
+        notes = [line for line in attached.stderr.splitlines() if line.startswith("[knowlm]")]
+        assert len(notes) == 1 and address in notes[0] and "RAY_ADDRESS=local" in notes[0], attached.stderr
+
+        own = subprocess.run(
+            [sys.executable, "-c", INIT_AND_REPORT],
+            env={**env, "RAY_ADDRESS": "local"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert own.returncode == 0, own.stderr[-3000:]
+        report = json.loads(own.stdout.splitlines()[-1])
+        assert report["cpus"] == 2.0 and report["gcs"].startswith("127.0.0.1:"), report  # private: loopback
+        assert report["gcs"] != address and "[knowlm]" not in own.stderr
+    finally:
+        _stop_ray(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -131,23 +131,31 @@ def install_admin_wrapper(cache_dir: Path | None = None) -> str | None:
     return str(path)
 
 
+def _attached_to(initialized: bool) -> str | None:
+    """Why this process cannot choose the ingress (the Ray it will use is up already), or None."""
+    from knowlm_ray.runtime import local_cluster_address
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address not in ("", "local"):
+        return "attached to the Ray cluster at RAY_ADDRESS"
+    if initialized:
+        return "Ray already runs in this process"
+    local = None if address == "local" else local_cluster_address()
+    return f"attached to the Ray that `ray start` runs on this machine ({local})" if local else None
+
+
 def use_ingress(ingress: str) -> None:
     """Make the Ray that this process is about to start serve through ``ingress``.
 
     Only a Ray this process starts can be set up here: attached to a running cluster
-    (``RAY_ADDRESS``) or with Ray already up, the cluster's own choice stands, so a different
-    request is an error that says how to start the cluster instead.
+    (``RAY_ADDRESS``, or a ``ray start`` on this machine: ``runtime.cluster_address``) or with
+    Ray already up, the cluster's own choice stands, so a different request is an error that says
+    how to start the cluster instead.
     """
     env = ingress_env(ingress)
     import ray
 
-    where = (
-        "attached to the Ray cluster at RAY_ADDRESS"
-        if os.environ.get("RAY_ADDRESS")
-        else "Ray already runs in this process"
-        if ray.is_initialized()
-        else None
-    )
+    where = _attached_to(ray.is_initialized())
     if where:
         if current_ingress() != ingress:
             raise ConfigError(
