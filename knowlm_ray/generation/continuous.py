@@ -31,8 +31,9 @@ prompt tokens per decode step, saved up and spent ``CHUNK_STEPS`` steps' worth a
 forward pass has a fixed cost): rows that fit go in one padded pass as before, a longer one in
 chunks over several steps (its own cache until its prompt is in, then it joins). A newcomer's
 first row is prefilled whole at once (it joins at the next step, and the budget never delays
-it); with no such request in the batch (a job alone, or every request still filling) nothing is
-limited, so a lone job's throughput is what it was. The budget trades the big job's speed for
+it); with no such request in the batch (a job alone, or every request still filling) rows go in
+passes of up to ``PASS_TOKENS`` whole rows, so a lone job's throughput is what it was and a
+newcomer waits for one such pass at most. The budget trades the big job's speed for
 the small one's: at 16 tokens a 400-token prompt takes 25 steps to join, so beside a steady
 stream of small requests a big job runs on few rows (tune ``max_prefill_tokens`` per device).
 
@@ -70,6 +71,9 @@ DEFAULT_MAX_PREFILL_TOKENS = 16  # per decode step beside a request mid-flight; 
 # The budget is saved up and spent in chunks of up to this many steps' worth: a forward pass has a
 # fixed cost (tiny model, this CPU: a 16-token chunk 0.9 ms, a 64-token one 1.4 ms)
 CHUNK_STEPS = 4
+# Unlimited prefill (a job alone) still goes in passes of whole rows up to this many tokens: a
+# newcomer waits for one pass, not for a batch's worth (16 x 400 tokens: ~0.3 s on this CPU)
+PASS_TOKENS = 1024
 
 
 @dataclass(eq=False)
@@ -543,8 +547,9 @@ class ContinuousBatcher:
         import torch
 
         limit = self._budget(urgent)
-        budget = float("inf")
-        if limit != float("inf"):  # saved up a step at a time, spent a whole chunk (or row) at once
+        unlimited = limit == float("inf")
+        budget = PASS_TOKENS
+        if not unlimited:  # saved up a step at a time, spent a whole chunk (or row) at once
             self._credit = int(min(self._credit + limit, CHUNK_STEPS * limit))
             head = self._filling[0].left if self._filling else 0
             budget = self._credit if self._credit >= min(head, CHUNK_STEPS * limit) else 0
@@ -553,10 +558,12 @@ class ContinuousBatcher:
         joined: list[tuple] = []  # (cache, mask, logits, rows) of rows whose prefill is complete
         while self._filling and spent < budget:
             f = self._filling[0]
-            if not f.done and spent + f.left <= budget:  # fits whole: the shared padded pass
-                whole.append(self._filling.popleft().row)
+            if not f.done and (spent + f.left <= budget or (unlimited and not whole)):
+                whole.append(self._filling.popleft().row)  # fits whole (or goes alone): the padded pass
                 spent += f.left
                 continue
+            if unlimited and not f.done:
+                break  # the pass is full: next step
             take = int(min(f.left, budget - spent))
             logits = self._chunk(f, take)
             spent += take
@@ -567,7 +574,7 @@ class ContinuousBatcher:
             joined.append((f.cache, mask, logits, [f.row]))
         if whole:
             joined.append(self._prefill_whole(whole))
-        self._credit = 0 if budget == float("inf") else max(0, self._credit - spent)
+        self._credit = 0 if unlimited else max(0, self._credit - spent)
         if not joined:
             return
         first = len(self._rows)

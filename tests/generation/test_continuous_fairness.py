@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from knowlm_ray.generation.continuous import CHUNK_STEPS, ContinuousBatcher
+from knowlm_ray.generation.continuous import CHUNK_STEPS, PASS_TOKENS, ContinuousBatcher
 from knowlm_ray.generation.engine import GenerationEngine
 from knowlm_ray.generation.params import GenerationParams as P
 
@@ -173,6 +173,20 @@ def test_a_job_alone_is_prefilled_whole_whatever_the_budget(engine):
     try:
         assert b.generate(rows) == [engine.generate_prepared([r])[0] for r in rows]
         assert b.stats()["prefill_chunks"] == 0  # nobody else's steps to protect: no chunking
+    finally:
+        b.close()
+
+
+def test_a_job_alone_is_prefilled_in_passes_of_whole_rows_up_to_pass_tokens(engine):
+    rows = [engine.prepare_prompt(f"{LONG * 12} {k}", P(max_tokens=3)) for k in range(8)]
+    sizes = [len(r.input_ids) for r in rows]
+    assert sum(sizes) > 2 * PASS_TOKENS and max(sizes) < PASS_TOKENS
+    b = StepLog(engine, max_batch_size=8)
+    try:
+        assert b.generate(rows) == [engine.generate_prepared([r])[0] for r in rows]
+        passes = [n for n in b.prefilled.values() if n]
+        assert max(passes) <= PASS_TOKENS and len(passes) >= 3  # a newcomer waits for one pass, not all
+        assert b.stats()["prefill_chunks"] == 0  # whole rows only: nobody's steps to protect
     finally:
         b.close()
 
