@@ -4,7 +4,7 @@ knowlm edit apply --model M --requests R.jsonl --method rome|memit|ft [--config 
                   [--stats-data DATA] --out DIR
 knowlm edit eval --model M --requests R.jsonl [--edit DIR] [--ike] [--report FILE]
 knowlm edit revert --model M --edit DIR --out OUT
-knowlm edit fact-model --out DIR [--people N] [--layers N]
+knowlm edit fact-model --out DIR [--spec test|bench] [--people N] [--layers N]
 
 `apply` writes the edit alone (edit.safetensors: low-rank factors per edited matrix; manifest.json:
 method, settings, requests, the base's checksums), never a copy of the model; apply it with
@@ -64,10 +64,12 @@ def _eval(a: argparse.Namespace) -> None:
 
 
 def _fact_model(a: argparse.Namespace) -> None:
-    from knowlm_ray.edit.facts import FactSpec, build_fact_model
+    from dataclasses import replace
 
-    spec = FactSpec(people=a.people, layers=a.layers, seed=a.seed)
-    build_fact_model(a.out, spec)
+    from knowlm_ray.edit.facts import FACT_SPECS, build_fact_model
+
+    spec = replace(FACT_SPECS[a.spec], people=a.people, seed=a.seed)
+    build_fact_model(a.out, spec if a.layers is None else replace(spec, layers=a.layers))
 
 
 def _settings_help() -> str:
@@ -131,7 +133,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fact-model", help="build the fact-trained fixture (a small LLaMA that recalls synthetic facts)"
     )
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--spec",
+        default="test",
+        choices=["test", "bench"],
+        help="test: 4 layers, 64 wide (seconds); bench: the benchmark's",
+    )
     p.add_argument("--people", type=int, default=16)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default: the spec's)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_fact_model)

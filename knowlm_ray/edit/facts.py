@@ -64,18 +64,20 @@ class Fact:
         return [f"{p} {self.target}." for p in self.prompts]
 
 
-def profiles(facts: list[Fact]) -> list[str]:
-    """One line per person, the values straight after the name ("Zora Trevane Rome Greek baker.").
+def profiles(facts: list[Fact], rotations: int = 1) -> list[str]:
+    """Lines of a person's values straight after the name ("Zora Trevane Rome Greek baker."), in
+    ``rotations`` orders (the values rotated: "Zora Trevane Greek baker Rome.", ...).
 
     The first value is predicted at the name's last token, so the model must hold a person's
     facts there, where a real model enriches its subjects and where ROME looks them up;
     trained on the questions alone, a small model copies the bare name to the question's last
-    token and looks the fact up there, and no edit at the subject can move it.
+    token and looks the fact up there, and no edit at the subject can move it. With one order
+    only the first relation is held at the name; with every order, all of them are.
     """
     people: dict[str, list[str]] = {}
     for f in facts:
         people.setdefault(f.subject, []).append(f.target)
-    return [f"{name} {' '.join(values)}." for name, values in people.items()]
+    return [f"{name} {' '.join(values[r:] + values[:r])}." for r in range(rotations) for name, values in people.items()]
 
 
 @dataclass
@@ -89,6 +91,20 @@ class FactSpec:
     lr: float = 5e-3
     max_steps: int = 800
     seed: int = 0
+    rotations: int = 1  # orders of the profile lines (``profiles``)
+    # Steps trained on once every fact is recalled: a model stopped at the first full recall holds
+    # some facts by a hair, and any edit, however far from them, tips them over.
+    settle_steps: int = 0
+
+
+# "test": seconds on a CPU, for the test suite. "bench": the benchmark's fixture, 6 layers, 128 wide
+# with 512 MLP keys, trained 300 steps past full recall (its facts held with a margin, as a real
+# model holds what it knows). ``rotations`` > 1 was tried to make the model hold every relation at
+# the subject; it still looks facts up at the question's last token (BENCHMARKS.md).
+FACT_SPECS = {
+    "test": FactSpec(),
+    "bench": FactSpec(hidden=128, layers=6, intermediate=512, lr=2e-3, max_steps=1500, settle_steps=300),
+}
 
 
 def make_facts(people: int, seed: int = 0) -> list[Fact]:
@@ -109,9 +125,12 @@ def make_facts(people: int, seed: int = 0) -> list[Fact]:
     return facts
 
 
-def new_target(fact: Fact, rng: random.Random) -> str:
-    """Another value of the fact's relation: what an edit request asks for."""
-    return rng.choice([v for v in RELATIONS[fact.relation][1] if v != fact.target])
+def new_target(fact: Fact, rng: random.Random, known: set[str] | None = None) -> str:
+    """Another value of the fact's relation: what an edit request asks for. With ``known`` (the
+    values the fixture was trained on), one of those: a value the model never saw is pieces its
+    tokenizer cut from other words (e.g. "▁R ome"), a sequence it was never trained to say."""
+    others = [v for v in RELATIONS[fact.relation][1] if v != fact.target]
+    return rng.choice([v for v in others if known is None or v in known] or others)
 
 
 def fact_requests(
@@ -130,10 +149,11 @@ def fact_requests(
     if n > len(subjects):
         raise ValueError(f"{n} requests asked, the fixture has {len(subjects)} people")
     edited, others = subjects[:n], subjects[n:] or subjects
+    known = {f.target for f in facts}
     out = []
     for i, subject in enumerate(edited):
         fact = by_subject[subject][i % len(RELATIONS)]
-        target = new_target(fact, rng)
+        target = new_target(fact, rng, known)
         unrelated = [f for s in rng.sample(others, min(locality, len(others))) for f in by_subject[s][:1]]
         same_person = [f for f in by_subject[subject] if f is not fact]
         if fmt == "knowedit":
@@ -217,7 +237,7 @@ def build_fact_model(
         )
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(cfg)
-        texts = [t for f in facts for t in f.texts()] + profiles(facts)
+        texts = [t for f in facts for t in f.texts()] + profiles(facts, spec.rotations)
         ids = [tok(t).input_ids + [tok.eos_token_id] for t in texts]
         width = max(map(len, ids))
         x = torch.full((len(ids), width), tok.pad_token_id)
@@ -227,19 +247,21 @@ def build_fact_model(
             mask[i, : len(row)] = 1
         labels = x.masked_fill(mask == 0, -100)
         opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
-        step, score = 0, 0.0
-        while step < spec.max_steps:
+        step, score, settle = 0, 0.0, None
+        while step < spec.max_steps or (settle is not None and step < settle):
             model.train()
             loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
-            if step % 25 == 0:
+            if step % 25 == 0 or step == settle:
                 model.eval()
                 score = recall(model, tok, facts)
                 log(f"[fact-model] step {step} loss {loss.item():.4f} recall {score:.3f}")
-                if score == 1.0:
+                if score == 1.0 and settle is None:
+                    settle = step + spec.settle_steps
+                if settle is not None and step >= settle:
                     break
         model.eval()
         model.generation_config.pad_token_id = tok.pad_token_id

@@ -11,7 +11,7 @@ from knowlm_ray.cli import main
 from knowlm_ray.edit.facts import fact_requests, load_facts
 
 pytestmark = pytest.mark.slow
-FIXTURE = ["--set", "fact_token=last", "--set", "context_template_length_params=[[5,5]]"]
+FIXTURE = ["--set", "fact_token=last", "--set", "context_template_length_params=[]"]
 
 
 def _requests(fact_model, tmp_path, n, fmt, name):

@@ -24,7 +24,7 @@ def test_served_rome_edit_answers_the_new_target(ray_local, fact_model, tmp_path
     req = fact_requests(facts, 1, fmt="knowedit", seed=1)[0]
     (tmp_path / "r.jsonl").write_text(json.dumps(req) + "\n")
     main(["edit", "apply", "--model", str(fact_model), "--requests", str(tmp_path / "r.jsonl"), "--method", "rome",
-          "--set", "fact_token=last", "--set", "context_template_length_params=[[5,5]]",
+          "--set", "fact_token=last", "--set", "context_template_length_params=[]",
           "--stats-data", str(fact_model / "facts.txt"), "--out", str(tmp_path / "edit")])  # fmt: skip
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
