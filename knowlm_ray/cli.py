@@ -19,7 +19,7 @@ knowlm weights merge-lora --base B --lora L1 [--lora L2 ...] --out M
 knowlm ie-score --task ner|re|ee --gold G.jsonl --pred P.jsonl
 knowlm edit apply --model M --requests R.jsonl --method rome|memit|ft --out DIR   (also: edit eval|revert|fact-model)
 knowlm extract --task ner --schema 人物 地理位置 --lang zh --text "..." (--model DIR | --server URL)
-knowlm serve --model DIR [--lora NAME=DIR ...] [--edit DIR ...] [--prompt-format F] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
+knowlm serve (--model DIR | --config serve_configs/tiny.yaml) [--lora NAME=DIR ...] [--edit DIR ...] [--prompt-format F] [--host H] [--port P] [--set KEY=VALUE ...] [--ingress haproxy]
 knowlm chat (--server URL | --model-dir DIR)
 knowlm web --server URL
 knowlm demo
@@ -63,13 +63,38 @@ def _init_tiny(a: argparse.Namespace) -> None:
 def _serve(a: argparse.Namespace) -> None:
     from knowlm_ray.serve.launch import serve_blocking
 
-    loras = dict(_name_eq_dir(x) for x in a.lora)
-    app_args = dict(_app_arg(x) for x in a.set)
+    serve_blocking(**serve_kwargs(a))
+
+
+def serve_kwargs(a: argparse.Namespace) -> dict:
+    """``serve_blocking``'s arguments from ``knowlm serve``'s: the ``--config`` file's, each
+    overridden by a flag (``--lora`` per adapter name, ``--edit`` as a whole list)."""
+    app_args: dict = {}
+    host = port = proxy_location = None
+    if a.config:  # the file first: every flag below overrides it
+        from knowlm_ray.serve.config_file import read_serve_config
+
+        file = read_serve_config(a.config)
+        app_args, host, port, proxy_location = dict(file.args), file.host, file.port, file.proxy_location
+    file_model = app_args.pop("model", None)
+    model = a.model or file_model
+    if not model:
+        raise InputError("knowlm serve needs --model DIR, or --config FILE whose args name the model")
+    loras = {**(app_args.pop("loras", None) or {}), **dict(_name_eq_dir(x) for x in a.lora)}
+    app_args.update(_app_arg(x) for x in a.set)
     if a.prompt_format is not None:
         app_args["prompt_format"] = a.prompt_format
     if a.edit:
-        app_args["edits"] = a.edit
-    serve_blocking(model=a.model, loras=loras, host=a.host, port=a.port, ingress=a.ingress, **app_args)
+        app_args["edits"] = a.edit  # in place of the file's: the order is the flags'
+    return dict(
+        model=model,
+        loras=loras,
+        host=a.host or host or "127.0.0.1",
+        port=a.port if a.port is not None else (port or 8000),
+        ingress=a.ingress,
+        proxy_location=proxy_location,
+        **app_args,
+    )
 
 
 def _app_arg(text: str) -> tuple[str, object]:
@@ -140,7 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
             AppArgs, "serve", title="app options (--set KEY=VALUE; in a serve config file: applications[].args):"
         ),
     )
-    p.add_argument("--model", required=True, help="HF model directory")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a Serve config file (serve_configs/*.yaml, as `serve run` takes it), run on the private "
+        "Ray this starts: its http_options host/port, the app's args and its deployment's options; "
+        "the flags below override it",
+    )
+    p.add_argument("--model", help="HF model directory (required without --config)")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="a peft adapter to serve")
     p.add_argument(
         "--edit",
@@ -155,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="how /extract asks the model: alpaca (default), oneke, zhixi or chat (the prompt_format app option)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="HTTP host (loopback unless told otherwise)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--host", default=None, help="HTTP host (default: the --config file's, else 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: the --config file's, else 8000)")
     p.add_argument(
         "--set",
         action="append",

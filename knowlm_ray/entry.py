@@ -446,7 +446,9 @@ def config_template(name: str) -> str:
             "    import_path: knowlm_ray.serve.app:build_app",
             "    args:",
         ] + commented_yaml(cls, indent=6)
-        head[1:1] = ["# serve run THIS.yaml   (knowlm serve --model DIR --set KEY=VALUE takes the same args)"]
+        head[1:1] = [
+            "# serve run THIS.yaml, or on a private Ray: knowlm serve --config THIS.yaml [--model DIR] [--set KEY=VALUE]"
+        ]
     else:
         body = commented_yaml(cls)
     return "\n".join(head + [""] + body)

@@ -83,12 +83,14 @@ def start(
     port: int = 8000,
     *,
     timeout_s: float = READY_TIMEOUT_S,
+    proxy_location: str | None = None,
     **app_args: Any,
 ) -> str:
     """Deploy the app in this process's Ray (initialised if needed); returns the base URL.
 
     ``app_args`` are further ``AppArgs`` (e.g. ``num_replicas=1``, ``max_batch_size``).
     Serve keeps the HTTP host/port of its first start: stop() first to move it.
+    ``proxy_location``: Serve's (HeadOnly, EveryNode, Disabled); None: Serve's default.
     """
     from ray import serve
 
@@ -104,7 +106,9 @@ def start(
             f"Serve already runs in this Ray on {running[0]}:{running[1]}, not "
             f"{host}:{port}: call launch.stop() first or use that address"
         )
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(
+        http_options={"host": host, "port": port}, **({"proxy_location": proxy_location} if proxy_location else {})
+    )
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     except RuntimeError as exc:  # serve.run raises when the deployment fails (e.g. constructor)
@@ -131,6 +135,7 @@ def serve_blocking(
     host: str = "127.0.0.1",
     port: int = 8000,
     ingress: str | None = None,
+    proxy_location: str | None = None,
     **app_args: Any,
 ) -> None:
     """``knowlm serve``: serve until SIGINT/SIGTERM, then shut Serve (and our Ray) down.
@@ -155,7 +160,7 @@ def serve_blocking(
     previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         t0 = time.perf_counter()
-        url = start(model, loras, host=host, port=port, **app_args)
+        url = start(model, loras, host=host, port=port, proxy_location=proxy_location, **app_args)
         adapters = f"; adapters: {', '.join(sorted(loras))}" if loras else ""
         print(
             f"serving {model} at {url} (POST /generate, /v1/completions, /v1/chat/completions; "
