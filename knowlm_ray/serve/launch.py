@@ -118,15 +118,17 @@ def start(
     return base_url
 
 
-def stop() -> None:
-    """Delete the app and shut Serve down (frees the HTTP port); Ray itself stays up."""
+def stop(shutdown_serve: bool = True) -> None:
+    """Delete the app and shut Serve down (frees the HTTP port); Ray itself stays up. With
+    ``shutdown_serve=False`` only the app goes: a Serve that ran before, with its other apps, stays."""
     from ray import serve
 
     try:
         serve.delete(APP_NAME)
     except Exception:
         pass
-    serve.shutdown()
+    if shutdown_serve:
+        serve.shutdown()
 
 
 def serve_blocking(
@@ -154,6 +156,9 @@ def serve_blocking(
     use_ingress(ingress or current_ingress())
     owns_ray = not ray.is_initialized()
     init_ray()
+    # Attached to a running Ray (RAY_ADDRESS, a `ray start` here) whose Serve runs already, with
+    # apps of its own maybe: at the end only our app goes, not that Serve.
+    owns_serve = _serve_http_address() is None
     # After ray.init: Ray's core installs a SIGTERM handler that dumps a stack and aborts the
     # process; ours replaces it so SIGTERM (and Ctrl-C) end in a clean shutdown, exit code 0.
     done = threading.Event()
@@ -173,7 +178,7 @@ def serve_blocking(
         print("shutting down ...", flush=True)
     finally:
         try:
-            stop()
+            stop(shutdown_serve=owns_serve)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
