@@ -199,3 +199,16 @@ def test_zhixi_configs_say_what_the_recipe_needs(repo_root):
         yaml.safe_load((repo_root / "serve_configs/zhixi-multigpu.yaml").read_text())["applications"][0]["args"]
     )
     assert (m.dtype, m.num_gpus, m.device_map, sorted(m.max_memory)) == ("float16", 2, "auto", [0, 1])
+
+
+def test_prefill_budget_default_is_the_batchers_and_reaches_the_replica(tiny_model):
+    """options.py states the batcher's default as a literal (it loads without torch): the two
+    must agree, and the key must reach the replica's constructor."""
+    from knowlm_ray.generation.continuous import DEFAULT_MAX_PREFILL_TOKENS
+
+    assert AppArgs(model=str(tiny_model)).max_prefill_tokens == DEFAULT_MAX_PREFILL_TOKENS
+    with pytest.raises(ValidationError, match="max_prefill_tokens"):
+        AppArgs(model=str(tiny_model), max_prefill_tokens=0)
+    for value in (7, None):
+        app = build_app({"model": str(tiny_model), "max_prefill_tokens": value})
+        assert app._bound_deployment.init_kwargs["max_prefill_tokens"] == value
