@@ -186,14 +186,15 @@ def main() -> None:
         return fn
 
     lay, ml = rome_layer, memit_layers
+    cname = "C" if fixture_settings.get("mom2_adjustment", True) else "identity C"  # --set mom2_adjustment=false
     if "single-c" in wanted:
         row(f"rome single (first {a.single}), layer {lay}, C from facts.txt", single(True))
     if "single-i" in wanted:
         row(f"rome single (first {a.single}), layer {lay}, identity C", single(False))
     if "sequential" in wanted:
-        row(f"rome {a.edits} sequential, layer {lay}, C", batch("rome", {**fixture_settings, "layers": [lay]}))
+        row(f"rome {a.edits} sequential, layer {lay}, {cname}", batch("rome", {**fixture_settings, "layers": [lay]}))
     if "memit" in wanted:
-        name = f"memit {a.edits} at once, layers {ml[0]}-{ml[-1]}, C"
+        name = f"memit {a.edits} at once, layers {ml[0]}-{ml[-1]}, {cname}"
         over = {**MEMIT_SETTINGS, **fixture_settings, "layers": ml}
         row(name + f", w {over['mom2_update_weight']:g}", batch("memit", over))
     if "ft" in wanted:
