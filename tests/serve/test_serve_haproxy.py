@@ -187,21 +187,49 @@ def _send_and_keep(base: str, route: str, body: dict) -> socket.socket:
     return sock
 
 
+def _peek(socks: list[socket.socket]) -> list[str]:
+    """The status line each held connection has received so far ("-": nothing yet); MSG_PEEK
+    leaves the bytes where they are, so it always sees the start of the response."""
+    seen = []
+    for s in socks:
+        timeout = s.gettimeout()
+        s.settimeout(0)  # a socket with a timeout would wait for data first
+        try:
+            data = s.recv(200, socket.MSG_PEEK)
+            seen.append(data.decode(errors="replace").split("\r\n", 1)[0] or "closed")
+        except BlockingIOError:
+            seen.append("-")
+        finally:
+            s.settimeout(timeout)
+    return seen
+
+
 @pytest.mark.parametrize("stream", [False, True])
-def test_clients_that_hang_up_behind_haproxy_free_the_line_and_the_batch(server, stream):
-    """Four requests of 8 rows x 900 tokens against a batch of 4 keep rows waiting for minutes,
+def test_clients_that_hang_up_behind_haproxy_free_the_line_and_the_batch(server, tiny_model, stream):
+    """Four requests of 64 rows x 900 tokens against a batch of 4 keep rows waiting for minutes,
     so they fill the waiting line (4) and a one-row probe gets 503; once their clients hang up,
     HAProxy aborts them at the replica, their rows stop and the probe is served again."""
     base, _ = server
-    body = {"messages": [{"role": "user", "content": "浙江大学"}], "n": 8, "max_tokens": 900, "temperature": 0}
+    # 8 prompts x n 8 = 64 rows of 900 tokens each: ~a minute of decoding per request at a step a
+    # millisecond, so the line stays full however long the router takes to hand them over
+    body = {"model": tiny_model.name, "prompt": ["浙江大学"] * 8, "n": 8, "max_tokens": 900, "temperature": 0}
     probe = {"instruction": "浙江大学", "parameters": {"temperature": 0, "max_tokens": 4}}
-    socks = [_send_and_keep(base, "/v1/chat/completions", {**body, "stream": stream}) for _ in range(4)]
+    socks = [_send_and_keep(base, "/v1/completions", {**body, "stream": stream}) for _ in range(4)]
     try:
         deadline = time.monotonic() + 120  # a loaded box: the replica may take a while to see all four
-        while (r := requests.post(f"{base}/generate", json=probe, timeout=60)).status_code != 503:
-            assert time.monotonic() < deadline, "the four big requests never filled the waiting line"
+        while True:
+            for k, seen in enumerate(_peek(socks)):
+                if seen != "-" and " 200 " not in seen:  # refused as it arrived (a probe held a place): again
+                    socks[k].close()
+                    socks[k] = _send_and_keep(base, "/v1/completions", {**body, "stream": stream})
+            r = requests.post(f"{base}/generate", json=probe, timeout=60)
+            if r.status_code == 503 and r.headers.get("content-type") == "application/json":
+                break  # the replica's own refusal: its line is full
+            # a 200 (the line is not full yet) or Serve's text/plain 503 (its router still holds
+            # requests it has not handed to the replica): ask again
+            assert time.monotonic() < deadline, f"the big requests never filled the waiting line: {_peek(socks)}"
             time.sleep(0.2)
-        assert r.json()["error"]["type"] == "overloaded_error"  # the replica's line, not Serve's queue
+        assert r.json()["error"]["type"] == "overloaded_error"
     finally:
         for s in socks:
             s.close()
