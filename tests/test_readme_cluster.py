@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.ray_processes import stop_ray
 
 REPO = Path(__file__).resolve().parents[1]
 INTRO = "submit the same scripts as Ray jobs"
@@ -95,31 +96,6 @@ def _write_corpus(out: Path, tokenizer_dir: Path) -> None:
     (out / "manifest.json").write_text(json.dumps({"shards": 1}), encoding="utf-8")
 
 
-def _stop_ray(temp_dir: str) -> None:
-    """End the processes of the Ray this test started (their command lines name its temp dir)."""
-    import psutil
-
-    procs = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(temp_dir in arg for arg in p.info["cmdline"] or ()):
-                procs.append(p)
-                procs.extend(p.children(recursive=True))
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def script_from_readme(lines: list[str], ray_port: int, dash_port: int, temp_dir: str) -> str:
     out = ["set -eo pipefail"]
     for line in lines:
@@ -170,7 +146,7 @@ def test_readme_cluster_block_runs_as_typed(tiny_model, tmp_path):
             ["bash", "-c", script], cwd=checkout, env=env, capture_output=True, text=True, timeout=600
         )
     finally:
-        _stop_ray(temp_dir)
+        stop_ray(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
     log = done.stdout + done.stderr
     assert done.returncode == 0, f"script:\n{script}\n--- output (last 4000 chars):\n{log[-4000:]}"

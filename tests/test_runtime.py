@@ -8,6 +8,7 @@ import os
 import pytest
 
 from knowlm_ray.runtime import quiet_busy_cpu_warning
+from tests.ray_processes import stop_ray
 
 
 def test_busy_cpu_warning_is_dropped_and_other_warnings_kept(caplog):
@@ -71,32 +72,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _stop_ray(temp_dir: str) -> None:
-    """End the processes whose command lines name ``temp_dir`` (not `ray stop`: that stops every
-    Ray on the machine)."""
-    import signal
-
-    import psutil
-
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in arg for arg in p.info["cmdline"] or ()):
-                procs += [p, *p.children(recursive=True)]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    for p in psutil.wait_procs(procs, timeout=10)[1]:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 INIT_AND_REPORT = """
@@ -172,5 +147,5 @@ def test_init_ray_attaches_to_a_ray_start_on_this_machine_and_local_starts_its_o
         assert report["cpus"] == 2.0 and report["gcs"].startswith("127.0.0.1:"), report  # private: loopback
         assert report["gcs"] != address and "[knowlm]" not in own.stderr
     finally:
-        _stop_ray(temp_dir)
+        stop_ray(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.ray_processes import stop_ray
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -40,30 +42,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _stop_ray(temp_dir: str) -> None:
-    """End the processes whose command lines name ``temp_dir`` (`ray stop` would stop every Ray
-    on the machine)."""
-    import psutil
-
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in arg for arg in p.info["cmdline"] or ()):
-                procs += [p, *p.children(recursive=True)]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    for p in psutil.wait_procs(procs, timeout=10)[1]:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _get(url: str, deadline: float, proc=None, log: Path | None = None) -> requests.Response:
@@ -123,5 +101,5 @@ def test_knowlm_serve_beside_ray_start_leaves_the_other_app_running(tiny_model, 
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        _stop_ray(temp_dir)
+        stop_ray(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
