@@ -1,8 +1,28 @@
-"""Ending a Ray that a test started with `ray start` in its own temp dir."""
+"""A Ray that a test starts with `ray start` in a temp dir of its own, and free ports for it."""
 
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ray_head(bin_dir: Path, env: dict[str, str], num_cpus: int) -> None:
+    """`ray start --head` with ``env`` (its RAY_TMPDIR: the test's own temp dir), every port a
+    free one, no dashboard; ``stop_ray(temp_dir)`` ends it."""
+    subprocess.run(
+        [str(bin_dir / "ray"), "start", "--head", f"--num-cpus={num_cpus}", f"--port={free_port()}",
+         "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, check=True, timeout=90,
+    )  # fmt: skip
 
 
 def stop_ray(temp_dir: str) -> None:

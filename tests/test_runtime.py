@@ -8,7 +8,7 @@ import os
 import pytest
 
 from knowlm_ray.runtime import quiet_busy_cpu_warning
-from tests.ray_processes import stop_ray
+from tests.ray_processes import free_port, start_ray_head, stop_ray
 
 
 def test_busy_cpu_warning_is_dropped_and_other_warnings_kept(caplog):
@@ -66,14 +66,6 @@ def test_a_ray_started_here_is_private_and_an_explicit_mode_stands(monkeypatch):
 # ------------------------------------------------------------- a `ray start` on this machine
 # Ray finds it through the ray_current_cluster file in its temp dir; RAY_TMPDIR gives these tests
 # their own, so neither the other tests' Rays nor a user's `ray start` are seen or touched.
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 INIT_AND_REPORT = """
 import json, ray
 from knowlm_ray.runtime import init_ray
@@ -87,7 +79,7 @@ def test_a_stale_cluster_file_names_no_cluster(tmp_path, monkeypatch):
     from knowlm_ray.runtime import cluster_address, local_cluster_address
 
     (tmp_path / "ray").mkdir()
-    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert local_cluster_address() is None and cluster_address() is None
@@ -116,12 +108,7 @@ def test_init_ray_attaches_to_a_ray_start_on_this_machine_and_local_starts_its_o
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_TMPDIR=temp_dir, RAY_AUTH_MODE="token", PATH=f"{bin_dir}:{env.get('PATH', '')}")
     try:
-        subprocess.run(
-            [str(bin_dir / "ray"), "start", "--head", "--num-cpus=1", f"--port={_free_port()}",
-             "--include-dashboard=false", f"--ray-client-server-port={_free_port()}",
-             f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"],
-            env=env, capture_output=True, text=True, check=True, timeout=90,
-        )  # fmt: skip
+        start_ray_head(bin_dir, env, num_cpus=1)
         address = (Path(temp_dir) / "ray" / "ray_current_cluster").read_text().strip()
         monkeypatch.setenv("RAY_TMPDIR", temp_dir)
         monkeypatch.delenv("RAY_ADDRESS", raising=False)

@@ -24,8 +24,8 @@ so a prefill pass does not interrupt every decode step; a newcomer never waits f
 request's rows still come back complete and in order.
 
 Prefill budget: a one-row request beside a 750-row job decodes in steps that also prefill the
-big job's refills (~400-token prompts); prefilled whole, a wave of 14 rows stalled its steps by
-0.2-0.5 s each on a CPU. So while a request whose rows are all decoding (nothing of it left to
+big job's refills (~400-token prompts); prefilled whole, a wave of them stalled its steps for
+many decode steps' time (BENCHMARKS.md, "Fair admission"). So while a request whose rows are all decoding (nothing of it left to
 prefill) shares the batch, the other requests' rows are prefilled at most ``max_prefill_tokens``
 prompt tokens per decode step, saved up and spent ``CHUNK_STEPS`` steps' worth at a time (a
 forward pass has a fixed cost): rows that fit go in one padded pass as before, a longer one in
@@ -69,10 +69,10 @@ log = logging.getLogger("knowlm_ray.generation")
 
 DEFAULT_MAX_PREFILL_TOKENS = 16  # per decode step beside a request mid-flight; see BENCHMARKS.md
 # The budget is saved up and spent in chunks of up to this many steps' worth: a forward pass has a
-# fixed cost (tiny model, this CPU: a 16-token chunk 0.9 ms, a 64-token one 1.4 ms)
+# fixed cost, so a few small chunks cost more than one of their size (BENCHMARKS.md, "Fair admission")
 CHUNK_STEPS = 4
 # Unlimited prefill (a job alone) still goes in passes of whole rows up to this many tokens: a
-# newcomer waits for one pass, not for a batch's worth (16 x 400 tokens: ~0.3 s on this CPU)
+# newcomer waits for one pass, not for a batch's worth of ~400-token prompts
 PASS_TOKENS = 1024
 
 
@@ -729,8 +729,8 @@ def _slot_layer():
     class _SlotLayer(DynamicLayer):
         """A ``DynamicLayer`` whose keys and values are the first ``length`` columns of buffers
         with room to grow: a decode step writes its column in place. DynamicLayer concatenates,
-        a copy of the whole cache (and a fresh allocation) every step: at 16 rows x 436 tokens
-        that was more than half of the tiny model's decode step on this CPU."""
+        a copy of the whole cache (and a fresh allocation) every step: more than half of a small
+        model's decode step on a CPU (BENCHMARKS.md, "Fair admission")."""
 
         room = 64  # free columns after a rebuild; growing copies once per ``room`` or more steps
 

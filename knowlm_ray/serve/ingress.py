@@ -133,14 +133,13 @@ def install_admin_wrapper(cache_dir: Path | None = None) -> str | None:
 
 def _attached_to(initialized: bool) -> str | None:
     """Why this process cannot choose the ingress (the Ray it will use is up already), or None."""
-    from knowlm_ray.runtime import local_cluster_address
+    from knowlm_ray.runtime import cluster_address
 
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address not in ("", "local"):
+    if os.environ.get("RAY_ADDRESS", "") not in ("", "local"):
         return "attached to the Ray cluster at RAY_ADDRESS"
     if initialized:
         return "Ray already runs in this process"
-    local = None if address == "local" else local_cluster_address()
+    local = cluster_address()  # here: a `ray start` on this machine, or None
     return f"attached to the Ray that `ray start` runs on this machine ({local})" if local else None
 
 

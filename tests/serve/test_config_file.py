@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from knowlm_ray.config import ConfigError
 from knowlm_ray.runtime import AUTH_MODE_ENV, LOOPBACK_ENV
 from knowlm_ray.serve.config_file import APP_NAME, DEPLOYMENT_NAME, IMPORT_PATH, read_serve_config
 from knowlm_ray.serve.options import AppArgs
+from tests.ray_processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "serve_configs" / "tiny.yaml"
@@ -170,18 +170,12 @@ def test_a_bad_file_is_one_error_line_before_ray_starts(tmp_path):
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_knowlm_serve_config_serves_a_copy_of_tiny_yaml(tiny_model, tmp_path):
     """tiny.yaml with the test model (a path relative to the working dir) and a free port in its
     http_options; --set makes it one replica. It answers /healthz and /generate, and stops on SIGTERM."""
     config = _tiny()
-    port = _free_port()
+    port = free_port()
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["model"] = tiny_model.name
     path = _write(tmp_path / "tiny.yaml", config)

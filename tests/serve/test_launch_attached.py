@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.ray_processes import stop_ray
+from tests.ray_processes import free_port, start_ray_head, stop_ray
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -36,12 +35,6 @@ ray.init()  # finds the `ray start` of this RAY_TMPDIR by itself
 serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
 serve.run(Other.bind(), name="other", route_prefix="/other")
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, deadline: float, proc=None, log: Path | None = None) -> requests.Response:
@@ -63,17 +56,12 @@ def test_knowlm_serve_beside_ray_start_leaves_the_other_app_running(tiny_model, 
     temp_dir = tempfile.mkdtemp(prefix="krl", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_TMPDIR=temp_dir, RAY_AUTH_MODE="token", PYTHONPATH=str(REPO))
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     proc = None
     try:
-        subprocess.run(
-            [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={_free_port()}",
-             "--include-dashboard=false", f"--ray-client-server-port={_free_port()}",
-             f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"],
-            env=env, capture_output=True, text=True, check=True, timeout=90,
-        )  # fmt: skip
+        start_ray_head(BIN, env, num_cpus=2)
         other = subprocess.run(
             [sys.executable, "-c", OTHER_APP, str(port)], env=env, capture_output=True, text=True, timeout=120
         )
